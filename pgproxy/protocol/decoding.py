@@ -1,0 +1,607 @@
+"""Decode framed message bodies into typed messages, table-driven by tag.
+
+One dict per direction maps the tag byte to a decoder, with the documentation's
+name beside each entry (asyncpg's ``coreproto.pyx`` habit). A decoder receives
+the frame's buffer and body bounds plus the session's text encoding; it raises
+:class:`DecodeError` on a body that does not fit the layout, which
+:func:`decode_frame` turns into a :class:`Malformed` message.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Final
+
+from pgproxy.protocol import messages as m
+from pgproxy.protocol.errors import DecodeError
+from pgproxy.protocol.framing import FRAMING_ERROR, SINGLE_BYTE, TLS_RECORD, UNTAGGED, Frame
+
+_I16 = struct.Struct("!h").unpack_from
+_U16 = struct.Struct("!H").unpack_from
+_I32 = struct.Struct("!i").unpack_from
+_U32 = struct.Struct("!I").unpack_from
+_FIELD = struct.Struct("!IhIhih").unpack_from  # RowDescription field after its name
+
+#: Startup packet codes ("Message Formats": StartupMessage, SSLRequest, ...).
+SSL_REQUEST_CODE: Final = 80877103
+GSSENC_REQUEST_CODE: Final = 80877104
+CANCEL_REQUEST_CODE: Final = 80877102
+PROTOCOL_3_0: Final = 196608  # 3 << 16
+PROTOCOL_3_2: Final = 196610  # 3 << 16 | 2
+
+
+class AuthState:
+    """What a frontend ``p`` message means, set by the last Authentication request.
+
+    The ``p`` tag is shared by PasswordMessage, SASLInitialResponse,
+    SASLResponse and GSSResponse; only the preceding AuthenticationXxx tells
+    them apart ("Message Formats", PasswordMessage).
+    """
+
+    PASSWORD: Final = "password"
+    SASL_INITIAL: Final = "sasl_initial"
+    SASL_CONTINUE: Final = "sasl_continue"
+    GSS: Final = "gss"
+
+
+Decoder = Callable[[bytes, int, int, str], m.Message]
+
+
+class _Reader:
+    """Sequential reader over ``buf[pos:end]`` that raises DecodeError past the end."""
+
+    __slots__ = ("buf", "encoding", "end", "pos")
+
+    def __init__(self, buf: bytes, pos: int, end: int, encoding: str) -> None:
+        self.buf = buf
+        self.pos = pos
+        self.end = end
+        self.encoding = encoding
+
+    def _need(self, n: int) -> int:
+        p = self.pos
+        if p + n > self.end:
+            raise DecodeError(f"needs {n} more bytes at body offset {p}, {self.end - p} left")
+        self.pos = p + n
+        return p
+
+    def int8(self) -> int:
+        return self.buf[self._need(1)]
+
+    def int16(self) -> int:
+        return int(_I16(self.buf, self._need(2))[0])
+
+    def int32(self) -> int:
+        return int(_I32(self.buf, self._need(4))[0])
+
+    def uint32(self) -> int:
+        return int(_U32(self.buf, self._need(4))[0])
+
+    def byte(self) -> str:
+        return chr(self.buf[self._need(1)])
+
+    def raw(self, n: int) -> bytes:
+        if n < 0:
+            raise DecodeError(f"negative length {n}")
+        p = self._need(n)
+        return self.buf[p : p + n]
+
+    def rest(self) -> bytes:
+        p = self.pos
+        self.pos = self.end
+        return self.buf[p : self.end]
+
+    def cstring(self) -> str:
+        buf = self.buf
+        try:
+            nul = buf.index(0, self.pos, self.end)
+        except ValueError:
+            raise DecodeError(f"unterminated string at body offset {self.pos}") from None
+        s = buf[self.pos : nul].decode(self.encoding, "backslashreplace")
+        self.pos = nul + 1
+        return s
+
+    def int16_array(self) -> tuple[int, ...]:
+        n = self.int16()
+        if n < 0:
+            raise DecodeError(f"negative count {n}")
+        p = self._need(2 * n)
+        return struct.unpack_from(f"!{n}h", self.buf, p)
+
+    def int32_array(self, unsigned: bool = False) -> tuple[int, ...]:
+        n = self.int16()
+        if n < 0:
+            raise DecodeError(f"negative count {n}")
+        p = self._need(4 * n)
+        return struct.unpack_from(f"!{n}{'I' if unsigned else 'i'}", self.buf, p)
+
+    def values(self) -> tuple[bytes | None, ...]:
+        """Int16 count, then per value an Int32 length (-1 = NULL) and the bytes."""
+        n = self.int16()
+        if n < 0:
+            raise DecodeError(f"negative count {n}")
+        return tuple(self.value() for _ in range(n))
+
+    def value(self) -> bytes | None:
+        length = self.int32()
+        if length == -1:
+            return None
+        return self.raw(length)
+
+    def done(self) -> None:
+        if self.pos != self.end:
+            raise DecodeError(f"{self.end - self.pos} unexpected trailing bytes")
+
+
+# --------------------------------------------------------------------------- frontend
+
+
+def decode_startup_packet(buf: bytes, start: int, end: int, encoding: str = "utf-8") -> m.Message:
+    """Decode the body of an untagged startup-phase packet (code word first)."""
+    r = _Reader(buf, start, end, encoding)
+    code = r.uint32()
+    if code == SSL_REQUEST_CODE:
+        r.done()
+        return m.SSLRequest()
+    if code == GSSENC_REQUEST_CODE:
+        r.done()
+        return m.GSSENCRequest()
+    if code == CANCEL_REQUEST_CODE:
+        pid = r.int32()
+        key = r.rest()
+        if not 4 <= len(key) <= 256:
+            raise DecodeError(f"cancel key of {len(key)} bytes, expected 4..256")
+        return m.CancelRequest(process_id=pid, secret_key=key)
+    major, minor = code >> 16, code & 0xFFFF
+    if major == 3:
+        params: list[tuple[str, str]] = []
+        while r.pos < r.end and buf[r.pos] != 0:
+            name = r.cstring()
+            params.append((name, r.cstring()))
+        if r.pos >= r.end:
+            raise DecodeError("startup parameters are not terminated")
+        r.pos += 1
+        r.done()
+        return m.StartupMessage(protocol_major=major, protocol_minor=minor, parameters=tuple(params))
+    return m.UnknownStartupPacket(code=code, payload=r.rest())
+
+
+def _bind(buf: bytes, start: int, end: int, enc: str) -> m.Message:
+    r = _Reader(buf, start, end, enc)
+    portal = r.cstring()
+    statement = r.cstring()
+    fmts = r.int16_array()
+    params = r.values()
+    results = r.int16_array()
+    r.done()
+    return m.Bind(portal, statement, fmts, params, results)
+
+
+def _close(buf: bytes, start: int, end: int, enc: str) -> m.Message:
+    r = _Reader(buf, start, end, enc)
+    kind = r.byte()
+    name = r.cstring()
+    r.done()
+    return m.Close(kind, name)
+
+
+def _describe(buf: bytes, start: int, end: int, enc: str) -> m.Message:
+    r = _Reader(buf, start, end, enc)
+    kind = r.byte()
+    name = r.cstring()
+    r.done()
+    return m.Describe(kind, name)
+
+
+def _copy_data(buf: bytes, start: int, end: int, enc: str) -> m.Message:
+    return m.CopyData(buf[start:end])
+
+
+def _copy_done(buf: bytes, start: int, end: int, enc: str) -> m.Message:
+    _empty(start, end)
+    return m.CopyDone()
+
+
+def _copy_fail(buf: bytes, start: int, end: int, enc: str) -> m.Message:
+    r = _Reader(buf, start, end, enc)
+    msg = r.cstring()
+    r.done()
+    return m.CopyFail(msg)
+
+
+def _execute(buf: bytes, start: int, end: int, enc: str) -> m.Message:
+    r = _Reader(buf, start, end, enc)
+    portal = r.cstring()
+    max_rows = r.int32()
+    r.done()
+    return m.Execute(portal, max_rows)
+
+
+def _function_call(buf: bytes, start: int, end: int, enc: str) -> m.Message:
+    r = _Reader(buf, start, end, enc)
+    oid = r.uint32()
+    fmts = r.int16_array()
+    args = r.values()
+    result = r.int16()
+    r.done()
+    return m.FunctionCall(oid, fmts, args, result)
+
+
+def _parse(buf: bytes, start: int, end: int, enc: str) -> m.Message:
+    r = _Reader(buf, start, end, enc)
+    name = r.cstring()
+    query = r.cstring()
+    types = r.int32_array(unsigned=True)
+    r.done()
+    return m.Parse(name, query, types)
+
+
+def _query(buf: bytes, start: int, end: int, enc: str) -> m.Message:
+    r = _Reader(buf, start, end, enc)
+    q = r.cstring()
+    r.done()
+    return m.Query(q)
+
+
+def _empty(start: int, end: int) -> None:
+    if end != start:
+        raise DecodeError(f"{end - start} unexpected bytes in an empty message")
+
+
+def _singleton(cls: type[m.Message]) -> Decoder:
+    instance = cls()
+
+    def decode(buf: bytes, start: int, end: int, enc: str) -> m.Message:
+        _empty(start, end)
+        return instance
+
+    return decode
+
+
+def _password(buf: bytes, start: int, end: int, enc: str) -> m.Message:
+    r = _Reader(buf, start, end, enc)
+    pw = r.cstring()
+    r.done()
+    return m.PasswordMessage(pw)
+
+
+def _sasl_initial(buf: bytes, start: int, end: int, enc: str) -> m.Message:
+    r = _Reader(buf, start, end, enc)
+    mech = r.cstring()
+    data = r.value()
+    r.done()
+    return m.SASLInitialResponse(mech, data)
+
+
+def _sasl_response(buf: bytes, start: int, end: int, enc: str) -> m.Message:
+    return m.SASLResponse(buf[start:end])
+
+
+def _gss_response(buf: bytes, start: int, end: int, enc: str) -> m.Message:
+    return m.GSSResponse(buf[start:end])
+
+
+PASSWORD_FAMILY: dict[str, Decoder] = {
+    AuthState.PASSWORD: _password,  # PasswordMessage
+    AuthState.SASL_INITIAL: _sasl_initial,  # SASLInitialResponse
+    AuthState.SASL_CONTINUE: _sasl_response,  # SASLResponse
+    AuthState.GSS: _gss_response,  # GSSResponse
+}
+
+FRONTEND: dict[int, tuple[str, Decoder]] = {
+    ord("B"): ("Bind", _bind),
+    ord("C"): ("Close", _close),
+    ord("d"): ("CopyData", _copy_data),
+    ord("c"): ("CopyDone", _copy_done),
+    ord("f"): ("CopyFail", _copy_fail),
+    ord("D"): ("Describe", _describe),
+    ord("E"): ("Execute", _execute),
+    ord("H"): ("Flush", _singleton(m.Flush)),
+    ord("F"): ("FunctionCall", _function_call),
+    ord("P"): ("Parse", _parse),
+    ord("Q"): ("Query", _query),
+    ord("S"): ("Sync", _singleton(m.Sync)),
+    ord("X"): ("Terminate", _singleton(m.Terminate)),
+    ord("p"): ("PasswordMessage", _password),  # refined by AuthState, see PASSWORD_FAMILY
+}
+
+# --------------------------------------------------------------------------- backend
+
+_AUTH_SIMPLE: dict[int, m.Authentication] = {
+    0: m.AuthenticationOk(),
+    2: m.AuthenticationKerberosV5(),
+    3: m.AuthenticationCleartextPassword(),
+    7: m.AuthenticationGSS(),
+    9: m.AuthenticationSSPI(),
+}
+
+
+def _authentication(buf: bytes, start: int, end: int, enc: str) -> m.Message:
+    r = _Reader(buf, start, end, enc)
+    code = r.int32()
+    simple = _AUTH_SIMPLE.get(code)
+    if simple is not None:
+        r.done()
+        return simple
+    if code == 5:  # AuthenticationMD5Password
+        salt = r.raw(4)
+        r.done()
+        return m.AuthenticationMD5Password(salt)
+    if code == 8:
+        return m.AuthenticationGSSContinue(r.rest())
+    if code == 10:  # AuthenticationSASL: list of mechanism names, ended by an empty one
+        mechs: list[str] = []
+        while True:
+            name = r.cstring()
+            if not name:
+                break
+            mechs.append(name)
+        r.done()
+        return m.AuthenticationSASL(tuple(mechs))
+    if code == 11:
+        return m.AuthenticationSASLContinue(r.rest())
+    if code == 12:
+        return m.AuthenticationSASLFinal(r.rest())
+    return m.AuthenticationUnknown(code, r.rest())
+
+
+def _backend_key_data(buf: bytes, start: int, end: int, enc: str) -> m.Message:
+    r = _Reader(buf, start, end, enc)
+    pid = r.int32()
+    key = r.rest()
+    if not 4 <= len(key) <= 256:
+        raise DecodeError(f"cancel key of {len(key)} bytes, expected 4..256")
+    return m.BackendKeyData(pid, key)
+
+
+def split_command_tag(tag: str) -> tuple[str, int | None]:
+    """Split a CommandComplete tag into its command and row count.
+
+    ``INSERT oid rows`` carries the count last; ``SELECT 5``, ``UPDATE 3``,
+    ``COPY 10``... carry it as the only number; ``CREATE TABLE`` carries none.
+    """
+    head, _, last = tag.rpartition(" ")
+    if head and last.isdigit():
+        if head.startswith("INSERT "):
+            head = "INSERT"
+        return head, int(last)
+    return tag, None
+
+
+def _command_complete(buf: bytes, start: int, end: int, enc: str) -> m.Message:
+    if end <= start or buf[end - 1] != 0:
+        raise DecodeError("unterminated command tag")
+    tag = buf[start : end - 1].decode(enc, "backslashreplace")
+    command, rows = split_command_tag(tag)
+    return m.CommandComplete(tag, command, rows)
+
+
+def _copy_response(cls: type[m.CopyInResponse | m.CopyOutResponse | m.CopyBothResponse]) -> Decoder:
+    def decode(buf: bytes, start: int, end: int, enc: str) -> m.Message:
+        r = _Reader(buf, start, end, enc)
+        fmt = r.int8()
+        cols = r.int16_array()
+        r.done()
+        return cls(fmt, cols)
+
+    return decode
+
+
+def data_row_values(buf: bytes, start: int, end: int) -> tuple[bytes | None, ...]:
+    """Cut a DataRow body into its column values (``None`` for NULL).
+
+    Kept as a plain function so that the row decoding hot path can call it
+    without building a :class:`DataRow` object first.
+    """
+    if end - start < 2:
+        raise DecodeError("DataRow without a column count")
+    (n,) = _U16(buf, start)
+    pos = start + 2
+    out: list[bytes | None] = []
+    app = out.append
+    unpack = _I32
+    for _ in range(n):
+        if pos + 4 > end:
+            raise DecodeError("DataRow truncated in a length word")
+        (length,) = unpack(buf, pos)
+        pos += 4
+        if length < 0:
+            if length != -1:
+                raise DecodeError(f"DataRow value length {length}")
+            app(None)
+            continue
+        nxt = pos + length
+        if nxt > end:
+            raise DecodeError("DataRow value runs past the message end")
+        app(buf[pos:nxt])
+        pos = nxt
+    if pos != end:
+        raise DecodeError(f"{end - pos} unexpected trailing bytes in DataRow")
+    return tuple(out)
+
+
+def _data_row(buf: bytes, start: int, end: int, enc: str) -> m.Message:
+    return m.DataRow(data_row_values(buf, start, end))
+
+
+def _error_fields(buf: bytes, start: int, end: int, enc: str) -> tuple[tuple[str, str], ...]:
+    r = _Reader(buf, start, end, enc)
+    out: list[tuple[str, str]] = []
+    while True:
+        code = r.int8()
+        if code == 0:
+            break
+        out.append((chr(code), r.cstring()))
+    r.done()
+    return tuple(out)
+
+
+def _error_response(buf: bytes, start: int, end: int, enc: str) -> m.Message:
+    return m.ErrorResponse(_error_fields(buf, start, end, enc))
+
+
+def _notice_response(buf: bytes, start: int, end: int, enc: str) -> m.Message:
+    return m.NoticeResponse(_error_fields(buf, start, end, enc))
+
+
+def _function_call_response(buf: bytes, start: int, end: int, enc: str) -> m.Message:
+    r = _Reader(buf, start, end, enc)
+    value = r.value()
+    r.done()
+    return m.FunctionCallResponse(value)
+
+
+def _negotiate_protocol_version(buf: bytes, start: int, end: int, enc: str) -> m.Message:
+    r = _Reader(buf, start, end, enc)
+    newest = r.int32()
+    n = r.int32()
+    if n < 0:
+        raise DecodeError(f"negative option count {n}")
+    opts = tuple(r.cstring() for _ in range(n))
+    r.done()
+    return m.NegotiateProtocolVersion(newest, opts)
+
+
+def _notification_response(buf: bytes, start: int, end: int, enc: str) -> m.Message:
+    r = _Reader(buf, start, end, enc)
+    pid = r.int32()
+    channel = r.cstring()
+    payload = r.cstring()
+    r.done()
+    return m.NotificationResponse(pid, channel, payload)
+
+
+def _parameter_description(buf: bytes, start: int, end: int, enc: str) -> m.Message:
+    r = _Reader(buf, start, end, enc)
+    oids = r.int32_array(unsigned=True)
+    r.done()
+    return m.ParameterDescription(oids)
+
+
+def _parameter_status(buf: bytes, start: int, end: int, enc: str) -> m.Message:
+    r = _Reader(buf, start, end, enc)
+    name = r.cstring()
+    value = r.cstring()
+    r.done()
+    return m.ParameterStatus(name, value)
+
+
+def _ready_for_query(buf: bytes, start: int, end: int, enc: str) -> m.Message:
+    r = _Reader(buf, start, end, enc)
+    status = r.byte()
+    r.done()
+    if status not in "ITE":
+        raise DecodeError(f"transaction status {status!r}")
+    return m.ReadyForQuery(status)
+
+
+def _row_description(buf: bytes, start: int, end: int, enc: str) -> m.Message:
+    if end - start < 2:
+        raise DecodeError("RowDescription without a field count")
+    (n,) = _U16(buf, start)
+    pos = start + 2
+    out: list[m.FieldDescription] = []
+    for _ in range(n):
+        try:
+            nul = buf.index(0, pos, end)
+        except ValueError:
+            raise DecodeError("unterminated column name") from None
+        name = buf[pos:nul].decode(enc, "backslashreplace")
+        pos = nul + 1
+        if pos + 18 > end:
+            raise DecodeError("RowDescription truncated")
+        table, column, type_oid, size, modifier, fmt = _FIELD(buf, pos)
+        pos += 18
+        out.append(m.FieldDescription(name, table, column, type_oid, size, modifier, fmt))
+    if pos != end:
+        raise DecodeError(f"{end - pos} unexpected trailing bytes in RowDescription")
+    return m.RowDescription(tuple(out))
+
+
+BACKEND: dict[int, tuple[str, Decoder]] = {
+    ord("R"): ("Authentication", _authentication),
+    ord("K"): ("BackendKeyData", _backend_key_data),
+    ord("2"): ("BindComplete", _singleton(m.BindComplete)),
+    ord("3"): ("CloseComplete", _singleton(m.CloseComplete)),
+    ord("C"): ("CommandComplete", _command_complete),
+    ord("d"): ("CopyData", _copy_data),
+    ord("c"): ("CopyDone", _copy_done),
+    ord("G"): ("CopyInResponse", _copy_response(m.CopyInResponse)),
+    ord("H"): ("CopyOutResponse", _copy_response(m.CopyOutResponse)),
+    ord("W"): ("CopyBothResponse", _copy_response(m.CopyBothResponse)),
+    ord("D"): ("DataRow", _data_row),
+    ord("I"): ("EmptyQueryResponse", _singleton(m.EmptyQueryResponse)),
+    ord("E"): ("ErrorResponse", _error_response),
+    ord("V"): ("FunctionCallResponse", _function_call_response),
+    ord("v"): ("NegotiateProtocolVersion", _negotiate_protocol_version),
+    ord("n"): ("NoData", _singleton(m.NoData)),
+    ord("N"): ("NoticeResponse", _notice_response),
+    ord("A"): ("NotificationResponse", _notification_response),
+    ord("t"): ("ParameterDescription", _parameter_description),
+    ord("S"): ("ParameterStatus", _parameter_status),
+    ord("1"): ("ParseComplete", _singleton(m.ParseComplete)),
+    ord("s"): ("PortalSuspended", _singleton(m.PortalSuspended)),
+    ord("Z"): ("ReadyForQuery", _ready_for_query),
+    ord("T"): ("RowDescription", _row_description),
+}
+
+
+def type_name(frontend: bool, tag: int) -> str:
+    """Documented message type name for a tag, or ``Unknown``."""
+    entry = (FRONTEND if frontend else BACKEND).get(tag)
+    return entry[0] if entry else "Unknown"
+
+
+def decode_tagged(
+    frontend: bool, tag: int, buf: bytes, start: int, end: int, encoding: str = "utf-8", auth_state: str | None = None
+) -> m.Message:
+    """Decode one tagged message body; never raises on bad input.
+
+    Args:
+        frontend: direction of the message.
+        tag: the type byte.
+        buf, start, end: the body is ``buf[start:end]``.
+        encoding: Python codec of the session's client_encoding.
+        auth_state: for frontend ``p`` messages, the :class:`AuthState` set by
+            the last Authentication request (``None`` means PasswordMessage).
+    """
+    if frontend:
+        entry = FRONTEND.get(tag)
+        if entry is not None and tag == 0x70 and auth_state is not None:  # 'p'
+            decoder = PASSWORD_FAMILY.get(auth_state, _password)
+            entry = (decoder.__name__, decoder)
+    else:
+        entry = BACKEND.get(tag)
+    if entry is None:
+        return m.Unknown(chr(tag), bytes(buf[start:end]))
+    name, decoder = entry
+    try:
+        return decoder(buf, start, end, encoding)
+    except (DecodeError, struct.error, UnicodeError, ValueError) as exc:
+        return m.Malformed(chr(tag), name, str(exc), end - start + 4)
+
+
+def decode_frame(frontend: bool, frame: Frame, encoding: str = "utf-8", auth_state: str | None = None) -> m.Message:
+    """Decode any :data:`Frame` the framer produced, pseudo frames included.
+
+    Framing errors are not decoded here: the conversation reports them as
+    :class:`Desynchronized` with the framer's error details.
+    """
+    tag, buf, start, end = frame
+    if buf is None:
+        if tag == FRAMING_ERROR:
+            return m.Desynchronized("frontend" if frontend else "backend", 0, "framing error", b"")
+        return m.Oversized(chr(tag), type_name(frontend, tag), end + 4)
+    if tag >= 0:
+        return decode_tagged(frontend, tag, buf, start, end, encoding, auth_state)
+    if tag == UNTAGGED:
+        try:
+            return decode_startup_packet(buf, start, end, encoding)
+        except (DecodeError, struct.error, UnicodeError) as exc:
+            return m.Malformed("", "StartupMessage", str(exc), end - start + 4)
+    if tag == SINGLE_BYTE:
+        return m.SSLResponse(chr(buf[start]))
+    if tag == TLS_RECORD:
+        return m.EncryptionStarted("direct_tls")
+    return m.Unknown("", bytes(buf[start:end]))
