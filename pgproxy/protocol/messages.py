@@ -169,6 +169,10 @@ class FunctionCall(Message):
     arguments: tuple[bytes | None, ...]
     result_format: int
 
+    def argument_format(self, index: int) -> int:
+        """Format code of argument ``index`` (0 text, 1 binary), same rules as Bind."""
+        return _format_for(self.argument_formats, index)
+
 
 @dataclass(frozen=True, slots=True)
 class Parse(Message):

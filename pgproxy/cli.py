@@ -1,0 +1,211 @@
+"""Command line: ``pgproxy`` runs the proxy; ``decode`` and ``demo`` sit beside it.
+
+Usage::
+
+    pgproxy --listen 127.0.0.1:6432 --upstream db:5432
+    pgproxy decode capture.txt
+    pgproxy demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from pgproxy import __version__
+from pgproxy.config import Config, ConfigError, load
+
+EXIT_USAGE = 2
+_SUBCOMMANDS = ("run", "decode", "demo")
+
+
+def _add_proxy_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="TOML configuration file (default: $PGPROXY_CONFIG)")
+    parser.add_argument("--listen", metavar="HOST:PORT", help="where clients connect (default 127.0.0.1:6432)")
+    parser.add_argument(
+        "--upstream", metavar="HOST:PORT|URL", help="the PostgreSQL server, host:port or postgres:// URL"
+    )
+    parser.add_argument("--log-format", choices=("auto", "json", "console"), help="log rendering (default auto)")
+    parser.add_argument(
+        "--log-detail", choices=("connection", "query", "message", "wire"), help="how much to log (default query)"
+    )
+    parser.add_argument("--log-file", metavar="PATH", help="also append JSON lines to PATH")
+    parser.add_argument("--loop", choices=("uvloop", "asyncio"), help="event loop (default uvloop)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pgproxy",
+        description="Transparent PostgreSQL proxy that logs the decoded wire conversation.",
+        epilog="Subcommands: 'pgproxy decode --help', 'pgproxy demo --help'. "
+        "Every option can also be set in the config file or as PGPROXY_<SECTION>_<KEY>.",
+    )
+    parser.add_argument("--version", action="version", version=f"pgproxy {__version__}")
+    _add_proxy_flags(parser)
+    return parser
+
+
+def build_decode_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pgproxy decode",
+        description="Decode captured PostgreSQL protocol bytes offline; one JSON line per message.",
+    )
+    parser.add_argument("file", help="capture file, or - for stdin")
+    parser.add_argument(
+        "--direction",
+        choices=("frontend", "backend"),
+        help="for raw bytes: which side sent them (default: guess from the first byte)",
+    )
+    parser.add_argument(
+        "--input",
+        choices=("auto", "raw", "hex"),
+        default="auto",
+        help="raw bytes, or a text hex dump (Wireshark, tcpdump -X, xxd); default: detect",
+    )
+    parser.add_argument("--server-port", type=int, default=5432, help="TCP port of the server in captured frames")
+    parser.add_argument(
+        "--detail", choices=("message", "wire"), default="message", help="'wire' adds a hex dump per message"
+    )
+    return parser
+
+
+def build_demo_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pgproxy demo",
+        description="Start an embedded PostgreSQL and pgproxy in front of it, run an ORM scenario "
+        "through the proxy, and show the decoded conversation.",
+    )
+    parser.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
+    parser.add_argument("--log-detail", choices=("connection", "query", "message", "wire"), default="message")
+    parser.add_argument("--postgres", type=int, metavar="MAJOR", help="PostgreSQL major version to use")
+    parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = args[0] if args and args[0] in _SUBCOMMANDS else "run"
+    if args and args[0] in _SUBCOMMANDS:
+        args = args[1:]
+    try:
+        if command == "decode":
+            from pgproxy.offline import decode_command
+
+            return decode_command(build_decode_parser().parse_args(args))
+        if command == "demo":
+            from pgproxy.demo import demo_command
+
+            return demo_command(build_demo_parser().parse_args(args))
+        ns = build_parser().parse_args(args)
+        config = load(
+            ns.config,
+            overrides={
+                "proxy.listen": ns.listen,
+                "proxy.upstream": ns.upstream,
+                "log.format": ns.log_format,
+                "log.detail": ns.log_detail,
+                "log.file": ns.log_file,
+                "proxy.loop": ns.loop,
+            },
+        )
+    except ConfigError as exc:
+        print(f"pgproxy: invalid configuration: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return run_proxy(config)
+
+
+def run_proxy(config: Config) -> int:
+    """Run the proxy until SIGINT/SIGTERM; returns the exit code."""
+    from pgproxy.proxy.loop import loop_factory
+
+    factory, loop_name = loop_factory(config["proxy.loop"])
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(_serve(config, loop_name))
+
+
+def settings_from(config: Config) -> Any:
+    from pgproxy.proxy.server import ProxySettings
+
+    listen_host, listen_port = config.listen
+    upstream_host, upstream_port = config.upstream
+    return ProxySettings(
+        listen_host=listen_host,
+        listen_port=listen_port,
+        upstream_host=upstream_host,
+        upstream_port=upstream_port,
+        connect_timeout=config["proxy.connect_timeout"],
+        tls_client_mode=config["tls.client_mode"],
+        max_connections=config["proxy.max_connections"],
+        shutdown_grace=config["proxy.shutdown_grace"],
+        write_buffer_high=config["proxy.write_buffer_high"],
+    )
+
+
+def sink_from(config: Config) -> Any:
+    from pgproxy.sink import LogSink
+
+    return LogSink(
+        fmt=config["log.format"],
+        file=config["log.file"] or None,
+        min_level=config["log.level"],
+        max_queued=config["log.max_queued_lines"],
+    )
+
+
+async def _serve(config: Config, loop_name: str) -> int:
+    from pgproxy.proxy.server import ProxyServer
+
+    settings = settings_from(config)
+    try:
+        sink = sink_from(config)
+    except OSError as exc:
+        print(f"pgproxy: cannot open log file {config['log.file']!r}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+    server = ProxyServer(settings, config.tracker_options(), sink)
+    try:
+        await server.start()
+    except OSError as exc:
+        sink.log(
+            "error",
+            "proxy.failed",
+            reason=f"cannot listen on {settings.listen_host}:{settings.listen_port}: {exc.strerror or exc}",
+        )
+        sink.close()
+        print(
+            f"pgproxy: cannot listen on {settings.listen_host}:{settings.listen_port}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 1
+    sink.log(
+        "info",
+        "proxy.started",
+        listen=[f"{h}:{p}" for h, p in server.sockets],
+        upstream=f"{settings.upstream_host}:{settings.upstream_port}",
+        loop=loop_name,
+        detail=config["log.detail"],
+        tls_client_mode=settings.tls_client_mode,
+        version=__version__,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    serve = loop.create_task(server.serve_forever())
+    await stop.wait()
+    sink.log("info", "proxy.stopping", sessions=len(server.sessions), grace_s=settings.shutdown_grace)
+    await server.close()
+    serve.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await serve
+    sink.log("info", "proxy.stopped", **dict(server.counters))
+    sink.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

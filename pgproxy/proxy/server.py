@@ -1,0 +1,173 @@
+"""Server-wide state: the listener, the set of sessions, counters, shutdown.
+
+One object owns everything that outlives a session (uvicorn's ``ServerState``
+habit): the connection limit, cancel forwarding, the graceful drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import secrets
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from pgproxy.proxy.session import ClientSession
+from pgproxy.sink import LogSink
+from pgproxy.tracker.options import TrackerOptions
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySettings:
+    """What the I/O layer needs to know (built from :class:`pgproxy.config.Config`)."""
+
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 6432
+    upstream_host: str = "127.0.0.1"
+    upstream_port: int = 5432
+    connect_timeout: float = 5.0
+    tls_client_mode: str = "refuse"
+    max_connections: int = 0
+    shutdown_grace: float = 10.0
+    write_buffer_high: int = 1 << 20
+
+    @property
+    def write_buffer_low(self) -> int:
+        return self.write_buffer_high // 4
+
+
+class ProxyServer:
+    """Accepts clients, dials the upstream for each, and tracks every session.
+
+    Args:
+        config: listening and upstream settings.
+        tracker_options: what each session's tracker logs.
+        sink: where records go.
+    """
+
+    def __init__(self, config: ProxySettings, tracker_options: TrackerOptions, sink: LogSink) -> None:
+        self.config = config
+        self.tracker_options = tracker_options
+        self.sink = sink
+        self.sessions: set[ClientSession] = set()
+        self.counters: Counter[str] = Counter()
+        self.started = time.monotonic()
+        self._server: asyncio.AbstractServer | None = None
+        self._ids = itertools.count(1)
+        self._id_prefix = secrets.token_hex(2)
+        self._cancel_tasks: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def new_session_id(self) -> str:
+        """Short, unique within this process, and not guessable across restarts."""
+        return f"{self._id_prefix}{next(self._ids):04x}"
+
+    @property
+    def sockets(self) -> list[tuple[str, int]]:
+        if self._server is None:
+            return []
+        return [s.getsockname()[:2] for s in self._server.sockets]
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        cfg = self.config
+        self._server = await loop.create_server(
+            lambda: ClientSession(self),
+            cfg.listen_host,
+            cfg.listen_port,
+            reuse_address=True,
+            backlog=1024,
+        )
+
+    async def serve_forever(self) -> None:
+        assert self._server is not None
+        await self._server.serve_forever()
+
+    # ------------------------------------------------------------------ sessions
+
+    def session_opened(self, session: ClientSession) -> None:
+        self.counters["sessions_accepted"] += 1
+        limit = self.config.max_connections
+        if limit and len(self.sessions) >= limit:
+            self.counters["sessions_rejected"] += 1
+            self.sink.log(
+                "warning", "session.rejected", session=session.session_id, reason="max_connections", limit=limit
+            )
+            from pgproxy.protocol.build import error_response
+
+            assert session.client is not None
+            session.client.write(
+                error_response("FATAL", "53300", f"pgproxy: too many connections (max_connections = {limit})")
+            )
+            session._close_client("max_connections")
+            return
+        self.sessions.add(session)
+        self._idle.clear()
+
+    def session_closed(self, session: ClientSession) -> None:
+        self.sessions.discard(session)
+        if not self.sessions:
+            self._idle.set()
+
+    def forward_cancel(self, session: ClientSession, packet: bytes) -> None:
+        """Send a CancelRequest to the upstream on a connection of its own."""
+        pid = int.from_bytes(packet[8:12], "big") if len(packet) >= 12 else None
+        target = next(
+            (
+                s.session_id
+                for s in self.sessions
+                if s.tracker is not None and s.tracker.context.get("backend_pid") == pid
+            ),
+            None,
+        )
+        task = asyncio.get_running_loop().create_task(self._send_cancel(packet, pid, target, session.peer))
+        self._cancel_tasks.add(task)
+        task.add_done_callback(self._cancel_tasks.discard)
+
+    async def _send_cancel(
+        self, packet: bytes, pid: int | None, target: str | None, peer: tuple[str, int] | None
+    ) -> None:
+        cfg = self.config
+        fields = {"backend_pid": pid, "target_session": target, "client.address": peer[0] if peer else None}
+        try:
+            _reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(cfg.upstream_host, cfg.upstream_port), cfg.connect_timeout
+            )
+        except (OSError, TimeoutError) as exc:
+            self.sink.log("error", "cancel.failed", reason=str(exc) or type(exc).__name__, **fields)
+            return
+        try:
+            writer.write(packet)  # the secret key travels, unlogged
+            await writer.drain()
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        self.counters["cancels_forwarded"] += 1
+        self.sink.log("info", "cancel.forwarded", **fields)
+
+    # ------------------------------------------------------------------ shutdown
+
+    async def close(self) -> None:
+        """Stop accepting, let busy sessions finish (up to the grace period), abort the rest."""
+        if self._server is not None:
+            self._server.close()
+        deadline = time.monotonic() + self.config.shutdown_grace
+        while self.sessions and time.monotonic() < deadline:
+            for session in list(self.sessions):
+                if session.idle:
+                    session.abort()
+            if not self.sessions:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), 0.05)
+        for session in list(self.sessions):
+            session.abort()
+        if self._cancel_tasks:
+            await asyncio.gather(*self._cancel_tasks, return_exceptions=True)
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)

@@ -1,0 +1,399 @@
+"""One proxied client session: two asyncio protocols glued back to back.
+
+Forward first: every chunk received from one side is written to the other
+side *before* it is shown to the tracker, and a tracker failure only switches
+the session to opaque passthrough (shared/STYLE.md section 3). Flow control is
+cross-wired: a full write buffer towards one peer pauses reading from the
+other, so memory does not grow with the size of a result.
+
+Start-up is the one phase where the proxy acts on its own: it reads the
+client's first packet to answer SSLRequest/GSSENCRequest itself (``refuse``
+mode), to forward CancelRequest on a fresh upstream connection, and to answer
+with an ErrorResponse when the upstream cannot be reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import socket
+import struct
+from typing import TYPE_CHECKING, Any, cast
+
+from pgproxy.protocol.build import error_response
+from pgproxy.protocol.decoding import CANCEL_REQUEST_CODE, GSSENC_REQUEST_CODE, SSL_REQUEST_CODE
+from pgproxy.protocol.framing import MAX_STARTUP_PACKET
+from pgproxy.tracker.session import SessionTracker
+
+if TYPE_CHECKING:
+    from pgproxy.proxy.server import ProxyServer
+
+_TLS_HANDSHAKE = 0x16
+#: Bytes a client may send before its first packet is complete.
+_MAX_STARTUP_BUFFER = MAX_STARTUP_PACKET + 16
+
+
+class State(enum.Enum):
+    STARTUP = "startup"
+    """Reading the client's first packet(s)."""
+    CONNECTING = "connecting"
+    """Dialling the upstream; client bytes are buffered (uvloop may deliver them even while paused)."""
+    RELAY = "relay"
+    """Both connections up: bytes flow both ways."""
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class _ReadGate:
+    """Idempotent pause/resume of a transport's reading, by reason.
+
+    Reading resumes only when every reason that paused it is gone: the
+    upstream connect and a full peer buffer must not resume each other.
+    """
+
+    __slots__ = ("reasons", "transport")
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.reasons: set[str] = set()
+
+    def pause(self, reason: str) -> None:
+        if not self.reasons and self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+        self.reasons.add(reason)
+
+    def resume(self, reason: str) -> None:
+        if reason not in self.reasons:
+            return
+        self.reasons.discard(reason)
+        if not self.reasons and self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+
+def _set_nodelay(transport: asyncio.BaseTransport) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class ClientSession(asyncio.Protocol):
+    """The client-facing protocol, owner of the whole session."""
+
+    def __init__(self, server: ProxyServer) -> None:
+        self.server = server
+        self.config = server.config
+        self.sink = server.sink
+        self.session_id = server.new_session_id()
+        self.state = State.STARTUP
+        self.client: asyncio.Transport | None = None
+        self.upstream: UpstreamSide | None = None
+        self.client_reads = _ReadGate()
+        self.upstream_reads = _ReadGate()
+        self.pending = bytearray()  # client bytes not yet forwarded (start-up only)
+        self.tracker: SessionTracker | None = None
+        self.decoding = True  # False after a tracker failure: opaque passthrough
+        self.bytes_from_client = 0
+        self.bytes_from_server = 0
+        self.close_reason: str | None = None
+        self.peer: tuple[str, int] | None = None
+        self._connect_task: asyncio.Task[None] | None = None
+        self._cancel_connection = False
+
+    # ------------------------------------------------------------------ client side
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's TCPTransport is not a subclass
+        self.client = transport
+        self.client_reads.transport = transport
+        _set_nodelay(transport)
+        transport.set_write_buffer_limits(high=self.config.write_buffer_high, low=self.config.write_buffer_low)
+        peer = transport.get_extra_info("peername")
+        self.peer = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
+        self.tracker = SessionTracker(
+            self.session_id,
+            self.server.tracker_options,
+            client=self.peer,
+            server=(self.config.upstream_host, self.config.upstream_port),
+        )
+        self.server.session_opened(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.state is State.RELAY:
+            upstream = self.upstream
+            assert upstream is not None and upstream.transport is not None
+            upstream.transport.write(data)
+            self.bytes_from_client += len(data)
+            if self.decoding:
+                self._observe(data, True)
+            return
+        if self.state in (State.CLOSING, State.CLOSED):
+            return
+        self.pending += data
+        if len(self.pending) > _MAX_STARTUP_BUFFER and self.state is State.STARTUP:
+            self._startup()  # may still connect; otherwise the packet is bogus anyway
+            return
+        if self.state is State.STARTUP:
+            self._startup()
+
+    def eof_received(self) -> bool:
+        self.close_reason = self.close_reason or "client_closed"
+        return False  # let the transport close; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.close_reason is None:
+            self.close_reason = "client_error" if exc else "client_closed"
+        if self._connect_task is not None and not self._connect_task.done():
+            self._connect_task.cancel()
+        upstream = self.upstream
+        if upstream is not None and upstream.transport is not None and not upstream.transport.is_closing():
+            # Never write_eof(): PostgreSQL does not half-close, and uvloop can
+            # crash on it under churn (issue 3). close() flushes pending writes.
+            upstream.transport.close()
+        self._finish(exc)
+
+    def pause_writing(self) -> None:
+        # The client reads slower than the server sends: stop reading the server.
+        self.upstream_reads.pause("client_buffer_full")
+
+    def resume_writing(self) -> None:
+        self.upstream_reads.resume("client_buffer_full")
+
+    # ------------------------------------------------------------------ start-up
+
+    def _startup(self) -> None:
+        """Act on complete start-up packets in ``pending``."""
+        while self.state is State.STARTUP and self.pending:
+            buf = self.pending
+            if buf[0] == _TLS_HANDSHAKE:
+                if self.config.tls_client_mode == "refuse":
+                    self._log_refused("direct TLS (sslnegotiation=direct) while tls.client_mode is refuse")
+                    self._close_client("tls_refused")
+                    return
+                self._connect()
+                return
+            if len(buf) < 8:
+                return
+            length, code = struct.unpack_from("!II", buf)
+            if length < 8 or length > MAX_STARTUP_PACKET:
+                # Not a packet we understand: let the server judge it, unchanged.
+                self._connect()
+                return
+            if len(buf) < length:
+                return
+            if code in (SSL_REQUEST_CODE, GSSENC_REQUEST_CODE) and self.config.tls_client_mode == "refuse":
+                packet = bytes(buf[:length])
+                del buf[:length]
+                self._observe_startup(packet)
+                assert self.client is not None
+                self.client.write(b"N")
+                self._observe(b"N", False)
+                self.bytes_from_server += 1
+                continue
+            if code == CANCEL_REQUEST_CODE:
+                packet = bytes(buf[:length])
+                del buf[:length]
+                self._cancel_connection = True
+                self.server.forward_cancel(self, packet)
+                self._close_client("cancel_request")
+                return
+            self._connect()
+            return
+
+    def _observe_startup(self, packet: bytes) -> None:
+        self.bytes_from_client += len(packet)
+        self._observe(packet, True)
+
+    def _connect(self) -> None:
+        self.state = State.CONNECTING
+        self.client_reads.pause("connecting")
+        self._connect_task = asyncio.get_running_loop().create_task(self._dial())
+
+    async def _dial(self) -> None:
+        loop = asyncio.get_running_loop()
+        cfg = self.config
+        side = UpstreamSide(self)
+        try:
+            await asyncio.wait_for(
+                loop.create_connection(lambda: side, cfg.upstream_host, cfg.upstream_port),
+                timeout=cfg.connect_timeout,
+            )
+        except asyncio.CancelledError:
+            raise
+        except TimeoutError:
+            self._upstream_unreachable(f"connect timeout after {cfg.connect_timeout:g}s")
+            return
+        except OSError as exc:
+            self._upstream_unreachable(exc.strerror or str(exc) or type(exc).__name__)
+            return
+        if self.state is not State.CONNECTING:  # the client left meanwhile
+            if side.transport is not None:
+                side.transport.close()
+            return
+        self.upstream = side
+        data = bytes(self.pending)
+        self.pending = bytearray()
+        self.state = State.RELAY
+        if data:
+            assert side.transport is not None
+            side.transport.write(data)
+            self.bytes_from_client += len(data)
+            self._observe(data, True)
+        self.client_reads.resume("connecting")
+
+    def _upstream_unreachable(self, reason: str) -> None:
+        cfg = self.config
+        target = f"{cfg.upstream_host}:{cfg.upstream_port}"
+        self.server.counters["upstream_failures"] += 1
+        self.sink.log(
+            "error",
+            "upstream.unreachable",
+            session=self.session_id,
+            upstream=target,
+            reason=reason,
+            **{"client.address": self.peer[0] if self.peer else None},
+        )
+        if self.client is not None and not self.client.is_closing():
+            reply = error_response(
+                "FATAL",
+                "08001",
+                f"pgproxy could not connect to the upstream server {target}: {reason}",
+            )
+            self.client.write(reply)
+            self.bytes_from_server += len(reply)
+            self._observe(reply, False)
+        self._close_client("upstream_unreachable")
+
+    def _log_refused(self, why: str) -> None:
+        self.sink.log("warning", "session.refused", session=self.session_id, reason=why)
+
+    def _close_client(self, reason: str) -> None:
+        self.close_reason = self.close_reason or reason
+        self.state = State.CLOSING
+        if self.client is not None and not self.client.is_closing():
+            self.client.close()
+
+    # ------------------------------------------------------------------ upstream side (called by UpstreamSide)
+
+    def upstream_data(self, data: bytes) -> None:
+        client = self.client
+        if client is None or client.is_closing():
+            return
+        client.write(data)
+        self.bytes_from_server += len(data)
+        if self.decoding:
+            self._observe(data, False)
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        if self.close_reason is None:
+            self.close_reason = "server_error" if exc else "server_closed"
+        if self.client is not None and not self.client.is_closing():
+            self.client.close()  # flushes what the server sent last (e.g. a FATAL error)
+
+    # ------------------------------------------------------------------ observation
+
+    def _observe(self, data: bytes, frontend: bool) -> None:
+        tracker = self.tracker
+        if tracker is None or not self.decoding:
+            return
+        try:
+            records = tracker.frontend(data) if frontend else tracker.backend(data)
+        except Exception as exc:
+            self.decoding = False
+            self.server.counters["decoder_failures"] += 1
+            self.sink.log(
+                "error",
+                "session.anomaly",
+                session=self.session_id,
+                kind="decoder_failure",
+                reason=f"{type(exc).__name__}: {exc}",
+                action="switched to opaque passthrough; bytes still forwarded unchanged",
+            )
+            return
+        if records:
+            self.sink.emit_all(records)
+
+    def _finish(self, exc: Exception | None) -> None:
+        if self.state is State.CLOSED:
+            return
+        self.state = State.CLOSED
+        self.server.session_closed(self)
+        if self._cancel_connection:
+            return
+        tracker = self.tracker
+        if tracker is None:
+            return
+        reason = self.close_reason or "closed"
+        extra: dict[str, Any] = {
+            "bytes_from_client": self.bytes_from_client,
+            "bytes_from_server": self.bytes_from_server,
+        }
+        if exc is not None:
+            extra["error"] = f"{type(exc).__name__}: {exc}"
+        if not self.decoding:
+            extra["decoding"] = "stopped after a decoder failure"
+        try:
+            records = tracker.closed(reason, **extra)
+        except Exception as err:
+            self.sink.log(
+                "error", "session.ended", session=self.session_id, reason=reason, tracker_error=str(err), **extra
+            )
+            return
+        if reason in ("server_closed", "server_error") and not tracker.auth_failed:
+            for record in records:
+                if record.event == "session.ended":
+                    self.sink.log("warning", record.event, **record.fields)
+                else:
+                    self.sink.emit(record)
+            return
+        self.sink.emit_all(records)
+
+    # ------------------------------------------------------------------ shutdown
+
+    @property
+    def idle(self) -> bool:
+        """Between statements (ReadyForQuery seen, nothing pending): safe to close in a drain."""
+        tracker = self.tracker
+        if tracker is None or tracker.statements is None:
+            return self.state is not State.RELAY
+        return not tracker.statements.pending
+
+    def abort(self) -> None:
+        self.close_reason = self.close_reason or "proxy_shutdown"
+        if self.client is not None:
+            self.client.abort()
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.abort()
+
+
+class UpstreamSide(asyncio.Protocol):
+    """The server-facing protocol; everything it sees goes to its ClientSession."""
+
+    def __init__(self, session: ClientSession) -> None:
+        self.session = session
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
+        _set_nodelay(transport)
+        cfg = self.session.config
+        transport.set_write_buffer_limits(high=cfg.write_buffer_high, low=cfg.write_buffer_low)
+        self.session.upstream_reads.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.session.upstream_data(data)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.session.upstream_lost(exc)
+
+    def pause_writing(self) -> None:
+        # The server reads slower than the client sends (COPY IN): stop reading the client.
+        self.session.client_reads.pause("server_buffer_full")
+
+    def resume_writing(self) -> None:
+        self.session.client_reads.resume("server_buffer_full")

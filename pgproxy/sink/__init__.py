@@ -1,0 +1,127 @@
+"""The log sink: the one place that configures and calls structlog.
+
+Records produced by the tracker (and events of the proxy itself) are rendered
+to JSON lines or console text and handed to :class:`QueueWriter` threads, so
+writing never blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import structlog
+
+from pgproxy.sink.render import ConsoleRenderer, dumps, scrub_secrets
+from pgproxy.sink.writer import DEFAULT_MAX_QUEUED, QueueWriter
+from pgproxy.tracker.records import Record
+
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+
+
+@dataclass
+class _Destination:
+    writer: QueueWriter
+    logger: Any
+    owned_stream: IO[str] | None = None
+
+
+class _WriterLogger:
+    """structlog "logger" whose only job is to queue the rendered line."""
+
+    def __init__(self, writer: QueueWriter) -> None:
+        self._write = writer.write
+
+    def msg(self, message: str) -> None:
+        self._write(message)
+
+    debug = info = warning = error = critical = log = msg
+
+
+@dataclass
+class LogSink:
+    """Renders and writes events to one or more destinations.
+
+    Args:
+        stream: primary text stream (stdout by default).
+        fmt: ``"json"``, ``"console"`` or ``"auto"`` (console when the stream is a TTY).
+        file: optional path; JSON lines are appended there too.
+        min_level: events below this level are dropped before rendering.
+        max_queued: lines each writer holds before dropping (and counting) new ones.
+    """
+
+    stream: IO[str] = field(default_factory=lambda: sys.stdout)
+    fmt: str = "auto"
+    file: str | None = None
+    min_level: str = "debug"
+    max_queued: int = DEFAULT_MAX_QUEUED
+    _destinations: list[_Destination] = field(default_factory=list, init=False)
+
+    def __post_init__(self) -> None:
+        fmt = self.fmt
+        if fmt == "auto":
+            fmt = "console" if _isatty(self.stream) else "json"
+        if fmt not in ("json", "console"):
+            raise ValueError(f"unknown log format {self.fmt!r} (choose json, console or auto)")
+        self._add(self.stream, fmt, None)
+        if self.file:
+            handle = open(self.file, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+            self._add(handle, "json", handle)
+        self._threshold = _LEVELS.get(self.min_level, 10)
+
+    def _add(self, stream: IO[str], fmt: str, owned: IO[str] | None) -> None:
+        writer = QueueWriter(stream, self.max_queued)
+        renderer: Any = (
+            ConsoleRenderer(colors=_isatty(stream)) if fmt == "console" else structlog.processors.JSONRenderer(dumps)
+        )
+        logger = structlog.wrap_logger(
+            _WriterLogger(writer),
+            processors=[
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+                scrub_secrets,
+                renderer,
+            ],
+            wrapper_class=structlog.make_filtering_bound_logger(10),
+            cache_logger_on_first_use=True,
+        )
+        self._destinations.append(_Destination(writer, logger, owned))
+
+    def emit(self, record: Record) -> None:
+        """Write one tracker record."""
+        self.log(record.level, record.event, **record.fields)
+
+    def emit_all(self, records: list[Record]) -> None:
+        for record in records:
+            self.log(record.level, record.event, **record.fields)
+
+    def log(self, level: str, event: str, **fields: Any) -> None:
+        """Write one event with the given level name and fields."""
+        if _LEVELS.get(level, 20) < self._threshold:
+            return
+        for dest in self._destinations:
+            getattr(dest.logger, level)(event, **fields)
+
+    @property
+    def dropped(self) -> int:
+        """Lines dropped so far because a destination could not keep up."""
+        return sum(d.writer.dropped for d in self._destinations)
+
+    def close(self) -> None:
+        """Flush every destination and stop the writer threads."""
+        for dest in self._destinations:
+            dest.writer.close()
+            if dest.owned_stream is not None:
+                dest.owned_stream.close()
+        self._destinations.clear()
+
+
+def _isatty(stream: IO[str]) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+__all__ = ["LogSink", "QueueWriter"]

@@ -1,0 +1,54 @@
+"""Renderers and the last-line scrubber for log events."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import MutableMapping
+from typing import Any, Final
+
+import structlog
+
+from pgproxy.tracker.redaction import DEFAULT_SENSITIVE_NAMES, REDACTED
+
+#: Top-level keys that never carry values: a defence in depth behind the
+#: tracker's own redaction, for fields added by any future code path.
+_SECRET_KEYS: Final = re.compile(r"(?i)^(password|passwd|secret|secret_key|token|sasl_data|md5)$")
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).hex()
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    return str(value)
+
+
+def dumps(obj: Any, **kw: Any) -> str:
+    """JSON serializer for events: compact, UTF-8, never fails on odd values."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=_default)
+
+
+def scrub_secrets(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: withhold any top-level key that names a secret."""
+    for key in event:
+        if _SECRET_KEYS.match(key):
+            event[key] = REDACTED
+    return event
+
+
+class ConsoleRenderer:
+    """Human-readable rendering: one line per event, hex dumps indented below it."""
+
+    def __init__(self, colors: bool) -> None:
+        self._inner = structlog.dev.ConsoleRenderer(colors=colors, sort_keys=False, pad_event=18)
+
+    def __call__(self, logger: Any, method: str, event: MutableMapping[str, Any]) -> str:
+        dump = event.pop("hex", None)
+        line: str = self._inner(logger, method, event)
+        if dump:
+            line += "\n" + "\n".join("    " + row for row in str(dump).splitlines())
+        return line
+
+
+__all__ = ["DEFAULT_SENSITIVE_NAMES", "ConsoleRenderer", "dumps", "scrub_secrets"]

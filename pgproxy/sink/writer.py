@@ -1,0 +1,101 @@
+"""A bounded, non-blocking line writer: the event loop never waits for a log pipe.
+
+structlog's fastest recipe writes synchronously, so a slow consumer of
+stdout (a stalled ``| less``, a congested log shipper) would stall every
+session. Instead, rendered lines go into a bounded in-memory queue that a
+daemon thread drains into the stream. When the queue is full, lines are
+dropped and counted, and the writer reports the count in a ``log.dropped``
+line as soon as it can: losing log lines is preferable to slowing the
+application's database traffic, and the loss is never silent.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from typing import IO, Final
+
+#: Lines held before dropping: at ~300 bytes a line, about 30 MB at most.
+DEFAULT_MAX_QUEUED: Final = 100_000
+
+
+class QueueWriter:
+    """Writes lines to ``stream`` from a background thread.
+
+    Args:
+        stream: a text stream; written and flushed only by the writer thread.
+        max_queued: lines held before new ones are dropped.
+        name: thread name, for debugging.
+    """
+
+    def __init__(self, stream: IO[str], max_queued: int = DEFAULT_MAX_QUEUED, name: str = "pgproxy-log") -> None:
+        self.stream = stream
+        self.max_queued = max_queued
+        self.dropped = 0
+        self.written = 0
+        self._reported_dropped = 0
+        self._queue: deque[str] = deque()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def write(self, line: str) -> None:
+        """Queue one line (without its newline). Never blocks."""
+        queue = self._queue
+        if len(queue) >= self.max_queued:
+            self.dropped += 1
+            return
+        queue.append(line)
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def _run(self) -> None:
+        queue = self._queue
+        while True:
+            self._wake.wait(0.5)
+            self._wake.clear()
+            while queue:
+                batch: list[str] = []
+                while queue and len(batch) < 4096:
+                    batch.append(queue.popleft())
+                self._emit(batch)
+            self._report_drops()
+            if self._stopping and not queue:
+                return
+
+    def _emit(self, lines: list[str]) -> None:
+        try:
+            self.stream.write("\n".join(lines) + "\n")
+            self.stream.flush()
+            self.written += len(lines)
+        except (OSError, ValueError):
+            # A closed or broken log stream must not kill the proxy; count the loss.
+            self.dropped += len(lines)
+
+    def _report_drops(self) -> None:
+        dropped = self.dropped
+        if dropped != self._reported_dropped:
+            line = json.dumps(
+                {
+                    "event": "log.dropped",
+                    "level": "warning",
+                    "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "dropped_total": dropped,
+                    "dropped_since_last_report": dropped - self._reported_dropped,
+                }
+            )
+            self._reported_dropped = dropped
+            try:
+                self.stream.write(line + "\n")
+                self.stream.flush()
+            except (OSError, ValueError):
+                pass
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Write what is queued, then stop the thread (waits at most ``timeout``)."""
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(timeout)

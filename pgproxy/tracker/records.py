@@ -1,0 +1,62 @@
+"""Log records are values: what the tracker returns, what the sink writes.
+
+The tracker never calls a logger; it returns :class:`Record` objects, so tests
+can assert that a given record is the direct consequence of given bytes
+(mitmproxy's ``Log`` command, shared/STYLE.md section 2). Event names are
+``noun.verb`` in the past tense, or a bare noun for per-item events.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, Final
+
+
+class Detail(enum.IntEnum):
+    """How much a session logs; each level includes the ones below it."""
+
+    CONNECTION = 0
+    """Session start, readiness, end, anomalies."""
+    QUERY = 1
+    """Plus one ``query`` event per statement, notices and notifications."""
+    MESSAGE = 2
+    """Plus one ``message`` event per protocol message, rows decoded."""
+    WIRE = 3
+    """Plus a hex dump of every message."""
+
+    @classmethod
+    def parse(cls, text: str) -> Detail:
+        try:
+            return cls[text.strip().upper()]
+        except KeyError:
+            choices = ", ".join(d.name.lower() for d in cls)
+            raise ValueError(f"unknown detail level {text!r} (choose {choices})") from None
+
+
+# Event names, stable and documented in the README.
+SESSION_STARTED: Final = "session.started"
+SESSION_READY: Final = "session.ready"
+SESSION_AUTH_FAILED: Final = "session.auth_failed"
+SESSION_ENCRYPTED: Final = "session.encrypted"
+SESSION_ANOMALY: Final = "session.anomaly"
+SESSION_ENDED: Final = "session.ended"
+MESSAGE: Final = "message"
+QUERY: Final = "query"
+NOTICE: Final = "notice"
+NOTIFICATION: Final = "notification"
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One log event: its name, level and JSON-ready fields."""
+
+    event: str
+    level: str  # "debug" | "info" | "warning" | "error"
+    fields: dict[str, Any]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.fields[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.fields.get(key, default)

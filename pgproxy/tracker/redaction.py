@@ -1,0 +1,75 @@
+"""What may appear in a log: the redaction policy, applied before records exist.
+
+Policy lives here, in the sans-IO tracker, because only the tracker knows which
+bytes of a message belong to which column or parameter; the log sink adds a
+last key-based scrub as defence in depth.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import re
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from pgproxy.tracker.sql import mask_sql
+
+#: Shown instead of a withheld value.
+REDACTED: Final = "[redacted]"
+
+#: Column and parameter names masked by default: passwords and their hashes,
+#: secrets, tokens, API and private keys, credentials. Over-matching (say a
+#: ``passenger`` column) is the safe failure.
+DEFAULT_SENSITIVE_NAMES: Final = r"pass|pwd|secret|token|api[_-]?key|private[_-]?key|credential|salt"
+
+
+class ParameterMode(enum.Enum):
+    """How statement parameter values are shown."""
+
+    SHOW = "show"
+    """Decoded values (names matching the sensitive pattern still masked)."""
+    HASH = "hash"
+    """A short SHA-256 of the raw bytes: equal values stay recognisable."""
+    HIDE = "hide"
+    """Nothing but the count."""
+
+
+@dataclass(frozen=True, slots=True)
+class RedactionPolicy:
+    """Which values the tracker withholds.
+
+    Attributes:
+        parameters: how parameter values are shown.
+        sensitive_names: case-insensitive regex; matching column names and
+            parameter names (inferred from the SQL) are masked. Empty disables.
+        mask_sql_literals: replace every literal in SQL text with ``?``.
+    """
+
+    parameters: ParameterMode = ParameterMode.SHOW
+    sensitive_names: str = DEFAULT_SENSITIVE_NAMES
+    mask_sql_literals: bool = False
+    _pattern: re.Pattern[str] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        pattern = re.compile(self.sensitive_names, re.IGNORECASE) if self.sensitive_names else None
+        object.__setattr__(self, "_pattern", pattern)
+
+    def is_sensitive(self, name: str | None) -> bool:
+        return bool(name) and self._pattern is not None and self._pattern.search(name or "") is not None
+
+    def parameter(self, value: Any, raw: bytes | None, name: str | None) -> Any:
+        """The loggable form of one parameter value."""
+        if raw is None:
+            return None
+        if self.is_sensitive(name):
+            return REDACTED
+        if self.parameters is ParameterMode.SHOW:
+            return value
+        if self.parameters is ParameterMode.HASH:
+            return "sha256:" + hashlib.sha256(raw).hexdigest()[:16]
+        return REDACTED
+
+    def sql(self, text: str) -> str:
+        """SQL text with password and sensitive-column literals masked."""
+        return mask_sql(text, self._pattern, self.mask_sql_literals)

@@ -1,0 +1,491 @@
+"""The per-session tracker: bytes and timestamps in, log records out (sans-IO).
+
+The proxy calls :meth:`SessionTracker.frontend` and :meth:`SessionTracker.backend`
+with every chunk *after* forwarding it, and :meth:`SessionTracker.closed` when
+the session ends. The tracker owns the :class:`~pgproxy.protocol.Conversation`
+for framing and decoding, the :class:`~pgproxy.tracker.statements.StatementTracker`
+for query events, and the rendering of message events. It never performs I/O
+and never logs: it returns :class:`~pgproxy.tracker.records.Record` values.
+
+The clock is injected (``now`` arguments, or the ``clock`` callable), so tests
+can assert exact durations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+from pgproxy.protocol import messages as m
+from pgproxy.protocol.errors import DecodeError
+from pgproxy.protocol.framing import FRAMING_ERROR, TLS_RECORD, UNTAGGED, Frame
+from pgproxy.protocol.hexdump import hexdump, mask
+from pgproxy.protocol.oids import type_name
+from pgproxy.protocol.values import ValueContext
+from pgproxy.protocol.wire import Conversation
+from pgproxy.tracker.options import TrackerOptions
+from pgproxy.tracker.records import (
+    MESSAGE,
+    SESSION_ANOMALY,
+    SESSION_AUTH_FAILED,
+    SESSION_ENCRYPTED,
+    SESSION_ENDED,
+    SESSION_READY,
+    SESSION_STARTED,
+    Detail,
+    Record,
+)
+from pgproxy.tracker.redaction import REDACTED, ParameterMode
+from pgproxy.tracker.statements import TRANSACTION_STATUS, Execution, StatementTracker
+
+_DATA_ROW: Final = ord("D")
+_COPY_DATA: Final = ord("d")
+_TERMINATE: Final = ord("X")
+_HEADER_BYTES: Final = 5  # tag + Int32 length
+#: Backend tags still decoded at connection detail after ReadyForQuery:
+#: ErrorResponse (FATAL terminations) and ParameterStatus (encoding changes).
+_CONNECTION_LEVEL_BACKEND: Final = frozenset((ord("E"), ord("S"), FRAMING_ERROR))
+
+#: Startup parameters shown as their own fields rather than inside ``parameters``.
+_PROMOTED_STARTUP: Final = ("user", "database", "application_name")
+
+
+def _cap(value: Any, limit: int) -> Any:
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]}…[+{len(value) - limit} chars]"
+    return value
+
+
+class SessionTracker:
+    """Everything pgproxy knows and logs about one client session.
+
+    Args:
+        session_id: short unique id carried by every record.
+        options: detail level, caps, redaction, filters.
+        client: (address, port) of the client, if known.
+        server: (address, port) of the upstream server, if known.
+        clock: monotonic clock used when a call passes no ``now``.
+
+    Attributes:
+        bytes_from_client, bytes_from_server: every byte seen, decoded or not.
+        messages_from_client, messages_from_server: frames seen.
+    """
+
+    def __init__(
+        self,
+        session_id: str,
+        options: TrackerOptions | None = None,
+        *,
+        client: tuple[str, int] | None = None,
+        server: tuple[str, int] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.session_id = session_id
+        self.options = options or TrackerOptions()
+        self.detail = self.options.detail
+        self.clock = clock
+        self.conv = Conversation(self.options.max_frame)
+        self.started_at = clock()
+        self.ready_at: float | None = None
+        self.bytes_from_client = 0
+        self.bytes_from_server = 0
+        self.messages_from_client = 0
+        self.messages_from_server = 0
+        self.client = client
+        self.server = server
+        self.context: dict[str, Any] = {"session": session_id, "db.system.name": "postgresql"}
+        if server is not None:
+            self.context["server.address"], self.context["server.port"] = server
+        if client is not None:
+            self.context["client.address"], self.context["client.port"] = client
+        self.statements: StatementTracker | None = (
+            StatementTracker(self.options, self.context) if self.detail >= Detail.QUERY else None
+        )
+        self.encrypted: str | None = None
+        self.auth_failed = False
+        self.terminated = False
+        self.anomalies = 0
+        self._ended = False
+
+    # ------------------------------------------------------------------ feeding
+
+    def frontend(self, data: bytes, now: float | None = None) -> list[Record]:
+        """Account for bytes the client sent (already forwarded)."""
+        self.bytes_from_client += len(data)
+        conv = self.conv
+        if not conv.decoding:
+            return []
+        frames = conv.receive_frontend(data)
+        if not frames:
+            return []
+        self.messages_from_client += len(frames)
+        now = self.clock() if now is None else now
+        out: list[Record] = []
+        if self.statements is None and self.ready_at is not None:
+            # Connection detail: only Terminate matters once the session is ready.
+            self.terminated = self.terminated or any(f[0] == _TERMINATE for f in frames)
+            return out
+        for frame in frames:
+            self._on_frontend(frame, now, out)
+        return out
+
+    def backend(self, data: bytes, now: float | None = None) -> list[Record]:
+        """Account for bytes the client received (from the server or the proxy)."""
+        self.bytes_from_server += len(data)
+        conv = self.conv
+        if not conv.decoding:
+            return []
+        frames = conv.receive_backend(data)
+        if not frames:
+            return []
+        self.messages_from_server += len(frames)
+        now = self.clock() if now is None else now
+        out: list[Record] = []
+        statements = self.statements
+        message_level = self.detail >= Detail.MESSAGE
+        # At connection detail, once the session is ready only errors and
+        # parameter changes matter: everything else is counted, not decoded.
+        minimal = statements is None and self.ready_at is not None
+        for frame in frames:
+            tag = frame[0]
+            if tag == _DATA_ROW:
+                if statements is not None:
+                    body = frame[3] - frame[2] if frame[1] is not None else frame[3]
+                    exe = statements.data_row(body + _HEADER_BYTES)
+                    if message_level:
+                        self._row_record(frame, exe, out)
+                continue
+            if minimal and tag not in _CONNECTION_LEVEL_BACKEND:
+                continue
+            self._on_backend(frame, now, out)
+        return out
+
+    def anomaly(self, kind: str, reason: str, **fields: Any) -> Record:
+        """A record for something that went wrong with decoding (not with the session)."""
+        self.anomalies += 1
+        return Record(
+            SESSION_ANOMALY, "warning", {"session": self.session_id, "kind": kind, "reason": reason, **fields}
+        )
+
+    def closed(self, reason: str, now: float | None = None, **fields: Any) -> list[Record]:
+        """The session ended; statements under way are reported, then ``session.ended``."""
+        if self._ended:
+            return []
+        self._ended = True
+        now = self.clock() if now is None else now
+        out: list[Record] = []
+        if self.statements is not None:
+            out += self.statements.interrupted(now)
+        if self.terminated and reason in ("client_closed", "client_eof"):
+            reason = "client_terminated"
+        end: dict[str, Any] = {
+            "session": self.session_id,
+            "reason": reason,
+            "duration_ms": round((now - self.started_at) * 1000.0, 3),
+            "bytes_from_client": self.bytes_from_client,
+            "bytes_from_server": self.bytes_from_server,
+            "messages_from_client": self.messages_from_client,
+            "messages_from_server": self.messages_from_server,
+        }
+        for key in ("user", "db.namespace", "application_name", "backend_pid", "client.address", "client.port"):
+            if key in self.context:
+                end[key] = self.context[key]
+        if self.statements is not None:
+            end["statements"] = self.statements.executed
+            end["transaction_status"] = self.statements.transaction_status
+        if self.encrypted:
+            end["encrypted"] = self.encrypted
+        if self.anomalies:
+            end["anomalies"] = self.anomalies
+        end.update(fields)
+        out.append(Record(SESSION_ENDED, "info", end))
+        return out
+
+    # ------------------------------------------------------------------ frontend
+
+    def _on_frontend(self, frame: Frame, now: float, out: list[Record]) -> None:
+        tag = frame[0]
+        statements = self.statements
+        if tag == _COPY_DATA and self.detail < Detail.MESSAGE:
+            if statements is not None:
+                statements.frontend_copy_data(frame[3] - frame[2] if frame[1] is not None else frame[3])
+            return
+        msg = self.conv.decode_frontend(frame)
+        if isinstance(msg, m.CopyData):
+            if statements is not None:
+                statements.frontend_copy_data(len(msg.data))
+        elif statements is not None:
+            out += statements.frontend(msg, now)
+        if self.detail >= Detail.MESSAGE:
+            out.append(self._message_record(msg, frame, True))
+        if isinstance(msg, m.StartupMessage):
+            out.append(self._started(msg))
+        elif isinstance(msg, m.Terminate):
+            self.terminated = True
+        elif isinstance(msg, m.EncryptionStarted) or tag == TLS_RECORD:
+            self.encrypted = "direct_tls"
+            out.append(Record(SESSION_ENCRYPTED, "info", {"session": self.session_id, "method": "direct_tls"}))
+        elif isinstance(msg, m.Desynchronized):
+            out.append(self._desynchronized(msg))
+        elif isinstance(msg, m.Malformed | m.Oversized):
+            out.append(self._odd_message(msg, "frontend"))
+
+    def _started(self, msg: m.StartupMessage) -> Record:
+        params = msg.params
+        ctx = self.context
+        if "user" in params:
+            ctx["user"] = params["user"]
+        ctx["db.namespace"] = params.get("database") or params.get("user")
+        if "application_name" in params:
+            ctx["application_name"] = params["application_name"]
+        if self.statements is not None:
+            self.statements.in_scope = self.options.query_filter.in_scope(
+                ctx.get("user"), ctx.get("db.namespace"), ctx.get("application_name")
+            )
+        fields: dict[str, Any] = {k: v for k, v in ctx.items() if k != "db.system.name"}
+        fields["protocol_version"] = f"{msg.protocol_major}.{msg.protocol_minor}"
+        extra = {k: v for k, v in params.items() if k not in _PROMOTED_STARTUP}
+        if extra:
+            fields["parameters"] = extra
+        return Record(SESSION_STARTED, "info", fields)
+
+    # ------------------------------------------------------------------ backend
+
+    def _on_backend(self, frame: Frame, now: float, out: list[Record]) -> None:
+        tag = frame[0]
+        statements = self.statements
+        if tag == _COPY_DATA and self.detail < Detail.MESSAGE:
+            if statements is not None:
+                statements.backend_copy_data(frame[3] - frame[2] if frame[1] is not None else frame[3])
+            return
+        msg = self.conv.decode_backend(frame)
+        records: list[Record] = []
+        if statements is not None:
+            if isinstance(msg, m.CopyData):
+                statements.backend_copy_data(len(msg.data))
+            else:
+                records = statements.backend(msg, now)
+        if self.detail >= Detail.MESSAGE:
+            out.append(self._message_record(msg, frame, False))
+        if isinstance(msg, m.ParameterStatus):
+            self._parameter_status(msg)
+        elif isinstance(msg, m.BackendKeyData):
+            self.context["backend_pid"] = msg.process_id
+        elif isinstance(msg, m.ReadyForQuery) and self.ready_at is None:
+            self.ready_at = now
+            out.append(self._ready(now))
+        elif isinstance(msg, m.ErrorResponse) and self.ready_at is None:
+            self.auth_failed = True
+            fields = {"session": self.session_id, **msg.named_fields()}
+            for key in ("user", "db.namespace", "client.address"):
+                if key in self.context:
+                    fields[key] = self.context[key]
+            out.append(Record(SESSION_AUTH_FAILED, "warning", fields))
+        elif isinstance(msg, m.SSLResponse | m.GSSENCResponse) and msg.answer in ("S", "G"):
+            self.encrypted = "tls" if msg.answer == "S" else "gss"
+            out.append(Record(SESSION_ENCRYPTED, "info", {"session": self.session_id, "method": self.encrypted}))
+        elif isinstance(msg, m.Desynchronized):
+            out.append(self._desynchronized(msg))
+        elif isinstance(msg, m.Malformed | m.Oversized):
+            out.append(self._odd_message(msg, "backend"))
+        out += records
+
+    def _parameter_status(self, msg: m.ParameterStatus) -> None:
+        if msg.name in ("client_encoding", "TimeZone") and self.statements is not None:
+            self.statements.value_context = ValueContext(
+                self.conv.encoding, self.conv.parameters.get("TimeZone", "UTC")
+            )
+
+    def _ready(self, now: float) -> Record:
+        fields: dict[str, Any] = {"session": self.session_id}
+        for key in ("user", "db.namespace", "application_name", "backend_pid"):
+            if key in self.context:
+                fields[key] = self.context[key]
+        fields["auth_method"] = self.conv.auth_method or "trust"
+        params = dict(self.conv.parameters)
+        if "server_version" in params:
+            fields["server_version"] = params["server_version"]
+        fields["parameters"] = params
+        fields["setup_ms"] = round((now - self.started_at) * 1000.0, 3)
+        return Record(SESSION_READY, "info", fields)
+
+    def _desynchronized(self, msg: m.Desynchronized) -> Record:
+        return self.anomaly(
+            "desynchronized",
+            msg.reason,
+            stream=msg.stream,
+            offset=msg.offset,
+            excerpt=msg.excerpt.hex(),
+            action="stopped decoding; bytes still forwarded unchanged",
+        )
+
+    def _odd_message(self, msg: m.Malformed | m.Oversized, direction: str) -> Record:
+        if isinstance(msg, m.Oversized):
+            return self.anomaly(
+                "oversized", f"{msg.expected} of {msg.length} bytes exceeds max_frame", direction=direction
+            )
+        return self.anomaly("malformed", msg.reason, direction=direction, type=msg.expected, length=msg.length)
+
+    # ------------------------------------------------------------------ message events
+
+    def _row_record(self, frame: Frame, exe: Execution | None, out: list[Record]) -> None:
+        opts = self.options
+        tag, buf, start, end = frame
+        length = (end - start if buf is not None else end) + 4
+        fields: dict[str, Any] = {
+            "session": self.session_id,
+            "direction": "backend",
+            "type": "DataRow",
+            "length": length,
+        }
+        if exe is not None:
+            if exe.rows_logged >= opts.max_rows_per_result:
+                return
+            exe.rows_logged += 1
+            fields["row_number"] = exe.rows
+        spans: list[tuple[int, int]] = []
+        if buf is None:
+            fields["oversized"] = True
+        elif exe is not None and self.statements is not None:
+            decoder = self.statements.row_decoder(exe)
+            if decoder is not None:
+                try:
+                    row = decoder.decode(buf, start, end)
+                except DecodeError as exc:
+                    fields["error"] = str(exc)
+                else:
+                    policy = opts.redaction
+                    limit = opts.max_value_chars
+                    for index, name in enumerate(decoder.names):
+                        if policy.is_sensitive(name):
+                            if row[name] is not None:
+                                row[name] = REDACTED
+                            spans.append(_value_span(buf, start, end, index))
+                        else:
+                            value = row[name]
+                            if isinstance(value, str) and len(value) > limit:
+                                row[name] = _cap(value, limit)
+                    fields["row"] = row
+        if self.detail >= Detail.WIRE and buf is not None:
+            raw = buf[start - _HEADER_BYTES : end]
+            fields["hex"] = hexdump(
+                mask(raw, [(a - start + _HEADER_BYTES, b - start + _HEADER_BYTES) for a, b in spans]),
+                opts.max_hexdump_bytes,
+            )
+        out.append(Record(MESSAGE, "debug", fields))
+
+    def _message_record(self, msg: m.Message, frame: Frame, frontend: bool) -> Record:
+        tag, buf, start, end = frame
+        fields: dict[str, Any] = {
+            "session": self.session_id,
+            "direction": "frontend" if frontend else "backend",
+            "type": msg.type,
+        }
+        if tag >= 0:
+            fields["tag"] = chr(tag)
+        if buf is not None and tag not in (FRAMING_ERROR,):
+            fields["length"] = end - start + 4 if tag >= 0 or tag == UNTAGGED else end - start
+        masked_body = self._describe(msg, fields)
+        if self.detail >= Detail.WIRE and buf is not None and tag != FRAMING_ERROR:
+            header = _HEADER_BYTES if tag >= 0 else (4 if tag == UNTAGGED else 0)
+            raw = buf[start - header : end]
+            if masked_body:
+                # Keep the header (and a startup packet's code word) readable.
+                raw = mask(raw, [(header + (4 if tag == UNTAGGED else 0), len(raw))])
+            fields["hex"] = hexdump(raw, self.options.max_hexdump_bytes)
+        return Record(MESSAGE, "debug", fields)
+
+    def _describe(self, msg: m.Message, fields: dict[str, Any]) -> bool:
+        """Add a message's decoded fields; returns True when its body must be masked in dumps."""
+        opts = self.options
+        policy = opts.redaction
+        limit = opts.max_value_chars
+        if isinstance(msg, m.RowDescription):
+            fields["columns"] = [
+                {
+                    "name": f.name,
+                    "type": type_name(f.type_oid),
+                    "type_oid": f.type_oid,
+                    "table_oid": f.table_oid,
+                    "column_number": f.column_number,
+                    "type_size": f.type_size,
+                    "type_modifier": f.type_modifier,
+                    "format": "binary" if f.format == 1 else "text",
+                }
+                for f in msg.fields
+            ]
+            return False
+        if isinstance(msg, m.StartupMessage):
+            fields["protocol_version"] = f"{msg.protocol_major}.{msg.protocol_minor}"
+            fields["parameters"] = msg.params
+            return False
+        if isinstance(msg, m.Query | m.Parse):
+            shown = policy.sql(msg.query)
+            fields["query"] = _cap(shown, opts.max_sql_chars)
+            if isinstance(msg, m.Parse):
+                fields["statement"] = msg.statement
+                fields["parameter_types"] = [type_name(t) if t else "unspecified" for t in msg.parameter_types]
+            return shown != msg.query
+        if isinstance(msg, m.Bind):
+            fields["portal"] = msg.portal
+            fields["statement"] = msg.statement
+            portal = self.statements.portals.get(msg.portal) if self.statements is not None else None
+            params = (
+                portal.parameters
+                if portal is not None
+                else [REDACTED if p is not None else None for p in msg.parameters]
+            )
+            fields["parameters"] = params
+            fields["parameter_formats"] = list(msg.parameter_formats)
+            fields["result_formats"] = list(msg.result_formats)
+            return policy.parameters is not ParameterMode.SHOW or any(p == REDACTED for p in params) or portal is None
+        if isinstance(msg, m.ErrorResponse | m.NoticeResponse):
+            fields.update(msg.named_fields())
+            return False
+        if isinstance(msg, m.CopyData):
+            fields["bytes"] = len(msg.data)
+            return True  # COPY payloads may hold any column: counted, never shown
+        if isinstance(msg, m.ReadyForQuery):
+            fields["status"] = msg.status
+            fields["transaction_status"] = TRANSACTION_STATUS.get(msg.status, msg.status)
+            return False
+        if isinstance(msg, m.CommandComplete):
+            fields["command_tag"] = msg.tag
+            fields["command"] = msg.command
+            fields["rows"] = msg.rows
+            return False
+        if isinstance(msg, m.NotificationResponse):
+            fields.update(process_id=msg.process_id, channel=msg.channel, payload=_cap(msg.payload, limit))
+            return False
+        if isinstance(msg, m.FunctionCall):
+            fields["function_oid"] = msg.function_oid
+            fields["arguments"] = len(msg.arguments)
+            return True
+        secrets = m.secret_fields(type(msg))
+        for f in dataclasses.fields(msg):  # type: ignore[arg-type]
+            if f.name in secrets:
+                fields[f.name] = REDACTED
+                continue
+            value = getattr(msg, f.name)
+            if isinstance(value, bytes):
+                value = _cap(value.hex(), limit)
+            elif isinstance(value, tuple):
+                value = list(value)
+            fields[f.name] = _cap(value, limit)
+        if isinstance(msg, m.Authentication):
+            fields["method"] = msg.method
+        return bool(secrets)
+
+
+def _value_span(buf: bytes, start: int, end: int, column: int) -> tuple[int, int]:
+    """Absolute [start, end) of column ``column``'s value bytes in a DataRow body."""
+    pos = start + 2
+    for index in range(column + 1):
+        length = int.from_bytes(buf[pos : pos + 4], "big", signed=True)
+        pos += 4
+        if index == column:
+            return (pos, pos + max(length, 0))
+        pos += max(length, 0)
+    return (pos, pos)
