@@ -32,3 +32,8 @@ def startup_message(parameters: dict[str, str], minor: int = 0) -> bytes:
 def message(tag: bytes, body: bytes = b"") -> bytes:
     """A tagged message: tag, Int32 length, body."""
     return tag + struct.pack("!I", len(body) + 4) + body
+
+
+def cancel_request(process_id: int, secret_key: bytes) -> bytes:
+    """A CancelRequest for a backend (protocol 3.2 keys may be longer than 4 bytes)."""
+    return startup_packet(80877102, struct.pack("!i", process_id) + secret_key)

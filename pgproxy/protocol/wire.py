@@ -97,6 +97,7 @@ class Conversation:
         self.parameters: dict[str, str] = {}
         self.startup: m.StartupMessage | None = None
         self.backend_pid: int | None = None
+        self.backend_key: bytes | None = None  # cancellation secret: never logged
         self.auth_state: str | None = None
         self.auth_method: str | None = None
         self.error: FramingError | None = None
@@ -236,6 +237,7 @@ class Conversation:
             key = decode_tagged(False, tag, buf, start, end, self.encoding)
             if isinstance(key, m.BackendKeyData):
                 self.backend_pid = key.process_id
+                self.backend_key = key.secret_key
         elif tag == _TAG_READY:
             self.phase = Phase.READY
             self.auth_state = None

@@ -112,7 +112,7 @@ class ProxyServer:
         if not self.sessions:
             self._idle.set()
 
-    def forward_cancel(self, session: ClientSession, packet: bytes) -> None:
+    def forward_cancel(self, session: ClientSession, packet: bytes, reason: str = "client_request") -> None:
         """Send a CancelRequest to the upstream on a connection of its own."""
         pid = int.from_bytes(packet[8:12], "big") if len(packet) >= 12 else None
         target = next(
@@ -123,15 +123,22 @@ class ProxyServer:
             ),
             None,
         )
-        task = asyncio.get_running_loop().create_task(self._send_cancel(packet, pid, target, session.peer))
+        if reason != "client_request":
+            target = session.session_id
+        task = asyncio.get_running_loop().create_task(self._send_cancel(packet, pid, target, session.peer, reason))
         self._cancel_tasks.add(task)
         task.add_done_callback(self._cancel_tasks.discard)
 
     async def _send_cancel(
-        self, packet: bytes, pid: int | None, target: str | None, peer: tuple[str, int] | None
+        self, packet: bytes, pid: int | None, target: str | None, peer: tuple[str, int] | None, reason: str
     ) -> None:
         cfg = self.config
-        fields = {"backend_pid": pid, "target_session": target, "client.address": peer[0] if peer else None}
+        fields = {
+            "backend_pid": pid,
+            "target_session": target,
+            "client.address": peer[0] if peer else None,
+            "reason": reason,
+        }
         try:
             _reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(cfg.upstream_host, cfg.upstream_port), cfg.connect_timeout

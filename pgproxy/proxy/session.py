@@ -21,7 +21,7 @@ import socket
 import struct
 from typing import TYPE_CHECKING, Any, cast
 
-from pgproxy.protocol.build import error_response
+from pgproxy.protocol.build import cancel_request, error_response
 from pgproxy.protocol.decoding import CANCEL_REQUEST_CODE, GSSENC_REQUEST_CODE, SSL_REQUEST_CODE
 from pgproxy.protocol.framing import MAX_STARTUP_PACKET
 from pgproxy.tracker.session import SessionTracker
@@ -147,11 +147,28 @@ class ClientSession(asyncio.Protocol):
         if self._connect_task is not None and not self._connect_task.done():
             self._connect_task.cancel()
         upstream = self.upstream
+        self._cancel_orphaned_statement()
         if upstream is not None and upstream.transport is not None and not upstream.transport.is_closing():
             # Never write_eof(): PostgreSQL does not half-close, and uvloop can
             # crash on it under churn (issue 3). close() flushes pending writes.
             upstream.transport.close()
         self._finish(exc)
+
+    def _cancel_orphaned_statement(self) -> None:
+        """The client vanished while a statement ran: cancel it, as the client no longer can.
+
+        Without this the backend would run the statement to its end before
+        noticing the closed socket (unless client_connection_check_interval is set).
+        """
+        tracker = self.tracker
+        if tracker is None or self.state is not State.RELAY or self.close_reason == "client_terminated":
+            return
+        statements = tracker.statements
+        busy = bool(statements.pending) if statements is not None else tracker.conv.phase.value == "ready"
+        pid, key = tracker.conv.backend_pid, tracker.conv.backend_key
+        if busy and not tracker.terminated and pid is not None and key is not None:
+            packet = cancel_request(pid, key)
+            self.server.forward_cancel(self, packet, reason="client_vanished")
 
     def pause_writing(self) -> None:
         # The client reads slower than the server sends: stop reading the server.

@@ -108,6 +108,10 @@ class LogSink:
         """Lines dropped so far because a destination could not keep up."""
         return sum(d.writer.dropped for d in self._destinations)
 
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every destination has written what it queued."""
+        return all(dest.writer.flush(timeout) for dest in self._destinations)
+
     def close(self) -> None:
         """Flush every destination and stop the writer threads."""
         for dest in self._destinations:

@@ -37,6 +37,7 @@ class QueueWriter:
         self.written = 0
         self._reported_dropped = 0
         self._queue: deque[str] = deque()
+        self._in_flight = 0
         self._wake = threading.Event()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -61,7 +62,9 @@ class QueueWriter:
                 batch: list[str] = []
                 while queue and len(batch) < 4096:
                     batch.append(queue.popleft())
+                self._in_flight = len(batch)
                 self._emit(batch)
+                self._in_flight = 0
             self._report_drops()
             if self._stopping and not queue:
                 return
@@ -93,6 +96,16 @@ class QueueWriter:
                 self.stream.flush()
             except (OSError, ValueError):
                 pass
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every queued line is written; False on timeout."""
+        deadline = time.monotonic() + timeout
+        self._wake.set()
+        while self._queue or self._in_flight:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.002)
+        return True
 
     def close(self, timeout: float = 5.0) -> None:
         """Write what is queued, then stop the thread (waits at most ``timeout``)."""

@@ -68,6 +68,7 @@ class Execution:
     copy_bytes: int = 0
     decoder: RowDecoder | None = None
     rows_logged: int = 0
+    source: Portal | None = None  # where a late RowDescription (Describe) lands
 
 
 @dataclass(slots=True)
@@ -165,6 +166,7 @@ class StatementTracker:
                     parameters=portal.parameters if portal else None,
                     description=portal.description if portal else None,
                     result_formats=portal.result_formats if portal else None,
+                    source=portal,
                 )
             exe.executes += 1
             self.pending.append(_Pending("execute", exe, portal))
@@ -264,6 +266,10 @@ class StatementTracker:
 
     def row_decoder(self, exe: Execution) -> RowDecoder | None:
         """Decoder for the DataRows of ``exe`` (built once per result)."""
+        if exe.description is None and exe.source is not None:
+            # Describe was answered after Execute was sent (pipelined): use it now.
+            portal = exe.source
+            exe.description = portal.description or (portal.statement.description if portal.statement else None)
         if exe.decoder is None and exe.description is not None:
             exe.decoder = RowDecoder.for_description(exe.description, exe.result_formats, self.value_context)
         return exe.decoder
@@ -514,7 +520,7 @@ class StatementTracker:
         for item in list(self.pending):
             exe: Execution | None = None
             if item.kind == "query":
-                exe = item.target.current
+                exe = None if item.target.failed else self._simple_current(item.target, now)
             elif item.kind in ("execute", "function"):
                 exe = item.target
             if exe is not None and id(exe) not in seen:

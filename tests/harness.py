@@ -1,0 +1,201 @@
+"""Test harnesses: the proxy in a thread of its own, and a byte-recording relay.
+
+Both run a private event loop in a background thread, so synchronous clients
+(psycopg, psql and pgbench subprocesses) and asynchronous ones (asyncpg, in
+the test's own loop) can use them alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pgproxy.proxy.loop import loop_factory
+from pgproxy.proxy.server import ProxyServer, ProxySettings
+from pgproxy.sink import LogSink
+from pgproxy.tracker.options import TrackerOptions
+
+
+class _LoopThread:
+    """A background thread running one event loop."""
+
+    def __init__(self, kind: str = "uvloop") -> None:
+        factory, _ = loop_factory(kind)
+        self.loop = factory()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def call(self, coro: Any, timeout: float = 30.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+class ProxyHarness:
+    """pgproxy in front of ``upstream``, logging JSON lines into memory.
+
+    Args:
+        upstream: (host, port) of the real server.
+        options: tracker options (detail level, caps, redaction...).
+        loop: "uvloop" or "asyncio".
+        settings: overrides for :class:`ProxySettings` fields.
+    """
+
+    def __init__(
+        self,
+        upstream: tuple[str, int],
+        options: TrackerOptions | None = None,
+        loop: str = "uvloop",
+        **settings: Any,
+    ) -> None:
+        self.stream = io.StringIO()
+        self.sink = LogSink(stream=self.stream, fmt="json")
+        self.settings = ProxySettings(
+            listen_host="127.0.0.1", listen_port=0, upstream_host=upstream[0], upstream_port=upstream[1], **settings
+        )
+        self.server = ProxyServer(self.settings, options or TrackerOptions(), self.sink)
+        self._loop = _LoopThread(loop)
+        self._loop.call(self.server.start())
+        self.host, self.port = self.server.sockets[0]
+
+    def dsn(self, user: str = "postgres", database: str = "postgres", password: str | None = None, **params: str) -> str:
+        auth = user + (f":{password}" if password else "")
+        query = "&".join(f"{k}={v}" for k, v in params.items())
+        return f"postgresql://{auth}@{self.host}:{self.port}/{database}" + (f"?{query}" if query else "")
+
+    def text(self) -> str:
+        self.sink.flush()
+        return self.stream.getvalue()
+
+    def events(self, event: str | None = None, **match: Any) -> list[dict[str, Any]]:
+        """Logged events, optionally only those named ``event`` whose fields equal ``match``."""
+        out = []
+        for line in self.text().splitlines():
+            record = json.loads(line)
+            if event is not None and record.get("event") != event:
+                continue
+            if all(record.get(k) == v for k, v in match.items()):
+                out.append(record)
+        return out
+
+    def wait_for(self, predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
+        """Poll until ``predicate()`` is truthy (events are written asynchronously)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            result = predicate()
+            if result:
+                return result
+            if time.monotonic() > deadline:
+                raise AssertionError(f"condition not met within {timeout}s; log tail:\n{self.text()[-3000:]}")
+            time.sleep(0.02)
+
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        """Wait until every proxied session has ended and been logged."""
+        self.wait_for(lambda: not self.server.sessions, timeout)
+        self.sink.flush()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._loop.call(self.server.close())
+        self._loop.stop()
+        self.sink.close()
+
+    def __enter__(self) -> ProxyHarness:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class Recording:
+    """Bytes of one relayed connection, per direction, and the chunks as they came."""
+
+    client_sent: bytearray = field(default_factory=bytearray)
+    server_sent: bytearray = field(default_factory=bytearray)
+    chunks: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+class RecordingRelay:
+    """A dumb TCP relay that records every byte it passes, for transparency proofs."""
+
+    def __init__(self, target: tuple[str, int], keep_chunks: bool = False) -> None:
+        self.target = target
+        self.keep_chunks = keep_chunks
+        self.recordings: list[Recording] = []
+        self._loop = _LoopThread("asyncio")
+        self._server: asyncio.AbstractServer = self._loop.call(asyncio.start_server(self._handle, "127.0.0.1", 0))
+        self.port = self._server.sockets[0].getsockname()[1]
+        self.active = 0
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        rec = Recording()
+        self.recordings.append(rec)
+        self.active += 1
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            self.active -= 1
+            return
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, sink: bytearray, tag: str) -> None:
+            try:
+                while True:
+                    data = await src.read(65536)
+                    if not data:
+                        break
+                    sink += data
+                    if self.keep_chunks:
+                        rec.chunks.append((tag, data))
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                with contextlib.suppress(Exception):
+                    dst.close()
+
+        await asyncio.gather(
+            pump(reader, up_writer, rec.client_sent, "F"), pump(up_reader, writer, rec.server_sent, "B")
+        )
+        self.active -= 1
+
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.active and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        self._server.close()
+        self._loop.stop()
+
+
+@contextlib.contextmanager
+def chain(upstream: tuple[str, int], options: TrackerOptions | None = None, **settings: Any) -> Iterator[
+    tuple[RecordingRelay, ProxyHarness, RecordingRelay]
+]:
+    """client -> relay A -> pgproxy -> relay B -> server: A and B must record the same bytes."""
+    near_server = RecordingRelay(upstream)
+    proxy = ProxyHarness(("127.0.0.1", near_server.port), options, **settings)
+    near_client = RecordingRelay((proxy.host, proxy.port))
+    try:
+        yield near_client, proxy, near_server
+    finally:
+        near_client.close()
+        proxy.close()
+        near_server.close()
