@@ -64,6 +64,7 @@ class ProxyHarness:
     ) -> None:
         self.stream = io.StringIO()
         self.sink = LogSink(stream=self.stream, fmt="json")
+        settings.setdefault("shutdown_grace", 1.0)
         self.settings = ProxySettings(
             listen_host="127.0.0.1", listen_port=0, upstream_host=upstream[0], upstream_port=upstream[1], **settings
         )

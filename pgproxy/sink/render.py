@@ -37,6 +37,10 @@ def scrub_secrets(_logger: Any, _method: str, event: MutableMapping[str, Any]) -
     return event
 
 
+#: Context repeated on every query event; JSON keeps it, a terminal reader does not need it.
+_CONSOLE_OMITS: Final = ("db.system.name", "server.address", "server.port", "client.address", "client.port")
+
+
 class ConsoleRenderer:
     """Human-readable rendering: one line per event, hex dumps indented below it."""
 
@@ -45,6 +49,8 @@ class ConsoleRenderer:
 
     def __call__(self, logger: Any, method: str, event: MutableMapping[str, Any]) -> str:
         dump = event.pop("hex", None)
+        for key in _CONSOLE_OMITS:
+            event.pop(key, None)
         line: str = self._inner(logger, method, event)
         if dump:
             line += "\n" + "\n".join("    " + row for row in str(dump).splitlines())
