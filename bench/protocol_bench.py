@@ -79,25 +79,26 @@ def bench_rows(stream: list[bytes], rows: int) -> float:
 
 
 def bench_conversations(data_dir: Path, repeat: int) -> tuple[float, int]:
+    """Messages/s for framing plus typed decoding of every recorded connection."""
     recordings = sorted(data_dir.glob("*.json"))
     total = 0
     elapsed = 0.0
     for path in recordings:
-        rec = json.loads(path.read_text())
-        events = [(e["dir"] == "F", bytes.fromhex(e["hex"])) for e in rec["chunks"]]
-        for _ in range(repeat):
-            conv = Conversation()
-            t0 = time.perf_counter()
-            for frontend, data in events:
-                if frontend:
-                    for f in conv.receive_frontend(data):
-                        conv.decode_frontend(f)
-                        total += 1
-                else:
-                    for f in conv.receive_backend(data):
-                        conv.decode_backend(f)
-                        total += 1
-            elapsed += time.perf_counter() - t0
+        for conn in json.loads(path.read_text())["connections"]:
+            events = [(e["dir"] == "F", bytes.fromhex(e["hex"])) for e in conn]
+            for _ in range(repeat):
+                conv = Conversation()
+                t0 = time.perf_counter()
+                for frontend, data in events:
+                    if frontend:
+                        for f in conv.receive_frontend(data):
+                            conv.decode_frontend(f)
+                            total += 1
+                    else:
+                        for f in conv.receive_backend(data):
+                            conv.decode_backend(f)
+                            total += 1
+                elapsed += time.perf_counter() - t0
     return (total / elapsed if elapsed else 0.0), len(recordings)
 
 

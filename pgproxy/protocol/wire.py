@@ -179,6 +179,12 @@ class Conversation:
         """
         self.receive_backend(b"N")
 
+    def assume_established(self) -> None:
+        """Start mid-conversation (a capture that missed the start-up): both sides tagged."""
+        self.phase = Phase.READY
+        self.frontend.mode = FramingMode.TAGGED
+        self.backend.mode = FramingMode.TAGGED
+
     @property
     def decoding(self) -> bool:
         """False once the conversation is encrypted or desynchronised."""

@@ -125,6 +125,7 @@ class StatementTracker:
     transaction_status: str | None = None
     executed: int = 0
     in_scope: bool = True
+    orphan: Execution | None = None
     _group_start: float | None = None
 
     # ------------------------------------------------------------------ frontend
@@ -239,6 +240,8 @@ class StatementTracker:
 
     def current_execution(self) -> Execution | None:
         """The statement whose results are arriving now, if any."""
+        if not self.pending:
+            return self.orphan
         for item in self.pending:
             if item.kind == "query":
                 sq: SimpleQuery = item.target
@@ -298,6 +301,9 @@ class StatementTracker:
                 exe = self._simple_current(head.target, now)
                 exe.description = description
                 exe.decoder = None
+            elif head is None:
+                # Results whose request we never saw (a capture joined mid-stream).
+                self.orphan = Execution("unknown", None, now, description=description)
         elif isinstance(msg, m.CommandComplete):
             return self._complete(now, "ok", tag=msg)
         elif isinstance(msg, m.EmptyQueryResponse):
@@ -342,7 +348,8 @@ class StatementTracker:
     def _complete(self, now: float, outcome: str, tag: m.CommandComplete | None = None) -> list[Record]:
         head = self.pending[0] if self.pending else None
         if head is None:
-            return []
+            orphan, self.orphan = self.orphan, None
+            return self._finish(orphan, now, outcome, tag) if orphan is not None else []
         if head.kind == "query":
             sq: SimpleQuery = head.target
             exe = self._simple_current(sq, now)

@@ -1,0 +1,163 @@
+"""The two-direction state machine and typed decoding, on recorded real conversations."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pgproxy.protocol import Conversation, Phase, messages as m
+from pgproxy.protocol.build import error_response, message, startup_message
+from pgproxy.protocol.decoding import decode_tagged
+from pgproxy.protocol.errors import ProtocolError
+from tests.golden import Chunks, recordings
+
+RECORDINGS = recordings()
+
+
+def decode_all(chunks: Chunks) -> list[m.Message]:
+    conv = Conversation()
+    out: list[m.Message] = []
+    for frontend, data in chunks:
+        frames = conv.receive_frontend(data) if frontend else conv.receive_backend(data)
+        out += [conv.decode(f, frontend) for f in frames]
+    return out
+
+
+def rechunk(chunks: Chunks, rng: random.Random) -> Chunks:
+    out: Chunks = []
+    for frontend, data in chunks:
+        pos = 0
+        while pos < len(data):
+            step = rng.randint(1, max(1, len(data) // 3))
+            out.append((frontend, data[pos : pos + step]))
+            pos += step
+    return out
+
+
+def test_all_scenarios_were_recorded() -> None:
+    assert set(RECORDINGS) >= {"psql", "asyncpg", "psycopg", "pgbench_extended", "copy", "notify", "scram"}
+
+
+@pytest.mark.parametrize("scenario", sorted(RECORDINGS))
+def test_recordings_decode_without_anomalies(scenario: str) -> None:
+    for conn in RECORDINGS[scenario]:
+        msgs = decode_all(conn)
+        bad = [x for x in msgs if isinstance(x, m.Malformed | m.Unknown | m.Desynchronized | m.Oversized)]
+        assert not bad
+        assert isinstance(msgs[0], m.StartupMessage | m.SSLRequest)
+
+
+@pytest.mark.parametrize("scenario", sorted(RECORDINGS))
+def test_one_byte_at_a_time_is_identical(scenario: str) -> None:
+    for conn in RECORDINGS[scenario]:
+        bytewise = [(f, data[i : i + 1]) for f, data in conn for i in range(len(data))]
+        assert decode_all(bytewise) == decode_all(conn)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(min_value=0, max_value=2**32), st.sampled_from(sorted(RECORDINGS)))
+def test_any_rechunking_of_a_recording_is_identical(seed: int, scenario: str) -> None:
+    for conn in RECORDINGS[scenario]:
+        assert decode_all(rechunk(conn, random.Random(seed))) == decode_all(conn)
+
+
+def test_psql_recording_content() -> None:
+    (conn,) = RECORDINGS["psql"]
+    msgs = decode_all(conn)
+    queries = [x.query for x in msgs if isinstance(x, m.Query)]
+    assert any("username = 'Demo'" in q for q in queries)
+    errors = [x for x in msgs if isinstance(x, m.ErrorResponse)]
+    assert [e.sqlstate for e in errors] == ["22012"]
+    assert errors[0].named_fields()["message"] == "division by zero"
+    tags = [x.tag for x in msgs if isinstance(x, m.CommandComplete)]
+    assert "INSERT 0 2" in tags
+    assert isinstance(msgs[-1], m.Terminate)
+
+
+def test_scram_exchange_is_told_apart_by_auth_state() -> None:
+    (conn,) = RECORDINGS["scram"]
+    types = [type(x).__name__ for x in decode_all(conn)]
+    assert "AuthenticationSASL" in types
+    assert types.index("SASLInitialResponse") < types.index("AuthenticationSASLContinue") < types.index("SASLResponse")
+    assert "AuthenticationSASLFinal" in types and "PasswordMessage" not in types
+
+
+def test_copy_and_notify_recordings() -> None:
+    (copy,) = RECORDINGS["copy"]
+    msgs = decode_all(copy)
+    assert any(isinstance(x, m.CopyInResponse) for x in msgs)
+    assert any(isinstance(x, m.CopyOutResponse) for x in msgs)
+    assert sum(isinstance(x, m.CopyData) for x in msgs) >= 2
+    (notify,) = RECORDINGS["notify"]
+    msgs = decode_all(notify)
+    (note,) = [x for x in msgs if isinstance(x, m.NotificationResponse)]
+    assert (note.channel, note.payload) == ("chan", "payload 1")
+    assert any(isinstance(x, m.NoticeResponse) and x.message == "a notice" for x in msgs)
+
+
+def test_ssl_negotiation_then_plaintext_then_encrypted() -> None:
+    conv = Conversation()
+    conv.receive_frontend(b"\x00\x00\x00\x08\x04\xd2\x16\x2f")  # SSLRequest
+    assert conv.phase is Phase.NEGOTIATING
+    (answer,) = conv.receive_backend(b"N")
+    assert conv.decode(answer, False) == m.SSLResponse("N")
+    conv.receive_frontend(startup_message({"user": "u", "database": "d"}))
+    assert conv.phase is Phase.AUTHENTICATING and conv.startup is not None
+    conv2 = Conversation()
+    conv2.receive_frontend(b"\x00\x00\x00\x08\x04\xd2\x16\x2f")
+    conv2.receive_backend(b"S")
+    assert conv2.phase is Phase.ENCRYPTED
+    assert conv2.receive_frontend(b"\x16\x03\x01anything") == []
+
+
+def test_old_server_answers_sslrequest_with_an_error() -> None:
+    conv = Conversation()
+    conv.receive_frontend(b"\x00\x00\x00\x08\x04\xd2\x16\x2f")
+    frames = conv.receive_backend(error_response("FATAL", "08P01", "unsupported frontend protocol"))
+    (msg,) = [conv.decode(f, False) for f in frames]
+    assert isinstance(msg, m.ErrorResponse) and msg.sqlstate == "08P01"
+
+
+def test_protocol_32_startup_and_long_cancel_key() -> None:
+    conv = Conversation()
+    (frame,) = conv.receive_frontend(startup_message({"user": "u"}, minor=2))
+    start = conv.decode(frame, True)
+    assert isinstance(start, m.StartupMessage) and (start.protocol_major, start.protocol_minor) == (3, 2)
+    key = bytes(range(32))
+    (kd,) = conv.receive_backend(message(b"K", (1234).to_bytes(4, "big") + key))
+    decoded = conv.decode(kd, False)
+    assert decoded == m.BackendKeyData(1234, key)
+    assert "secret_key" in m.secret_fields(m.BackendKeyData)
+
+
+def test_unknown_tag_and_malformed_body_never_raise() -> None:
+    assert decode_tagged(False, ord("?"), b"abc", 0, 3) == m.Unknown("?", b"abc")
+    bad = decode_tagged(False, ord("T"), b"\x00\x05abc", 0, 5)
+    assert isinstance(bad, m.Malformed) and bad.expected == "RowDescription"
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=600), st.booleans())
+def test_random_bytes_only_raise_package_errors(data: bytes, frontend: bool) -> None:
+    conv = Conversation(max_frame=256)
+    try:
+        frames = conv.receive_frontend(data) if frontend else conv.receive_backend(data)
+        for f in frames:
+            conv.decode(f, frontend)
+    except ProtocolError:
+        pass
+    assert conv.frontend.buffered <= 10_016 and conv.backend.buffered <= 256 + 5
+
+
+def test_protocol_package_imports_neither_asyncio_nor_structlog() -> None:
+    code = (
+        "import sys; import pgproxy.protocol, pgproxy.tracker.session, pgproxy.capture; "
+        "bad = [m for m in ('asyncio', 'structlog', 'uvloop') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr

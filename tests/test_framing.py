@@ -1,0 +1,119 @@
+"""Framing: chunking is invisible, bounds hold, bad lengths are typed errors."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pgproxy.protocol import Framer, FramingMode
+from pgproxy.protocol.build import message, startup_message
+from pgproxy.protocol.framing import FRAMING_ERROR, SINGLE_BYTE, TLS_RECORD, UNTAGGED
+
+STREAM = (
+    message(b"T", struct.pack("!H", 1) + b"a\0" + struct.pack("!IhIhih", 0, 0, 23, 4, -1, 0))
+    + message(b"D", struct.pack("!HI", 1, 1) + b"7")
+    + message(b"C", b"SELECT 1\0")
+    + message(b"Z", b"I")
+)
+
+
+def bodies(framer: Framer, chunks: list[bytes]) -> list[tuple[int, bytes | None]]:
+    out = []
+    for chunk in chunks:
+        for tag, buf, start, end in framer.feed(chunk):
+            out.append((tag, None if buf is None else bytes(buf[start:end])))
+    return out
+
+
+def whole(data: bytes) -> list[bytes]:
+    return [data]
+
+
+def bytewise(data: bytes) -> list[bytes]:
+    return [data[i : i + 1] for i in range(len(data))]
+
+
+@pytest.mark.parametrize("split", [whole, bytewise], ids=["whole", "one-byte"])
+def test_tagged_frames_whole_and_bytewise(split) -> None:  # type: ignore[no-untyped-def]
+    frames = bodies(Framer("backend"), split(STREAM))
+    assert [chr(t) for t, _ in frames] == ["T", "D", "C", "Z"]
+    assert frames[2][1] == b"SELECT 1\0"
+    assert frames[3][1] == b"I"
+
+
+def test_trailing_partial_message_is_held_back() -> None:
+    framer = Framer("backend")
+    trailing = message(b"C", b"SELECT 12\0")
+    frames = bodies(framer, [STREAM + trailing[:7]])
+    assert len(frames) == 4
+    assert framer.buffered == 7
+    assert bodies(framer, [trailing[7:]]) == [(ord("C"), b"SELECT 12\0")]
+    assert framer.buffered == 0
+
+
+@given(st.lists(st.integers(min_value=0, max_value=len(STREAM) * 3), max_size=20))
+def test_any_rechunking_gives_identical_frames(cuts: list[int]) -> None:
+    data = STREAM * 3
+    points = sorted({0, len(data), *cuts})
+    chunks = [data[a:b] for a, b in zip(points, points[1:], strict=False)]
+    assert bodies(Framer("backend"), chunks) == bodies(Framer("backend"), [data])
+
+
+def test_length_below_four_is_a_framing_error() -> None:
+    framer = Framer("backend")
+    frames = framer.feed(message(b"Z", b"I") + b"D\x00\x00\x00\x02" + b"junk")
+    assert [f[0] for f in frames] == [ord("Z"), FRAMING_ERROR]
+    assert framer.error is not None
+    assert framer.error.offset == 6
+    assert framer.error.excerpt.startswith(b"D\x00\x00\x00\x02")
+    assert "impossible" in framer.error.reason
+    assert framer.mode is FramingMode.HALTED
+    assert framer.feed(b"more bytes") == []
+
+
+def test_oversized_message_is_streamed_past_not_buffered() -> None:
+    framer = Framer("backend", max_frame=1024)
+    big = message(b"D", b"x" * 100_000)
+    frames = []
+    for i in range(0, len(big), 4096):
+        frames += framer.feed(big[i : i + 4096])
+        assert framer.buffered <= 1024 + 5  # never holds the big body
+    frames += framer.feed(message(b"Z", b"I"))
+    assert frames[0] == (ord("D"), None, 0, 100_000)
+    assert [f[0] for f in frames[1:]] == [ord("Z")]
+
+
+def test_startup_packets_and_single_byte_answer() -> None:
+    framer = Framer("frontend", FramingMode.STARTUP)
+    ssl = struct.pack("!II", 8, 80877103)
+    frames = framer.feed(ssl + startup_message({"user": "u"}))
+    assert len(frames) == 1 and frames[0][0] == UNTAGGED  # stops after one packet
+    frames = framer.feed(b"")
+    assert frames[0][0] == UNTAGGED and frames[0][1] is not None
+    backend = Framer("backend", FramingMode.SINGLE_BYTE)
+    assert backend.feed(b"N")[0][0] == SINGLE_BYTE
+
+
+def test_direct_tls_first_byte_halts() -> None:
+    framer = Framer("frontend", FramingMode.STARTUP)
+    frames = framer.feed(b"\x16\x03\x01\x02\x00")
+    assert frames[0][0] == TLS_RECORD
+    assert framer.mode is FramingMode.HALTED
+
+
+def test_startup_packet_too_long_is_a_framing_error() -> None:
+    framer = Framer("frontend", FramingMode.STARTUP)
+    frames = framer.feed(struct.pack("!II", 50_000, 196608))
+    assert frames[0][0] == FRAMING_ERROR and framer.error is not None
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=2000), st.sampled_from(list(FramingMode)))
+def test_random_bytes_never_raise_and_stay_bounded(data: bytes, mode: FramingMode) -> None:
+    framer = Framer("backend", mode, max_frame=512)
+    for i in range(0, len(data), 37):
+        framer.feed(data[i : i + 37])
+        assert framer.buffered <= 512 + 5 or framer.buffered <= 10_000
