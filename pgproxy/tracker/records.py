@@ -58,5 +58,8 @@ class Record:
     def __getitem__(self, key: str) -> Any:
         return self.fields[key]
 
+    def __contains__(self, key: object) -> bool:
+        return key in self.fields
+
     def get(self, key: str, default: Any = None) -> Any:
         return self.fields.get(key, default)
