@@ -61,15 +61,22 @@ def run_scenario(dsn: str) -> dict[str, Any]:
 
 async def _demo(pg: EmbeddedPostgres, sink: LogSink, detail: Detail) -> dict[str, Any]:
     server = ProxyServer(
-        ProxySettings(listen_host="127.0.0.1", listen_port=0, upstream_host="127.0.0.1", upstream_port=pg.port,
-                      shutdown_grace=2.0),
+        ProxySettings(
+            listen_host="127.0.0.1", listen_port=0, upstream_host="127.0.0.1", upstream_port=pg.port, shutdown_grace=2.0
+        ),
         TrackerOptions(detail=detail),
         sink,
     )
     await server.start()
     host, port = server.sockets[0]
-    sink.log("info", "proxy.started", listen=[f"{host}:{port}"], upstream=f"127.0.0.1:{pg.port}",
-             detail=detail.name.lower(), postgres=pg.major)
+    sink.log(
+        "info",
+        "proxy.started",
+        listen=[f"{host}:{port}"],
+        upstream=f"127.0.0.1:{pg.port}",
+        detail=detail.name.lower(),
+        postgres=pg.major,
+    )
     try:
         return await asyncio.to_thread(run_scenario, f"postgresql+psycopg://postgres@{host}:{port}/postgres")
     finally:
@@ -81,8 +88,9 @@ def demo_command(args: argparse.Namespace) -> int:
         import psycopg  # noqa: F401
         import sqlalchemy  # noqa: F401
     except ImportError as exc:
-        print(f"pgproxy demo needs the demo extras ({exc.name} is missing): pip install 'pgproxy[demo]'",
-              file=sys.stderr)
+        print(
+            f"pgproxy demo needs the demo extras ({exc.name} is missing): pip install 'pgproxy[demo]'", file=sys.stderr
+        )
         return 2
     sink = LogSink(fmt=args.log_format)
     try:

@@ -201,7 +201,9 @@ class EmbeddedPostgres:
             self._tmp.chmod(0o755)
             os.chown(sockdir, account.pw_uid, account.pw_gid)
         env = {"PATH": str(self._bindir) + os.pathsep + os.environ.get("PATH", ""), "LC_ALL": "C", "LANG": "C"}
-        as_user = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []} if account else {}
+        uid = account.pw_uid if account else None
+        gid = account.pw_gid if account else None
+        groups: list[int] | None = [] if account else None
         self.datadir.mkdir()
         if account:
             os.chown(self.datadir, account.pw_uid, account.pw_gid)
@@ -221,7 +223,9 @@ class EmbeddedPostgres:
             cwd=str(self._tmp),
             timeout=180,
             check=False,
-            **as_user,  # type: ignore[arg-type]
+            user=uid,
+            group=gid,
+            extra_groups=groups,
         )
         if init.returncode != 0:
             raise EmbeddedPostgresError(f"initdb failed: {init.stderr.decode(errors='replace')[-2000:]}")
@@ -251,7 +255,9 @@ class EmbeddedPostgres:
             env=env,
             cwd=str(self._tmp),
             start_new_session=True,
-            **as_user,  # type: ignore[arg-type]
+            user=uid,
+            group=gid,
+            extra_groups=groups,
         )
         log.close()
         self._wait_ready()

@@ -30,9 +30,7 @@ def _is_text_dump(data: bytes) -> bool:
         text = data.decode("ascii")
     except UnicodeDecodeError:
         return False
-    return any(line.strip() for line in text.splitlines()) and all(
-        ch.isprintable() or ch in "\r\n\t" for ch in text
-    )
+    return any(line.strip() for line in text.splitlines()) and all(ch.isprintable() or ch in "\r\n\t" for ch in text)
 
 
 def decode_stream(stream: Stream, name: str, detail: Detail) -> list[Record]:
@@ -52,7 +50,11 @@ def decode_stream(stream: Stream, name: str, detail: Detail) -> list[Record]:
 
 
 def decode_bytes(
-    data: bytes, *, direction: str | None = None, fmt: str = "auto", server_port: int = 5432,
+    data: bytes,
+    *,
+    direction: str | None = None,
+    fmt: str = "auto",
+    server_port: int = 5432,
     detail: Detail = Detail.MESSAGE,
 ) -> list[Record]:
     """Decode a whole capture (see :mod:`pgproxy.capture` for the formats)."""

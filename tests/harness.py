@@ -73,7 +73,9 @@ class ProxyHarness:
         self._loop.call(self.server.start())
         self.host, self.port = self.server.sockets[0]
 
-    def dsn(self, user: str = "postgres", database: str = "postgres", password: str | None = None, **params: str) -> str:
+    def dsn(
+        self, user: str = "postgres", database: str = "postgres", password: str | None = None, **params: str
+    ) -> str:
         auth = user + (f":{password}" if password else "")
         query = "&".join(f"{k}={v}" for k, v in params.items())
         return f"postgresql://{auth}@{self.host}:{self.port}/{database}" + (f"?{query}" if query else "")
@@ -187,9 +189,9 @@ class RecordingRelay:
 
 
 @contextlib.contextmanager
-def chain(upstream: tuple[str, int], options: TrackerOptions | None = None, **settings: Any) -> Iterator[
-    tuple[RecordingRelay, ProxyHarness, RecordingRelay]
-]:
+def chain(
+    upstream: tuple[str, int], options: TrackerOptions | None = None, **settings: Any
+) -> Iterator[tuple[RecordingRelay, ProxyHarness, RecordingRelay]]:
     """client -> relay A -> pgproxy -> relay B -> server: A and B must record the same bytes."""
     near_server = RecordingRelay(upstream)
     proxy = ProxyHarness(("127.0.0.1", near_server.port), options, **settings)

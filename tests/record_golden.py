@@ -31,8 +31,14 @@ CREATE TEMP TABLE t (a int, b text);
 INSERT INTO t VALUES (1, 'one'), (2, NULL);
 SELECT * FROM t; SELECT 1/0;
 """
-    subprocess.run([pg.tool("psql"), "-X", "-d", f"postgresql://postgres@127.0.0.1:{port}/postgres?sslmode=disable"],
-                   input=script, capture_output=True, text=True, check=False, timeout=60)
+    subprocess.run(
+        [pg.tool("psql"), "-X", "-d", f"postgresql://postgres@127.0.0.1:{port}/postgres?sslmode=disable"],
+        input=script,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
 
 
 def _asyncpg(pg: EmbeddedPostgres, port: int) -> None:
@@ -55,8 +61,12 @@ def _psycopg(pg: EmbeddedPostgres, port: int) -> None:
 
 def _pgbench(pg: EmbeddedPostgres, port: int) -> None:
     dsn = f"postgresql://postgres@127.0.0.1:{port}/postgres?sslmode=disable"
-    subprocess.run([pg.tool("pgbench"), "-n", "-M", "extended", "-S", "-t", "5", "-d", dsn], capture_output=True,
-                   check=True, timeout=60)
+    subprocess.run(
+        [pg.tool("pgbench"), "-n", "-M", "extended", "-S", "-t", "5", "-d", dsn],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
 
 
 def _copy(pg: EmbeddedPostgres, port: int) -> None:

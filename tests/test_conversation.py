@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pgproxy.protocol import Conversation, Phase, messages as m
+from pgproxy.protocol import Conversation, Phase
+from pgproxy.protocol import messages as m
 from pgproxy.protocol.build import error_response, message, startup_message
 from pgproxy.protocol.decoding import decode_tagged
 from pgproxy.protocol.errors import ProtocolError

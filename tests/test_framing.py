@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import struct
 
 import pytest
@@ -58,7 +59,7 @@ def test_trailing_partial_message_is_held_back() -> None:
 def test_any_rechunking_gives_identical_frames(cuts: list[int]) -> None:
     data = STREAM * 3
     points = sorted({0, len(data), *cuts})
-    chunks = [data[a:b] for a, b in zip(points, points[1:], strict=False)]
+    chunks = [data[a:b] for a, b in itertools.pairwise(points)]
     assert bodies(Framer("backend"), chunks) == bodies(Framer("backend"), [data])
 
 

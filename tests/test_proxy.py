@@ -55,8 +55,14 @@ def test_transparency_psql_psycopg_asyncpg(any_pg: EmbeddedPostgres) -> None:
             SELECT 1/0;
             LISTEN chan; NOTIFY chan, 'hello';
         """
-        subprocess.run([any_pg.tool("psql"), "-X", "-d", dsn], input=script, capture_output=True, text=True,
-                       timeout=60, check=False)
+        subprocess.run(
+            [any_pg.tool("psql"), "-X", "-d", dsn],
+            input=script,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         with psycopg.connect(dsn) as conn:
             conn.execute("SELECT %s::int + 1, %s::text", (41, "text"))
             with conn.cursor(binary=True) as cur:
@@ -83,12 +89,27 @@ def test_transparency_psql_psycopg_asyncpg(any_pg: EmbeddedPostgres) -> None:
 
 
 def test_transparency_pgbench_all_modes(pg: EmbeddedPostgres) -> None:
-    subprocess.run([pg.tool("pgbench"), "-i", "-q", "-s", "1", "-d", pg.dsn()], capture_output=True, check=True,
-                   timeout=120)
+    subprocess.run(
+        [pg.tool("pgbench"), "-i", "-q", "-s", "1", "-d", pg.dsn()], capture_output=True, check=True, timeout=120
+    )
     with chain(("127.0.0.1", pg.port), TrackerOptions(detail=Detail.QUERY)) as (near_client, proxy, near_server):
         for mode in ("simple", "extended", "prepared"):
-            _run([pg.tool("pgbench"), "-n", "-M", mode, "-c", "2", "-j", "1", "-t", "50", "-d",
-                  f"postgresql://postgres@127.0.0.1:{near_client.port}/postgres?sslmode=disable"])
+            _run(
+                [
+                    pg.tool("pgbench"),
+                    "-n",
+                    "-M",
+                    mode,
+                    "-c",
+                    "2",
+                    "-j",
+                    "1",
+                    "-t",
+                    "50",
+                    "-d",
+                    f"postgresql://postgres@127.0.0.1:{near_client.port}/postgres?sslmode=disable",
+                ]
+            )
         _assert_transparent(near_client, near_server)
         proxy.wait_idle()
         queries = proxy.events("query")
@@ -118,8 +139,10 @@ def test_large_result_is_forwarded_intact(pg: EmbeddedPostgres) -> None:
 def test_demo_row_is_logged_by_name_text_and_binary(pg: EmbeddedPostgres) -> None:
     """The Wireshark view: RowDescription names, DataRow values, SELECT 1, ReadyForQuery."""
     with ProxyHarness(("127.0.0.1", pg.port), MESSAGE) as proxy:
-        sql = ("SELECT users.id AS users_id, users.username AS users_username, users.email AS users_email "
-               "FROM users WHERE users.username = 'Demo'")
+        sql = (
+            "SELECT users.id AS users_id, users.username AS users_username, users.email AS users_email "
+            "FROM users WHERE users.username = 'Demo'"
+        )
         with psycopg.connect(proxy.dsn(sslmode="disable")) as conn:
             conn.execute(sql).fetchall()  # text results
             with conn.cursor(binary=True) as cur:
@@ -165,9 +188,11 @@ def test_unreachable_upstream_gets_a_proper_error(pg: EmbeddedPostgres) -> None:
         assert len(failures) == 2 and all("refused" in f["reason"].lower() for f in failures)
 
     # ... and the same proxy process keeps serving others: a working upstream next to it
-    with ProxyHarness(("127.0.0.1", pg.port), TrackerOptions()) as proxy:
-        with psycopg.connect(proxy.dsn(sslmode="disable")) as conn:
-            assert conn.execute("SELECT 7").fetchone() == (7,)
+    with (
+        ProxyHarness(("127.0.0.1", pg.port), TrackerOptions()) as proxy,
+        psycopg.connect(proxy.dsn(sslmode="disable")) as conn,
+    ):
+        assert conn.execute("SELECT 7").fetchone() == (7,)
 
 
 def test_connect_timeout_is_reported(pg: EmbeddedPostgres) -> None:
@@ -223,7 +248,9 @@ def test_psql_ctrl_c_cancels(pg: EmbeddedPostgres) -> None:
     with ProxyHarness(("127.0.0.1", pg.port), TrackerOptions()) as proxy:
         proc = subprocess.Popen(
             [pg.tool("psql"), "-X", "-d", proxy.dsn(sslmode="disable"), "-c", "SELECT pg_sleep(10)"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         proxy.wait_for(lambda: proxy.events("session.ready"))
         time.sleep(0.3)
@@ -238,9 +265,16 @@ def test_psql_ctrl_c_cancels(pg: EmbeddedPostgres) -> None:
 def test_client_killed_mid_query_ends_its_backend(pg: EmbeddedPostgres) -> None:
     with ProxyHarness(("127.0.0.1", pg.port), TrackerOptions()) as proxy:
         proc = subprocess.Popen(
-            [pg.tool("psql"), "-X", "-d", proxy.dsn(sslmode="disable", application_name="victim"),
-             "-c", "SELECT pg_sleep(30)"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                pg.tool("psql"),
+                "-X",
+                "-d",
+                proxy.dsn(sslmode="disable", application_name="victim"),
+                "-c",
+                "SELECT pg_sleep(30)",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
 
         def active() -> int:
@@ -303,8 +337,7 @@ with ProxyHarness(("127.0.0.1", {pg.port}), TrackerOptions()) as proxy:
     print((peak - before) // 1024)
     sock.detach()
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, check=False)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr
     grew_mb = int(out.stdout.strip().splitlines()[-1])
     assert grew_mb < 40, f"proxy process grew by {grew_mb} MB while the client did not read a 200 MB result"

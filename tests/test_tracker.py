@@ -19,8 +19,13 @@ def session(**options: Any) -> SessionTracker:
         "s1", TrackerOptions(**options), client=("127.0.0.1", 50000), server=("127.0.0.1", 5432), clock=lambda: 0.0
     )
     t.frontend(startup_message({"user": "alice", "database": "app", "application_name": "web"}), now=0.0)
-    t.backend(b.authentication_ok() + b.backend_key_data(4242) + b.parameter_status("client_encoding", "UTF8")
-              + b.ready_for_query("I"), now=0.001)
+    t.backend(
+        b.authentication_ok()
+        + b.backend_key_data(4242)
+        + b.parameter_status("client_encoding", "UTF8")
+        + b.ready_for_query("I"),
+        now=0.001,
+    )
     return t
 
 
@@ -46,12 +51,23 @@ def test_session_started_and_ready_records() -> None:
     assert [r.event for r in started] == ["session.started"]
     assert started[0]["user"] == "alice" and started[0]["db.namespace"] == "app"
     assert started[0]["parameters"] == {"options": "-c x=1"}
-    ready = t.backend(b.authentication_ok() + b.parameter_status("server_version", "18.4") + b.backend_key_data(7)
-                      + b.ready_for_query(), now=0.0125)
+    ready = t.backend(
+        b.authentication_ok()
+        + b.parameter_status("server_version", "18.4")
+        + b.backend_key_data(7)
+        + b.ready_for_query(),
+        now=0.0125,
+    )
     assert [r.event for r in ready] == ["session.ready"]
     assert ready[0].fields == {
-        "session": "s1", "user": "alice", "db.namespace": "app", "backend_pid": 7, "auth_method": "trust",
-        "server_version": "18.4", "parameters": {"server_version": "18.4"}, "setup_ms": 12.5,
+        "session": "s1",
+        "user": "alice",
+        "db.namespace": "app",
+        "backend_pid": 7,
+        "auth_method": "trust",
+        "server_version": "18.4",
+        "parameters": {"server_version": "18.4"},
+        "setup_ms": 12.5,
     }
     (ended,) = t.closed("client_closed", now=1.0)
     assert ended.event == "session.ended" and ended["duration_ms"] == 1000.0 and ended["backend_pid"] == 7
@@ -64,8 +80,13 @@ def test_multi_statement_simple_query() -> None:
         b.row_description([("?column?", 23)]) + b.data_row([b"1"]) + b.command_complete("SELECT 1"), now=1.002
     )
     records += t.backend(b.command_complete("INSERT 0 1"), now=1.005)
-    records += t.backend(b.row_description([("?column?", 25)]) + b.data_row([b"a;b"]) + b.command_complete("SELECT 1")
-                         + b.ready_for_query("I"), now=1.006)
+    records += t.backend(
+        b.row_description([("?column?", 25)])
+        + b.data_row([b"a;b"])
+        + b.command_complete("SELECT 1")
+        + b.ready_for_query("I"),
+        now=1.006,
+    )
     assert q(records) == [
         ("SELECT 1", "ok", 1, 2.0, None, "idle"),
         ("INSERT INTO t VALUES (1)", "ok", 1, 3.0, None, "idle"),
@@ -89,11 +110,23 @@ def test_empty_query_and_error_in_simple_query() -> None:
 
 def test_extended_unnamed_with_parameters() -> None:
     t = session()
-    t.frontend(b.parse("", "SELECT * FROM users WHERE id = $1 AND name = $2", (23, 0))
-               + b.bind("", "", (b"\x00\x00\x00\x01", b"Demo"), (1, 0)) + b.describe("P", "") + b.execute()
-               + b.sync(), now=2.0)
-    recs = t.backend(b.message(b"1") + b.message(b"2") + b.row_description([("id", 23), ("name", 25)])
-                     + b.data_row([b"1", b"Demo"]) + b.command_complete("SELECT 1") + b.ready_for_query(), now=2.0035)
+    t.frontend(
+        b.parse("", "SELECT * FROM users WHERE id = $1 AND name = $2", (23, 0))
+        + b.bind("", "", (b"\x00\x00\x00\x01", b"Demo"), (1, 0))
+        + b.describe("P", "")
+        + b.execute()
+        + b.sync(),
+        now=2.0,
+    )
+    recs = t.backend(
+        b.message(b"1")
+        + b.message(b"2")
+        + b.row_description([("id", 23), ("name", 25)])
+        + b.data_row([b"1", b"Demo"])
+        + b.command_complete("SELECT 1")
+        + b.ready_for_query(),
+        now=2.0035,
+    )
     assert q(recs) == [("SELECT * FROM users WHERE id = $1 AND name = $2", "ok", 1, 3.5, [1, "Demo"], "idle")]
     assert recs[0]["protocol"] == "extended" and "statement" not in recs[0]
 
@@ -105,8 +138,10 @@ def test_named_statement_reused_a_thousand_times() -> None:
     events = []
     for i in range(1000):
         t.frontend(b.bind("", "s1", (str(i).encode(),)) + b.execute() + b.sync(), now=float(i))
-        events += t.backend(b.message(b"2") + b.data_row([str(i).encode()]) + b.command_complete("SELECT 1")
-                            + b.ready_for_query(), now=i + 0.001)
+        events += t.backend(
+            b.message(b"2") + b.data_row([str(i).encode()]) + b.command_complete("SELECT 1") + b.ready_for_query(),
+            now=i + 0.001,
+        )
     assert len(events) == 1000
     assert all(e["db.query.text"] == "SELECT $1::int" and e["statement"] == "s1" for e in events)
     assert [e["parameters"] for e in events[:3]] == [[0], [1], [2]]
@@ -115,9 +150,7 @@ def test_named_statement_reused_a_thousand_times() -> None:
 
 def test_pipeline_of_fifty_with_an_error_in_the_middle() -> None:
     t = session()
-    request = b"".join(
-        b.parse("", f"SELECT {i}") + b.bind("", "") + b.execute() for i in range(50)
-    ) + b.sync()
+    request = b"".join(b.parse("", f"SELECT {i}") + b.bind("", "") + b.execute() for i in range(50)) + b.sync()
     t.frontend(request, now=0)
     response = b""
     for i in range(24):
@@ -134,13 +167,30 @@ def test_portal_fetched_in_batches_is_one_statement() -> None:
     t = session()
     t.frontend(b.query("BEGIN"), now=0)
     t.backend(b.command_complete("BEGIN") + b.ready_for_query("T"), now=0)
-    t.frontend(b.parse("", "SELECT g FROM generate_series(1,5) g") + b.bind("cur", "") + b.describe("P", "cur")
-               + b.execute("cur", 2) + b.sync(), now=1.0)
-    recs = t.backend(b.message(b"1") + b.message(b"2") + b.row_description([("g", 23)]) + b.data_row([b"1"])
-                     + b.data_row([b"2"]) + b.message(b"s") + b.ready_for_query("T"), now=1.001)
+    t.frontend(
+        b.parse("", "SELECT g FROM generate_series(1,5) g")
+        + b.bind("cur", "")
+        + b.describe("P", "cur")
+        + b.execute("cur", 2)
+        + b.sync(),
+        now=1.0,
+    )
+    recs = t.backend(
+        b.message(b"1")
+        + b.message(b"2")
+        + b.row_description([("g", 23)])
+        + b.data_row([b"1"])
+        + b.data_row([b"2"])
+        + b.message(b"s")
+        + b.ready_for_query("T"),
+        now=1.001,
+    )
     assert q(recs) == []
     t.frontend(b.execute("cur", 2) + b.sync(), now=2.0)
-    assert q(t.backend(b.data_row([b"3"]) + b.data_row([b"4"]) + b.message(b"s") + b.ready_for_query("T"), now=2.001)) == []
+    assert (
+        q(t.backend(b.data_row([b"3"]) + b.data_row([b"4"]) + b.message(b"s") + b.ready_for_query("T"), now=2.001))
+        == []
+    )
     t.frontend(b.execute("cur", 2) + b.sync(), now=3.0)
     recs = t.backend(b.data_row([b"5"]) + b.command_complete("SELECT 1") + b.ready_for_query("T"), now=3.0)
     assert q(recs) == [("SELECT g FROM generate_series(1,5) g", "ok", 1, 2000.0, [], "in_transaction")]
@@ -156,8 +206,14 @@ def test_copy_in_and_out() -> None:
     assert q(recs) == [("COPY t FROM STDIN", "ok", 2, 3.0, None, "idle")]
     assert recs[0]["copy"] == {"direction": "in", "messages": 2, "bytes": 12}
     t.frontend(b.query("COPY t TO STDOUT"), now=1)
-    recs = t.backend(b.copy_response(b"H", 2) + b.copy_data(b"1\tone\n") + b.copy_done() + b.command_complete("COPY 1")
-                     + b.ready_for_query(), now=1.001)
+    recs = t.backend(
+        b.copy_response(b"H", 2)
+        + b.copy_data(b"1\tone\n")
+        + b.copy_done()
+        + b.command_complete("COPY 1")
+        + b.ready_for_query(),
+        now=1.001,
+    )
     assert recs[0]["copy"] == {"direction": "out", "messages": 1, "bytes": 6} and recs[0]["rows"] == 1
 
 
@@ -183,8 +239,13 @@ def test_transaction_rolled_back() -> None:
 def test_notices_and_notifications_are_their_own_events() -> None:
     t = session()
     t.frontend(b.query("DO $$ BEGIN RAISE WARNING 'careful'; END $$"), now=0)
-    recs = t.backend(b.notice_response("WARNING", "01000", "careful") + b.command_complete("DO")
-                     + b.notification_response(99, "chan", "hello") + b.ready_for_query(), now=0.001)
+    recs = t.backend(
+        b.notice_response("WARNING", "01000", "careful")
+        + b.command_complete("DO")
+        + b.notification_response(99, "chan", "hello")
+        + b.ready_for_query(),
+        now=0.001,
+    )
     assert [(r.event, r.level) for r in recs] == [("notice", "warning"), ("notification", "info"), ("query", "info")]
     assert recs[0]["message"] == "careful" and recs[0]["sqlstate"] == "01000"
     assert (recs[1]["channel"], recs[1]["payload"], recs[1]["sender_pid"]) == ("chan", "hello", 99)
@@ -218,15 +279,24 @@ def test_filters_and_sampling() -> None:
 
 def test_sensitive_parameters_and_columns_are_masked() -> None:
     t = session(detail=Detail.MESSAGE)
-    t.frontend(b.parse("", "INSERT INTO users (username, email, hashed_password) VALUES ($1, $2, $3)")
-               + b.bind("", "", (b"Demo", b"demo@aa.io", b"pbkdf2:sha256:SECRET")) + b.execute() + b.sync(), now=0)
+    t.frontend(
+        b.parse("", "INSERT INTO users (username, email, hashed_password) VALUES ($1, $2, $3)")
+        + b.bind("", "", (b"Demo", b"demo@aa.io", b"pbkdf2:sha256:SECRET"))
+        + b.execute()
+        + b.sync(),
+        now=0,
+    )
     recs = t.backend(b.message(b"1") + b.message(b"2") + b.command_complete("INSERT 0 1") + b.ready_for_query(), now=0)
     (query,) = [r for r in recs if r.event == "query"]
     assert query["parameters"] == ["Demo", "demo@aa.io", "[redacted]"]
     t.frontend(b.query("SELECT username, hashed_password FROM users"), now=0)
-    recs = t.backend(b.row_description([("username", 25), ("hashed_password", 25)])
-                     + b.data_row([b"Demo", b"pbkdf2:sha256:SECRET"]) + b.command_complete("SELECT 1")
-                     + b.ready_for_query(), now=0)
+    recs = t.backend(
+        b.row_description([("username", 25), ("hashed_password", 25)])
+        + b.data_row([b"Demo", b"pbkdf2:sha256:SECRET"])
+        + b.command_complete("SELECT 1")
+        + b.ready_for_query(),
+        now=0,
+    )
     (row,) = [r for r in recs if r.get("type") == "DataRow"]
     assert row["row"] == {"username": "Demo", "hashed_password": "[redacted]"}
 
@@ -234,9 +304,13 @@ def test_sensitive_parameters_and_columns_are_masked() -> None:
 def test_wire_detail_hex_dumps_mask_secrets() -> None:
     t = session(detail=Detail.WIRE)
     t.frontend(b.query("SELECT username, hashed_password FROM users"), now=0)
-    recs = t.backend(b.row_description([("username", 25), ("hashed_password", 25)])
-                     + b.data_row([b"Demo", b"pbkdf2:sha256:SECRET"]) + b.command_complete("SELECT 1")
-                     + b.ready_for_query(), now=0)
+    recs = t.backend(
+        b.row_description([("username", 25), ("hashed_password", 25)])
+        + b.data_row([b"Demo", b"pbkdf2:sha256:SECRET"])
+        + b.command_complete("SELECT 1")
+        + b.ready_for_query(),
+        now=0,
+    )
     dumps = "\n".join(r.get("hex", "") for r in recs)
     assert "Demo" in dumps and "SECRET" not in dumps and "pbkdf2" not in dumps
     assert re.search(r"^0000  44 00 00 00", dumps, re.M)  # the DataRow header stays readable
@@ -246,7 +320,9 @@ def test_parameter_modes_hash_and_hide() -> None:
     for mode, expected in ((ParameterMode.HIDE, "[redacted]"), (ParameterMode.HASH, "sha256:")):
         t = session(redaction=RedactionPolicy(parameters=mode))
         t.frontend(b.parse("", "SELECT $1") + b.bind("", "", (b"42",)) + b.execute() + b.sync(), now=0)
-        (rec,) = t.backend(b.message(b"1") + b.message(b"2") + b.command_complete("SELECT 1") + b.ready_for_query(), now=0)
+        (rec,) = t.backend(
+            b.message(b"1") + b.message(b"2") + b.command_complete("SELECT 1") + b.ready_for_query(), now=0
+        )
         assert str(rec["parameters"][0]).startswith(expected)
 
 
@@ -260,8 +336,15 @@ def test_session_end_reports_statements_in_flight() -> None:
 
 def test_sql_helpers() -> None:
     assert split_statements("select 1; select ';'; /* ; */ select $x$;$x$") == [
-        "select 1", "select ';'", "/* ; */ select $x$;$x$"]
+        "select 1",
+        "select ';'",
+        "/* ; */ select $x$;$x$",
+    ]
     assert split_statements("select 'unterminated") is None
     assert parameter_names("UPDATE users SET password = $1 WHERE id = $2") == {1: "password", 2: "id"}
-    assert parameter_names("INSERT INTO t (a, \"Secret\") VALUES ($1, $2), ($3, $4)") == {
-        1: "a", 2: "Secret", 3: "a", 4: "Secret"}
+    assert parameter_names('INSERT INTO t (a, "Secret") VALUES ($1, $2), ($3, $4)') == {
+        1: "a",
+        2: "Secret",
+        3: "a",
+        4: "Secret",
+    }

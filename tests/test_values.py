@@ -27,34 +27,86 @@ from pgproxy.protocol.errors import DecodeError
 from pgproxy.protocol.values import ValueContext, decode_value, parse_array_text
 
 SAMPLES = [
-    "true", "false",
-    "0::int2", "(-32768)::int2", "2147483647::int4", "(-9223372036854775808)::int8", "4294967295::oid",
-    "1.5::float4", "0.1::float4", "-3.4e38::float4", "'NaN'::float4", "'Infinity'::float8", "'-Infinity'::float8",
-    "0.1::float8", "1e300::float8",
-    "0::numeric", "1.50::numeric", "-123456789.000000001::numeric", "0.00001234::numeric", "10000::numeric",
-    "'NaN'::numeric", "1e40::numeric", "12345678901234567890.5::numeric(30,5)",
-    "'Demo'::text", "'héllo ✓'::varchar", "'ab'::char(5)", "'x'::\"char\"", "'pg_class'::name", "''::text",
-    "'\\xdeadbeef'::bytea", "''::bytea",
+    "true",
+    "false",
+    "0::int2",
+    "(-32768)::int2",
+    "2147483647::int4",
+    "(-9223372036854775808)::int8",
+    "4294967295::oid",
+    "1.5::float4",
+    "0.1::float4",
+    "-3.4e38::float4",
+    "'NaN'::float4",
+    "'Infinity'::float8",
+    "'-Infinity'::float8",
+    "0.1::float8",
+    "1e300::float8",
+    "0::numeric",
+    "1.50::numeric",
+    "-123456789.000000001::numeric",
+    "0.00001234::numeric",
+    "10000::numeric",
+    "'NaN'::numeric",
+    "1e40::numeric",
+    "12345678901234567890.5::numeric(30,5)",
+    "'Demo'::text",
+    "'héllo ✓'::varchar",
+    "'ab'::char(5)",
+    "'x'::\"char\"",
+    "'pg_class'::name",
+    "''::text",
+    "'\\xdeadbeef'::bytea",
+    "''::bytea",
     "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid",
-    "'2024-02-29'::date", "'0001-01-01'::date", "'9999-12-31'::date",
-    "'04:05:06.789'::time", "'00:00:00'::time", "'23:59:59.999999'::time",
-    "'2024-01-02 03:04:05.123456'::timestamp", "'2000-01-01 00:00:00'::timestamp", "'1999-12-31 23:59:59.5'::timestamp",
-    "'2024-01-02 03:04:05.5+02'::timestamptz", "'1970-01-01 00:00:00+00'::timestamptz",
-    "'1 day 02:03:04.5'::interval", "'-3 hours'::interval", "'00:00:00'::interval",
-    "'{\"k\": [1, 2, {\"x\": null}]}'::json", "'{\"b\": 1, \"a\": \"z\"}'::jsonb",
-    "'192.168.0.1'::inet", "'10.0.0.0/8'::cidr", "'192.168.0.1/24'::inet", "'::1'::inet", "'2001:db8::/32'::cidr",
+    "'2024-02-29'::date",
+    "'0001-01-01'::date",
+    "'9999-12-31'::date",
+    "'04:05:06.789'::time",
+    "'00:00:00'::time",
+    "'23:59:59.999999'::time",
+    "'2024-01-02 03:04:05.123456'::timestamp",
+    "'2000-01-01 00:00:00'::timestamp",
+    "'1999-12-31 23:59:59.5'::timestamp",
+    "'2024-01-02 03:04:05.5+02'::timestamptz",
+    "'1970-01-01 00:00:00+00'::timestamptz",
+    "'1 day 02:03:04.5'::interval",
+    "'-3 hours'::interval",
+    "'00:00:00'::interval",
+    '\'{"k": [1, 2, {"x": null}]}\'::json',
+    '\'{"b": 1, "a": "z"}\'::jsonb',
+    "'192.168.0.1'::inet",
+    "'10.0.0.0/8'::cidr",
+    "'192.168.0.1/24'::inet",
+    "'::1'::inet",
+    "'2001:db8::/32'::cidr",
     "'08:00:2b:01:02:03'::macaddr",
-    "ARRAY[1, 2, NULL]::int4[]", "ARRAY[['a', 'b'], ['c', NULL]]::text[]", "'{}'::int4[]",
-    "ARRAY['a,b', 'q\"uote', 'back\\slash', 'NULL', '']::text[]", "ARRAY[1.5, NULL]::numeric[]",
-    "ARRAY[true, false]", "ARRAY['2024-01-02'::date]", "ARRAY['a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid]",
+    "ARRAY[1, 2, NULL]::int4[]",
+    "ARRAY[['a', 'b'], ['c', NULL]]::text[]",
+    "'{}'::int4[]",
+    "ARRAY['a,b', 'q\"uote', 'back\\slash', 'NULL', '']::text[]",
+    "ARRAY[1.5, NULL]::numeric[]",
+    "ARRAY[true, false]",
+    "ARRAY['2024-01-02'::date]",
+    "ARRAY['a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid]",
 ]
 # Values whose canonical form has no client equivalent to compare with (PG-only
 # renderings); text == binary is still asserted for them.
 SERVER_ONLY = [
-    "'infinity'::date", "'-infinity'::timestamp", "'infinity'::timestamptz", "'0044-03-15 BC'::date",
-    "'1 year 2 mons 3 days 04:05:06'::interval", "'-1 year +2 days'::interval", "'04:05:06+05:30'::timetz",
-    "'Infinity'::numeric", "'-Infinity'::numeric", "B'10110'::bit(5)", "B'1'::varbit",
-    "'(0,1)'::tid", "'08:00:2b:01:02:03:04:05'::macaddr8", "ARRAY[['2024-01-02 03:04:05+00'::timestamptz]]",
+    "'infinity'::date",
+    "'-infinity'::timestamp",
+    "'infinity'::timestamptz",
+    "'0044-03-15 BC'::date",
+    "'1 year 2 mons 3 days 04:05:06'::interval",
+    "'-1 year +2 days'::interval",
+    "'04:05:06+05:30'::timetz",
+    "'Infinity'::numeric",
+    "'-Infinity'::numeric",
+    "B'10110'::bit(5)",
+    "B'1'::varbit",
+    "'(0,1)'::tid",
+    "'08:00:2b:01:02:03:04:05'::macaddr8",
+    "ARRAY[['2024-01-02 03:04:05+00'::timestamptz]]",
     "'::ffff:1.2.3.4'::inet",
 ]
 
@@ -79,8 +131,7 @@ def _canonical(value: Any, oid: int) -> Any:
     if isinstance(value, decimal.Decimal):
         if value.is_nan():
             return "NaN"
-        text = format(value, "f")
-        return text
+        return format(value, "f")
     if isinstance(value, bytes | bytearray | memoryview):
         return "\\x" + bytes(value).hex()
     if isinstance(value, uuid.UUID):
@@ -123,7 +174,9 @@ def _canonical(value: Any, oid: int) -> Any:
         return clock
     if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
         return str(value)
-    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network | ipaddress.IPv4Interface | ipaddress.IPv6Interface):
+    if isinstance(
+        value, ipaddress.IPv4Network | ipaddress.IPv6Network | ipaddress.IPv4Interface | ipaddress.IPv6Interface
+    ):
         return str(value)
     if isinstance(value, list):
         return [_canonical(v, oid) for v in value]
@@ -170,7 +223,7 @@ def test_values_match_asyncpg_binary(pg: EmbeddedPostgres, samples: dict[str, tu
     mismatches = []
     for expr, value in zip(SAMPLES, asyncio.run(fetch()), strict=True):
         oid, ours, _ = samples[expr]
-        if expr.endswith("::\"char\""):
+        if expr.endswith('::"char"'):
             value = value.decode() if isinstance(value, bytes) else value  # asyncpg returns "char" as bytes
         if not _json_equal(ours, _canonical(value, oid), oid):
             mismatches.append((expr, ours, _canonical(value, oid)))
@@ -191,7 +244,11 @@ def test_values_match_psycopg_text(pg: EmbeddedPostgres, samples: dict[str, tupl
 
 
 def test_malformed_and_unknown_values_become_placeholders() -> None:
-    assert decode_value(23, 1, b"\x01\x02") == {"malformed": "int4", "error": "int4 needs 4 bytes, got 2", "hex": "0102"}
+    assert decode_value(23, 1, b"\x01\x02") == {
+        "malformed": "int4",
+        "error": "int4 needs 4 bytes, got 2",
+        "hex": "0102",
+    }
     assert decode_value(99999, 1, b"\xff") == {"oid": 99999, "format": "binary", "hex": "ff"}
     assert decode_value(99999, 0, b"happy") == "happy"  # text of an unknown type (an enum) stays readable
     assert decode_value(16, 0, b"maybe")["malformed"] == "bool"

@@ -61,7 +61,9 @@ def query(sql: str) -> bytes:
 
 
 def parse(statement: str, sql: str, types: tuple[int, ...] = ()) -> bytes:
-    return message(b"P", _cstr(statement) + _cstr(sql) + _I16(len(types)) + b"".join(struct.pack("!I", t) for t in types))
+    return message(
+        b"P", _cstr(statement) + _cstr(sql) + _I16(len(types)) + b"".join(struct.pack("!I", t) for t in types)
+    )
 
 
 def bind(

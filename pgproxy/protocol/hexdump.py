@@ -11,9 +11,9 @@ MASK_BYTE = 0x2A  # '*': what masked bytes show as, in hex and ASCII alike
 def mask(data: bytes, spans: Iterable[tuple[int, int]]) -> bytes:
     """Copy of ``data`` with every ``[start, end)`` span overwritten by ``*``."""
     out = bytearray(data)
-    for start, end in spans:
-        start = max(0, start)
-        end = min(len(out), end)
+    for span_start, span_end in spans:
+        start = max(0, span_start)
+        end = min(len(out), span_end)
         if end > start:
             out[start:end] = bytes([MASK_BYTE]) * (end - start)
     return bytes(out)

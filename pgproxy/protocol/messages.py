@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from functools import cache
 from typing import Any, ClassVar
 
 
@@ -21,10 +20,16 @@ def secret(default: Any = dataclasses.MISSING) -> Any:
     return field(default=default, metadata={"secret": True}, repr=False)
 
 
-@cache
+_SECRET_FIELDS: dict[type, frozenset[str]] = {}
+
+
 def secret_fields(cls: type) -> frozenset[str]:
-    """Names of the fields of a message class declared with :func:`secret`."""
-    return frozenset(f.name for f in dataclasses.fields(cls) if f.metadata.get("secret"))
+    """Names of the fields of a message class declared with :func:`secret` (memoised)."""
+    found = _SECRET_FIELDS.get(cls)
+    if found is None:
+        found = frozenset(f.name for f in dataclasses.fields(cls) if f.metadata.get("secret"))
+        _SECRET_FIELDS[cls] = found
+    return found
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,7 +54,7 @@ class ProxyServer:
         self.sessions: set[ClientSession] = set()
         self.counters: Counter[str] = Counter()
         self.started = time.monotonic()
-        self._server: asyncio.AbstractServer | None = None
+        self._server: asyncio.Server | None = None
         self._ids = itertools.count(1)
         self._id_prefix = secrets.token_hex(2)
         self._cancel_tasks: set[asyncio.Task[None]] = set()

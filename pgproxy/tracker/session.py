@@ -332,7 +332,7 @@ class SessionTracker:
 
     def _row_record(self, frame: Frame, exe: Execution | None, out: list[Record]) -> None:
         opts = self.options
-        tag, buf, start, end = frame
+        _tag, buf, start, end = frame
         length = (end - start if buf is not None else end) + 4
         fields: dict[str, Any] = {
             "session": self.session_id,
@@ -464,7 +464,7 @@ class SessionTracker:
             fields["arguments"] = len(msg.arguments)
             return True
         secrets = m.secret_fields(type(msg))
-        for f in dataclasses.fields(msg):  # type: ignore[arg-type]
+        for f in dataclasses.fields(msg):
             if f.name in secrets:
                 fields[f.name] = REDACTED
                 continue

@@ -14,6 +14,7 @@ so each event carries the transaction status that followed it.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -103,6 +104,12 @@ class _Pending:
     extra: Any = None
 
 
+def _forget(table: MutableMapping[str, Any], item: PreparedStatement | Portal) -> None:
+    """Drop ``item`` from its table unless a newer one took its name meanwhile."""
+    if table.get(item.name) is item:
+        del table[item.name]
+
+
 @dataclass(slots=True)
 class StatementTracker:
     """Correlates one session's requests and responses into ``query`` events.
@@ -143,9 +150,9 @@ class StatementTracker:
             self.pending.append(_Pending("parse", stmt))
         elif isinstance(msg, m.Bind):
             self._group(now)
-            portal = self._bind(msg)
-            self.portals[msg.portal] = portal
-            self.pending.append(_Pending("bind", portal))
+            bound = self._bind(msg)
+            self.portals[msg.portal] = bound
+            self.pending.append(_Pending("bind", bound))
         elif isinstance(msg, m.Describe):
             self._group(now)
             target: Any = self.statements.get(msg.name) if msg.kind == "S" else self.portals.get(msg.name)
@@ -319,9 +326,9 @@ class StatementTracker:
         elif isinstance(msg, m.ReadyForQuery):
             return self._ready(msg, now)
         elif isinstance(msg, m.CopyInResponse | m.CopyOutResponse | m.CopyBothResponse):
-            exe = self._simple_current(head.target, now) if head and kind == "query" else self.current_execution()
-            if exe is not None:
-                exe.copy = {m.CopyInResponse: "in", m.CopyOutResponse: "out"}.get(type(msg), "both")
+            copying = self._simple_current(head.target, now) if head and kind == "query" else self.current_execution()
+            if copying is not None:
+                copying.copy = {m.CopyInResponse: "in", m.CopyOutResponse: "out"}.get(type(msg), "both")
         elif isinstance(msg, m.FunctionCallResponse):
             if head is not None and kind == "function":
                 exe = head.target
@@ -381,15 +388,14 @@ class StatementTracker:
         failed = self.pending.popleft()
         if failed.kind == "parse":
             stmt: PreparedStatement = failed.target
-            if self.statements.get(stmt.name) is stmt:
-                del self.statements[stmt.name]
+            _forget(self.statements, stmt)
             exe = Execution("extended", stmt.sql, self._group_start or now, statement=stmt.name or None)
             self._group_start = None
             out += self._finish(exe, now, "error", error=err)
         elif failed.kind in ("bind", "describe", "close"):
-            target = failed.target
-            if failed.kind == "bind" and self.portals.get(target.name) is target:
-                del self.portals[target.name]
+            target: Any = failed.target
+            if failed.kind == "bind":
+                _forget(self.portals, target)
             sql = target.sql if isinstance(target, (Portal, PreparedStatement)) else None
             params = target.parameters if isinstance(target, Portal) else None
             exe = Execution("extended", sql, self._group_start or now, parameters=params)
@@ -399,12 +405,13 @@ class StatementTracker:
             out += self._finish(failed.target, now, "error", error=err)
         while self.pending and self.pending[0].kind != "sync":
             skipped = self.pending.popleft()
+            what: Any = skipped.target
             if skipped.kind == "execute":
-                out += self._finish(skipped.target, now, "skipped")
-            elif skipped.kind == "parse" and self.statements.get(skipped.target.name) is skipped.target:
-                del self.statements[skipped.target.name]
-            elif skipped.kind == "bind" and self.portals.get(skipped.target.name) is skipped.target:
-                del self.portals[skipped.target.name]
+                out += self._finish(what, now, "skipped")
+            elif skipped.kind == "parse":
+                _forget(self.statements, what)
+            elif skipped.kind == "bind":
+                _forget(self.portals, what)
         return out
 
     def _closed(self, item: _Pending, now: float) -> list[Record]:
