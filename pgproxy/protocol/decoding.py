@@ -168,14 +168,51 @@ def decode_startup_packet(buf: bytes, start: int, end: int, encoding: str = "utf
 
 
 def _bind(buf: bytes, start: int, end: int, enc: str) -> m.Message:
-    r = _Reader(buf, start, end, enc)
-    portal = r.cstring()
-    statement = r.cstring()
-    fmts = r.int16_array()
-    params = r.values()
-    results = r.int16_array()
-    r.done()
-    return m.Bind(portal, statement, fmts, params, results)
+    # Hot path (one per extended-protocol statement): plain index arithmetic
+    # instead of the generic _Reader; every read is bounds-checked all the same.
+    index = buf.index
+    nul = index(0, start, end)
+    portal = buf[start:nul].decode(enc, "backslashreplace")
+    pos = nul + 1
+    nul = index(0, pos, end)
+    statement = buf[pos:nul].decode(enc, "backslashreplace")
+    pos = nul + 1
+    fmts, pos = _int16_list(buf, pos, end)
+    if pos + 2 > end:
+        raise DecodeError("Bind truncated before the parameter count")
+    (count,) = _U16(buf, pos)
+    pos += 2
+    params: list[bytes | None] = []
+    for _ in range(count):
+        if pos + 4 > end:
+            raise DecodeError("Bind truncated in a parameter length")
+        (length,) = _I32(buf, pos)
+        pos += 4
+        if length == -1:
+            params.append(None)
+            continue
+        if length < 0 or pos + length > end:
+            raise DecodeError(f"Bind parameter length {length} runs past the message")
+        params.append(buf[pos : pos + length])
+        pos += length
+    results, pos = _int16_list(buf, pos, end)
+    if pos != end:
+        raise DecodeError(f"{end - pos} unexpected trailing bytes")
+    return m.Bind(portal, statement, fmts, tuple(params), results)
+
+
+def _int16_list(buf: bytes, pos: int, end: int) -> tuple[tuple[int, ...], int]:
+    if pos + 2 > end:
+        raise DecodeError("truncated before a count")
+    (n,) = _U16(buf, pos)
+    pos += 2
+    if pos + 2 * n > end:
+        raise DecodeError("truncated in a list of Int16")
+    if n == 0:
+        return (), pos
+    if n == 1:
+        return _I16(buf, pos), pos + 2
+    return struct.unpack_from(f"!{n}h", buf, pos), pos + 2 * n
 
 
 def _close(buf: bytes, start: int, end: int, enc: str) -> m.Message:
@@ -211,11 +248,10 @@ def _copy_fail(buf: bytes, start: int, end: int, enc: str) -> m.Message:
 
 
 def _execute(buf: bytes, start: int, end: int, enc: str) -> m.Message:
-    r = _Reader(buf, start, end, enc)
-    portal = r.cstring()
-    max_rows = r.int32()
-    r.done()
-    return m.Execute(portal, max_rows)
+    nul = buf.index(0, start, end)
+    if end - nul != 5:
+        raise DecodeError(f"Execute has {end - nul - 1} bytes after the portal name, expected 4")
+    return m.Execute(buf[start:nul].decode(enc, "backslashreplace"), _I32(buf, nul + 1)[0])
 
 
 def _function_call(buf: bytes, start: int, end: int, enc: str) -> m.Message:
@@ -369,12 +405,22 @@ def split_command_tag(tag: str) -> tuple[str, int | None]:
     return tag, None
 
 
+_COMMAND_COMPLETE_CACHE: dict[bytes, m.CommandComplete] = {}
+
+
 def _command_complete(buf: bytes, start: int, end: int, enc: str) -> m.Message:
     if end <= start or buf[end - 1] != 0:
         raise DecodeError("unterminated command tag")
-    tag = buf[start : end - 1].decode(enc, "backslashreplace")
+    raw = buf[start : end - 1]
+    cached = _COMMAND_COMPLETE_CACHE.get(raw)
+    if cached is not None:  # the same few tags ("SELECT 1", "UPDATE 1") recur endlessly
+        return cached
+    tag = raw.decode(enc, "backslashreplace")
     command, rows = split_command_tag(tag)
-    return m.CommandComplete(tag, command, rows)
+    msg = m.CommandComplete(tag, command, rows)
+    if len(_COMMAND_COMPLETE_CACHE) < 1024 and raw.isascii():
+        _COMMAND_COMPLETE_CACHE[bytes(raw)] = msg
+    return msg
 
 
 def _copy_response(cls: type[m.CopyInResponse | m.CopyOutResponse | m.CopyBothResponse]) -> Decoder:
@@ -487,13 +533,17 @@ def _parameter_status(buf: bytes, start: int, end: int, enc: str) -> m.Message:
     return m.ParameterStatus(name, value)
 
 
+_READY = {ord(status): m.ReadyForQuery(status) for status in "ITE"}
+
+
 def _ready_for_query(buf: bytes, start: int, end: int, enc: str) -> m.Message:
-    r = _Reader(buf, start, end, enc)
-    status = r.byte()
-    r.done()
-    if status not in "ITE":
-        raise DecodeError(f"transaction status {status!r}")
-    return m.ReadyForQuery(status)
+    # Immutable, so the three possible messages are shared rather than rebuilt.
+    if end - start != 1:
+        raise DecodeError(f"ReadyForQuery body of {end - start} bytes, expected 1")
+    ready = _READY.get(buf[start])
+    if ready is None:
+        raise DecodeError(f"transaction status {chr(buf[start])!r}")
+    return ready
 
 
 def _row_description(buf: bytes, start: int, end: int, enc: str) -> m.Message:

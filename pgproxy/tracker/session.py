@@ -48,6 +48,26 @@ _HEADER_BYTES: Final = 5  # tag + Int32 length
 #: ErrorResponse (FATAL terminations) and ParameterStatus (encoding changes).
 _CONNECTION_LEVEL_BACKEND: Final = frozenset((ord("E"), ord("S"), FRAMING_ERROR))
 
+#: Message types the session itself reacts to (everything else only feeds the statement tracker).
+_FRONTEND_NOTABLE: Final = frozenset(
+    (m.StartupMessage, m.Terminate, m.EncryptionStarted, m.Desynchronized, m.Malformed, m.Oversized)
+)
+_BACKEND_NOTABLE: Final = frozenset(
+    (
+        m.ParameterStatus,
+        m.BackendKeyData,
+        m.ReadyForQuery,
+        m.ErrorResponse,
+        m.SSLResponse,
+        m.GSSENCResponse,
+        m.Desynchronized,
+        m.Malformed,
+        m.Oversized,
+    )
+)
+#: Notable only until the session is ready (the first ReadyForQuery, a start-up failure).
+_STARTUP_ONLY: Final = frozenset((m.ReadyForQuery, m.ErrorResponse))
+
 #: Startup parameters shown as their own fields rather than inside ``parameters``.
 _PROMOTED_STARTUP: Final = ("user", "database", "application_name")
 
@@ -85,6 +105,7 @@ class SessionTracker:
         self.session_id = session_id
         self.options = options or TrackerOptions()
         self.detail = self.options.detail
+        self._message_level = self.detail >= Detail.MESSAGE  # checked per frame: keep it a plain bool
         self.clock = clock
         self.conv = Conversation(self.options.max_frame)
         self.started_at = clock()
@@ -144,7 +165,7 @@ class SessionTracker:
         now = self.clock() if now is None else now
         out: list[Record] = []
         statements = self.statements
-        message_level = self.detail >= Detail.MESSAGE
+        message_level = self._message_level
         # At connection detail, once the session is ready only errors and
         # parameter changes matter: everything else is counted, not decoded.
         minimal = statements is None and self.ready_at is not None
@@ -208,18 +229,21 @@ class SessionTracker:
     def _on_frontend(self, frame: Frame, now: float, out: list[Record]) -> None:
         tag = frame[0]
         statements = self.statements
-        if tag == _COPY_DATA and self.detail < Detail.MESSAGE:
+        if tag == _COPY_DATA and not self._message_level:
             if statements is not None:
                 statements.frontend_copy_data(frame[3] - frame[2] if frame[1] is not None else frame[3])
             return
         msg = self.conv.decode_frontend(frame)
-        if isinstance(msg, m.CopyData):
+        kind = type(msg)
+        if kind is m.CopyData:
             if statements is not None:
-                statements.frontend_copy_data(len(msg.data))
+                statements.frontend_copy_data(len(msg.data))  # type: ignore[attr-defined]
         elif statements is not None:
             out += statements.frontend(msg, now)
-        if self.detail >= Detail.MESSAGE:
+        if self._message_level:
             out.append(self._message_record(msg, frame, True))
+        if kind not in _FRONTEND_NOTABLE and tag != TLS_RECORD:
+            return
         if isinstance(msg, m.StartupMessage):
             out.append(self._started(msg))
         elif isinstance(msg, m.Terminate):
@@ -256,19 +280,24 @@ class SessionTracker:
     def _on_backend(self, frame: Frame, now: float, out: list[Record]) -> None:
         tag = frame[0]
         statements = self.statements
-        if tag == _COPY_DATA and self.detail < Detail.MESSAGE:
+        if tag == _COPY_DATA and not self._message_level:
             if statements is not None:
                 statements.backend_copy_data(frame[3] - frame[2] if frame[1] is not None else frame[3])
             return
         msg = self.conv.decode_backend(frame)
+        kind = type(msg)
         records: list[Record] = []
         if statements is not None:
-            if isinstance(msg, m.CopyData):
-                statements.backend_copy_data(len(msg.data))
+            if kind is m.CopyData:
+                statements.backend_copy_data(len(msg.data))  # type: ignore[attr-defined]
             else:
                 records = statements.backend(msg, now)
-        if self.detail >= Detail.MESSAGE:
+        if self._message_level:
             out.append(self._message_record(msg, frame, False))
+        if kind not in _BACKEND_NOTABLE or (kind in _STARTUP_ONLY and self.ready_at is not None):
+            if records:
+                out += records
+            return
         if isinstance(msg, m.ParameterStatus):
             self._parameter_status(msg)
         elif isinstance(msg, m.BackendKeyData):
@@ -294,8 +323,8 @@ class SessionTracker:
 
     def _parameter_status(self, msg: m.ParameterStatus) -> None:
         if msg.name in ("client_encoding", "TimeZone") and self.statements is not None:
-            self.statements.value_context = ValueContext(
-                self.conv.encoding, self.conv.parameters.get("TimeZone", "UTC")
+            self.statements.set_value_context(
+                ValueContext(self.conv.encoding, self.conv.parameters.get("TimeZone", "UTC"))
             )
 
     def _ready(self, now: float) -> Record:

@@ -131,6 +131,7 @@ def scan(sql: str) -> list[Token] | None:
     return out
 
 
+@lru_cache(maxsize=2048)
 def split_statements(sql: str) -> list[str] | None:
     """Split a simple-query string at top-level semicolons.
 
@@ -165,6 +166,7 @@ _OPERATION = re.compile(r"\s*([A-Za-z]+)(?:\s+([A-Za-z]+))?")
 _TWO_WORD = {"CREATE", "DROP", "ALTER", "START", "REFRESH"}
 
 
+@lru_cache(maxsize=2048)
 def operation_name(sql: str) -> str | None:
     """The statement's leading keyword(s): ``SELECT``, ``CREATE TABLE``..."""
     tokens = scan(sql)
@@ -268,6 +270,7 @@ _PASSWORD_LITERAL = re.compile(r"(?i)\b(PASSWORD)\s+$")
 _MASK = "'[redacted]'"
 
 
+@lru_cache(maxsize=4096)
 def mask_sql(sql: str, sensitive: re.Pattern[str] | None, all_literals: bool = False) -> str:
     """Mask literals that must not be logged.
 

@@ -20,7 +20,7 @@ from typing import Any, Final
 
 from pgproxy.protocol import messages as m
 from pgproxy.protocol.rows import RowDecoder
-from pgproxy.protocol.values import ValueContext, decoder_for
+from pgproxy.protocol.values import ValueContext, ValueDecoder, decoder_for
 from pgproxy.tracker.options import TrackerOptions
 from pgproxy.tracker.records import NOTICE, NOTIFICATION, QUERY, Record
 from pgproxy.tracker.sql import operation_name, parameter_names, split_statements
@@ -134,63 +134,78 @@ class StatementTracker:
     in_scope: bool = True
     orphan: Execution | None = None
     _group_start: float | None = None
+    _decoders: dict[tuple[int, int], ValueDecoder] = field(default_factory=dict)
+
+    def set_value_context(self, ctx: ValueContext) -> None:
+        """The session's encoding or time zone changed: decode with the new settings."""
+        self.value_context = ctx
+        self._decoders.clear()
 
     # ------------------------------------------------------------------ frontend
 
     def frontend(self, msg: m.Message, now: float) -> list[Record]:
         """Account for one frontend message; returns records released by it."""
-        if isinstance(msg, m.Query):
-            text = msg.query
-            parts = split_statements(text)
-            self.pending.append(_Pending("query", SimpleQuery(text, parts, now)))
-        elif isinstance(msg, m.Parse):
-            self._group(now)
-            stmt = PreparedStatement(msg.statement, msg.query, msg.parameter_types)
-            self._store_statement(stmt)
-            self.pending.append(_Pending("parse", stmt))
-        elif isinstance(msg, m.Bind):
-            self._group(now)
-            bound = self._bind(msg)
-            self.portals[msg.portal] = bound
-            self.pending.append(_Pending("bind", bound))
-        elif isinstance(msg, m.Describe):
-            self._group(now)
-            target: Any = self.statements.get(msg.name) if msg.kind == "S" else self.portals.get(msg.name)
-            self.pending.append(_Pending("describe", target, msg.kind))
-        elif isinstance(msg, m.Execute):
-            portal = self.portals.get(msg.portal)
-            started = self._group_start if self._group_start is not None else now
-            self._group_start = None
-            if portal is not None and portal.suspended is not None:
-                exe = portal.suspended
-                portal.suspended = None
-            else:
-                exe = Execution(
-                    "extended",
-                    portal.sql if portal else None,
-                    started,
-                    statement=(portal.statement.name if portal and portal.statement else None),
-                    portal=msg.portal,
-                    parameters=portal.parameters if portal else None,
-                    description=portal.description if portal else None,
-                    result_formats=portal.result_formats if portal else None,
-                    source=portal,
-                )
-            exe.executes += 1
-            self.pending.append(_Pending("execute", exe, portal))
-        elif isinstance(msg, m.Close):
-            self._group(now)
-            self.pending.append(_Pending("close", msg.name, msg.kind))
-        elif isinstance(msg, m.Sync):
-            self._group_start = None
-            self.pending.append(_Pending("sync"))
-        elif isinstance(msg, m.FunctionCall):
-            args = [self._loggable_param(raw, 0, msg.argument_format(i), None) for i, raw in enumerate(msg.arguments)]
-            exe = Execution("function", f"<function call oid={msg.function_oid}>", now, parameters=args)
-            self.pending.append(_Pending("function", exe))
-        elif isinstance(msg, (m.CopyDone, m.CopyFail)):
-            pass
+        handler = _FRONTEND_HANDLERS.get(type(msg))
+        if handler is not None:
+            handler(self, msg, now)
         return []
+
+    def _on_query(self, msg: m.Query, now: float) -> None:
+        self.pending.append(_Pending("query", SimpleQuery(msg.query, split_statements(msg.query), now)))
+
+    def _on_parse(self, msg: m.Parse, now: float) -> None:
+        self._group(now)
+        stmt = PreparedStatement(msg.statement, msg.query, msg.parameter_types)
+        self._store_statement(stmt)
+        self.pending.append(_Pending("parse", stmt))
+
+    def _on_bind(self, msg: m.Bind, now: float) -> None:
+        self._group(now)
+        bound = self._bind(msg)
+        self.portals[msg.portal] = bound
+        self.pending.append(_Pending("bind", bound))
+
+    def _on_describe(self, msg: m.Describe, now: float) -> None:
+        self._group(now)
+        target: Any = self.statements.get(msg.name) if msg.kind == "S" else self.portals.get(msg.name)
+        self.pending.append(_Pending("describe", target, msg.kind))
+
+    def _on_execute(self, msg: m.Execute, now: float) -> None:
+        portal = self.portals.get(msg.portal)
+        started = self._group_start if self._group_start is not None else now
+        self._group_start = None
+        if portal is not None and portal.suspended is not None:
+            exe = portal.suspended
+            portal.suspended = None
+        elif portal is not None:
+            exe = Execution(
+                "extended",
+                portal.sql,
+                started,
+                statement=portal.statement.name if portal.statement else None,
+                portal=msg.portal,
+                parameters=portal.parameters,
+                description=portal.description,
+                result_formats=portal.result_formats,
+                source=portal,
+            )
+        else:
+            exe = Execution("extended", None, started, portal=msg.portal)
+        exe.executes += 1
+        self.pending.append(_Pending("execute", exe, portal))
+
+    def _on_close(self, msg: m.Close, now: float) -> None:
+        self._group(now)
+        self.pending.append(_Pending("close", msg.name, msg.kind))
+
+    def _on_sync(self, msg: m.Sync, now: float) -> None:
+        self._group_start = None
+        self.pending.append(_SYNC)
+
+    def _on_function_call(self, msg: m.FunctionCall, now: float) -> None:
+        args = [self._loggable_param(raw, 0, msg.argument_format(i), None) for i, raw in enumerate(msg.arguments)]
+        exe = Execution("function", f"<function call oid={msg.function_oid}>", now, parameters=args)
+        self.pending.append(_Pending("function", exe))
 
     def frontend_copy_data(self, nbytes: int) -> None:
         exe = self.current_execution()
@@ -234,7 +249,10 @@ class StatementTracker:
             return None
         if policy.is_sensitive(name):
             return policy.parameter(None, raw, name)
-        value = decoder_for(oid, fmt, self.value_context)(raw)
+        decode = self._decoders.get((oid, fmt))
+        if decode is None:
+            decode = self._decoders[(oid, fmt)] = decoder_for(oid, fmt, self.value_context)
+        value = decode(raw)
         return policy.parameter(self._cap(value), raw, name)
 
     def _cap(self, value: Any) -> Any:
@@ -286,59 +304,79 @@ class StatementTracker:
 
     def backend(self, msg: m.Message, now: float) -> list[Record]:
         """Account for one backend message (not DataRow); returns released records."""
+        handler = _BACKEND_HANDLERS.get(type(msg))
+        if handler is None:
+            return []
+        return handler(self, msg, now)
+
+    def _on_step_complete(self, msg: m.Message, now: float) -> list[Record]:
+        # ParseComplete, BindComplete, CloseComplete answer the head of the queue.
         head = self.pending[0] if self.pending else None
-        kind = head.kind if head else None
-        if isinstance(msg, m.ParseComplete | m.BindComplete | m.CloseComplete):
-            if head is not None and kind in ("parse", "bind", "close"):
-                self.pending.popleft()
-                if kind == "close":
-                    return self._closed(head, now)
-        elif isinstance(msg, m.ParameterDescription):
-            if head is not None and kind == "describe" and isinstance(head.target, PreparedStatement):
-                stmt: PreparedStatement = head.target
-                if not any(stmt.parameter_types) or len(stmt.parameter_types) < len(msg.type_oids):
-                    stmt.parameter_types = msg.type_oids
-        elif isinstance(msg, m.RowDescription | m.NoData):
-            description = msg if isinstance(msg, m.RowDescription) else None
-            if head is not None and kind == "describe":
-                self.pending.popleft()
-                if head.target is not None:
-                    head.target.description = description
-            elif head is not None and kind == "query":
-                exe = self._simple_current(head.target, now)
-                exe.description = description
-                exe.decoder = None
-            elif head is None:
-                # Results whose request we never saw (a capture joined mid-stream).
-                self.orphan = Execution("unknown", None, now, description=description)
-        elif isinstance(msg, m.CommandComplete):
-            return self._complete(now, "ok", tag=msg)
-        elif isinstance(msg, m.EmptyQueryResponse):
-            return self._complete(now, "empty")
-        elif isinstance(msg, m.PortalSuspended):
-            if head is not None and kind == "execute":
-                self.pending.popleft()
-                portal: Portal | None = head.extra
-                if portal is not None:
-                    portal.suspended = head.target
-        elif isinstance(msg, m.ErrorResponse):
-            return self._error(msg, now)
-        elif isinstance(msg, m.ReadyForQuery):
-            return self._ready(msg, now)
-        elif isinstance(msg, m.CopyInResponse | m.CopyOutResponse | m.CopyBothResponse):
-            copying = self._simple_current(head.target, now) if head and kind == "query" else self.current_execution()
-            if copying is not None:
-                copying.copy = {m.CopyInResponse: "in", m.CopyOutResponse: "out"}.get(type(msg), "both")
-        elif isinstance(msg, m.FunctionCallResponse):
-            if head is not None and kind == "function":
-                exe = head.target
-                exe.bytes += len(msg.value or b"")
-                return self._finish(exe, now, "ok")
-        elif isinstance(msg, m.NoticeResponse):
-            return [self._notice(msg)]
-        elif isinstance(msg, m.NotificationResponse):
-            return [self._notification(msg)]
+        if head is not None and head.kind in ("parse", "bind", "close"):
+            self.pending.popleft()
+            if head.kind == "close":
+                return self._closed(head, now)
         return []
+
+    def _on_parameter_description(self, msg: m.ParameterDescription, now: float) -> list[Record]:
+        head = self.pending[0] if self.pending else None
+        if head is not None and head.kind == "describe" and isinstance(head.target, PreparedStatement):
+            stmt: PreparedStatement = head.target
+            if not any(stmt.parameter_types) or len(stmt.parameter_types) < len(msg.type_oids):
+                stmt.parameter_types = msg.type_oids
+        return []
+
+    def _on_row_description(self, msg: m.Message, now: float) -> list[Record]:
+        description = msg if isinstance(msg, m.RowDescription) else None  # else NoData
+        head = self.pending[0] if self.pending else None
+        if head is None:
+            # Results whose request we never saw (a capture joined mid-stream).
+            self.orphan = Execution("unknown", None, now, description=description)
+        elif head.kind == "describe":
+            self.pending.popleft()
+            if head.target is not None:
+                head.target.description = description
+        elif head.kind == "query":
+            exe = self._simple_current(head.target, now)
+            exe.description = description
+            exe.decoder = None
+        return []
+
+    def _on_command_complete(self, msg: m.CommandComplete, now: float) -> list[Record]:
+        return self._complete(now, "ok", tag=msg)
+
+    def _on_empty_query(self, msg: m.Message, now: float) -> list[Record]:
+        return self._complete(now, "empty")
+
+    def _on_portal_suspended(self, msg: m.Message, now: float) -> list[Record]:
+        head = self.pending[0] if self.pending else None
+        if head is not None and head.kind == "execute":
+            self.pending.popleft()
+            portal: Portal | None = head.extra
+            if portal is not None:
+                portal.suspended = head.target
+        return []
+
+    def _on_copy_response(self, msg: m.Message, now: float) -> list[Record]:
+        head = self.pending[0] if self.pending else None
+        copying = self._simple_current(head.target, now) if head and head.kind == "query" else self.current_execution()
+        if copying is not None:
+            copying.copy = _COPY_DIRECTION[type(msg)]
+        return []
+
+    def _on_function_call_response(self, msg: m.FunctionCallResponse, now: float) -> list[Record]:
+        head = self.pending[0] if self.pending else None
+        if head is not None and head.kind == "function":
+            exe: Execution = head.target
+            exe.bytes += len(msg.value or b"")
+            return self._finish(exe, now, "ok")
+        return []
+
+    def _on_notice(self, msg: m.NoticeResponse, now: float) -> list[Record]:
+        return [self._notice(msg)]
+
+    def _on_notification(self, msg: m.NotificationResponse, now: float) -> list[Record]:
+        return [self._notification(msg)]
 
     def _simple_current(self, sq: SimpleQuery, now: float) -> Execution:
         if sq.current is None:
@@ -543,3 +581,38 @@ class StatementTracker:
         self.pending.clear()
         held, self.held = self.held, []
         return held + out
+
+
+_SYNC: Final = _Pending("sync")
+_COPY_DIRECTION: Final = {m.CopyInResponse: "in", m.CopyOutResponse: "out", m.CopyBothResponse: "both"}
+
+# Dispatch by exact message type: one dict lookup instead of a chain of isinstance checks.
+_FRONTEND_HANDLERS: Final[dict[type, Any]] = {
+    m.Query: StatementTracker._on_query,
+    m.Parse: StatementTracker._on_parse,
+    m.Bind: StatementTracker._on_bind,
+    m.Describe: StatementTracker._on_describe,
+    m.Execute: StatementTracker._on_execute,
+    m.Close: StatementTracker._on_close,
+    m.Sync: StatementTracker._on_sync,
+    m.FunctionCall: StatementTracker._on_function_call,
+}
+_BACKEND_HANDLERS: Final[dict[type, Any]] = {
+    m.ParseComplete: StatementTracker._on_step_complete,
+    m.BindComplete: StatementTracker._on_step_complete,
+    m.CloseComplete: StatementTracker._on_step_complete,
+    m.ParameterDescription: StatementTracker._on_parameter_description,
+    m.RowDescription: StatementTracker._on_row_description,
+    m.NoData: StatementTracker._on_row_description,
+    m.CommandComplete: StatementTracker._on_command_complete,
+    m.EmptyQueryResponse: StatementTracker._on_empty_query,
+    m.PortalSuspended: StatementTracker._on_portal_suspended,
+    m.ErrorResponse: StatementTracker._error,
+    m.ReadyForQuery: StatementTracker._ready,
+    m.CopyInResponse: StatementTracker._on_copy_response,
+    m.CopyOutResponse: StatementTracker._on_copy_response,
+    m.CopyBothResponse: StatementTracker._on_copy_response,
+    m.FunctionCallResponse: StatementTracker._on_function_call_response,
+    m.NoticeResponse: StatementTracker._on_notice,
+    m.NotificationResponse: StatementTracker._on_notification,
+}
