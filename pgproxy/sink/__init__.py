@@ -84,8 +84,7 @@ class LogSink:
                 renderer,
             ],
             wrapper_class=structlog.make_filtering_bound_logger(10),
-            cache_logger_on_first_use=True,
-        )
+        ).bind()  # the concrete bound logger: no lazy proxy lookup per event
         self._destinations.append(_Destination(writer, logger, owned))
 
     def emit(self, record: Record) -> None:

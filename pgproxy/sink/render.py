@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import MutableMapping
 from typing import Any, Final
 
@@ -13,7 +12,17 @@ from pgproxy.tracker.redaction import DEFAULT_SENSITIVE_NAMES, REDACTED
 
 #: Top-level keys that never carry values: a defence in depth behind the
 #: tracker's own redaction, for fields added by any future code path.
-_SECRET_KEYS: Final = re.compile(r"(?i)^(password|passwd|secret|secret_key|token|sasl_data|md5)$")
+_SECRET_KEYS: Final = frozenset(
+    variant
+    for name in ("password", "passwd", "secret", "secret_key", "token", "sasl_data", "md5", "api_key")
+    for variant in (name, name.upper(), name.capitalize())
+)
+
+
+try:  # orjson renders an event ~5x faster than the standard library; optional.
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - exercised where orjson is absent
+    _orjson = None
 
 
 def _default(value: Any) -> Any:
@@ -24,16 +33,25 @@ def _default(value: Any) -> Any:
     return str(value)
 
 
-def dumps(obj: Any, **kw: Any) -> str:
-    """JSON serializer for events: compact, UTF-8, never fails on odd values."""
+def _dumps_stdlib(obj: Any, **kw: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=_default)
 
 
+def _dumps_orjson(obj: Any, **kw: Any) -> str:
+    try:
+        return _orjson.dumps(obj, default=_default).decode()  # type: ignore[union-attr]
+    except TypeError:  # e.g. integers beyond 64 bits: the standard library copes
+        return _dumps_stdlib(obj)
+
+
+#: JSON serializer for events: compact, UTF-8, never fails on odd values.
+dumps = _dumps_orjson if _orjson is not None else _dumps_stdlib
+
+
 def scrub_secrets(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """structlog processor: withhold any top-level key that names a secret."""
-    for key in event:
-        if _SECRET_KEYS.match(key):
-            event[key] = REDACTED
+    """structlog processor: withhold any top-level key that names a secret (a C-level set intersection)."""
+    for key in _SECRET_KEYS.intersection(event):
+        event[key] = REDACTED
     return event
 
 

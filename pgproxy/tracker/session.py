@@ -43,6 +43,7 @@ from pgproxy.tracker.statements import TRANSACTION_STATUS, Execution, StatementT
 _DATA_ROW: Final = ord("D")
 _COPY_DATA: Final = ord("d")
 _TERMINATE: Final = ord("X")
+_ROW_DESCRIPTION: Final = ord("T")
 _HEADER_BYTES: Final = 5  # tag + Int32 length
 #: Backend tags still decoded at connection detail after ReadyForQuery:
 #: ErrorResponse (FATAL terminations) and ParameterStatus (encoding changes).
@@ -179,6 +180,11 @@ class SessionTracker:
                         self._row_record(frame, exe, out)
                 continue
             if minimal and tag not in _CONNECTION_LEVEL_BACKEND:
+                continue
+            if tag == _ROW_DESCRIPTION and statements is not None and not message_level and frame[1] is not None:
+                # Query detail pairs the RowDescription with its request but never
+                # decodes rows, so its columns need not be decoded either.
+                statements.description_arrived(None, now)
                 continue
             self._on_backend(frame, now, out)
         return out

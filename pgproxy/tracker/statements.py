@@ -327,7 +327,15 @@ class StatementTracker:
         return []
 
     def _on_row_description(self, msg: m.Message, now: float) -> list[Record]:
-        description = msg if isinstance(msg, m.RowDescription) else None  # else NoData
+        self.description_arrived(msg if isinstance(msg, m.RowDescription) else None, now)  # else NoData
+        return []
+
+    def description_arrived(self, description: m.RowDescription | None, now: float) -> None:
+        """A RowDescription (or NoData: None) answered the head of the queue.
+
+        Callers that do not decode rows pass None for a RowDescription too:
+        only row decoding needs the columns, the pairing does not.
+        """
         head = self.pending[0] if self.pending else None
         if head is None:
             # Results whose request we never saw (a capture joined mid-stream).
@@ -340,7 +348,6 @@ class StatementTracker:
             exe = self._simple_current(head.target, now)
             exe.description = description
             exe.decoder = None
-        return []
 
     def _on_command_complete(self, msg: m.CommandComplete, now: float) -> list[Record]:
         return self._complete(now, "ok", tag=msg)
