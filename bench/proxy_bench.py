@@ -284,7 +284,7 @@ def churn(pg: EmbeddedPostgres, tmp: Path, seconds: float) -> None:
     for loop in ("uvloop", "asyncio"):
         target = start_proxy(pg.port, "query", tmp, loop)
         try:
-            tps, lat, tx, failed = pgbench(pg, target.port, ["-S", "-C", "-c", "4", "-j", "2"], seconds)
+            tps, _lat, tx, failed = pgbench(pg, target.port, ["-S", "-C", "-c", "4", "-j", "2"], seconds)
             alive = target.proc is not None and target.proc.poll() is None
             print(
                 f"  {target.name:<24} {tps:>8.0f} TPS  {tx} connections  failed {failed}  proxy alive: {alive}",

@@ -19,7 +19,8 @@ _SECRET_KEYS: Final = frozenset(
 )
 
 
-try:  # orjson renders an event ~5x faster than the standard library; optional.
+_orjson: Any
+try:  # orjson renders an event ~5x faster than the standard library
     import orjson as _orjson
 except ImportError:  # pragma: no cover - exercised where orjson is absent
     _orjson = None
@@ -39,7 +40,7 @@ def _dumps_stdlib(obj: Any, **kw: Any) -> str:
 
 def _dumps_orjson(obj: Any, **kw: Any) -> str:
     try:
-        return _orjson.dumps(obj, default=_default).decode()  # type: ignore[union-attr]
+        return str(_orjson.dumps(obj, default=_default).decode())
     except TypeError:  # e.g. integers beyond 64 bits: the standard library copes
         return _dumps_stdlib(obj)
 
