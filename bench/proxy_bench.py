@@ -187,10 +187,15 @@ def main() -> None:
         )
         if not args.skip_bulk:
             pg.psql(
-                "CREATE TABLE bulk_copy AS SELECT g AS id, md5(g::text) AS h, now() AS t FROM generate_series(1, 2000000) g;"
-                "CREATE TABLE bulk_select AS SELECT g AS id, md5(g::text) AS h, g * 1.5 AS n FROM generate_series(1, 1000000) g;"
-                "VACUUM ANALYZE bulk_copy; VACUUM ANALYZE bulk_select;"
+                "CREATE TABLE bulk_copy AS SELECT g AS id, md5(g::text) AS h, now() AS t"
+                " FROM generate_series(1, 2000000) g"
             )
+            pg.psql(
+                "CREATE TABLE bulk_select AS SELECT g AS id, md5(g::text) AS h, g * 1.5 AS n"
+                " FROM generate_series(1, 1000000) g"
+            )
+            pg.psql("VACUUM ANALYZE bulk_copy")
+            pg.psql("VACUUM ANALYZE bulk_select")
         targets = [Target("direct", pg.port)]
         for detail in args.details.split(","):
             targets.append(start_proxy(pg.port, detail, tmp))

@@ -45,6 +45,17 @@ class Installation:
     def tool(self, name: str) -> str:
         return str(self.bindir / name)
 
+    @property
+    def has_ssl(self) -> bool:
+        """Whether this build can serve TLS (the wheel's builds cannot; Debian's can)."""
+        try:
+            out = subprocess.run(
+                [self.tool("pg_config"), "--configure"], capture_output=True, text=True, timeout=20, check=False
+            )
+        except OSError:
+            return False
+        return "--with-openssl" in out.stdout or "--with-ssl=openssl" in out.stdout
+
 
 def _version_of(bindir: Path) -> int | None:
     postgres = bindir / "postgres"
@@ -158,6 +169,8 @@ class EmbeddedPostgres:
         hba: extra pg_hba.conf lines placed *before* the catch-all trust line,
             e.g. ``["host all alice 127.0.0.1/32 scram-sha-256"]``.
         settings: extra ``postgresql.conf`` settings.
+        files: files written into the data directory (mode 0600, owned by the
+            server's account), such as ``server.crt`` and ``server.key``.
     """
 
     installation: Installation | None = None
@@ -166,6 +179,7 @@ class EmbeddedPostgres:
     hba: list[str] = field(default_factory=list)
     settings: dict[str, str] = field(default_factory=dict)
     host: str = "127.0.0.1"
+    files: dict[str, bytes] = field(default_factory=dict)
     datadir: Path | None = None
     _proc: subprocess.Popen[bytes] | None = None
     _tmp: Path | None = None
@@ -245,6 +259,12 @@ class EmbeddedPostgres:
             f.write("\n# pgproxy embedded settings\n")
             for key, value in conf.items():
                 f.write(f"{key} = {value}\n")
+        for name, content in self.files.items():  # e.g. TLS certificate and key: private to the server account
+            path = self.datadir / name
+            path.write_bytes(content)
+            path.chmod(0o600)
+            if account:
+                os.chown(path, account.pw_uid, account.pw_gid)
         hba = [*self.hba, "host all all 127.0.0.1/32 trust", "host all all ::1/128 trust", "local all all trust"]
         (self.datadir / "pg_hba.conf").write_text("\n".join(hba) + "\n")
         log = open(self._tmp / "postgres.log", "wb")  # noqa: SIM115 (owned by the process)

@@ -192,3 +192,29 @@ def test_decode_missing_file_is_a_clear_error() -> None:
         [*PGPROXY, "decode", "/nonexistent.bin"], capture_output=True, text=True, timeout=30, check=False
     )
     assert out.returncode == 2 and "cannot read /nonexistent.bin" in out.stderr
+
+
+def test_demo_command_shows_the_decoded_conversation() -> None:
+    """The README's first command: the Wireshark view of the ORM's SELECT, then cleanup."""
+    out = subprocess.run(
+        [*PGPROXY, "demo", "--log-format", "json"], capture_output=True, text=True, timeout=300, check=True
+    )
+    events = [json.loads(line) for line in out.stdout.splitlines()]
+    columns = ["users_id", "users_username", "users_email", "users_hashed_password"]
+    (i,) = [
+        n
+        for n, e in enumerate(events)
+        if e.get("type") == "RowDescription" and [c["name"] for c in e["columns"]] == columns
+    ]
+    row, complete, ready = events[i + 1], events[i + 2], events[i + 3]
+    assert row["type"] == "DataRow"
+    assert row["row"] == {
+        "users_id": 1,
+        "users_username": "Demo",
+        "users_email": "demo@aa.io",
+        "users_hashed_password": "[redacted]",
+    }
+    assert (complete["type"], complete["command_tag"]) == ("CommandComplete", "SELECT 1")
+    assert ready["type"] == "ReadyForQuery"
+    assert "pbkdf2" not in out.stdout
+    assert events[-1]["event"] == "demo.finished"

@@ -14,6 +14,7 @@ import asyncpg
 import psycopg
 import pytest
 
+from pgproxy.demo import run_scenario
 from pgproxy.embedded import EmbeddedPostgres, free_port
 from pgproxy.tracker.options import TrackerOptions
 from pgproxy.tracker.records import Detail
@@ -40,7 +41,7 @@ def _run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
 
 
 def test_transparency_psql_psycopg_asyncpg(any_pg: EmbeddedPostgres) -> None:
-    """Byte-for-byte: what passes through pgproxy is what would pass without it."""
+    """Byte-for-byte: what passes through pgproxy is what would pass without it (SQLAlchemy ORM included)."""
     with chain(("127.0.0.1", any_pg.port), MESSAGE, tls_client_mode="passthrough") as (near_client, proxy, near_server):
         dsn = f"postgresql://postgres@127.0.0.1:{near_client.port}/postgres"
         script = """
@@ -83,6 +84,11 @@ def test_transparency_psql_psycopg_asyncpg(any_pg: EmbeddedPostgres) -> None:
             await conn.close()
 
         asyncio.run(with_asyncpg())
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute("DROP DATABASE IF EXISTS orm_transparency")
+            admin.execute("CREATE DATABASE orm_transparency")
+        orm_dsn = "postgresql+psycopg://" + dsn.split("://", 1)[1].rsplit("/", 1)[0] + "/orm_transparency"
+        assert run_scenario(orm_dsn)["username"] == "Demo"
         _assert_transparent(near_client, near_server)
         proxy.wait_idle()
         assert not proxy.events("session.anomaly")

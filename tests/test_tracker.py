@@ -348,3 +348,15 @@ def test_sql_helpers() -> None:
         3: "a",
         4: "Secret",
     }
+
+
+def test_function_call_is_one_statement() -> None:
+    t = session()
+    args = (b"\x00\x00\x00\x2a",)
+    body = (1234).to_bytes(4, "big") + b"\x00\x01\x00\x01" + b"\x00\x01" + len(args[0]).to_bytes(4, "big") + args[0]
+    t.frontend(b.message(b"F", body + b"\x00\x01"), now=0)
+    recs = t.backend(b.message(b"V", (4).to_bytes(4, "big") + b"\x00\x00\x00\x54") + b.ready_for_query(), now=0.002)
+    assert q(recs) == [
+        ("<function call oid=1234>", "ok", 0, 2.0, [{"oid": 0, "format": "binary", "hex": "0000002a"}], "idle")
+    ]
+    assert recs[0]["protocol"] == "function"

@@ -181,6 +181,9 @@ class SessionTracker:
                 continue
             if minimal and tag not in _CONNECTION_LEVEL_BACKEND:
                 continue
+            if tag == _COPY_DATA and message_level and statements is not None and self._copy_capped(statements):
+                statements.backend_copy_data(frame[3] - frame[2] if frame[1] is not None else frame[3])
+                continue
             if tag == _ROW_DESCRIPTION and statements is not None and not message_level and frame[1] is not None:
                 # Query detail pairs the RowDescription with its request but never
                 # decodes rows, so its columns need not be decoded either.
@@ -232,9 +235,17 @@ class SessionTracker:
 
     # ------------------------------------------------------------------ frontend
 
+    def _copy_capped(self, statements: StatementTracker) -> bool:
+        """COPY data beyond the per-result cap is counted, not decoded or logged (as DataRows are)."""
+        exe = statements.current_execution()
+        return exe is not None and exe.copy_messages >= self.options.max_rows_per_result
+
     def _on_frontend(self, frame: Frame, now: float, out: list[Record]) -> None:
         tag = frame[0]
         statements = self.statements
+        if tag == _COPY_DATA and self._message_level and statements is not None and self._copy_capped(statements):
+            statements.frontend_copy_data(frame[3] - frame[2] if frame[1] is not None else frame[3])
+            return
         if tag == _COPY_DATA and not self._message_level:
             if statements is not None:
                 statements.frontend_copy_data(frame[3] - frame[2] if frame[1] is not None else frame[3])

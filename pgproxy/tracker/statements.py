@@ -150,6 +150,14 @@ class StatementTracker:
             handler(self, msg, now)
         return []
 
+    def _on_oversized(self, msg: m.Oversized, now: float) -> None:
+        # A statement too long to buffer still gets its responses paired.
+        text = f"<{msg.length}-byte {msg.expected} not shown: exceeds max_frame>"
+        if msg.expected == "Query":
+            self.pending.append(_Pending("query", SimpleQuery(text, None, now)))
+        elif msg.expected == "Parse":
+            self._on_parse(m.Parse("", text, ()), now)
+
     def _on_query(self, msg: m.Query, now: float) -> None:
         self.pending.append(_Pending("query", SimpleQuery(msg.query, split_statements(msg.query), now)))
 
@@ -603,6 +611,7 @@ _FRONTEND_HANDLERS: Final[dict[type, Any]] = {
     m.Close: StatementTracker._on_close,
     m.Sync: StatementTracker._on_sync,
     m.FunctionCall: StatementTracker._on_function_call,
+    m.Oversized: StatementTracker._on_oversized,
 }
 _BACKEND_HANDLERS: Final[dict[type, Any]] = {
     m.ParseComplete: StatementTracker._on_step_complete,

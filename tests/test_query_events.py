@@ -1,0 +1,120 @@
+"""Query events match what real clients executed: SQL, parameters, rows, errors, pipelines."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+
+import asyncpg
+import psycopg
+import pytest
+
+from pgproxy.demo import run_scenario
+from pgproxy.embedded import EmbeddedPostgres
+from pgproxy.tracker.options import TrackerOptions
+from tests.harness import ProxyHarness
+
+
+@pytest.fixture
+def proxy(pg: EmbeddedPostgres):  # type: ignore[no-untyped-def]
+    with ProxyHarness(("127.0.0.1", pg.port), TrackerOptions()) as harness:
+        yield harness
+
+
+def test_asyncpg_statements_parameters_and_errors(proxy: ProxyHarness) -> None:
+    async def run() -> None:
+        conn = await asyncpg.connect(proxy.dsn(application_name="asyncpg-app"))
+        await conn.execute("CREATE TEMP TABLE items (id int, name text, price numeric)")
+        await conn.executemany("INSERT INTO items VALUES ($1, $2, $3)", [(1, "one", 1.5), (2, "two", 2.25)])
+        rows = await conn.fetch("SELECT id, name FROM items WHERE price > $1 ORDER BY id", 1.0)
+        assert len(rows) == 2
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await conn.execute("CREATE UNIQUE INDEX ON items (id); INSERT INTO items VALUES (1, 'dup', 0)")
+        await conn.close()
+
+    asyncio.run(run())
+    proxy.wait_idle()
+    events = proxy.events("query", application_name="asyncpg-app")
+    by_sql: dict[str, list[dict]] = {}  # type: ignore[type-arg]
+    for e in events:
+        by_sql.setdefault(e["db.query.text"], []).append(e)
+    inserts = by_sql["INSERT INTO items VALUES ($1, $2, $3)"]
+    assert [e["parameters"] for e in inserts] == [[1, "one", "1.5"], [2, "two", "2.25"]]
+    assert all(e["rows"] == 1 and e["outcome"] == "ok" for e in inserts)
+    (select,) = by_sql["SELECT id, name FROM items WHERE price > $1 ORDER BY id"]
+    # asyncpg sends the float 1.0 as a binary numeric with scale 0, which reads "1"
+    assert select["parameters"] == ["1"] and select["rows"] == 2 and select["db.response.returned_rows"] == 2
+    failed = [e for e in events if e["outcome"] == "error"]
+    assert [e["db.response.status_code"] for e in failed] == ["23505"]
+    assert failed[0]["level"] == "error" and "duplicate key" in failed[0]["error"]["message"]
+
+
+def test_psycopg_pipeline_with_an_error_reports_skipped(proxy: ProxyHarness) -> None:
+    with psycopg.connect(proxy.dsn(sslmode="disable", application_name="pipeline"), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.DivisionByZero), conn.pipeline():
+            for i in range(10):
+                conn.execute("SELECT %s::int AS i", (i,))
+            conn.execute("SELECT 1 / %s::int", (0,))
+            for i in range(5):
+                conn.execute("SELECT %s::int + 100", (i,))
+        assert conn.execute("SELECT 'after'").fetchone() == ("after",)
+    proxy.wait_idle()
+    events = proxy.events("query", application_name="pipeline")
+    outcomes = [e["outcome"] for e in events if e.get("protocol") == "extended"]
+    assert outcomes[:10] == ["ok"] * 10
+    assert outcomes[10] == "error"
+    assert outcomes[11:16] == ["skipped"] * 5
+    assert [e["parameters"] for e in events[:3]] == [[0], [1], [2]]
+
+
+def test_pgbench_prepared_statement_counts(pg: EmbeddedPostgres, proxy: ProxyHarness) -> None:
+    subprocess.run([pg.tool("pgbench"), "-i", "-q", "-s", "1", "-d", pg.dsn()], capture_output=True, check=True)
+    out = subprocess.run(
+        [
+            pg.tool("pgbench"),
+            "-n",
+            "-S",
+            "-M",
+            "prepared",
+            "-c",
+            "2",
+            "-j",
+            "1",
+            "-t",
+            "200",
+            "-d",
+            proxy.dsn(sslmode="disable", application_name="pgbench-prepared"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    assert "number of transactions actually processed: 400" in out.stdout
+    proxy.wait_idle()
+    events = [e for e in proxy.events("query") if e["db.query.text"].startswith("SELECT abalance")]
+    assert len(events) == 400
+    assert len({e["statement"] for e in events}) == 1  # the named statement (P0_1, or P_0 in 18)
+    assert all(e["statement"] and e["rows"] == 1 and len(e["parameters"]) == 1 for e in events)
+    # pgbench sends untyped text parameters (no Describe): shown as the text sent
+    assert all(str(e["parameters"][0]).isdigit() for e in events)
+
+
+def test_sqlalchemy_orm_scenario_is_logged_and_redacted(pg: EmbeddedPostgres, proxy: ProxyHarness) -> None:
+    pg.psql("DROP TABLE IF EXISTS users_orm_check")  # the scenario creates its own users table
+    with psycopg.connect(pg.dsn(), autocommit=True) as admin:
+        admin.execute("CREATE DATABASE orm_demo")
+    try:
+        user = run_scenario(f"postgresql+psycopg://postgres@{proxy.host}:{proxy.port}/orm_demo")
+        assert user == {"id": 1, "username": "Demo", "email": "demo@aa.io"}
+        proxy.wait_idle()
+        events = proxy.events("query", **{"db.namespace": "orm_demo"})
+        (insert,) = [e for e in events if e["db.operation.name"] == "INSERT"]
+        assert insert["parameters"][:2] == ["Demo", "demo@aa.io"]
+        assert insert["parameters"][2] == "[redacted]"
+        (select,) = [e for e in events if "users_username" in (e["db.query.text"] or "")]
+        assert select["rows"] == 1 and select["parameters"] == ["Demo"]
+        assert "pbkdf2" not in proxy.text()
+    finally:
+        with psycopg.connect(pg.dsn(), autocommit=True) as admin:
+            admin.execute("DROP DATABASE orm_demo WITH (FORCE)")

@@ -1,0 +1,140 @@
+"""Bad input loses nothing: hostile bytes, decoder bugs and slow log readers leave forwarding intact."""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+
+import psycopg
+
+from pgproxy.embedded import EmbeddedPostgres
+from pgproxy.protocol.build import startup_message
+from pgproxy.sink.writer import QueueWriter
+from pgproxy.tracker.options import TrackerOptions
+from pgproxy.tracker.records import Detail
+from pgproxy.tracker.session import SessionTracker
+from tests.harness import ProxyHarness
+
+
+def _recv_until_ready(sock: socket.socket) -> bytes:
+    data = b""
+    while b"Z\x00\x00\x00\x05" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    return data
+
+
+def test_malformed_client_bytes_are_forwarded_and_logged(pg: EmbeddedPostgres) -> None:
+    with ProxyHarness(("127.0.0.1", pg.port), TrackerOptions(detail=Detail.MESSAGE)) as proxy:
+        sock = socket.create_connection((proxy.host, proxy.port))
+        sock.sendall(startup_message({"user": "postgres", "database": "postgres"}))
+        _recv_until_ready(sock)
+        sock.sendall(b"Q\x00\x00\x00\x02garbage")  # a length below 4: the stream is unframeable
+        reply = b""
+        sock.settimeout(10)
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+        sock.close()
+        # The server itself judged the bytes (they reached it unchanged): it logs
+        # "invalid message length" and hangs up, answering nothing.
+        assert reply == b""
+        assert "invalid message length" in pg.log_tail(20000)
+        with psycopg.connect(proxy.dsn(sslmode="disable")) as conn:  # everyone else is still served
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        proxy.wait_idle()
+        (anomaly,) = proxy.events("session.anomaly")
+        assert anomaly["kind"] == "desynchronized" and anomaly["stream"] == "frontend"
+        assert anomaly["excerpt"].startswith("5100000002")
+
+
+def test_decoder_failure_switches_to_passthrough(pg: EmbeddedPostgres, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    original = SessionTracker.backend
+    calls = {"n": 0}
+
+    def flaky(self: SessionTracker, data: bytes, now: float | None = None):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("simulated decoder bug")
+        return original(self, data, now)
+
+    monkeypatch.setattr(SessionTracker, "backend", flaky)
+    with ProxyHarness(("127.0.0.1", pg.port), TrackerOptions()) as proxy:
+        with psycopg.connect(proxy.dsn(sslmode="disable")) as conn:
+            for i in range(20):
+                assert conn.execute("SELECT %s::int * 2", (i,)).fetchone() == (i * 2,)
+            rows = conn.execute("SELECT g FROM generate_series(1, 5000) g").fetchall()
+            assert len(rows) == 5000
+        proxy.wait_idle()
+        (anomaly,) = proxy.events("session.anomaly")
+        assert anomaly["kind"] == "decoder_failure" and "simulated decoder bug" in anomaly["reason"]
+        (ended,) = proxy.events("session.ended")
+        assert ended["decoding"] == "stopped after a decoder failure"
+        assert ended["bytes_from_server"] > 5000 * 10  # counted after the failure too
+
+
+class _StalledStream(io.StringIO):
+    """A log destination that blocks, like a pipe nobody reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def write(self, s: str) -> int:
+        self.release.wait()
+        return super().write(s)
+
+
+def test_stalled_log_output_never_blocks_and_counts_drops() -> None:
+    stream = _StalledStream()
+    writer = QueueWriter(stream, max_queued=100)
+    started = time.perf_counter()
+    for i in range(10_000):
+        writer.write(f'{{"n":{i}}}')
+    assert time.perf_counter() - started < 1.0  # never waited for the stream
+    assert writer.dropped >= 10_000 - 100 - 4096
+    stream.release.set()
+    writer.close()
+    text = stream.getvalue()
+    assert '"event": "log.dropped"' in text or '"event":"log.dropped"' in text
+
+
+def test_slow_log_reader_does_not_slow_the_proxy(pg: EmbeddedPostgres) -> None:
+    with ProxyHarness(("127.0.0.1", pg.port), TrackerOptions(detail=Detail.MESSAGE)) as proxy:
+        stalled = _StalledStream()
+        writer = proxy.sink._destinations[0].writer  # simulate a stuck pipe
+        writer.stream = stalled
+        writer.max_queued = 1000
+        started = time.perf_counter()
+        with psycopg.connect(proxy.dsn(sslmode="disable")) as conn:
+            for _ in range(200):
+                conn.execute("SELECT g, md5(g::text) FROM generate_series(1, 50) g").fetchall()
+        elapsed = time.perf_counter() - started
+        assert elapsed < 20, f"queries took {elapsed:.1f}s with a stalled log reader"
+        stalled.release.set()
+        assert proxy.sink.flush(10)
+        assert proxy.sink.dropped > 0
+
+
+def test_oversized_messages_are_forwarded_and_logged_header_only(pg: EmbeddedPostgres) -> None:
+    options = TrackerOptions(detail=Detail.MESSAGE, max_frame=4096)
+    with ProxyHarness(("127.0.0.1", pg.port), options) as proxy:
+        with psycopg.connect(proxy.dsn(sslmode="disable")) as conn:
+            (value,) = conn.execute("SELECT repeat('y', 100000)").fetchone()  # type: ignore[misc]
+            assert value == "y" * 100000
+            long_sql = "SELECT '" + "z" * 50000 + "' AS long_literal"
+            assert conn.execute(long_sql).fetchone() == ("z" * 50000,)
+        proxy.wait_idle()
+        rows = proxy.events("message", type="DataRow")
+        assert [r.get("oversized") for r in rows] == [True, True]
+        assert rows[0]["length"] == 100000 + 4 + 2 + 4
+        (anomaly,) = proxy.events("session.anomaly", kind="oversized")
+        assert "Parse" in anomaly["reason"] or "Query" in anomaly["reason"]
+        queries = proxy.events("query")
+        assert any("exceeds max_frame" in (q["db.query.text"] or "") and q["rows"] == 1 for q in queries)
+        assert "z" * 5000 not in proxy.text()
