@@ -192,6 +192,9 @@ def test_unreachable_upstream_gets_a_proper_error(pg: EmbeddedPostgres) -> None:
         proxy.wait_idle()
         failures = proxy.events("upstream.unreachable")
         assert len(failures) == 2 and all("refused" in f["reason"].lower() for f in failures)
+        startup = proxy.events("session.startup_failed")
+        assert [s["sqlstate"] for s in startup] == ["08001", "08001"]
+        assert not proxy.events("session.auth_failed")
 
     # ... and the same proxy process keeps serving others: a working upstream next to it
     with (

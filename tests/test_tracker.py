@@ -277,6 +277,17 @@ def test_filters_and_sampling() -> None:
     assert other.backend(b.command_complete("SELECT 1") + b.ready_for_query(), now=0) == []
 
 
+def _select_user_with_hash(t: SessionTracker) -> list[Record]:
+    t.frontend(b.query("SELECT username, hashed_password FROM users"), now=0)
+    return t.backend(
+        b.row_description([("username", 25), ("hashed_password", 25)])
+        + b.data_row([b"Demo", b"pbkdf2:sha256:SECRET"])
+        + b.command_complete("SELECT 1")
+        + b.ready_for_query(),
+        now=0,
+    )
+
+
 def test_sensitive_parameters_and_columns_are_masked() -> None:
     t = session(detail=Detail.MESSAGE)
     t.frontend(
@@ -289,28 +300,14 @@ def test_sensitive_parameters_and_columns_are_masked() -> None:
     recs = t.backend(b.message(b"1") + b.message(b"2") + b.command_complete("INSERT 0 1") + b.ready_for_query(), now=0)
     (query,) = [r for r in recs if r.event == "query"]
     assert query["parameters"] == ["Demo", "demo@aa.io", "[redacted]"]
-    t.frontend(b.query("SELECT username, hashed_password FROM users"), now=0)
-    recs = t.backend(
-        b.row_description([("username", 25), ("hashed_password", 25)])
-        + b.data_row([b"Demo", b"pbkdf2:sha256:SECRET"])
-        + b.command_complete("SELECT 1")
-        + b.ready_for_query(),
-        now=0,
-    )
+    recs = _select_user_with_hash(t)
     (row,) = [r for r in recs if r.get("type") == "DataRow"]
     assert row["row"] == {"username": "Demo", "hashed_password": "[redacted]"}
 
 
 def test_wire_detail_hex_dumps_mask_secrets() -> None:
     t = session(detail=Detail.WIRE)
-    t.frontend(b.query("SELECT username, hashed_password FROM users"), now=0)
-    recs = t.backend(
-        b.row_description([("username", 25), ("hashed_password", 25)])
-        + b.data_row([b"Demo", b"pbkdf2:sha256:SECRET"])
-        + b.command_complete("SELECT 1")
-        + b.ready_for_query(),
-        now=0,
-    )
+    recs = _select_user_with_hash(t)
     dumps = "\n".join(r.get("hex", "") for r in recs)
     assert "Demo" in dumps and "SECRET" not in dumps and "pbkdf2" not in dumps
     assert re.search(r"^0000  44 00 00 00", dumps, re.M)  # the DataRow header stays readable

@@ -38,6 +38,7 @@ class Detail(enum.IntEnum):
 SESSION_STARTED: Final = "session.started"
 SESSION_READY: Final = "session.ready"
 SESSION_AUTH_FAILED: Final = "session.auth_failed"
+SESSION_STARTUP_FAILED: Final = "session.startup_failed"
 SESSION_ENCRYPTED: Final = "session.encrypted"
 SESSION_ANOMALY: Final = "session.anomaly"
 SESSION_ENDED: Final = "session.ended"

@@ -34,6 +34,7 @@ from pgproxy.tracker.records import (
     SESSION_ENDED,
     SESSION_READY,
     SESSION_STARTED,
+    SESSION_STARTUP_FAILED,
     Detail,
     Record,
 )
@@ -328,7 +329,11 @@ class SessionTracker:
             for key in ("user", "db.namespace", "client.address"):
                 if key in self.context:
                     fields[key] = self.context[key]
-            out.append(Record(SESSION_AUTH_FAILED, "warning", fields))
+            # Class 28 is "invalid authorization specification"; anything else
+            # (unknown database, too many clients, unreachable upstream) is not
+            # an authentication failure and is not called one.
+            event = SESSION_AUTH_FAILED if msg.sqlstate.startswith("28") else SESSION_STARTUP_FAILED
+            out.append(Record(event, "warning", fields))
         elif isinstance(msg, m.SSLResponse | m.GSSENCResponse) and msg.answer in ("S", "G"):
             self.encrypted = "tls" if msg.answer == "S" else "gss"
             out.append(Record(SESSION_ENCRYPTED, "info", {"session": self.session_id, "method": self.encrypted}))
