@@ -138,3 +138,73 @@ def test_oversized_messages_are_forwarded_and_logged_header_only(pg: EmbeddedPos
         queries = proxy.events("query")
         assert any("exceeds max_frame" in (q["db.query.text"] or "") and q["rows"] == 1 for q in queries)
         assert "z" * 5000 not in proxy.text()
+
+
+def test_two_hundred_concurrent_sessions(pg: EmbeddedPostgres) -> None:
+    """Many clients at once, each checking its own answers: sessions never mix."""
+    import asyncio
+
+    import asyncpg
+
+    with ProxyHarness(("127.0.0.1", pg.port), TrackerOptions()) as proxy:
+
+        async def client(n: int) -> None:
+            conn = await asyncpg.connect(proxy.dsn(application_name=f"c{n}"))
+            try:
+                for i in range(5):
+                    assert await conn.fetchval("SELECT $1::int * 1000 + $2::int", n, i) == n * 1000 + i
+            finally:
+                await conn.close()
+
+        async def run_all() -> None:
+            await asyncio.gather(*(client(n) for n in range(200)))
+
+        asyncio.run(run_all())
+        proxy.wait_idle(30)
+        queries = proxy.events("query")
+        mine = [q for q in queries if "* 1000" in q["db.query.text"]]
+        assert len(mine) == 1000
+        assert all(q["parameters"][0] == int(q["application_name"][1:]) for q in mine)
+        assert len({q["session"] for q in mine}) == 200
+
+
+def test_max_connections_rejects_extra_clients_clearly(pg: EmbeddedPostgres) -> None:
+    with ProxyHarness(("127.0.0.1", pg.port), TrackerOptions(), max_connections=2) as proxy:
+        first = psycopg.connect(proxy.dsn(sslmode="disable"))
+        second = psycopg.connect(proxy.dsn(sslmode="disable"))
+        try:
+            try:
+                psycopg.connect(proxy.dsn(sslmode="disable"))
+                raise AssertionError("a third connection was accepted")
+            except psycopg.OperationalError as exc:
+                assert "too many connections" in str(exc)
+            assert first.execute("SELECT 1").fetchone() == (1,)
+        finally:
+            first.close()
+            second.close()
+        proxy.wait_idle()
+        (rejected,) = proxy.events("session.rejected")
+        assert rejected["limit"] == 2
+
+
+def test_shutdown_drains_idle_sessions_and_aborts_busy_ones(pg: EmbeddedPostgres) -> None:
+    proxy = ProxyHarness(("127.0.0.1", pg.port), TrackerOptions(), shutdown_grace=1.0)
+    idle = psycopg.connect(proxy.dsn(sslmode="disable", application_name="idle"), autocommit=True)
+    idle.execute("SELECT 1")
+    busy = psycopg.connect(proxy.dsn(sslmode="disable", application_name="busy"), autocommit=True)
+    busy.pgconn.send_query(b"SELECT pg_sleep(30)")
+    time.sleep(0.3)
+    started = time.perf_counter()
+    proxy.close()
+    assert time.perf_counter() - started < 10
+    ended = {e["application_name"]: e for e in json_lines(proxy.stream.getvalue()) if e["event"] == "session.ended"}
+    assert ended["idle"]["reason"] == "proxy_shutdown"
+    assert ended["busy"]["reason"] == "proxy_shutdown"
+    idle.close()
+    busy.close()
+
+
+def json_lines(text: str) -> list[dict]:  # type: ignore[type-arg]
+    import json
+
+    return [json.loads(line) for line in text.splitlines()]

@@ -171,6 +171,8 @@ class SessionTracker:
         # At connection detail, once the session is ready only errors and
         # parameter changes matter: everything else is counted, not decoded.
         minimal = statements is None and self.ready_at is not None
+        if statements is not None and not message_level:
+            return self._backend_query_detail(frames, statements, now, out)
         for frame in frames:
             tag = frame[0]
             if tag == _DATA_ROW:
@@ -185,12 +187,39 @@ class SessionTracker:
             if tag == _COPY_DATA and message_level and statements is not None and self._copy_capped(statements):
                 statements.backend_copy_data(frame[3] - frame[2] if frame[1] is not None else frame[3])
                 continue
-            if tag == _ROW_DESCRIPTION and statements is not None and not message_level and frame[1] is not None:
+            self._on_backend(frame, now, out)
+        return out
+
+    def _backend_query_detail(
+        self, frames: list[Frame], statements: StatementTracker, now: float, out: list[Record]
+    ) -> list[Record]:
+        """The query-detail hot loop: DataRows and CopyData are counted in runs, not one by one.
+
+        Responses are strictly ordered, so a run of DataRows (or CopyData)
+        belongs to whichever statement is current when the run ends; the run
+        is flushed before any other message is looked at.
+        """
+        rows = row_bytes = copies = copy_bytes = 0
+        for tag, buf, start, end in frames:
+            if tag == _DATA_ROW:
+                rows += 1
+                row_bytes += (end - start if buf is not None else end) + _HEADER_BYTES
+                continue
+            if tag == _COPY_DATA:
+                copies += 1
+                copy_bytes += end - start if buf is not None else end
+                continue
+            if rows or copies:
+                statements.count_results(rows, row_bytes, copies, copy_bytes)
+                rows = row_bytes = copies = copy_bytes = 0
+            if tag == _ROW_DESCRIPTION and buf is not None:
                 # Query detail pairs the RowDescription with its request but never
                 # decodes rows, so its columns need not be decoded either.
                 statements.description_arrived(None, now)
                 continue
-            self._on_backend(frame, now, out)
+            self._on_backend((tag, buf, start, end), now, out)
+        if rows or copies:
+            statements.count_results(rows, row_bytes, copies, copy_bytes)
         return out
 
     def anomaly(self, kind: str, reason: str, **fields: Any) -> Record:

@@ -294,6 +294,15 @@ class StatementTracker:
             exe.bytes += nbytes
         return exe
 
+    def count_results(self, rows: int, row_bytes: int, copies: int, copy_bytes: int) -> None:
+        """Count a run of DataRows and/or CopyData messages for the current statement."""
+        exe = self.current_execution()
+        if exe is not None:
+            exe.rows += rows
+            exe.bytes += row_bytes
+            exe.copy_messages += copies
+            exe.copy_bytes += copy_bytes
+
     def backend_copy_data(self, nbytes: int) -> None:
         exe = self.current_execution()
         if exe is not None:
