@@ -40,6 +40,8 @@ class _LoopThread:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.call(asyncio.sleep(0.05), timeout=5)  # pending close callbacks run before the loop stops
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()

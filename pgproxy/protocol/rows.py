@@ -7,13 +7,18 @@ so the per-row cost is cutting the row plus one decoder call per column.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from typing import Any
 
-from pgproxy.protocol.decoding import data_row_values
 from pgproxy.protocol.errors import DecodeError
 from pgproxy.protocol.messages import FieldDescription, RowDescription
 from pgproxy.protocol.values import DEFAULT_CONTEXT, ValueContext, ValueDecoder, decoder_for
+
+_U16 = struct.Struct("!H").unpack_from
+_I32 = struct.Struct("!i").unpack_from
+#: Prefix of errors about the row's shape (as opposed to one value's content).
+_STRUCTURAL = "malformed DataRow"
 
 
 def unique_names(names: Sequence[str]) -> tuple[str, ...]:
@@ -45,7 +50,7 @@ class RowDecoder:
         ctx: session settings (encoding, time zone).
     """
 
-    __slots__ = ("decoders", "fields", "formats", "names")
+    __slots__ = ("_fast", "_safe", "decoders", "fields", "formats", "names")
 
     def __init__(
         self,
@@ -60,6 +65,11 @@ class RowDecoder:
             raise ValueError("one format per column is needed")
         self.decoders: tuple[ValueDecoder, ...] = tuple(
             decoder_for(f.type_oid, fmt, ctx) for f, fmt in zip(self.fields, self.formats, strict=True)
+        )
+        self._safe = tuple(zip(self.names, self.decoders, strict=True))
+        self._fast = tuple(
+            (name, decoder_for(f.type_oid, fmt, ctx, safe=False))
+            for name, f, fmt in zip(self.names, self.fields, self.formats, strict=True)
         )
 
     @classmethod
@@ -84,17 +94,50 @@ class RowDecoder:
     def decode(self, buf: bytes, start: int, end: int) -> dict[str, Any]:
         """Decode one DataRow body (``buf[start:end]``) into a mapping.
 
+        One pass over the body with the unguarded decoders; only a row with a
+        value that does not fit its type is decoded again with the guarded
+        ones, which turn such values into placeholders.
+
         Raises:
             DecodeError: the row cannot be cut or its column count differs
                 from the description's.
         """
-        values = data_row_values(buf, start, end)
-        if len(values) != len(self.decoders):
-            raise DecodeError(f"DataRow has {len(values)} columns, RowDescription {len(self.decoders)}")
-        return {
-            name: None if value is None else decode(value)
-            for name, decode, value in zip(self.names, self.decoders, values, strict=True)
-        }
+        try:
+            return self._cut_and_decode(buf, start, end, self._fast)
+        except DecodeError as exc:
+            if str(exc).startswith(_STRUCTURAL):
+                raise
+        except (ValueError, OverflowError, IndexError, struct.error):
+            pass
+        return self._cut_and_decode(buf, start, end, self._safe)
+
+    def _cut_and_decode(
+        self, buf: bytes, start: int, end: int, columns: tuple[tuple[str, ValueDecoder], ...]
+    ) -> dict[str, Any]:
+        if end - start < 2 or _U16(buf, start)[0] != len(columns):
+            count = _U16(buf, start)[0] if end - start >= 2 else 0
+            raise DecodeError(f"{_STRUCTURAL}: {count} columns, RowDescription {len(columns)}")
+        pos = start + 2
+        out: dict[str, Any] = {}
+        unpack = _I32
+        for name, decode in columns:
+            if pos + 4 > end:
+                raise DecodeError(f"{_STRUCTURAL}: truncated in a length word")
+            (length,) = unpack(buf, pos)
+            pos += 4
+            if length < 0:
+                if length != -1:
+                    raise DecodeError(f"{_STRUCTURAL}: value length {length}")
+                out[name] = None
+                continue
+            nxt = pos + length
+            if nxt > end:
+                raise DecodeError(f"{_STRUCTURAL}: a value runs past the message end")
+            out[name] = decode(buf[pos:nxt])
+            pos = nxt
+        if pos != end:
+            raise DecodeError(f"{_STRUCTURAL}: {end - pos} unexpected trailing bytes")
+        return out
 
     def decode_values(self, values: Sequence[bytes | None]) -> dict[str, Any]:
         """Decode already cut values (a :class:`DataRow`'s ``values``)."""

@@ -173,6 +173,10 @@ class ProxyServer:
                 await asyncio.wait_for(self._idle.wait(), 0.05)
         for session in list(self.sessions):
             session.abort()
+        # Let the aborted transports run their connection_lost callbacks (and
+        # log session.ended) before the loop may be closed under them.
+        for _ in range(3):
+            await asyncio.sleep(0)
         if self._cancel_tasks:
             await asyncio.gather(*self._cancel_tasks, return_exceptions=True)
         if self._server is not None:
