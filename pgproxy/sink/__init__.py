@@ -25,6 +25,7 @@ class _Destination:
     writer: QueueWriter
     logger: Any
     owned_stream: IO[str] | None = None
+    by_level: dict[str, Any] = field(default_factory=dict)  # level name -> bound method, resolved once
 
 
 class _WriterLogger:
@@ -85,7 +86,8 @@ class LogSink:
             ],
             wrapper_class=structlog.make_filtering_bound_logger(10),
         ).bind()  # the concrete bound logger: no lazy proxy lookup per event
-        self._destinations.append(_Destination(writer, logger, owned))
+        by_level = {level: getattr(logger, level) for level in _LEVELS}
+        self._destinations.append(_Destination(writer, logger, owned, by_level))
 
     def emit(self, record: Record) -> None:
         """Write one tracker record."""
@@ -100,7 +102,7 @@ class LogSink:
         if _LEVELS.get(level, 20) < self._threshold:
             return
         for dest in self._destinations:
-            getattr(dest.logger, level)(event, **fields)
+            dest.by_level.get(level, dest.logger.info)(event, **fields)
 
     @property
     def dropped(self) -> int:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from pgproxy.protocol import messages as m
+from pgproxy.protocol.decoding import decode_tagged
 from pgproxy.protocol.errors import DecodeError
 from pgproxy.protocol.framing import FRAMING_ERROR, TLS_RECORD, UNTAGGED, Frame
 from pgproxy.protocol.hexdump import hexdump, mask
@@ -280,7 +281,12 @@ class SessionTracker:
             if statements is not None:
                 statements.frontend_copy_data(frame[3] - frame[2] if frame[1] is not None else frame[3])
             return
-        msg = self.conv.decode_frontend(frame)
+        conv = self.conv
+        buf = frame[1]
+        if tag >= 0 and buf is not None:  # the common case, without the generic decode() dispatch
+            msg = decode_tagged(True, tag, buf, frame[2], frame[3], conv.encoding, conv.auth_state)
+        else:
+            msg = conv.decode_frontend(frame)
         kind = type(msg)
         if kind is m.CopyData:
             if statements is not None:
@@ -331,7 +337,12 @@ class SessionTracker:
             if statements is not None:
                 statements.backend_copy_data(frame[3] - frame[2] if frame[1] is not None else frame[3])
             return
-        msg = self.conv.decode_backend(frame)
+        conv = self.conv
+        buf = frame[1]
+        if tag >= 0 and buf is not None:
+            msg = decode_tagged(False, tag, buf, frame[2], frame[3], conv.encoding)
+        else:
+            msg = conv.decode_backend(frame)
         kind = type(msg)
         records: list[Record] = []
         if statements is not None:
