@@ -162,3 +162,29 @@ def test_protocol_package_imports_neither_asyncio_nor_structlog() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_gssenc_then_ssl_then_startup() -> None:
+    """libpq with gssencmode=prefer and sslmode=prefer asks twice before starting up."""
+    conv = Conversation()
+    msgs = []
+    for frontend, data in [
+        (True, b"\x00\x00\x00\x08\x04\xd2\x16\x30"),  # GSSENCRequest
+        (False, b"N"),
+        (True, b"\x00\x00\x00\x08\x04\xd2\x16\x2f"),  # SSLRequest
+        (False, b"N"),
+        (True, startup_message({"user": "u"})),
+        (False, message(b"R", b"\x00\x00\x00\x00") + message(b"Z", b"I")),
+    ]:
+        frames = conv.receive_frontend(data) if frontend else conv.receive_backend(data)
+        msgs += [conv.decode(f, frontend) for f in frames]
+    assert [type(x).__name__ for x in msgs] == [
+        "GSSENCRequest",
+        "GSSENCResponse",
+        "SSLRequest",
+        "SSLResponse",
+        "StartupMessage",
+        "AuthenticationOk",
+        "ReadyForQuery",
+    ]
+    assert conv.phase is Phase.READY

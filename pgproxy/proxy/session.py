@@ -123,6 +123,8 @@ class ClientSession(asyncio.Protocol):
         if self.state is State.RELAY:
             upstream = self.upstream
             assert upstream is not None and upstream.transport is not None
+            if upstream.transport.is_closing():  # the server is gone; the client is being closed
+                return
             upstream.transport.write(data)
             self.bytes_from_client += len(data)
             if self.decoding:
