@@ -27,8 +27,6 @@ _FIELD = struct.Struct("!IhIhih").unpack_from  # RowDescription field after its 
 SSL_REQUEST_CODE: Final = 80877103
 GSSENC_REQUEST_CODE: Final = 80877104
 CANCEL_REQUEST_CODE: Final = 80877102
-PROTOCOL_3_0: Final = 196608  # 3 << 16
-PROTOCOL_3_2: Final = 196610  # 3 << 16 | 2
 
 
 class AuthState:

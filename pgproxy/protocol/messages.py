@@ -108,15 +108,18 @@ class Bind(Message):
 
     def parameter_format(self, index: int) -> int:
         """Format code of parameter ``index`` (0 text, 1 binary) per the Bind rules."""
-        return _format_for(self.parameter_formats, index)
+        return format_code(self.parameter_formats, index)
 
     def result_format(self, index: int) -> int:
         """Format code of result column ``index`` per the Bind rules."""
-        return _format_for(self.result_formats, index)
+        return format_code(self.result_formats, index)
 
 
-def _format_for(codes: tuple[int, ...], index: int) -> int:
-    # "Message Formats", Bind: zero codes mean all text, one code applies to all.
+def format_code(codes: tuple[int, ...], index: int) -> int:
+    """Format code of item ``index`` under Bind's rules ("Message Formats", Bind).
+
+    Zero codes mean all text, one code applies to all, else one per item.
+    """
     if not codes:
         return 0
     if len(codes) == 1:
@@ -176,7 +179,7 @@ class FunctionCall(Message):
 
     def argument_format(self, index: int) -> int:
         """Format code of argument ``index`` (0 text, 1 binary), same rules as Bind."""
-        return _format_for(self.argument_formats, index)
+        return format_code(self.argument_formats, index)
 
 
 @dataclass(frozen=True, slots=True)

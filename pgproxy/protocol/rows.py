@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pgproxy.protocol.errors import DecodeError
-from pgproxy.protocol.messages import FieldDescription, RowDescription
+from pgproxy.protocol.messages import FieldDescription, RowDescription, format_code
 from pgproxy.protocol.values import DEFAULT_CONTEXT, ValueContext, ValueDecoder, decoder_for
 
 _U16 = struct.Struct("!H").unpack_from
@@ -80,15 +80,10 @@ class RowDecoder:
         ctx: ValueContext = DEFAULT_CONTEXT,
     ) -> RowDecoder:
         """Build from a RowDescription and, if known, the Bind result-format codes."""
-        n = len(description.fields)
-        formats: list[int] | None = None
+        formats = None
         if result_formats is not None:
-            if not result_formats:
-                formats = [0] * n
-            elif len(result_formats) == 1:
-                formats = [result_formats[0]] * n
-            else:
-                formats = [result_formats[i] if i < len(result_formats) else 0 for i in range(n)]
+            codes = tuple(result_formats)
+            formats = [format_code(codes, i) for i in range(len(description.fields))]
         return cls(description.fields, formats, ctx)
 
     def decode(self, buf: bytes, start: int, end: int) -> dict[str, Any]:
@@ -138,12 +133,3 @@ class RowDecoder:
         if pos != end:
             raise DecodeError(f"{_STRUCTURAL}: {end - pos} unexpected trailing bytes")
         return out
-
-    def decode_values(self, values: Sequence[bytes | None]) -> dict[str, Any]:
-        """Decode already cut values (a :class:`DataRow`'s ``values``)."""
-        if len(values) != len(self.decoders):
-            raise DecodeError(f"DataRow has {len(values)} columns, RowDescription {len(self.decoders)}")
-        return {
-            name: None if value is None else decode(value)
-            for name, decode, value in zip(self.names, self.decoders, values, strict=True)
-        }

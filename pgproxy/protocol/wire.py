@@ -171,14 +171,6 @@ class Conversation:
     def decode_backend(self, frame: Frame) -> m.Message:
         return self.decode(frame, False)
 
-    def note_proxy_refused_encryption(self) -> None:
-        """The proxy itself answered the pending SSL/GSSENC request with ``N``.
-
-        Equivalent to feeding ``b"N"`` as backend data; provided so that the
-        caller's intent is explicit.
-        """
-        self.receive_backend(b"N")
-
     def assume_established(self) -> None:
         """Start mid-conversation (a capture that missed the start-up): both sides tagged."""
         self.phase = Phase.READY

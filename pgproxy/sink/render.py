@@ -34,11 +34,11 @@ def _default(value: Any) -> Any:
     return str(value)
 
 
-def _dumps_stdlib(obj: Any, **kw: Any) -> str:
+def _dumps_stdlib(obj: Any, **_kw: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=_default)
 
 
-def _dumps_orjson(obj: Any, **kw: Any) -> str:
+def _dumps_orjson(obj: Any, **_kw: Any) -> str:
     try:
         return str(_orjson.dumps(obj, default=_default).decode())
     except TypeError:  # e.g. integers beyond 64 bits: the standard library copes
