@@ -357,3 +357,18 @@ def test_function_call_is_one_statement() -> None:
         ("<function call oid=1234>", "ok", 0, 2.0, [{"oid": 0, "format": "binary", "hex": "0000002a"}], "idle")
     ]
     assert recs[0]["protocol"] == "function"
+
+
+def test_statement_splitting_respects_every_quoting_form() -> None:
+    assert split_statements("select 'a''b;c'; select E'x\\\\'; select 2") == [
+        "select 'a''b;c'",
+        "select E'x\\\\'",
+        "select 2",
+    ]
+    assert split_statements('select E\'it\\\'s;\'; select "a""b;"') == ["select E'it\\'s;'", 'select "a""b;"']
+    assert split_statements("select 1 -- trailing; comment\n; select /* a /* nested; */ one */ 2") == [
+        "select 1 -- trailing; comment",
+        "select /* a /* nested; */ one */ 2",
+    ]
+    assert split_statements("select $tag$ ; $notend$ ; $tag$") == ["select $tag$ ; $notend$ ; $tag$"]
+    assert split_statements('select "unterminated') is None

@@ -53,37 +53,19 @@ def scan(sql: str) -> list[Token] | None:
                 if prev.end - 1 > prev.start:
                     out.append(Token("code", prev.start, prev.end - 1))
                 start = i - 1
-            i += 1
-            while True:
-                if i >= n:
-                    return None
-                c = sql[i]
-                if escape and c == "\\":
-                    i += 2
-                    continue
-                if c == "'":
-                    if i + 1 < n and sql[i + 1] == "'":
-                        i += 2
-                        continue
-                    i += 1
-                    break
-                i += 1
+            end = _after_closing_quote(sql, i + 1, "'", escape)
+            if end is None:
+                return None
+            i = end
             out.append(Token("string", start, i))
             code_start = i
         elif ch == '"':
             flush(i)
             start = i
-            i += 1
-            while True:
-                if i >= n:
-                    return None
-                if sql[i] == '"':
-                    if i + 1 < n and sql[i + 1] == '"':
-                        i += 2
-                        continue
-                    i += 1
-                    break
-                i += 1
+            end = _after_closing_quote(sql, i + 1, '"', False)
+            if end is None:
+                return None
+            i = end
             out.append(Token("ident", start, i))
             code_start = i
         elif ch == "-" and sql.startswith("--", i):
@@ -129,6 +111,30 @@ def scan(sql: str) -> list[Token] | None:
             i += 1
     flush(n)
     return out
+
+
+def _after_closing_quote(sql: str, pos: int, quote: str, backslash_escapes: bool) -> int | None:
+    """Index just past the quote that closes a literal whose body starts at ``pos``.
+
+    A doubled quote stands for itself; in ``E'...'`` strings a quote preceded
+    by an odd number of backslashes does too. None when the literal is open.
+    """
+    n = len(sql)
+    while True:
+        j = sql.find(quote, pos)
+        if j < 0:
+            return None
+        if backslash_escapes:
+            k = j - 1
+            while k >= pos and sql[k] == "\\":
+                k -= 1
+            if (j - 1 - k) % 2:
+                pos = j + 1
+                continue
+        if j + 1 < n and sql[j + 1] == quote:
+            pos = j + 2
+            continue
+        return j + 1
 
 
 @lru_cache(maxsize=2048)
