@@ -70,6 +70,13 @@ class ConsoleRenderer:
         dump = event.pop("hex", None)
         for key in _CONSOLE_OMITS:
             event.pop(key, None)
+        columns = event.get("columns")
+        if isinstance(columns, list):  # RowDescription: "users_id:int4 users_email:varchar" reads best
+            event["columns"] = " ".join(
+                f"{c.get('name')}:{c.get('type')}" + (":binary" if c.get("format") == "binary" else "")
+                for c in columns
+                if isinstance(c, dict)
+            )
         line: str = self._inner(logger, method, event)
         if dump:
             line += "\n" + "\n".join("    " + row for row in str(dump).splitlines())
