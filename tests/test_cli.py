@@ -218,3 +218,20 @@ def test_demo_command_shows_the_decoded_conversation() -> None:
     assert ready["type"] == "ReadyForQuery"
     assert "pbkdf2" not in out.stdout
     assert events[-1]["event"] == "demo.finished"
+
+
+def test_sink_stamps_levels_timestamps_and_withholds_secret_keys() -> None:
+    import io
+
+    from pgproxy.sink import LogSink
+
+    stream = io.StringIO()
+    sink = LogSink(stream=stream, fmt="json")
+    sink.log("warning", "custom.event", password="hunter2", token="abc", note="kept")
+    sink.close()
+    (line,) = stream.getvalue().splitlines()
+    event = json.loads(line)
+    assert event["level"] == "warning" and event["event"] == "custom.event" and event["note"] == "kept"
+    assert event["password"] == "[redacted]" and event["token"] == "[redacted]"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", event["timestamp"])
+    assert "hunter2" not in line

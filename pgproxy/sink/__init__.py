@@ -13,7 +13,7 @@ from typing import IO, Any
 
 import structlog
 
-from pgproxy.sink.render import ConsoleRenderer, dumps, scrub_secrets
+from pgproxy.sink.render import ConsoleRenderer, Stamp, dumps
 from pgproxy.sink.writer import DEFAULT_MAX_QUEUED, QueueWriter
 from pgproxy.tracker.records import Record
 
@@ -78,12 +78,7 @@ class LogSink:
         )
         logger = structlog.wrap_logger(
             _WriterLogger(writer),
-            processors=[
-                structlog.processors.add_log_level,
-                structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
-                scrub_secrets,
-                renderer,
-            ],
+            processors=[Stamp(), renderer],
             wrapper_class=structlog.make_filtering_bound_logger(10),
         ).bind()  # the concrete bound logger: no lazy proxy lookup per event
         by_level = {level: getattr(logger, level) for level in _LEVELS}
