@@ -1,8 +1,8 @@
 """Statements per second the session tracker sustains on one core (issue 4's benchmark).
 
-Feeds the tracker the exact traffic of `pgbench -S -M prepared` (Bind/Execute/
-Sync answered by BindComplete/DataRow/CommandComplete/ReadyForQuery), one
-statement per chunk pair, as the proxy would. Reports statements/s at query
+Feeds the tracker the exact traffic of `pgbench -S -M prepared` (Bind/Describe/
+Execute/Sync answered by BindComplete/RowDescription/DataRow/CommandComplete/
+ReadyForQuery), one statement per chunk pair, as the proxy would. Reports statements/s at query
 detail and message detail, tracker alone and tracker plus JSON rendering of the
 records (the sink's work before its writer thread).
 
@@ -30,8 +30,18 @@ def run(detail: Detail, statements: int, render: bool) -> float:
     tracker.backend(b.authentication_ok() + b.backend_key_data(1) + b.ready_for_query())
     tracker.frontend(b.parse("P0_1", SQL, (23,)) + b.sync())
     tracker.backend(b.message(b"1") + b.ready_for_query())
-    requests = [b.bind("", "P0_1", (str(i % 100000).encode(),)) + b.execute() + b.sync() for i in range(1000)]
-    reply = b.message(b"2") + b.data_row([b"0"]) + b.command_complete("SELECT 1") + b.ready_for_query()
+    # Exactly what pgbench -S -M prepared sends and receives per transaction.
+    requests = [
+        b.bind("", "P0_1", (str(i % 100000).encode(),)) + b.describe("P", "") + b.execute() + b.sync()
+        for i in range(1000)
+    ]
+    reply = (
+        b.message(b"2")
+        + b.row_description([("abalance", 23)])
+        + b.data_row([b"0"])
+        + b.command_complete("SELECT 1")
+        + b.ready_for_query()
+    )
     sink = LogSink(stream=io.StringIO(), fmt="json", max_queued=10**9) if render else None
     emitted = 0
     t0 = time.perf_counter()

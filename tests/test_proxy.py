@@ -349,5 +349,6 @@ with ProxyHarness(("127.0.0.1", {pg.port}), TrackerOptions()) as proxy:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr
     grew_mb = int(out.stdout.strip().splitlines()[-1])
+    print(f"proxy RSS growth with a stalled reader of a 200 MB result: {grew_mb} MB")
     assert grew_mb < 40, f"proxy process grew by {grew_mb} MB while the client did not read a 200 MB result"
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 
 import asyncpg
 import psycopg
@@ -63,6 +64,11 @@ def test_passwords_never_logged(pg: EmbeddedPostgres, user: str, detail: Detail)
         for blob in _all_logged_bytes(text):
             for secret in _forbidden(user, password):
                 assert secret not in blob
+            # The md5 response ("md5" + 32 hex digits, salted) and SCRAM payloads
+            # (GS2 header "n,,n=", channel binding "c=biws"), raw or hex-encoded.
+            assert not re.search(rb"md5[0-9a-f]{32}", blob)
+            for marker in (b"n,,n=", b"c=biws"):
+                assert marker not in blob and marker.hex().encode() not in blob
         stored_hash = pg.psql("SELECT hashed_password FROM users WHERE id = 1").strip()
         assert stored_hash not in text
         if detail >= Detail.MESSAGE:

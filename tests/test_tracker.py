@@ -372,3 +372,19 @@ def test_statement_splitting_respects_every_quoting_form() -> None:
     ]
     assert split_statements("select $tag$ ; $notend$ ; $tag$") == ["select $tag$ ; $notend$ ; $tag$"]
     assert split_statements('select "unterminated') is None
+
+
+def test_credentials_are_withheld_in_records_before_any_sink() -> None:
+    """The tracker itself withholds secrets (the sink's key scrub is only a second line)."""
+    t = SessionTracker("s1", TrackerOptions(detail=Detail.WIRE), clock=lambda: 0.0)
+    t.frontend(startup_message({"user": "alice"}), now=0)
+    t.backend(b.message(b"R", (3).to_bytes(4, "big")), now=0)  # AuthenticationCleartextPassword
+    (pw,) = [r for r in t.frontend(b.message(b"p", b"Sup3r-Secret\0"), now=0) if r.event == "message"]
+    assert pw["type"] == "PasswordMessage" and pw["password"] == "[redacted]"
+    assert "Sup3r-Secret" not in str(pw.fields) and "53 75 70 33" not in pw["hex"]
+    t.backend(b.message(b"R", (10).to_bytes(4, "big") + b"SCRAM-SHA-256\0\0"), now=0)  # AuthenticationSASL
+    first = b"n,,n=,r=abcdefghijkl"
+    body = b"SCRAM-SHA-256\0" + len(first).to_bytes(4, "big") + first
+    (sasl,) = [r for r in t.frontend(b.message(b"p", body), now=0) if r.event == "message"]
+    assert sasl["type"] == "SASLInitialResponse" and sasl["data"] == "[redacted]"
+    assert sasl["mechanism"] == "SCRAM-SHA-256" and first.hex() not in str(sasl.fields)
