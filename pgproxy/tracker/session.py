@@ -40,12 +40,13 @@ from pgproxy.tracker.records import (
     Record,
 )
 from pgproxy.tracker.redaction import REDACTED, ParameterMode
-from pgproxy.tracker.statements import TRANSACTION_STATUS, Execution, StatementTracker
+from pgproxy.tracker.statements import FRONTEND_HANDLERS, TRANSACTION_STATUS, Execution, StatementTracker
 
 _DATA_ROW: Final = ord("D")
 _COPY_DATA: Final = ord("d")
 _TERMINATE: Final = ord("X")
 _ROW_DESCRIPTION: Final = ord("T")
+_PASSWORD_FAMILY: Final = ord("p")  # needs the authentication state: general path
 _HEADER_BYTES: Final = 5  # tag + Int32 length
 #: Backend tags still decoded at connection detail after ReadyForQuery:
 #: ErrorResponse (FATAL terminations) and ParameterStatus (encoding changes).
@@ -147,12 +148,52 @@ class SessionTracker:
         self.messages_from_client += len(frames)
         now = self.clock() if now is None else now
         out: list[Record] = []
-        if self.statements is None and self.ready_at is not None:
-            # Connection detail: only Terminate matters once the session is ready.
-            self.terminated = self.terminated or any(f[0] == _TERMINATE for f in frames)
-            return out
+        statements = self.statements
+        if self.ready_at is not None:
+            if statements is None:
+                # Connection detail: only Terminate matters once the session is ready.
+                self.terminated = self.terminated or any(f[0] == _TERMINATE for f in frames)
+                return out
+            if not self._message_level:
+                return self._frontend_query_detail(frames, statements, now, out)
         for frame in frames:
             self._on_frontend(frame, now, out)
+        return out
+
+    def _frontend_query_detail(
+        self, frames: list[Frame], statements: StatementTracker, now: float, out: list[Record]
+    ) -> list[Record]:
+        """The query-detail hot loop for requests: decode and hand each message to the statement tracker.
+
+        Messages the session itself must react to (Terminate, anomalies) and
+        pseudo frames take the general path; CopyData is counted in runs.
+        """
+        conv = self.conv
+        encoding = conv.encoding
+        handlers = FRONTEND_HANDLERS
+        copies = copy_bytes = 0
+        for frame in frames:
+            tag, buf, start, end = frame
+            if tag == _COPY_DATA:
+                copies += 1
+                copy_bytes += end - start if buf is not None else end
+                continue
+            if copies:
+                statements.count_frontend_copy(copies, copy_bytes)
+                copies = copy_bytes = 0
+            if buf is None or tag < 0 or tag == _PASSWORD_FAMILY:
+                self._on_frontend(frame, now, out)
+                continue
+            msg = decode_tagged(True, tag, buf, start, end, encoding)
+            kind = type(msg)
+            if kind in _FRONTEND_NOTABLE:
+                self._on_frontend(frame, now, out)
+                continue
+            handler = handlers.get(kind)
+            if handler is not None:
+                handler(statements, msg, now)
+        if copies:
+            statements.count_frontend_copy(copies, copy_bytes)
         return out
 
     def backend(self, data: bytes, now: float | None = None) -> list[Record]:

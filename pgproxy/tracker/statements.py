@@ -145,7 +145,7 @@ class StatementTracker:
 
     def frontend(self, msg: m.Message, now: float) -> list[Record]:
         """Account for one frontend message; returns records released by it."""
-        handler = _FRONTEND_HANDLERS.get(type(msg))
+        handler = FRONTEND_HANDLERS.get(type(msg))
         if handler is not None:
             handler(self, msg, now)
         return []
@@ -293,6 +293,13 @@ class StatementTracker:
             exe.rows += 1
             exe.bytes += nbytes
         return exe
+
+    def count_frontend_copy(self, copies: int, copy_bytes: int) -> None:
+        """Count a run of CopyData messages the client sent (COPY FROM STDIN)."""
+        exe = self.current_execution()
+        if exe is not None:
+            exe.copy_messages += copies
+            exe.copy_bytes += copy_bytes
 
     def count_results(self, rows: int, row_bytes: int, copies: int, copy_bytes: int) -> None:
         """Count a run of DataRows and/or CopyData messages for the current statement."""
@@ -611,7 +618,7 @@ _SYNC: Final = _Pending("sync")
 _COPY_DIRECTION: Final = {m.CopyInResponse: "in", m.CopyOutResponse: "out", m.CopyBothResponse: "both"}
 
 # Dispatch by exact message type: one dict lookup instead of a chain of isinstance checks.
-_FRONTEND_HANDLERS: Final[dict[type, Any]] = {
+FRONTEND_HANDLERS: Final[dict[type, Any]] = {
     m.Query: StatementTracker._on_query,
     m.Parse: StatementTracker._on_parse,
     m.Bind: StatementTracker._on_bind,
