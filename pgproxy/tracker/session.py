@@ -40,7 +40,13 @@ from pgproxy.tracker.records import (
     Record,
 )
 from pgproxy.tracker.redaction import REDACTED, ParameterMode
-from pgproxy.tracker.statements import FRONTEND_HANDLERS, TRANSACTION_STATUS, Execution, StatementTracker
+from pgproxy.tracker.statements import (
+    BACKEND_HANDLERS,
+    FRONTEND_HANDLERS,
+    TRANSACTION_STATUS,
+    Execution,
+    StatementTracker,
+)
 
 _DATA_ROW: Final = ord("D")
 _COPY_DATA: Final = ord("d")
@@ -71,6 +77,7 @@ _BACKEND_NOTABLE: Final = frozenset(
 )
 #: Notable only until the session is ready (the first ReadyForQuery, a start-up failure).
 _STARTUP_ONLY: Final = frozenset((m.ReadyForQuery, m.ErrorResponse))
+_BACKEND_NOTABLE_WHEN_READY: Final = _BACKEND_NOTABLE - _STARTUP_ONLY
 
 #: Startup parameters shown as their own fields rather than inside ``parameters``.
 _PROMOTED_STARTUP: Final = ("user", "database", "application_name")
@@ -242,6 +249,9 @@ class SessionTracker:
         is flushed before any other message is looked at.
         """
         rows = row_bytes = copies = copy_bytes = 0
+        ready = self.ready_at is not None
+        encoding = self.conv.encoding
+        handlers = BACKEND_HANDLERS
         for tag, buf, start, end in frames:
             if tag == _DATA_ROW:
                 rows += 1
@@ -258,6 +268,18 @@ class SessionTracker:
                 # Query detail pairs the RowDescription with its request but never
                 # decodes rows, so its columns need not be decoded either.
                 statements.description_arrived(None, now)
+                continue
+            if ready and buf is not None and tag >= 0:
+                msg = decode_tagged(False, tag, buf, start, end, encoding)
+                kind = type(msg)
+                if kind not in _BACKEND_NOTABLE_WHEN_READY:
+                    handler = handlers.get(kind)
+                    if handler is not None:
+                        records = handler(statements, msg, now)
+                        if records:
+                            out += records
+                    continue
+                self._on_backend((tag, buf, start, end), now, out, msg)
                 continue
             self._on_backend((tag, buf, start, end), now, out)
         if rows or copies:
@@ -371,19 +393,20 @@ class SessionTracker:
 
     # ------------------------------------------------------------------ backend
 
-    def _on_backend(self, frame: Frame, now: float, out: list[Record]) -> None:
+    def _on_backend(self, frame: Frame, now: float, out: list[Record], msg: m.Message | None = None) -> None:
         tag = frame[0]
         statements = self.statements
         if tag == _COPY_DATA and not self._message_level:
             if statements is not None:
                 statements.backend_copy_data(frame[3] - frame[2] if frame[1] is not None else frame[3])
             return
-        conv = self.conv
-        buf = frame[1]
-        if tag >= 0 and buf is not None:
-            msg = decode_tagged(False, tag, buf, frame[2], frame[3], conv.encoding)
-        else:
-            msg = conv.decode_backend(frame)
+        if msg is None:
+            conv = self.conv
+            buf = frame[1]
+            if tag >= 0 and buf is not None:
+                msg = decode_tagged(False, tag, buf, frame[2], frame[3], conv.encoding)
+            else:
+                msg = conv.decode_backend(frame)
         kind = type(msg)
         records: list[Record] = []
         if statements is not None:

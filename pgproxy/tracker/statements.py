@@ -328,7 +328,7 @@ class StatementTracker:
 
     def backend(self, msg: m.Message, now: float) -> list[Record]:
         """Account for one backend message (not DataRow); returns released records."""
-        handler = _BACKEND_HANDLERS.get(type(msg))
+        handler = BACKEND_HANDLERS.get(type(msg))
         if handler is None:
             return []
         return handler(self, msg, now)
@@ -629,7 +629,7 @@ FRONTEND_HANDLERS: Final[dict[type, Any]] = {
     m.FunctionCall: StatementTracker._on_function_call,
     m.Oversized: StatementTracker._on_oversized,
 }
-_BACKEND_HANDLERS: Final[dict[type, Any]] = {
+BACKEND_HANDLERS: Final[dict[type, Any]] = {
     m.ParseComplete: StatementTracker._on_step_complete,
     m.BindComplete: StatementTracker._on_step_complete,
     m.CloseComplete: StatementTracker._on_step_complete,
