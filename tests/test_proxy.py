@@ -16,6 +16,7 @@ import pytest
 
 from pgproxy.demo import run_scenario
 from pgproxy.embedded import EmbeddedPostgres, free_port
+from pgproxy.protocol.build import startup_message
 from pgproxy.tracker.options import TrackerOptions
 from pgproxy.tracker.records import Detail
 from tests.harness import ProxyHarness, chain
@@ -271,8 +272,9 @@ def test_psql_ctrl_c_cancels(pg: EmbeddedPostgres) -> None:
         proxy.wait_for(lambda: proxy.events("cancel.forwarded"))
 
 
-def test_client_killed_mid_query_ends_its_backend(pg: EmbeddedPostgres) -> None:
-    with ProxyHarness(("127.0.0.1", pg.port), TrackerOptions()) as proxy:
+@pytest.mark.parametrize("detail", [Detail.CONNECTION, Detail.QUERY], ids=["connection", "query"])
+def test_client_killed_mid_query_ends_its_backend(pg: EmbeddedPostgres, detail: Detail) -> None:
+    with ProxyHarness(("127.0.0.1", pg.port), TrackerOptions(detail=detail)) as proxy:
         proc = subprocess.Popen(
             [
                 pg.tool("psql"),
@@ -296,8 +298,25 @@ def test_client_killed_mid_query_ends_its_backend(pg: EmbeddedPostgres) -> None:
         proxy.wait_idle()
         (ended,) = proxy.events("session.ended", application_name="victim")
         assert ended["reason"] in ("client_closed", "client_error")
-        (query,) = proxy.events("query", application_name="victim")
-        assert query["outcome"] == "interrupted"
+        (cancel,) = proxy.wait_for(lambda: proxy.events("cancel.forwarded"))
+        assert cancel["reason"] == "client_vanished" and cancel["target_session"] == ended["session"]
+        if detail >= Detail.QUERY:
+            (query,) = proxy.events("query", application_name="victim")
+            assert query["outcome"] == "interrupted"
+
+
+def test_idle_client_vanishing_sends_no_cancel(pg: EmbeddedPostgres) -> None:
+    for detail in (Detail.CONNECTION, Detail.QUERY):
+        with ProxyHarness(("127.0.0.1", pg.port), TrackerOptions(detail=detail)) as proxy:
+            sock = socket.create_connection((proxy.host, proxy.port))
+            sock.sendall(startup_message({"user": "postgres", "database": "postgres"}))
+            data = b""
+            while b"Z\x00\x00\x00\x05I" not in data:
+                data += sock.recv(65536)
+            sock.close()  # vanishes without Terminate, but nothing was running
+            proxy.wait_idle()
+            assert proxy.events("session.ended")
+            assert not proxy.events("cancel.forwarded")
 
 
 def test_upstream_dying_mid_session_disconnects_the_client(pg: EmbeddedPostgres) -> None:

@@ -30,8 +30,6 @@ if TYPE_CHECKING:
     from pgproxy.proxy.server import ProxyServer
 
 _TLS_HANDSHAKE = 0x16
-#: Bytes a client may send before its first packet is complete.
-_MAX_STARTUP_BUFFER = MAX_STARTUP_PACKET + 16
 
 
 class State(enum.Enum):
@@ -133,9 +131,6 @@ class ClientSession(asyncio.Protocol):
         if self.state in (State.CLOSING, State.CLOSED):
             return
         self.pending += data
-        if len(self.pending) > _MAX_STARTUP_BUFFER and self.state is State.STARTUP:
-            self._startup()  # may still connect; otherwise the packet is bogus anyway
-            return
         if self.state is State.STARTUP:
             self._startup()
 
@@ -165,8 +160,7 @@ class ClientSession(asyncio.Protocol):
         tracker = self.tracker
         if tracker is None or self.state is not State.RELAY or self.close_reason == "client_terminated":
             return
-        statements = tracker.statements
-        busy = bool(statements.pending) if statements is not None else tracker.conv.phase.value == "ready"
+        busy = tracker.statements.pending if tracker.statements is not None else tracker.awaiting_response
         pid, key = tracker.conv.backend_pid, tracker.conv.backend_key
         if busy and not tracker.terminated and pid is not None and key is not None:
             packet = cancel_request(pid, key)

@@ -52,6 +52,7 @@ _DATA_ROW: Final = ord("D")
 _COPY_DATA: Final = ord("d")
 _TERMINATE: Final = ord("X")
 _ROW_DESCRIPTION: Final = ord("T")
+_READY_FOR_QUERY: Final = ord("Z")
 _PASSWORD_FAMILY: Final = ord("p")  # needs the authentication state: general path
 _HEADER_BYTES: Final = 5  # tag + Int32 length
 #: Backend tags still decoded at connection detail after ReadyForQuery:
@@ -138,6 +139,8 @@ class SessionTracker:
         self.encrypted: str | None = None
         self.auth_failed = False
         self.terminated = False
+        #: Connection detail only: a request went out and its ReadyForQuery has not come back.
+        self.awaiting_response = False
         self.anomalies = 0
         self._ended = False
 
@@ -160,6 +163,7 @@ class SessionTracker:
             if statements is None:
                 # Connection detail: only Terminate matters once the session is ready.
                 self.terminated = self.terminated or any(f[0] == _TERMINATE for f in frames)
+                self.awaiting_response = True
                 return out
             if not self._message_level:
                 return self._frontend_query_detail(frames, statements, now, out)
@@ -220,6 +224,8 @@ class SessionTracker:
         # At connection detail, once the session is ready only errors and
         # parameter changes matter: everything else is counted, not decoded.
         minimal = statements is None and self.ready_at is not None
+        if minimal:
+            self.awaiting_response = frames[-1][0] != _READY_FOR_QUERY
         if statements is not None and not message_level:
             return self._backend_query_detail(frames, statements, now, out)
         for frame in frames:
