@@ -388,3 +388,29 @@ def test_credentials_are_withheld_in_records_before_any_sink() -> None:
     (sasl,) = [r for r in t.frontend(b.message(b"p", body), now=0) if r.event == "message"]
     assert sasl["type"] == "SASLInitialResponse" and sasl["data"] == "[redacted]"
     assert sasl["mechanism"] == "SCRAM-SHA-256" and first.hex() not in str(sasl.fields)
+
+
+def test_error_answering_sync_does_not_eat_the_next_pipeline() -> None:
+    """A deferred constraint fails at the implicit commit, in answer to Sync itself."""
+    t = session()
+    t.frontend(b.parse("", "INSERT INTO t VALUES (1)") + b.bind("", "") + b.execute() + b.sync(), now=0)
+    t.frontend(b.parse("", "SELECT 2") + b.bind("", "") + b.execute() + b.sync(), now=0)
+    recs = t.backend(
+        b.message(b"1")
+        + b.message(b"2")
+        + b.command_complete("INSERT 0 1")
+        + error_response("ERROR", "23503", "insert violates foreign key constraint")
+        + b.ready_for_query("I")
+        + b.message(b"1")
+        + b.message(b"2")
+        + b.data_row([b"2"])
+        + b.command_complete("SELECT 1")
+        + b.ready_for_query("I"),
+        now=0.001,
+    )
+    assert [(r["db.query.text"], r["outcome"]) for r in recs] == [
+        ("INSERT INTO t VALUES (1)", "ok"),
+        ("<implicit commit at Sync>", "error"),
+        ("SELECT 2", "ok"),
+    ]
+    assert recs[1]["db.response.status_code"] == "23503"

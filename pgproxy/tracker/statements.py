@@ -453,6 +453,11 @@ class StatementTracker:
             exe = head.target
             head.kind = "function_failed"  # ReadyForQuery still ends the cycle
             return self._finish(exe, now, "error", error=err)
+        if head.kind == "sync":
+            # An error answering Sync itself: the implicit commit failed (a
+            # deferred constraint, a serialization failure). ReadyForQuery follows.
+            exe = Execution("extended", "<implicit commit at Sync>", self._group_start or now)
+            return self._finish(exe, now, "error", error=err)
         # Extended protocol: the failing step, then everything up to Sync is skipped.
         failed = self.pending.popleft()
         if failed.kind == "parse":
