@@ -31,24 +31,43 @@ def parse_hexdump(text: str) -> list[bytes]:
 
     Lines that carry no offset (tcpdump's packet headers, blank lines) are
     skipped; each line's ASCII column is told apart from the hex by its width.
+    A ``*`` line (``hexdump -C``, ``xxd -a``: "the previous line repeats")
+    is expanded up to the next offset; any other gap in the offsets is an
+    error rather than silently missing bytes.
+
+    Raises:
+        CaptureError: no dump lines, or offsets that go backwards or skip.
     """
     packets: list[bytearray] = []
-    expected_offset = None
+    expected: int | None = None
+    previous = b""
+    repeat = False
     for line in text.splitlines():
+        if line.strip() == "*":
+            repeat = True
+            continue
         m = _LINE.match(line)
         if not m:
             continue
         offset = int(m.group(1), 16)
         data = _line_bytes(m.group(2))
-        if data is None:
+        if offset == 0 or expected is None:
+            if data is None:
+                continue
+            packets.append(bytearray())
+        elif offset != expected:
+            if offset < expected:
+                raise CaptureError(f"hex dump offset {offset:#x} goes backwards (expected {expected:#x})")
+            if not repeat or not previous or (offset - expected) % len(previous):
+                raise CaptureError(f"hex dump skips from offset {expected:#x} to {offset:#x}")
+            packets[-1] += previous * ((offset - expected) // len(previous))
+        repeat = False
+        if data is None:  # a final offset-only line (hexdump -C, xxd -a) just marks the end
+            expected = offset
             continue
-        if offset == 0 or expected_offset is None or offset != expected_offset:
-            if offset != 0 and packets and expected_offset is not None and offset < expected_offset:
-                raise CaptureError(f"hex dump offset {offset:#x} goes backwards")
-            if offset == 0 or not packets:
-                packets.append(bytearray())
         packets[-1] += data
-        expected_offset = offset + len(data)
+        previous = data
+        expected = offset + len(data)
     if not packets:
         raise CaptureError("no hex dump lines found (expected 'OFFSET  hex bytes  ascii')")
     return [bytes(p) for p in packets]

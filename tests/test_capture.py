@@ -10,8 +10,9 @@ import sys
 import time
 
 import psycopg
+import pytest
 
-from pgproxy.capture import parse_frame, parse_hexdump
+from pgproxy.capture import CaptureError, parse_frame, parse_hexdump
 from pgproxy.embedded import EmbeddedPostgres
 from pgproxy.offline import decode_bytes
 from tests.golden import recordings
@@ -66,15 +67,16 @@ def test_constructed_frames_decode_with_rows_by_name() -> None:
         assert any(r["outcome"] == "error" and r["db.response.status_code"] == "22012" for r in queries)
 
 
-def test_real_tcpdump_capture_of_loopback_traffic(pg: EmbeddedPostgres) -> None:
-    """tcpdump -XX on lo while psycopg talks to the server; the hex dump decodes back to the query."""
+@pytest.mark.parametrize("flag", ["-XX", "-X"], ids=["with-link-layer", "from-ip-header"])
+def test_real_tcpdump_capture_of_loopback_traffic(pg: EmbeddedPostgres, flag: str) -> None:
+    """tcpdump -XX (or -X) on lo while psycopg talks to the server; the dump decodes back to the query."""
     tcpdump = shutil.which("tcpdump")
     if tcpdump is None:
         # .ci/run installs tcpdump; elsewhere exercise the same parser on frames we build ourselves.
         test_constructed_frames_decode_with_rows_by_name()
         return
     proc = subprocess.Popen(
-        [tcpdump, "-i", "lo", "-l", "-n", "-XX", "-s", "0", f"tcp port {pg.port}"],
+        [tcpdump, "-i", "lo", "-l", "-n", flag, "-s", "0", f"tcp port {pg.port}"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -103,3 +105,41 @@ def test_real_tcpdump_capture_of_loopback_traffic(pg: EmbeddedPostgres) -> None:
     assert {"username": "Demo", "email": "demo@aa.io"} in rows
     (query,) = [e for e in events if e["event"] == "query" and "username, email" in e["db.query.text"]]
     assert query["parameters"] == [1] and query["rows"] == 1
+
+
+def test_hexdump_c_and_xxd_dumps_of_bare_bytes() -> None:
+    """`hexdump -C` (ASCII between bars) and `xxd` layouts of bare protocol bytes."""
+    (conn,) = recordings()["psql"]
+    backend = b"".join(d for f, d in conn if not f)
+    dumps = {}
+    if shutil.which("hexdump"):
+        dumps["hexdump -C"] = subprocess.run(["hexdump", "-C"], input=backend, capture_output=True, check=True).stdout
+    if shutil.which("xxd"):
+        dumps["xxd"] = subprocess.run(["xxd"], input=backend, capture_output=True, check=True).stdout
+    if not dumps:  # the same layouts, written here, where neither tool is installed
+        lines = []
+        for off in range(0, len(backend), 16):
+            row = backend[off : off + 16]
+            ascii_ = "".join(chr(b) if 32 <= b < 127 else "." for b in row)
+            lines.append(f"{off:08x}  {' '.join(f'{b:02x}' for b in row):<48} |{ascii_}|")
+        dumps["hexdump -C"] = ("\n".join(lines) + "\n").encode()
+    for name, dump in dumps.items():
+        assert b"".join(parse_hexdump(dump.decode())) == backend, name
+        records = decode_bytes(dump, direction="backend")
+        assert any(r.get("type") == "ErrorResponse" for r in records), name
+
+
+def test_repeated_lines_are_expanded_and_gaps_are_errors() -> None:
+    data = b"A" * 64 + b"tail"
+    dump = (
+        subprocess.run(["hexdump", "-C"], input=data, capture_output=True, check=True).stdout.decode()
+        if shutil.which("hexdump")
+        else (
+            "00000000  41 41 41 41 41 41 41 41  41 41 41 41 41 41 41 41  |AAAAAAAAAAAAAAAA|\n*\n"
+            "00000040  74 61 69 6c                                       |tail|\n00000044\n"
+        )
+    )
+    assert "*" in dump
+    assert parse_hexdump(dump) == [data]
+    with pytest.raises(CaptureError):
+        parse_hexdump("00000000  41 41\n00000010  41 41\n")
