@@ -190,7 +190,7 @@ class SessionTracker:
                 copy_bytes += end - start if buf is not None else end
                 continue
             if copies:
-                statements.count_frontend_copy(copies, copy_bytes)
+                statements.count_results(0, 0, copies, copy_bytes)
                 copies = copy_bytes = 0
             if buf is None or tag < 0 or tag == _PASSWORD_FAMILY:
                 self._on_frontend(frame, now, out)
@@ -204,7 +204,7 @@ class SessionTracker:
             if handler is not None:
                 handler(statements, msg, now)
         if copies:
-            statements.count_frontend_copy(copies, copy_bytes)
+            statements.count_results(0, 0, copies, copy_bytes)
         return out
 
     def backend(self, data: bytes, now: float | None = None) -> list[Record]:
@@ -232,7 +232,7 @@ class SessionTracker:
             tag = frame[0]
             if tag == _DATA_ROW:
                 if statements is not None:
-                    body = frame[3] - frame[2] if frame[1] is not None else frame[3]
+                    body = _body_length(frame)
                     exe = statements.data_row(body + _HEADER_BYTES)
                     if message_level:
                         self._row_record(frame, exe, out)
@@ -240,7 +240,7 @@ class SessionTracker:
             if minimal and tag not in _CONNECTION_LEVEL_BACKEND:
                 continue
             if tag == _COPY_DATA and message_level and statements is not None and self._copy_capped(statements):
-                statements.backend_copy_data(frame[3] - frame[2] if frame[1] is not None else frame[3])
+                statements.count_results(0, 0, 1, _body_length(frame))
                 continue
             self._on_backend(frame, now, out)
         return out
@@ -344,11 +344,11 @@ class SessionTracker:
         tag = frame[0]
         statements = self.statements
         if tag == _COPY_DATA and self._message_level and statements is not None and self._copy_capped(statements):
-            statements.frontend_copy_data(frame[3] - frame[2] if frame[1] is not None else frame[3])
+            statements.count_results(0, 0, 1, _body_length(frame))
             return
         if tag == _COPY_DATA and not self._message_level:
             if statements is not None:
-                statements.frontend_copy_data(frame[3] - frame[2] if frame[1] is not None else frame[3])
+                statements.count_results(0, 0, 1, _body_length(frame))
             return
         conv = self.conv
         buf = frame[1]
@@ -359,7 +359,7 @@ class SessionTracker:
         kind = type(msg)
         if kind is m.CopyData:
             if statements is not None:
-                statements.frontend_copy_data(len(msg.data))  # type: ignore[attr-defined]
+                statements.count_results(0, 0, 1, len(msg.data))  # type: ignore[attr-defined]
         elif statements is not None:
             out += statements.frontend(msg, now)
         if self._message_level:
@@ -404,7 +404,7 @@ class SessionTracker:
         statements = self.statements
         if tag == _COPY_DATA and not self._message_level:
             if statements is not None:
-                statements.backend_copy_data(frame[3] - frame[2] if frame[1] is not None else frame[3])
+                statements.count_results(0, 0, 1, _body_length(frame))
             return
         if msg is None:
             conv = self.conv
@@ -417,7 +417,7 @@ class SessionTracker:
         records: list[Record] = []
         if statements is not None:
             if kind is m.CopyData:
-                statements.backend_copy_data(len(msg.data))  # type: ignore[attr-defined]
+                statements.count_results(0, 0, 1, len(msg.data))  # type: ignore[attr-defined]
             else:
                 records = statements.backend(msg, now)
         if self._message_level:
@@ -638,6 +638,11 @@ class SessionTracker:
         if isinstance(msg, m.Authentication):
             fields["method"] = msg.method
         return bool(secrets)
+
+
+def _body_length(frame: Frame) -> int:
+    """Body length of a frame, also for an oversized one whose body was not kept."""
+    return frame[3] - frame[2] if frame[1] is not None else frame[3]
 
 
 def _value_span(buf: bytes, start: int, end: int, column: int) -> tuple[int, int]:

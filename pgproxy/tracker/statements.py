@@ -215,12 +215,6 @@ class StatementTracker:
         exe = Execution("function", f"<function call oid={msg.function_oid}>", now, parameters=args)
         self.pending.append(_Pending("function", exe))
 
-    def frontend_copy_data(self, nbytes: int) -> None:
-        exe = self.current_execution()
-        if exe is not None:
-            exe.copy_messages += 1
-            exe.copy_bytes += nbytes
-
     def _group(self, now: float) -> None:
         if self._group_start is None:
             self._group_start = now
@@ -294,27 +288,14 @@ class StatementTracker:
             exe.bytes += nbytes
         return exe
 
-    def count_frontend_copy(self, copies: int, copy_bytes: int) -> None:
-        """Count a run of CopyData messages the client sent (COPY FROM STDIN)."""
-        exe = self.current_execution()
-        if exe is not None:
-            exe.copy_messages += copies
-            exe.copy_bytes += copy_bytes
-
-    def count_results(self, rows: int, row_bytes: int, copies: int, copy_bytes: int) -> None:
-        """Count a run of DataRows and/or CopyData messages for the current statement."""
+    def count_results(self, rows: int, row_bytes: int, copies: int = 0, copy_bytes: int = 0) -> None:
+        """Count a run of DataRows and/or CopyData messages (either direction) for the current statement."""
         exe = self.current_execution()
         if exe is not None:
             exe.rows += rows
             exe.bytes += row_bytes
             exe.copy_messages += copies
             exe.copy_bytes += copy_bytes
-
-    def backend_copy_data(self, nbytes: int) -> None:
-        exe = self.current_execution()
-        if exe is not None:
-            exe.copy_messages += 1
-            exe.copy_bytes += nbytes
 
     def row_decoder(self, exe: Execution) -> RowDecoder | None:
         """Decoder for the DataRows of ``exe`` (built once per result)."""
