@@ -8,6 +8,7 @@ by column name whenever the RowDescription is in the capture.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import IO
 
@@ -92,6 +93,12 @@ def decode_command(args: argparse.Namespace, out: IO[str] | None = None) -> int:
     except CaptureError as exc:
         print(f"pgproxy decode: {args.file}: {exc}", file=sys.stderr)
         return 1
-    for record in records:
-        out.write(dumps({"event": record.event, "level": record.level, **record.fields}) + "\n")
+    try:
+        for record in records:
+            out.write(dumps({"event": record.event, "level": record.level, **record.fields}) + "\n")
+        out.flush()
+    except BrokenPipeError:
+        # The reader went away (`pgproxy decode x | head`): not an error worth a traceback.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
     return 0
