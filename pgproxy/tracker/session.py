@@ -560,84 +560,129 @@ class SessionTracker:
 
     def _describe(self, msg: m.Message, fields: dict[str, Any]) -> bool:
         """Add a message's decoded fields; returns True when its body must be masked in dumps."""
-        opts = self.options
-        policy = opts.redaction
-        limit = opts.max_value_chars
-        if isinstance(msg, m.RowDescription):
-            fields["columns"] = [
-                {
-                    "name": f.name,
-                    "type": type_name(f.type_oid),
-                    "type_oid": f.type_oid,
-                    "table_oid": f.table_oid,
-                    "column_number": f.column_number,
-                    "type_size": f.type_size,
-                    "type_modifier": f.type_modifier,
-                    "format": "binary" if f.format == 1 else "text",
-                }
-                for f in msg.fields
-            ]
-            return False
-        if isinstance(msg, m.StartupMessage):
-            fields["protocol_version"] = f"{msg.protocol_major}.{msg.protocol_minor}"
-            fields["parameters"] = msg.params
-            return False
-        if isinstance(msg, m.Query | m.Parse):
-            shown = policy.sql(msg.query)
-            fields["query"] = _cap(shown, opts.max_sql_chars)
-            if isinstance(msg, m.Parse):
-                fields["statement"] = msg.statement
-                fields["parameter_types"] = [type_name(t) if t else "unspecified" for t in msg.parameter_types]
-            return shown != msg.query
-        if isinstance(msg, m.Bind):
-            fields["portal"] = msg.portal
+        describe = _DESCRIBERS.get(type(msg))
+        if describe is not None:
+            return bool(describe(self, msg, fields))
+        return self._describe_fields(msg, fields)
+
+    def _describe_row_description(self, msg: m.RowDescription, fields: dict[str, Any]) -> bool:
+        fields["columns"] = [
+            {
+                "name": f.name,
+                "type": type_name(f.type_oid),
+                "type_oid": f.type_oid,
+                "table_oid": f.table_oid,
+                "column_number": f.column_number,
+                "type_size": f.type_size,
+                "type_modifier": f.type_modifier,
+                "format": "binary" if f.format == 1 else "text",
+            }
+            for f in msg.fields
+        ]
+        return False
+
+    def _describe_startup(self, msg: m.StartupMessage, fields: dict[str, Any]) -> bool:
+        fields["protocol_version"] = f"{msg.protocol_major}.{msg.protocol_minor}"
+        fields["parameters"] = msg.params
+        return False
+
+    def _describe_sql(self, msg: m.Query | m.Parse, fields: dict[str, Any]) -> bool:
+        shown = self.options.redaction.sql(msg.query)
+        fields["query"] = _cap(shown, self.options.max_sql_chars)
+        if isinstance(msg, m.Parse):
             fields["statement"] = msg.statement
-            portal = self.statements.portals.get(msg.portal) if self.statements is not None else None
-            params = (
-                portal.parameters
-                if portal is not None
-                else [REDACTED if p is not None else None for p in msg.parameters]
-            )
-            fields["parameters"] = params
-            fields["parameter_formats"] = list(msg.parameter_formats)
-            fields["result_formats"] = list(msg.result_formats)
-            return policy.parameters is not ParameterMode.SHOW or any(p == REDACTED for p in params) or portal is None
-        if isinstance(msg, m.ErrorResponse | m.NoticeResponse):
-            fields.update(msg.named_fields())
-            return False
-        if isinstance(msg, m.CopyData):
-            fields["bytes"] = len(msg.data)
-            return True  # COPY payloads may hold any column: counted, never shown
-        if isinstance(msg, m.ReadyForQuery):
-            fields["status"] = msg.status
-            fields["transaction_status"] = TRANSACTION_STATUS.get(msg.status, msg.status)
-            return False
-        if isinstance(msg, m.CommandComplete):
-            fields["command_tag"] = msg.tag
-            fields["command"] = msg.command
-            fields["rows"] = msg.rows
-            return False
-        if isinstance(msg, m.NotificationResponse):
-            fields.update(process_id=msg.process_id, channel=msg.channel, payload=_cap(msg.payload, limit))
-            return False
-        if isinstance(msg, m.FunctionCall):
-            fields["function_oid"] = msg.function_oid
-            fields["arguments"] = len(msg.arguments)
-            return True
-        secrets = m.secret_fields(type(msg))
-        for f in dataclasses.fields(msg):
-            if f.name in secrets:
-                fields[f.name] = REDACTED
+            fields["parameter_types"] = [type_name(t) if t else "unspecified" for t in msg.parameter_types]
+        return shown != msg.query
+
+    def _describe_bind(self, msg: m.Bind, fields: dict[str, Any]) -> bool:
+        fields["portal"] = msg.portal
+        fields["statement"] = msg.statement
+        portal = self.statements.portals.get(msg.portal) if self.statements is not None else None
+        params = (
+            portal.parameters if portal is not None else [REDACTED if p is not None else None for p in msg.parameters]
+        )
+        fields["parameters"] = params
+        fields["parameter_formats"] = list(msg.parameter_formats)
+        fields["result_formats"] = list(msg.result_formats)
+        policy = self.options.redaction
+        return policy.parameters is not ParameterMode.SHOW or any(p == REDACTED for p in params) or portal is None
+
+    def _describe_error(self, msg: m.ErrorResponse | m.NoticeResponse, fields: dict[str, Any]) -> bool:
+        fields.update(msg.named_fields())
+        return False
+
+    def _describe_copy_data(self, msg: m.CopyData, fields: dict[str, Any]) -> bool:
+        fields["bytes"] = len(msg.data)
+        return True  # COPY payloads may hold any column: counted, never shown
+
+    def _describe_ready(self, msg: m.ReadyForQuery, fields: dict[str, Any]) -> bool:
+        fields["status"] = msg.status
+        fields["transaction_status"] = TRANSACTION_STATUS.get(msg.status, msg.status)
+        return False
+
+    def _describe_command_complete(self, msg: m.CommandComplete, fields: dict[str, Any]) -> bool:
+        fields["command_tag"] = msg.tag
+        fields["command"] = msg.command
+        fields["rows"] = msg.rows
+        return False
+
+    def _describe_notification(self, msg: m.NotificationResponse, fields: dict[str, Any]) -> bool:
+        fields["process_id"] = msg.process_id
+        fields["channel"] = msg.channel
+        fields["payload"] = _cap(msg.payload, self.options.max_value_chars)
+        return False
+
+    def _describe_function_call(self, msg: m.FunctionCall, fields: dict[str, Any]) -> bool:
+        fields["function_oid"] = msg.function_oid
+        fields["arguments"] = len(msg.arguments)
+        return True
+
+    def _describe_fields(self, msg: m.Message, fields: dict[str, Any]) -> bool:
+        """Every other message: its dataclass fields, secrets withheld, bytes as capped hex."""
+        limit = self.options.max_value_chars
+        plan = _field_plan(type(msg))
+        for name, is_secret in plan:
+            if is_secret:
+                fields[name] = REDACTED
                 continue
-            value = getattr(msg, f.name)
+            value = getattr(msg, name)
             if isinstance(value, bytes):
                 value = _cap(value.hex(), limit)
             elif isinstance(value, tuple):
                 value = list(value)
-            fields[f.name] = _cap(value, limit)
+            fields[name] = _cap(value, limit)
         if isinstance(msg, m.Authentication):
             fields["method"] = msg.method
-        return bool(secrets)
+        return any(is_secret for _, is_secret in plan)
+
+
+_FIELD_PLANS: dict[type, tuple[tuple[str, bool], ...]] = {}
+
+
+def _field_plan(cls: type) -> tuple[tuple[str, bool], ...]:
+    """(field name, is secret) for a message class, computed once per class."""
+    plan = _FIELD_PLANS.get(cls)
+    if plan is None:
+        secrets = m.secret_fields(cls)
+        plan = _FIELD_PLANS[cls] = tuple((f.name, f.name in secrets) for f in dataclasses.fields(cls))
+    return plan
+
+
+#: Message types with a rendering of their own; the rest list their fields.
+_DESCRIBERS: dict[type, Any] = {
+    m.RowDescription: SessionTracker._describe_row_description,
+    m.StartupMessage: SessionTracker._describe_startup,
+    m.Query: SessionTracker._describe_sql,
+    m.Parse: SessionTracker._describe_sql,
+    m.Bind: SessionTracker._describe_bind,
+    m.ErrorResponse: SessionTracker._describe_error,
+    m.NoticeResponse: SessionTracker._describe_error,
+    m.CopyData: SessionTracker._describe_copy_data,
+    m.ReadyForQuery: SessionTracker._describe_ready,
+    m.CommandComplete: SessionTracker._describe_command_complete,
+    m.NotificationResponse: SessionTracker._describe_notification,
+    m.FunctionCall: SessionTracker._describe_function_call,
+}
 
 
 def _body_length(frame: Frame) -> int:

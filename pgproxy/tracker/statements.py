@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Final
 
 from pgproxy.protocol import messages as m
@@ -102,6 +103,15 @@ class _Pending:
     kind: str  # query | parse | bind | describe | execute | close | sync | function
     target: Any = None
     extra: Any = None
+
+
+@lru_cache(maxsize=256)
+def _row_decoder(
+    description: m.RowDescription, result_formats: tuple[int, ...] | None, ctx: ValueContext
+) -> RowDecoder:
+    """Row decoders shared by every result with the same shape (a prepared
+    statement executed again and again sends an equal RowDescription each time)."""
+    return RowDecoder.for_description(description, result_formats, ctx)
 
 
 def _forget(table: MutableMapping[str, Any], item: PreparedStatement | Portal) -> None:
@@ -304,7 +314,7 @@ class StatementTracker:
             portal = exe.source
             exe.description = portal.description or (portal.statement.description if portal.statement else None)
         if exe.decoder is None and exe.description is not None:
-            exe.decoder = RowDecoder.for_description(exe.description, exe.result_formats, self.value_context)
+            exe.decoder = _row_decoder(exe.description, exe.result_formats, self.value_context)
         return exe.decoder
 
     def backend(self, msg: m.Message, now: float) -> list[Record]:
