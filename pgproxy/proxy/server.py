@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
+from pgproxy.protocol.build import error_response
 from pgproxy.proxy.session import ClientSession
 from pgproxy.sink import LogSink
 from pgproxy.tracker.options import TrackerOptions
@@ -96,8 +97,6 @@ class ProxyServer:
             self.sink.log(
                 "warning", "session.rejected", session=session.session_id, reason="max_connections", limit=limit
             )
-            from pgproxy.protocol.build import error_response
-
             assert session.client is not None
             session.client.write(
                 error_response("FATAL", "53300", f"pgproxy: too many connections (max_connections = {limit})")

@@ -353,13 +353,6 @@ class ClientSession(asyncio.Protocol):
                 "error", "session.ended", session=self.session_id, reason=reason, tracker_error=str(err), **extra
             )
             return
-        if reason in ("server_closed", "server_error") and not tracker.auth_failed:
-            for record in records:
-                if record.event == "session.ended":
-                    self.sink.log("warning", record.event, **record.fields)
-                else:
-                    self.sink.emit(record)
-            return
         self.sink.emit_all(records)
 
     # ------------------------------------------------------------------ shutdown

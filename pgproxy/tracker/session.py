@@ -198,7 +198,7 @@ class SessionTracker:
             msg = decode_tagged(True, tag, buf, start, end, encoding)
             kind = type(msg)
             if kind in _FRONTEND_NOTABLE:
-                self._on_frontend(frame, now, out)
+                self._on_frontend(frame, now, out, msg)
                 continue
             handler = handlers.get(kind)
             if handler is not None:
@@ -330,7 +330,10 @@ class SessionTracker:
         if self.anomalies:
             end["anomalies"] = self.anomalies
         end.update(fields)
-        out.append(Record(SESSION_ENDED, "info", end))
+        # The server hanging up on a session that had started is worth a warning;
+        # after a refused login it is the expected end.
+        unexpected = reason in ("server_closed", "server_error") and not self.auth_failed
+        out.append(Record(SESSION_ENDED, "warning" if unexpected else "info", end))
         return out
 
     # ------------------------------------------------------------------ frontend
@@ -340,22 +343,23 @@ class SessionTracker:
         exe = statements.current_execution()
         return exe is not None and exe.copy_messages >= self.options.max_rows_per_result
 
-    def _on_frontend(self, frame: Frame, now: float, out: list[Record]) -> None:
+    def _on_frontend(self, frame: Frame, now: float, out: list[Record], msg: m.Message | None = None) -> None:
         tag = frame[0]
         statements = self.statements
-        if tag == _COPY_DATA and self._message_level and statements is not None and self._copy_capped(statements):
-            statements.count_results(0, 0, 1, _body_length(frame))
-            return
-        if tag == _COPY_DATA and not self._message_level:
+        if tag == _COPY_DATA and (
+            not self._message_level or (statements is not None and self._copy_capped(statements))
+        ):
+            # Counted, not decoded: below message detail, or beyond the per-result cap.
             if statements is not None:
                 statements.count_results(0, 0, 1, _body_length(frame))
             return
-        conv = self.conv
-        buf = frame[1]
-        if tag >= 0 and buf is not None:  # the common case, without the generic decode() dispatch
-            msg = decode_tagged(True, tag, buf, frame[2], frame[3], conv.encoding, conv.auth_state)
-        else:
-            msg = conv.decode_frontend(frame)
+        if msg is None:  # else decoded already by the caller's hot loop
+            conv = self.conv
+            buf = frame[1]
+            if tag >= 0 and buf is not None:  # the common case, without the generic decode() dispatch
+                msg = decode_tagged(True, tag, buf, frame[2], frame[3], conv.encoding, conv.auth_state)
+            else:
+                msg = conv.decode_frontend(frame)
         kind = type(msg)
         if kind is m.CopyData:
             if statements is not None:
