@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pgproxy.embedded import EmbeddedPostgres, find_installation, free_port
+from pgproxy.demo.embedded import EmbeddedPostgres, find_installation, free_port
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

@@ -94,11 +94,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = args[1:]
     try:
         if command == "decode":
-            from pgproxy.offline import decode_command
+            from pgproxy.offline.decode import decode_command
 
             return decode_command(build_decode_parser().parse_args(args))
         if command == "demo":
-            from pgproxy.demo import demo_command
+            from pgproxy.demo.scenario import demo_command
 
             return demo_command(build_demo_parser().parse_args(args))
         ns = build_parser().parse_args(args)

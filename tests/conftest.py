@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pgproxy.embedded import EmbeddedPostgres, Installation, installations
+from pgproxy.demo.embedded import EmbeddedPostgres, Installation, installations
 
 #: Users with a password, one per authentication method (pg_hba.conf lines below).
 PASSWORDS = {

@@ -17,7 +17,7 @@ from pathlib import Path
 import asyncpg
 import psycopg
 
-from pgproxy.embedded import EmbeddedPostgres, find_installation
+from pgproxy.demo.embedded import EmbeddedPostgres, find_installation
 from tests.conftest import _HBA, PASSWORDS, SETUP_SQL
 from tests.harness import RecordingRelay
 

@@ -12,9 +12,9 @@ import time
 import psycopg
 import pytest
 
-from pgproxy.capture import CaptureError, parse_frame, parse_hexdump
-from pgproxy.embedded import EmbeddedPostgres
-from pgproxy.offline import decode_bytes
+from pgproxy.demo.embedded import EmbeddedPostgres
+from pgproxy.offline.capture import CaptureError, parse_frame, parse_hexdump
+from pgproxy.offline.decode import decode_bytes
 from tests.golden import recordings
 
 

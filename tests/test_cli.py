@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from pgproxy.config import OPTIONS, ConfigError, env_name, load, parse_hostport
-from pgproxy.embedded import EmbeddedPostgres, free_port
+from pgproxy.demo.embedded import EmbeddedPostgres, free_port
 from tests.golden import recordings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,8 +14,8 @@ import asyncpg
 import psycopg
 import pytest
 
-from pgproxy.demo import run_scenario
-from pgproxy.embedded import EmbeddedPostgres, free_port
+from pgproxy.demo.embedded import EmbeddedPostgres, free_port
+from pgproxy.demo.scenario import run_scenario
 from pgproxy.protocol.build import startup_message
 from pgproxy.tracker.options import TrackerOptions
 from pgproxy.tracker.records import Detail

@@ -9,8 +9,8 @@ import asyncpg
 import psycopg
 import pytest
 
-from pgproxy.demo import run_scenario
-from pgproxy.embedded import EmbeddedPostgres
+from pgproxy.demo.embedded import EmbeddedPostgres
+from pgproxy.demo.scenario import run_scenario
 from pgproxy.tracker.options import TrackerOptions
 from tests.harness import ProxyHarness
 

@@ -9,7 +9,7 @@ import time
 
 import psycopg
 
-from pgproxy.embedded import EmbeddedPostgres
+from pgproxy.demo.embedded import EmbeddedPostgres
 from pgproxy.protocol.build import startup_message
 from pgproxy.sink.writer import QueueWriter
 from pgproxy.tracker.options import TrackerOptions

@@ -11,8 +11,8 @@ import asyncpg
 import psycopg
 import pytest
 
-from pgproxy.capture import parse_hexdump
-from pgproxy.embedded import EmbeddedPostgres
+from pgproxy.demo.embedded import EmbeddedPostgres
+from pgproxy.offline.capture import parse_hexdump
 from pgproxy.tracker.options import TrackerOptions
 from pgproxy.tracker.records import Detail
 from tests.conftest import PASSWORDS

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from pgproxy.embedded import EmbeddedPostgres
+from pgproxy.demo.embedded import EmbeddedPostgres
 from tests.conftest import INSTALLS
 
 

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 import trustme
 
-from pgproxy.embedded import EmbeddedPostgres, Installation, installations
+from pgproxy.demo.embedded import EmbeddedPostgres, Installation, installations
 from pgproxy.tracker.options import TrackerOptions
 from pgproxy.tracker.records import Detail
 from tests.harness import ProxyHarness

@@ -22,7 +22,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from pgproxy.embedded import EmbeddedPostgres
+from pgproxy.demo.embedded import EmbeddedPostgres
 from pgproxy.protocol.errors import DecodeError
 from pgproxy.protocol.values import ValueContext, decode_value, parse_array_text
 

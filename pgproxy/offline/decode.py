@@ -12,7 +12,7 @@ import os
 import sys
 from typing import IO
 
-from pgproxy.capture import CaptureError, Stream, looks_like_startup, parse_hexdump, streams_from_frames
+from pgproxy.offline.capture import CaptureError, Stream, looks_like_startup, parse_hexdump, streams_from_frames
 from pgproxy.sink.render import dumps
 from pgproxy.tracker.options import TrackerOptions
 from pgproxy.tracker.records import Detail, Record
@@ -58,7 +58,7 @@ def decode_bytes(
     server_port: int = 5432,
     detail: Detail = Detail.MESSAGE,
 ) -> list[Record]:
-    """Decode a whole capture (see :mod:`pgproxy.capture` for the formats)."""
+    """Decode a whole capture (see :mod:`pgproxy.offline.capture` for the formats)."""
     if fmt == "hex" or (fmt == "auto" and _is_text_dump(data)):
         packets = parse_hexdump(data.decode("ascii"))
         streams = streams_from_frames(packets, server_port)

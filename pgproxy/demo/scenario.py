@@ -16,7 +16,7 @@ import os
 import sys
 from typing import Any
 
-from pgproxy.embedded import EmbeddedPostgres, EmbeddedPostgresError, find_installation
+from pgproxy.demo.embedded import EmbeddedPostgres, EmbeddedPostgresError, find_installation
 from pgproxy.proxy.loop import loop_factory
 from pgproxy.proxy.server import ProxyServer, ProxySettings
 from pgproxy.sink import LogSink
