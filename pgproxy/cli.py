@@ -10,12 +10,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from pgproxy import __version__
 from pgproxy.config import Config, ConfigError, load
@@ -120,91 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_proxy(config: Config) -> int:
-    """Run the proxy until SIGINT/SIGTERM; returns the exit code."""
-    from pgproxy.proxy.loop import loop_factory
+    """Run the proxy until SIGINT/SIGTERM; returns the exit code (see :mod:`pgproxy.proxy.lifecycle`)."""
+    from pgproxy.proxy.lifecycle import run_proxy as run
 
-    factory, loop_name = loop_factory(config["proxy.loop"])
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(_serve(config, loop_name))
-
-
-def settings_from(config: Config) -> Any:
-    from pgproxy.proxy.server import ProxySettings
-
-    listen_host, listen_port = config.listen
-    upstream_host, upstream_port = config.upstream
-    return ProxySettings(
-        listen_host=listen_host,
-        listen_port=listen_port,
-        upstream_host=upstream_host,
-        upstream_port=upstream_port,
-        connect_timeout=config["proxy.connect_timeout"],
-        tls_client_mode=config["tls.client_mode"],
-        max_connections=config["proxy.max_connections"],
-        shutdown_grace=config["proxy.shutdown_grace"],
-        write_buffer_high=config["proxy.write_buffer_high"],
-    )
-
-
-def sink_from(config: Config) -> Any:
-    from pgproxy.sink import LogSink
-
-    return LogSink(
-        fmt=config["log.format"],
-        file=config["log.file"] or None,
-        min_level=config["log.level"],
-        max_queued=config["log.max_queued_lines"],
-    )
-
-
-async def _serve(config: Config, loop_name: str) -> int:
-    from pgproxy.proxy.server import ProxyServer
-
-    settings = settings_from(config)
-    try:
-        sink = sink_from(config)
-    except OSError as exc:
-        print(f"pgproxy: cannot open log file {config['log.file']!r}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_USAGE
-    server = ProxyServer(settings, config.tracker_options(), sink)
-    try:
-        await server.start()
-    except OSError as exc:
-        sink.log(
-            "error",
-            "proxy.failed",
-            reason=f"cannot listen on {settings.listen_host}:{settings.listen_port}: {exc.strerror or exc}",
-        )
-        sink.close()
-        print(
-            f"pgproxy: cannot listen on {settings.listen_host}:{settings.listen_port}: {exc.strerror or exc}",
-            file=sys.stderr,
-        )
-        return 1
-    sink.log(
-        "info",
-        "proxy.started",
-        listen=[f"{h}:{p}" for h, p in server.sockets],
-        upstream=f"{settings.upstream_host}:{settings.upstream_port}",
-        loop=loop_name,
-        detail=config["log.detail"],
-        tls_client_mode=settings.tls_client_mode,
-        version=__version__,
-    )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    serve = loop.create_task(server.serve_forever())
-    await stop.wait()
-    sink.log("info", "proxy.stopping", sessions=len(server.sessions), grace_s=settings.shutdown_grace)
-    await server.close()
-    serve.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await serve
-    sink.log("info", "proxy.stopped", **dict(server.counters))
-    sink.close()
-    return 0
+    return run(config)
 
 
 if __name__ == "__main__":
