@@ -414,3 +414,36 @@ def test_error_answering_sync_does_not_eat_the_next_pipeline() -> None:
         ("SELECT 2", "ok"),
     ]
     assert recs[1]["db.response.status_code"] == "23503"
+
+
+def _connected(detail: Detail) -> SessionTracker:
+    t = SessionTracker("s1", TrackerOptions(detail=detail), clock=lambda: 0.0)
+    t.frontend(startup_message({"user": "alice", "database": "app"}), now=0.0)
+    return t
+
+
+def test_busy_in_transaction_and_backend_pid_agree_at_every_detail_level() -> None:
+    for detail in Detail:
+        t = _connected(detail)
+        assert t.busy and not t.request_outstanding and t.backend_pid is None  # logging in
+        t.backend(b.authentication_ok() + b.backend_key_data(4242) + b.ready_for_query("I"), now=0.001)
+        assert (t.busy, t.in_transaction, t.backend_pid) == (False, False, 4242), detail
+        t.frontend(b.query("begin"), now=0.002)
+        assert t.busy and t.request_outstanding, detail
+        t.backend(b.command_complete("BEGIN") + b.ready_for_query("T"), now=0.003)
+        assert (t.busy, t.request_outstanding, t.in_transaction) == (True, False, True), detail
+        t.frontend(b.parse("", "select 1") + b.bind("", "") + b.execute() + b.flush(), now=0.004)
+        assert t.request_outstanding, detail  # no Sync yet: the steps are under way
+        t.backend(b.message(b"1") + b.message(b"2") + b.data_row([b"1"]) + b.command_complete("SELECT 1"), now=0.005)
+        t.frontend(b.sync(), now=0.006)
+        assert t.request_outstanding, detail
+        t.backend(b.ready_for_query("E"), now=0.007)
+        assert (t.request_outstanding, t.in_transaction) == (False, True), detail
+        # Two requests pipelined: the first answer does not make the session idle.
+        t.frontend(b.query("rollback") + b.query("select 1"), now=0.008)
+        t.backend(b.command_complete("ROLLBACK") + b.ready_for_query("I"), now=0.009)
+        assert t.request_outstanding and not t.in_transaction, detail
+        t.backend(b.data_row([b"1"]) + b.command_complete("SELECT 1") + b.ready_for_query("I"), now=0.010)
+        assert not t.busy, detail
+        (ended,) = [r for r in t.closed("client_closed", now=1.0) if r.event == "session.ended"]
+        assert ended["transaction_status"] == "idle", detail

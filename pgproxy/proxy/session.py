@@ -160,9 +160,8 @@ class ClientSession(asyncio.Protocol):
         tracker = self.tracker
         if tracker is None or self.state is not State.RELAY or self.close_reason == "client_terminated":
             return
-        busy = tracker.statements.pending if tracker.statements is not None else tracker.awaiting_response
-        pid, key = tracker.conv.backend_pid, tracker.conv.backend_key
-        if busy and not tracker.terminated and pid is not None and key is not None:
+        pid, key = tracker.backend_pid, tracker.conv.backend_key
+        if tracker.request_outstanding and not tracker.terminated and pid is not None and key is not None:
             packet = cancel_request(pid, key)
             self.server.forward_cancel(self, packet, reason="client_vanished")
 

@@ -54,6 +54,13 @@ _TERMINATE: Final = ord("X")
 _ROW_DESCRIPTION: Final = ord("T")
 _READY_FOR_QUERY: Final = ord("Z")
 _PASSWORD_FAMILY: Final = ord("p")  # needs the authentication state: general path
+#: Frontend messages a ReadyForQuery answers ("Message Flow"): Query, Sync, FunctionCall.
+_ANSWERED_BY_READY: Final = frozenset((ord("Q"), ord("S"), ord("F")))
+#: Extended-protocol steps that are under way until a Sync follows them:
+#: Parse, Bind, Describe, Execute, Close, Flush.
+_UNSYNCED_STEPS: Final = frozenset((ord("P"), ord("B"), ord("D"), ord("E"), ord("C"), ord("H")))
+#: ReadyForQuery status bytes of an open transaction (in a block, or failed).
+_IN_TRANSACTION: Final = frozenset(("T", "E"))
 _HEADER_BYTES: Final = 5  # tag + Int32 length
 #: Backend tags still decoded at connection detail after ReadyForQuery:
 #: ErrorResponse (FATAL terminations) and ParameterStatus (encoding changes).
@@ -139,8 +146,12 @@ class SessionTracker:
         self.encrypted: str | None = None
         self.auth_failed = False
         self.terminated = False
-        #: Connection detail only: a request went out and its ReadyForQuery has not come back.
-        self.awaiting_response = False
+        # Connection detail only (query detail asks the statement tracker): how
+        # many ReadyForQuery are still due, whether extended-protocol steps were
+        # sent without a Sync yet, and the last ReadyForQuery's status byte.
+        self._ready_due = 0
+        self._unsynced = False
+        self._status: str | None = None
         self.anomalies = 0
         self._ended = False
 
@@ -161,9 +172,17 @@ class SessionTracker:
         statements = self.statements
         if self.ready_at is not None:
             if statements is None:
-                # Connection detail: only Terminate matters once the session is ready.
-                self.terminated = self.terminated or any(f[0] == _TERMINATE for f in frames)
-                self.awaiting_response = True
+                # Connection detail: only Terminate and what makes the session busy
+                # matter once it is ready; nothing is decoded.
+                for frame in frames:
+                    tag = frame[0]
+                    if tag in _ANSWERED_BY_READY:
+                        self._ready_due += 1
+                        self._unsynced = False
+                    elif tag in _UNSYNCED_STEPS:
+                        self._unsynced = True
+                    elif tag == _TERMINATE:
+                        self.terminated = True
                 return out
             if not self._message_level:
                 return self._frontend_query_detail(frames, statements, now, out)
@@ -224,8 +243,6 @@ class SessionTracker:
         # At connection detail, once the session is ready only errors and
         # parameter changes matter: everything else is counted, not decoded.
         minimal = statements is None and self.ready_at is not None
-        if minimal:
-            self.awaiting_response = frames[-1][0] != _READY_FOR_QUERY
         if statements is not None and not message_level:
             return self._backend_query_detail(frames, statements, now, out)
         for frame in frames:
@@ -238,6 +255,8 @@ class SessionTracker:
                         self._row_record(frame, exe, out)
                 continue
             if minimal and tag not in _CONNECTION_LEVEL_BACKEND:
+                if tag == _READY_FOR_QUERY and frame[1] is not None:
+                    self._ready_for_query(chr(frame[1][frame[2]]))
                 continue
             if tag == _COPY_DATA and message_level and statements is not None and self._copy_capped(statements):
                 statements.count_results(0, 0, 1, _body_length(frame))
@@ -292,6 +311,53 @@ class SessionTracker:
             statements.count_results(rows, row_bytes, copies, copy_bytes)
         return out
 
+    def _ready_for_query(self, status: str) -> None:
+        """Connection detail: a ReadyForQuery answered one request (its status byte is all we read)."""
+        self._status = status
+        if self._ready_due:
+            self._ready_due -= 1
+
+    # ------------------------------------------------------------------ narrow questions (for the proxy)
+
+    @property
+    def backend_pid(self) -> int | None:
+        """The server process serving this session (from BackendKeyData), if it said."""
+        return self.conv.backend_pid
+
+    @property
+    def in_transaction(self) -> bool:
+        """The last ReadyForQuery said a transaction block is open (``T``) or failed (``E``)."""
+        status = self.statements.status if self.statements is not None else self._status
+        return status in _IN_TRANSACTION
+
+    @property
+    def request_outstanding(self) -> bool:
+        """A request went to the server and the ReadyForQuery ending it has not come back.
+
+        Extended-protocol steps sent without a Sync (Parse/Bind/Execute and
+        Flush) count as outstanding. False before the session is ready and
+        once decoding stopped (encrypted or desynchronized): nothing known.
+        """
+        if self.ready_at is None or not self.conv.decoding:
+            return False
+        if self.statements is not None:
+            return bool(self.statements.pending)
+        return self._ready_due > 0 or self._unsynced
+
+    @property
+    def busy(self) -> bool:
+        """Closing the session now would cut something short.
+
+        True while logging in (before the first ReadyForQuery), while a request
+        is outstanding, while a transaction is open, and when decoding stopped
+        (encrypted or desynchronized sessions cannot be shown to be idle).
+        Correct at every detail level: connection detail reads only the
+        ReadyForQuery status byte and the tags of requests.
+        """
+        if self.ready_at is None or not self.conv.decoding:
+            return True
+        return self.request_outstanding or self.in_transaction
+
     def anomaly(self, kind: str, reason: str, **fields: Any) -> Record:
         """A record for something that went wrong with decoding (not with the session)."""
         self.anomalies += 1
@@ -325,6 +391,8 @@ class SessionTracker:
         if self.statements is not None:
             end["statements"] = self.statements.executed
             end["transaction_status"] = self.statements.transaction_status
+        elif self._status is not None:
+            end["transaction_status"] = TRANSACTION_STATUS.get(self._status, self._status)
         if self.encrypted:
             end["encrypted"] = self.encrypted
         if self.anomalies:
@@ -435,6 +503,7 @@ class SessionTracker:
         elif isinstance(msg, m.BackendKeyData):
             self.context["backend_pid"] = msg.process_id
         elif isinstance(msg, m.ReadyForQuery) and self.ready_at is None:
+            self._status = msg.status
             self.ready_at = now
             out.append(self._ready(now))
         elif isinstance(msg, m.ErrorResponse) and self.ready_at is None:

@@ -140,6 +140,7 @@ class StatementTracker:
     pending: deque[_Pending] = field(default_factory=deque)
     held: list[Record] = field(default_factory=list)
     transaction_status: str | None = None
+    status: str | None = None  # the last ReadyForQuery's status byte (I, T, E)
     executed: int = 0
     in_scope: bool = True
     orphan: Execution | None = None
@@ -497,6 +498,7 @@ class StatementTracker:
                 out += self._finish(item.target, now, "skipped")
             if item.kind in ("sync", "query", "function", "function_failed"):
                 break
+        self.status = msg.status
         self.transaction_status = TRANSACTION_STATUS.get(msg.status, msg.status)
         if msg.status == "I":
             # Portals live until the end of their transaction ("Extended Query").
