@@ -1,34 +1,79 @@
-"""pgbench direct vs through pgproxy, in one interleaved session (issues 3 and 4).
+"""pgproxy against a direct connection, PgBouncer and a bare forwarder, in one interleaved run (issue 11).
 
-One command starts an embedded PostgreSQL, one pgproxy process per level of
-detail (logging JSON lines to a file, as in production), and PgBouncer in
-session mode when it is installed; then, round after round, runs the same
-pgbench workloads against each target in turn, so drift on the machine hits
-all targets alike. It prints TPS, average latency and the ratio to direct,
-the proxy's CPU time per transaction, bulk transfer rates (COPY out of
-2,000,000 rows, SELECT of 1,000,000 pre-filled rows) and a `pgbench -C`
-connection-churn soak.
+One command starts an embedded PostgreSQL, PgBouncer in session mode (when
+installed), a bare uvloop byte forwarder (bench/forwarder.py, the floor for a
+Python proxy) and one pgproxy process per level of detail (logging JSON lines
+to a file, as in production). Then, round after round, it runs the same pgbench
+workloads against every target in turn (the order rotating each round), so
+drift on a shared machine hits all targets alike:
 
-Run: ``python bench/proxy_bench.py [--seconds 5] [--rounds 2] [--scale 10]``.
+- W1: ``pgbench -S -M simple``, 8 clients;
+- W2: ``pgbench -S -M extended`` and ``-M prepared``, 8 clients;
+- one client, ``-S -M simple``: the latency each target adds per round trip;
+- churn: ``pgbench -S -C`` (a new connection per transaction), 4 clients.
+
+For every run it records TPS, average latency and the proxy's CPU time (utime
++ stime of its process tree from /proc, so per transaction or per connection).
+After the rounds: bulk transfers (COPY out of 2,000,000 rows, a SELECT of
+1,000,000 rows, psql into /dev/null) and memory: 1,000 connections held open
+through a fresh instance of each proxy, RSS measured idle (authenticated, no
+statement yet) and active (after a prepared and a simple statement each).
+
+``--workers-scaling`` adds pgproxy at query detail with ``proxy.workers`` 1
+and 2, each pinned to one core and to two cores (taskset), on W1.
+
+It prints a Markdown report and writes it, with the raw runs as JSON, to
+bench/results/<UTC time>.{md,json} and to bench/RESULTS.md (the latest
+result, kept in the repository). Medians over the rounds; the worst run of
+each cell is reported too.
+
+Run: ``python bench/proxy_bench.py [--seconds 10] [--rounds 3] [--scale 10]``
+(about 25 minutes with the defaults; ``--seconds 3 --rounds 1 --skip-bulk
+--rss-connections 100`` for a quick look).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pgproxy.demo.embedded import EmbeddedPostgres, find_installation, free_port
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+BENCH_DIR = Path(__file__).resolve().parent
+
+W1, W2E, W2P, ONE, CHURN = "W1", "W2e", "W2p", "1c", "C"
+WORKLOADS: dict[str, tuple[str, list[str]]] = {
+    W1: ("W1 -S simple, 8 clients", ["-S", "-M", "simple", "-c", "8", "-j", "2"]),
+    W2E: ("W2 -S extended, 8 clients", ["-S", "-M", "extended", "-c", "8", "-j", "2"]),
+    W2P: ("W2 -S prepared, 8 clients", ["-S", "-M", "prepared", "-c", "8", "-j", "2"]),
+    ONE: ("-S simple, 1 client", ["-S", "-M", "simple", "-c", "1", "-j", "1"]),
+    CHURN: ("-S -C (new connection per tx), 4 clients", ["-S", "-M", "simple", "-C", "-c", "4", "-j", "2"]),
+}
+ALL_TARGETS = ("direct", "pgbouncer", "forwarder", "connection", "query", "message", "wire")
+
+
+@dataclass
+class Run:
+    tps: float
+    latency_ms: float
+    transactions: int
+    failed: int
+    cpu_s: float
 
 
 @dataclass
@@ -37,73 +82,136 @@ class Target:
     port: int
     proc: subprocess.Popen[bytes] | None = None
     log: Path | None = None
-    results: dict[str, list[tuple[float, float, float]]] = field(default_factory=dict)  # workload -> (tps, lat, cpu)
+    runs: dict[str, list[Run]] = field(default_factory=dict)
+
+    @property
+    def is_proxy(self) -> bool:
+        return self.proc is not None
 
     def cpu_seconds(self) -> float:
+        """utime + stime of the target's live process tree (workers included)."""
         if self.proc is None:
             return 0.0
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        total = 0
+        for pid in _process_tree(self.proc.pid):
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])
+        return total / CLK_TCK
+
+    def rss_kib(self) -> int:
+        """Resident memory of the target's process tree, KiB."""
+        if self.proc is None:
+            return 0
+        total = 0
+        for pid in _process_tree(self.proc.pid):
+            try:
+                total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_KIB
+            except OSError:
+                continue
+        return total
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        alive = self.proc.poll() is None
+        self.proc.terminate()
+        try:
+            rc = self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait(5)
+        return rc if alive else -999
 
 
-def start_proxy(upstream: int, detail: str, tmp: Path, loop: str = "uvloop") -> Target:
+def _process_tree(root: int) -> list[int]:
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        parents.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(parents.get(pid, []))
+    return tree
+
+
+# ---------------------------------------------------------------------- targets
+
+
+def start_proxy(
+    upstream: int, detail: str, tmp: Path, *, workers: int = 1, cpus: str | None = None, name: str | None = None
+) -> Target:
     port = free_port()
-    log = tmp / f"pgproxy-{detail}-{loop}.jsonl"
+    label = name or f"pgproxy {detail}"
+    log = tmp / (re.sub(r"\W+", "-", label) + ".jsonl")
+    cmd = [sys.executable, "-m", "pgproxy", "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{upstream}"]
+    cmd += ["--log-detail", detail, "--log-format", "json"]
+    if cpus:
+        cmd = ["taskset", "-c", cpus, *cmd]
+    env = {**os.environ, "PGPROXY_PROXY_WORKERS": str(workers)} if workers != 1 else dict(os.environ)
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pgproxy",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--upstream",
-            f"127.0.0.1:{upstream}",
-            "--log-detail",
-            detail,
-            "--log-format",
-            "json",
-            "--loop",
-            loop,
-        ],
-        stdout=open(log, "wb"),  # noqa: SIM115 (the child owns it)
+        cmd,
+        stdout=open(log, "ab"),  # noqa: SIM115 (the child owns it; append mode lets us truncate it between runs)
         stderr=subprocess.STDOUT,
+        env=env,
     )
-    _wait_port(port)
-    return Target(f"pgproxy {detail}" + ("" if loop == "uvloop" else f" ({loop})"), port, proc, log)
+    _wait_port(port, proc)
+    return Target(label, port, proc, log)
 
 
-def start_pgbouncer(upstream: int, tmp: Path) -> Target | None:
+def start_forwarder(upstream: int) -> Target:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(BENCH_DIR / "forwarder.py"), str(port), str(upstream)])
+    _wait_port(port, proc)
+    return Target("bare uvloop forwarder", port, proc)
+
+
+def start_pgbouncer(upstream: int, tmp: Path, pool_size: int = 50) -> Target | None:
     exe = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").exists() else None)
     if exe is None:
         return None
     port = free_port()
-    ini = tmp / "pgbouncer.ini"
-    (tmp / "users.txt").write_text('"postgres" ""\n')
+    home = Path(tempfile.mkdtemp(prefix="pgbouncer-", dir=tmp))
+    ini = home / "pgbouncer.ini"
+    (home / "users.txt").write_text('"postgres" ""\n')
     ini.write_text(
         f"[databases]\n* = host=127.0.0.1 port={upstream}\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n"
-        f"auth_type = trust\nauth_file = {tmp / 'users.txt'}\npool_mode = session\nmax_client_conn = 500\n"
-        f"default_pool_size = 50\nlogfile = {tmp / 'pgbouncer.log'}\nunix_socket_dir =\n"
+        f"auth_type = trust\nauth_file = {home / 'users.txt'}\npool_mode = session\n"
+        f"max_client_conn = {pool_size + 100}\ndefault_pool_size = {pool_size}\nlogfile = {home / 'pgbouncer.log'}\n"
+        "unix_socket_dir =\n"
     )
     cmd = [exe, str(ini)]
-    if os.geteuid() == 0:
-        os.chmod(tmp, 0o777)
-        for p in tmp.iterdir():
+    if os.geteuid() == 0:  # PgBouncer refuses to run as root
+        for path in (tmp, home):
+            os.chmod(path, 0o777)
+        for p in home.iterdir():
             os.chmod(p, 0o666)
         cmd = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *cmd]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
-        _wait_port(port)
+        _wait_port(port, proc)
     except RuntimeError:
         proc.kill()
         return None
-    return Target("pgbouncer (session)", port, proc)
+    return Target("PgBouncer (session)", port, proc)
 
 
-def _wait_port(port: int, timeout: float = 20.0) -> None:
+def _wait_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 20.0) -> None:
     import socket
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the process meant to listen on {port} exited with {proc.returncode}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return
@@ -112,7 +220,28 @@ def _wait_port(port: int, timeout: float = 20.0) -> None:
     raise RuntimeError(f"nothing listening on {port}")
 
 
-def pgbench(pg: EmbeddedPostgres, port: int, args: list[str], seconds: float) -> tuple[float, float, int, str]:
+def start_targets(names: list[str], pg: EmbeddedPostgres, tmp: Path, pool_size: int = 50) -> list[Target]:
+    targets = []
+    for name in names:
+        if name == "direct":
+            targets.append(Target("direct", pg.port))
+        elif name == "pgbouncer":
+            bouncer = start_pgbouncer(pg.port, tmp, pool_size)
+            if bouncer is None:
+                print("  (PgBouncer not installed or failed to start: skipped)", flush=True)
+            else:
+                targets.append(bouncer)
+        elif name == "forwarder":
+            targets.append(start_forwarder(pg.port))
+        else:
+            targets.append(start_proxy(pg.port, name, tmp))
+    return targets
+
+
+# ---------------------------------------------------------------------- pgbench
+
+
+def pgbench(pg: EmbeddedPostgres, port: int, args: list[str], seconds: float) -> tuple[float, float, int, int]:
     out = subprocess.run(
         [
             pg.tool("pgbench"),
@@ -140,193 +269,452 @@ def pgbench(pg: EmbeddedPostgres, port: int, args: list[str], seconds: float) ->
     lat = float(re.search(r"latency average = ([\d.]+) ms", out.stdout).group(1))  # type: ignore[union-attr]
     tx = int(re.search(r"number of transactions actually processed: (\d+)", out.stdout).group(1))  # type: ignore[union-attr]
     failed = re.search(r"number of failed transactions: (\d+)", out.stdout)
-    return tps, lat, tx, failed.group(1) if failed else "0"
+    return tps, lat, tx, int(failed.group(1)) if failed else 0
 
 
-WORKLOADS = {
-    "-S simple, 8 clients": ["-S", "-M", "simple", "-c", "8", "-j", "2"],
-    "-S prepared, 8 clients": ["-S", "-M", "prepared", "-c", "8", "-j", "2"],
-    "-S simple, 1 client": ["-S", "-M", "simple", "-c", "1", "-j", "1"],
-}
+def measure(pg: EmbeddedPostgres, target: Target, workload: str, seconds: float) -> Run:
+    cpu0 = target.cpu_seconds()
+    tps, lat, tx, failed = pgbench(pg, target.port, WORKLOADS[workload][1], seconds)
+    run = Run(tps, lat, tx, failed, target.cpu_seconds() - cpu0)
+    target.runs.setdefault(workload, []).append(run)
+    if target.log is not None:
+        os.truncate(target.log, 0)  # the child appends; keeps the disk from filling at message detail
+    return run
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each pgbench run")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--scale", type=int, default=10)
-    parser.add_argument("--details", default="connection,query,message,wire")
-    parser.add_argument("--churn-seconds", type=float, default=20.0)
-    parser.add_argument("--churn-runs", type=int, default=5)
-    parser.add_argument("--skip-bulk", action="store_true")
-    args = parser.parse_args()
-
-    tmp = Path(tempfile.mkdtemp(prefix="pgproxy-bench-"))
-    with EmbeddedPostgres(find_installation(), settings={"max_connections": "300"}) as pg:
-        print(
-            f"PostgreSQL {pg.major}, pgbench scale {args.scale}, {os.cpu_count()} cores, "
-            f"{args.rounds} rounds x {args.seconds:g}s per run",
-            flush=True,
-        )
-        subprocess.run(
-            [
-                pg.tool("pgbench"),
-                "-i",
-                "-q",
-                "-s",
-                str(args.scale),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(pg.port),
-                "-U",
-                "postgres",
-                "postgres",
-            ],
-            check=True,
-            capture_output=True,
-        )
-        if not args.skip_bulk:
-            pg.psql(
-                "CREATE TABLE bulk_copy AS SELECT g AS id, md5(g::text) AS h, now() AS t"
-                " FROM generate_series(1, 2000000) g"
-            )
-            pg.psql(
-                "CREATE TABLE bulk_select AS SELECT g AS id, md5(g::text) AS h, g * 1.5 AS n"
-                " FROM generate_series(1, 1000000) g"
-            )
-            pg.psql("VACUUM ANALYZE bulk_copy")
-            pg.psql("VACUUM ANALYZE bulk_select")
-        targets = [Target("direct", pg.port)]
-        for detail in args.details.split(","):
-            targets.append(start_proxy(pg.port, detail, tmp))
-        bouncer = start_pgbouncer(pg.port, tmp)
-        if bouncer:
-            targets.append(bouncer)
-        try:
-            for _round in range(args.rounds):
-                for workload, wargs in WORKLOADS.items():
-                    for target in targets:
-                        cpu0 = target.cpu_seconds()
-                        tps, lat, tx, _failed = pgbench(pg, target.port, wargs, args.seconds)
-                        cpu_us = (target.cpu_seconds() - cpu0) / tx * 1e6 if target.proc else 0.0
-                        target.results.setdefault(workload, []).append((tps, lat, cpu_us))
-            report(targets)
-            if not args.skip_bulk:
-                run_bulk(pg, targets)
-            churn(pg, tmp, args.churn_seconds, args.churn_runs)
-        finally:
-            for target in targets:
-                if target.proc is not None:
-                    target.proc.terminate()
-                    target.proc.wait(10)
-    shutil.rmtree(tmp, ignore_errors=True)
-
-
-def report(targets: list[Target]) -> None:
-    direct = targets[0]
-    for workload in WORKLOADS:
-        base = statistics.median(r[0] for r in direct.results[workload])
-        print(f"\npgbench {workload}")
-        print(f"  {'target':<24} {'TPS':>9} {'latency ms':>11} {'vs direct':>10} {'proxy CPU µs/tx':>16}")
-        for target in targets:
-            runs = target.results[workload]
-            tps = statistics.median(r[0] for r in runs)
-            lat = statistics.median(r[1] for r in runs)
-            cpu = statistics.median(r[2] for r in runs)
-            cpu_text = f"{cpu:>16.1f}" if target.proc is not None else f"{'':>16}"
-            print(f"  {target.name:<24} {tps:>9.0f} {lat:>11.3f} {tps / base:>10.2f}{cpu_text}", flush=True)
-
+# ---------------------------------------------------------------------- bulk and memory
 
 BULK = {"COPY out 2M rows": "\\copy bulk_copy TO '/dev/null'", "SELECT 1M rows": "SELECT * FROM bulk_select"}
 
 
-def run_bulk(pg: EmbeddedPostgres, targets: list[Target]) -> None:
-    """MB/s of two bulk transfers, direct and through the proxies (psql reading into /dev/null)."""
-    sizes: dict[str, int] = {}
-    timings: dict[str, dict[str, float]] = {}
-    for target in [t for t in targets if t.name == "direct" or t.name.startswith("pgproxy")]:
+def run_bulk(pg: EmbeddedPostgres, targets: list[Target], rounds: int) -> dict[str, dict[str, float]]:
+    """Median seconds of each bulk transfer per target (psql reading into /dev/null), interleaved."""
+    timings: dict[str, dict[str, list[float]]] = {}
+    for _ in range(rounds):
         for label, sql in BULK.items():
-            app = "bulk-" + label.split()[0].lower()
-            env = {**os.environ, "PGSSLMODE": "disable", "PGAPPNAME": app}
-            t0 = time.perf_counter()
-            subprocess.run(
-                [
-                    pg.tool("psql"),
-                    "-X",
-                    "-q",
-                    "-o",
-                    "/dev/null",
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    str(target.port),
-                    "-U",
-                    "postgres",
-                    "-c",
-                    sql,
-                ],
-                check=True,
-                env=env,
-                timeout=900,
-                stdout=subprocess.DEVNULL,
+            for target in targets:
+                timings.setdefault(target.name, {}).setdefault(label, []).append(_psql_seconds(pg, target, sql))
+    return {name: {label: statistics.median(runs) for label, runs in row.items()} for name, row in timings.items()}
+
+
+def _psql_seconds(pg: EmbeddedPostgres, target: Target, sql: str) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(
+        [
+            pg.tool("psql"),
+            "-X",
+            "-q",
+            "-o",
+            "/dev/null",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(target.port),
+            "-U",
+            "postgres",
+            "-c",
+            sql,
+        ],
+        check=True,
+        env={**os.environ, "PGSSLMODE": "disable"},
+        timeout=900,
+        stdout=subprocess.DEVNULL,
+    )
+    return time.perf_counter() - t0
+
+
+def bulk_sizes(pg: EmbeddedPostgres) -> dict[str, float]:
+    """MB each bulk transfer puts on the wire (measured directly: the table's text size)."""
+    return {
+        label: float(pg.psql(f"SELECT sum(octet_length(t::text)) FROM {table} t").strip() or 0) / 1e6
+        for label, table in (("COPY out 2M rows", "bulk_copy"), ("SELECT 1M rows", "bulk_select"))
+    }
+
+
+@dataclass
+class Memory:
+    baseline_kib: int
+    idle_kib: int
+    active_kib: int
+    connections: int
+    connect_s: float
+
+    @property
+    def per_idle(self) -> float:
+        return (self.idle_kib - self.baseline_kib) / self.connections
+
+    @property
+    def per_active(self) -> float:
+        return (self.active_kib - self.baseline_kib) / self.connections
+
+
+def hold_connections(target: Target, count: int) -> Memory:
+    """Open ``count`` connections through ``target``; RSS before, idle, and after a statement on each."""
+    import asyncpg
+
+    async def main() -> Memory:
+        gate = asyncio.Semaphore(64)
+
+        async def connect() -> Any:
+            async with gate:
+                return await asyncpg.connect(
+                    host="127.0.0.1", port=target.port, user="postgres", database="postgres", ssl=False
+                )
+
+        warm = await connect()  # the first session's one-off costs (imports, caches) are not per connection
+        await warm.fetchval("SELECT abalance FROM pgbench_accounts WHERE aid = $1", 1)
+        await warm.close()
+        await asyncio.sleep(0.5)
+        baseline = target.rss_kib()
+        t0 = time.perf_counter()
+        conns = await asyncio.gather(*(connect() for _ in range(count)))
+        connect_s = time.perf_counter() - t0
+        await asyncio.sleep(0.5)
+        idle = target.rss_kib()
+
+        async def work(i: int, conn: Any) -> None:
+            async with gate:
+                await conn.fetchval("SELECT abalance FROM pgbench_accounts WHERE aid = $1", i + 1)
+                await conn.execute("SELECT 1")
+
+        await asyncio.gather(*(work(i, c) for i, c in enumerate(conns)))
+        await asyncio.sleep(0.5)
+        active = target.rss_kib()
+        await asyncio.gather(*(c.close() for c in conns))
+        return Memory(baseline, idle, active, count, connect_s)
+
+    return asyncio.run(main())
+
+
+# ---------------------------------------------------------------------- report
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def _tps(target: Target, workload: str) -> float:
+    return _median([r.tps for r in target.runs.get(workload, [])])
+
+
+def _cpu_per_tx_us(target: Target, workload: str) -> float:
+    return _median([r.cpu_s / r.transactions * 1e6 for r in target.runs.get(workload, []) if r.transactions])
+
+
+def _find(targets: list[Target], prefix: str) -> Target | None:
+    return next((t for t in targets if t.name.startswith(prefix)), None)
+
+
+def render(
+    meta: dict[str, Any],
+    targets: list[Target],
+    bulk: dict[str, dict[str, float]],
+    sizes: dict[str, float],
+    memory: dict[str, Memory],
+    scaling: list[Target],
+    exits: dict[str, int | None],
+) -> str:
+    direct = _find(targets, "direct")
+    bouncer = _find(targets, "PgBouncer")
+    forwarder = _find(targets, "bare")
+    out = [
+        f"# pgproxy benchmark, {meta['date']}",
+        "",
+        f"commit `{meta['commit']}`; PostgreSQL {meta['postgres']}, pgbench scale {meta['scale']}, "
+        f"{meta['cores']} cores shared by pgbench, the server and the proxy; {meta['rounds']} interleaved rounds x "
+        f"{meta['seconds']:g} s per run; pgproxy logs JSON lines to a file; PgBouncer "
+        f"{meta['pgbouncer'] or '(not installed)'} in session mode; load average at start {meta['load']}. "
+        "Medians over the rounds; (xB) = ratio to PgBouncer, (xF) = ratio to the bare forwarder.",
+        "",
+        "| target | W1 -S simple, 8 clients | W2 -S extended | W2 -S prepared | 1 client: added µs per round trip "
+        "| proxy CPU µs/tx (W1) | -C: TPS | -C: proxy CPU µs per connection |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    direct_lat = _median([r.latency_ms for r in direct.runs.get(ONE, [])]) if direct else float("nan")
+    bouncer_added = (_median([r.latency_ms for r in bouncer.runs.get(ONE, [])]) - direct_lat) * 1000 if bouncer else 0
+    forwarder_churn = _cpu_per_tx_us(forwarder, CHURN) if forwarder else 0
+    for t in targets:
+        cells = [t.name]
+        for w in (W1, W2E, W2P):
+            text = f"{_tps(t, w):,.0f}"
+            if t.name.startswith("pgproxy") and bouncer:
+                text += f" ({_tps(t, w) / _tps(bouncer, w):.2f}xB)"
+            if t.name == "pgproxy connection" and forwarder:
+                text += f" ({_tps(t, w) / _tps(forwarder, w):.2f}xF)"
+            cells.append(text)
+        if t is direct:
+            cells += ["—", "—", f"{_tps(t, CHURN):,.0f}", "—"]
+        else:
+            added = (_median([r.latency_ms for r in t.runs.get(ONE, [])]) - direct_lat) * 1000
+            text = f"+{added:.0f}"
+            if t.name.startswith("pgproxy") and bouncer and bouncer_added > 0:
+                text += f" ({added / bouncer_added:.2f}xB)"
+            cells.append(text)
+            cells.append(f"{_cpu_per_tx_us(t, W1):.1f}")
+            cells.append(f"{_tps(t, CHURN):,.0f}")
+            churn = _cpu_per_tx_us(t, CHURN)
+            text = f"{churn:.0f}"
+            if t.name.startswith("pgproxy") and forwarder_churn:
+                text += f" ({churn / forwarder_churn:.2f}xF)"
+            cells.append(text + (" (pools server connections)" if t is bouncer else ""))
+        out.append("| " + " | ".join(cells) + " |")
+
+    out += [
+        "",
+        "## Every workload: median TPS (worst run), ratio to direct, proxy CPU µs per transaction",
+        "",
+        "| target | " + " | ".join(WORKLOADS[w][0] for w in WORKLOADS) + " |",
+        "|---|" + "---:|" * len(WORKLOADS),
+    ]
+    for t in targets:
+        cells = [t.name]
+        for w in WORKLOADS:
+            runs = t.runs.get(w, [])
+            if not runs:
+                cells.append("")
+                continue
+            text = f"{_tps(t, w):,.0f} ({min(r.tps for r in runs):,.0f})"
+            if direct and t is not direct:
+                text += f" {_tps(t, w) / _tps(direct, w):.2f}xD"
+            if t.is_proxy:
+                text += f", {_cpu_per_tx_us(t, w):.1f} µs"
+            cells.append(text)
+        out.append("| " + " | ".join(cells) + " |")
+
+    if bulk:
+        base = bulk.get("direct", {})
+        out += [
+            "",
+            "## Bulk transfers (psql into /dev/null, median of the rounds)",
+            "",
+            "| target | " + " | ".join(f"{label}: MB/s (xdirect)" for label in BULK) + " |",
+            "|---|" + "---:|" * len(BULK),
+        ]
+        for name, row in bulk.items():
+            cells = [name]
+            for label in BULK:
+                ratio = base[label] / row[label] if label in base else float("nan")
+                cells.append(f"{sizes.get(label, 0) / row[label]:.0f} ({ratio:.2f})")
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+        out.append("Sizes: " + ", ".join(f"{label} ≈ {mb:.0f} MB of row text" for label, mb in sizes.items()) + ".")
+
+    if memory:
+        n = next(iter(memory.values())).connections
+        out += [
+            "",
+            f"## Memory: {n:,} connections held through a fresh instance of each proxy",
+            "",
+            "Idle: authenticated, no statement yet. Active: after one prepared (extended) and one simple "
+            "statement on each connection, still open. RSS of the proxy's process tree.",
+            "",
+            "| target | RSS before | KiB per idle connection | KiB per active connection | time to open all |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name, m in memory.items():
+            out.append(
+                f"| {name} | {m.baseline_kib / 1024:.1f} MiB | {m.per_idle:.1f} | {m.per_active:.1f} "
+                f"| {m.connect_s:.1f} s |"
             )
-            timings.setdefault(target.name, {})[label] = time.perf_counter() - t0
-            if target.log is not None and label not in sizes:
-                sizes[label] = _session_bytes(target.log, app)
-    print("\nbulk transfers (psql into /dev/null; MB on the wire from the proxy's session.ended)")
-    header = "".join(f"{label + ' MB/s':>24}{'vs direct':>10}" for label in BULK)
-    print(f"  {'target':<24}{header}")
-    for name, row in timings.items():
-        cells = ""
-        for label in BULK:
-            mb = sizes.get(label, 0) / 1e6
-            cells += f"{mb / row[label]:>24.1f}{timings['direct'][label] / row[label]:>10.2f}"
-        print(f"  {name:<24}{cells}", flush=True)
-    print("  sizes: " + ", ".join(f"{label} = {sizes.get(label, 0) / 1e6:.0f} MB" for label in BULK))
+
+    if scaling:
+        out += [
+            "",
+            "## Scaling: pgproxy query detail, W1, by workers and cores (taskset)",
+            "",
+            "| configuration | TPS (worst) | proxy CPU µs/tx |",
+            "|---|---:|---:|",
+        ]
+        for t in scaling:
+            runs = t.runs.get(W1, [])
+            out.append(
+                f"| {t.name} | {_tps(t, W1):,.0f} ({min(r.tps for r in runs):,.0f}) | {_cpu_per_tx_us(t, W1):.1f} |"
+            )
+
+    failed = sum(r.failed for t in targets + scaling for runs in t.runs.values() for r in runs)
+    bad_exits = {name: rc for name, rc in exits.items() if name.startswith("pgproxy") and rc not in (0, -15, None)}
+    out += [
+        "",
+        f"Failed transactions: {failed}. pgproxy exits on SIGTERM: "
+        + ("all clean." if not bad_exits else ", ".join(f"{n}: {rc}" for n, rc in bad_exits.items()))
+        + (" (-999: had died before the end.)" if bad_exits else ""),
+        "",
+    ]
+    return "\n".join(out)
 
 
-def _session_bytes(log: Path, application: str) -> int:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        for line in log.read_text().splitlines():
-            if '"session.ended"' in line and f'"application_name":"{application}"' in line:
-                return int(re.search(r'"bytes_from_server":(\d+)', line).group(1))  # type: ignore[union-attr]
-        time.sleep(0.1)
-    return 0
+# ---------------------------------------------------------------------- main
 
 
-def churn(pg: EmbeddedPostgres, tmp: Path, seconds: float, runs: int) -> None:
-    """pgbench -S -C (a new connection per transaction), repeated, against uvloop and asyncio proxies.
-
-    Issue 3 measured uvloop aborting under this load when half-close was
-    propagated with write_eof(); pgproxy closes instead. Each run uses a fresh
-    proxy process, whose exit status is checked.
-    """
-    print(f"\nconnection churn soak: {runs} x pgbench -S -C -c 4 -j 2 -T {seconds:g}")
-    for loop in ("uvloop", "asyncio"):
-        tps_runs, failures, crashes, connections = [], 0, 0, 0
-        for _ in range(runs):
-            target = start_proxy(pg.port, "query", tmp, loop)
-            try:
-                tps, _lat, tx, failed = pgbench(pg, target.port, ["-S", "-C", "-c", "4", "-j", "2"], seconds)
-                tps_runs.append(tps)
-                connections += tx
-                failures += int(failed)
-            finally:
-                assert target.proc is not None
-                alive = target.proc.poll() is None
-                target.proc.terminate()
-                rc = target.proc.wait(10)
-                if not alive or rc not in (0, -15):
-                    crashes += 1
-        print(
-            f"  pgproxy query ({loop}){'':<8} median {statistics.median(tps_runs):>6.0f} TPS  {connections} connections"
-            f"  failed transactions {failures}  proxy crashes {crashes}/{runs}",
-            flush=True,
+def _prepare(pg: EmbeddedPostgres, scale: int, bulk: bool) -> None:
+    subprocess.run(
+        [
+            pg.tool("pgbench"),
+            "-i",
+            "-q",
+            "-s",
+            str(scale),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(pg.port),
+            "-U",
+            "postgres",
+            "postgres",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    if bulk:
+        pg.psql(
+            "CREATE TABLE bulk_copy AS SELECT g AS id, md5(g::text) AS h, now() AS t FROM generate_series(1, 2000000) g"
         )
-    direct_tps, _, tx, failed = pgbench(pg, pg.port, ["-S", "-C", "-c", "4", "-j", "2"], seconds)
-    print(f"  {'direct':<24} {direct_tps:>13.0f} TPS  {tx} connections  failed transactions {failed}")
+        pg.psql(
+            "CREATE TABLE bulk_select AS SELECT g AS id, md5(g::text) AS h, g * 1.5 AS n"
+            " FROM generate_series(1, 1000000) g"
+        )
+        pg.psql("VACUUM ANALYZE bulk_copy")
+        pg.psql("VACUUM ANALYZE bulk_select")
+
+
+def _meta(args: argparse.Namespace, pg: EmbeddedPostgres) -> dict[str, Any]:
+    commit = subprocess.run(
+        ["git", "-C", str(BENCH_DIR), "describe", "--always", "--dirty"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    exe = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    version = ""
+    if Path(exe).exists():
+        first = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False).stdout.splitlines()
+        version = first[0].split()[-1] if first else ""
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "commit": commit,
+        "postgres": pg.major,
+        "scale": args.scale,
+        "cores": os.cpu_count(),
+        "rounds": args.rounds,
+        "seconds": args.seconds,
+        "pgbouncer": version,
+        "load": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10.0, help="duration of each pgbench run")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--scale", type=int, default=10)
+    parser.add_argument(
+        "--targets",
+        default="direct,pgbouncer,forwarder,connection,query,message",
+        help=f"among {','.join(ALL_TARGETS)}",
+    )
+    parser.add_argument("--workloads", default=",".join(WORKLOADS), help=f"among {','.join(WORKLOADS)}")
+    parser.add_argument("--skip-bulk", action="store_true")
+    parser.add_argument("--rss-connections", type=int, default=1000, help="0 skips the memory measurement")
+    parser.add_argument(
+        "--workers-scaling", action="store_true", help="pgproxy query with 1 and 2 workers, 1 and 2 cores"
+    )
+    parser.add_argument("--no-save", action="store_true", help="print only; do not write bench/results or RESULTS.md")
+    args = parser.parse_args()
+    names = [n for n in args.targets.split(",") if n]
+    workloads = [w for w in args.workloads.split(",") if w]
+    for name in names:
+        if name not in ALL_TARGETS:
+            parser.error(f"unknown target {name!r}")
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 1,000 connections need 2,000+ descriptors
+
+    tmp = Path(tempfile.mkdtemp(prefix="pgproxy-bench-"))
+    settings = {"max_connections": str(max(300, args.rss_connections + 100))}
+    targets: list[Target] = []
+    scaling: list[Target] = []
+    exits: dict[str, int | None] = {}
+    bulk: dict[str, dict[str, float]] = {}
+    sizes: dict[str, float] = {}
+    memory: dict[str, Memory] = {}
+    with EmbeddedPostgres(find_installation(), settings=settings) as pg:
+        meta = _meta(args, pg)
+        print(f"preparing: PostgreSQL {pg.major}, pgbench scale {args.scale}", flush=True)
+        _prepare(pg, args.scale, not args.skip_bulk)
+        try:
+            targets = start_targets(names, pg, tmp)
+            for rnd in range(args.rounds):
+                order = targets[rnd % len(targets) :] + targets[: rnd % len(targets)]
+                for w in workloads:
+                    for target in order:
+                        run = measure(pg, target, w, args.seconds)
+                        print(
+                            f"round {rnd + 1} {WORKLOADS[w][0]:<42} {target.name:<24} {run.tps:>9.0f} TPS "
+                            f"{run.latency_ms:>7.3f} ms"
+                            + (
+                                f" {run.cpu_s / max(run.transactions, 1) * 1e6:>7.1f} µs CPU/tx"
+                                if target.is_proxy
+                                else ""
+                            ),
+                            flush=True,
+                        )
+            if args.workers_scaling:
+                scaling = workers_scaling(pg, tmp, args)
+            if not args.skip_bulk:
+                print("bulk transfers...", flush=True)
+                sizes = bulk_sizes(pg)
+                bulk = run_bulk(pg, targets, args.rounds)
+        finally:
+            for target in targets + scaling:
+                exits[target.name] = target.stop()
+        if args.rss_connections:
+            for name in names:
+                if name == "direct":
+                    continue
+                print(f"memory: {args.rss_connections} connections through {name}...", flush=True)
+                fresh = start_targets([name], pg, tmp, pool_size=args.rss_connections + 10)
+                try:
+                    if fresh:
+                        memory[fresh[0].name] = hold_connections(fresh[0], args.rss_connections)
+                finally:
+                    for target in fresh:
+                        target.stop()
+    shutil.rmtree(tmp, ignore_errors=True)
+    report = render(meta, targets, bulk, sizes, memory, scaling, exits)
+    print("\n" + report, flush=True)
+    if not args.no_save:
+        results = BENCH_DIR / "results"
+        results.mkdir(exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        (results / f"{stamp}.md").write_text(report)
+        raw = {
+            "meta": meta,
+            "runs": {t.name: {w: [asdict(r) for r in runs] for w, runs in t.runs.items()} for t in targets + scaling},
+            "bulk_seconds": bulk,
+            "bulk_mb": sizes,
+            "memory": {name: asdict(m) for name, m in memory.items()},
+            "exits": exits,
+        }
+        (results / f"{stamp}.json").write_text(json.dumps(raw, indent=1))
+        (BENCH_DIR / "RESULTS.md").write_text(report)
+        print(f"written: bench/results/{stamp}.md, .json and bench/RESULTS.md", flush=True)
+
+
+def workers_scaling(pg: EmbeddedPostgres, tmp: Path, args: argparse.Namespace) -> list[Target]:
+    """pgproxy at query detail with 1 and 2 workers, pinned to one core and to two; W1, interleaved."""
+    configs = [(1, "0"), (2, "0"), (1, "0,1"), (2, "0,1")]
+    scaling = [
+        start_proxy(
+            pg.port,
+            "query",
+            tmp,
+            workers=n,
+            cpus=cpus,
+            name=f"pgproxy query, workers={n}, cores {cpus.replace(',', '+')}",
+        )
+        for n, cpus in configs
+    ]
+    for rnd in range(args.rounds):
+        for target in scaling[rnd % len(scaling) :] + scaling[: rnd % len(scaling)]:
+            run = measure(pg, target, W1, args.seconds)
+            print(f"round {rnd + 1} scaling {target.name:<40} {run.tps:>9.0f} TPS", flush=True)
+    return scaling
 
 
 if __name__ == "__main__":
