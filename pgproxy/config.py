@@ -143,6 +143,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("proxy.listen", "127.0.0.1:6432", _text, "address:port to accept clients on"),
     Option("proxy.upstream", "127.0.0.1:5432", _text, "the PostgreSQL server: host:port or a postgres:// URL"),
     Option("proxy.connect_timeout", 5.0, _number(float, 0.1, 300), "seconds to wait for the upstream connection"),
+    Option(
+        "proxy.startup_timeout",
+        60.0,
+        _number(float, 0, 3600),
+        "seconds a connection gets to complete start-up and authentication (0 = no limit)",
+    ),
     Option("proxy.loop", "uvloop", _choice("uvloop", "asyncio"), "event loop implementation"),
     Option("proxy.max_connections", 0, _number(int, 0), "client connections served at once (0 = no limit)"),
     Option("proxy.shutdown_grace", 10.0, _number(float, 0, 3600), "seconds busy sessions get to finish on shutdown"),

@@ -37,6 +37,7 @@ def settings_from(config: Config) -> ProxySettings:
         upstream_host=upstream_host,
         upstream_port=upstream_port,
         connect_timeout=config["proxy.connect_timeout"],
+        startup_timeout=config["proxy.startup_timeout"],
         tls_client_mode=config["tls.client_mode"],
         max_connections=config["proxy.max_connections"],
         shutdown_grace=config["proxy.shutdown_grace"],

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
+import resource
 import secrets
 import time
 from collections import Counter
@@ -29,6 +31,7 @@ class ProxySettings:
     upstream_host: str = "127.0.0.1"
     upstream_port: int = 5432
     connect_timeout: float = 5.0
+    startup_timeout: float = 60.0
     tls_client_mode: str = "refuse"
     max_connections: int = 0
     shutdown_grace: float = 10.0
@@ -37,6 +40,32 @@ class ProxySettings:
     @property
     def write_buffer_low(self) -> int:
         return self.write_buffer_high // 4
+
+
+#: Descriptors kept free for everything that is not a session: the listening
+#: sockets, the log file, cancel connections in flight, the loop's own.
+_FD_RESERVE = 32
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (as PgBouncer advises); returns the soft limit now in force.
+
+    Each session holds two descriptors (client and upstream); the soft limit
+    is often 1,024 while the hard one allows far more.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def _open_fds() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return 0
 
 
 class ProxyServer:
@@ -61,6 +90,10 @@ class ProxyServer:
         self._cancel_tasks: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
+        self.fd_limit = 0
+        self._fd_session_cap = 0  # sessions that fit in the descriptor limit (0 = unknown)
+        self._saturated: str | None = None  # the limit refusing clients now, logged once per episode
+        self._refused_while_saturated = 0
 
     def new_session_id(self) -> str:
         """Short, unique within this process, and not guessable across restarts."""
@@ -75,6 +108,9 @@ class ProxyServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         cfg = self.config
+        self.fd_limit = raise_fd_limit()
+        if self.fd_limit != resource.RLIM_INFINITY:
+            self._fd_session_cap = max(1, (self.fd_limit - _open_fds() - _FD_RESERVE) // 2)
         self._server = await loop.create_server(
             lambda: ClientSession(self),
             cfg.listen_host,
@@ -92,19 +128,40 @@ class ProxyServer:
     def session_opened(self, session: ClientSession) -> None:
         self.counters["sessions_accepted"] += 1
         limit = self.config.max_connections
-        if limit and len(self.sessions) >= limit:
-            self.counters["sessions_rejected"] += 1
-            self.sink.log(
-                "warning", "session.rejected", session=session.session_id, reason="max_connections", limit=limit
-            )
-            assert session.client is not None
-            session.client.write(
-                error_response("FATAL", "53300", f"pgproxy: too many connections (max_connections = {limit})")
-            )
-            session._close_client("max_connections")
+        held = len(self.sessions)
+        if limit and held >= limit:
+            self._reject(session, "max_connections", limit, f"max_connections = {limit}")
             return
+        if self._fd_session_cap and held >= self._fd_session_cap:
+            # Refuse with an error while a descriptor is still at hand: past the
+            # limit, accept() itself fails and the client only sees a reset.
+            self._reject(
+                session,
+                "file_descriptors",
+                self._fd_session_cap,
+                f"the file descriptor limit ({self.fd_limit}) allows {self._fd_session_cap} sessions",
+            )
+            return
+        if self._saturated is not None:
+            self.sink.log("info", "proxy.limit_cleared", limit=self._saturated, refused=self._refused_while_saturated)
+            self._saturated = None
         self.sessions.add(session)
         self._idle.clear()
+
+    def _reject(self, session: ClientSession, kind: str, value: int, why: str) -> None:
+        """Refuse a client over a limit: FATAL 53300 to it, and one ``proxy.limit_reached`` per episode."""
+        self.counters["sessions_rejected"] += 1
+        if self._saturated != kind:
+            self._saturated = kind
+            self._refused_while_saturated = 0
+            self.sink.log(
+                "warning", "proxy.limit_reached", limit=kind, value=value, sessions=len(self.sessions), reason=why
+            )
+        self._refused_while_saturated += 1
+        self.sink.log("warning", "session.rejected", session=session.session_id, reason=kind, limit=value)
+        assert session.client is not None
+        session.client.write(error_response("FATAL", "53300", f"pgproxy: too many connections ({why})"))
+        session._close_client(kind)
 
     def session_closed(self, session: ClientSession) -> None:
         self.sessions.discard(session)

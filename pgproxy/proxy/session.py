@@ -24,12 +24,13 @@ from typing import TYPE_CHECKING, Any, cast
 from pgproxy.protocol.build import cancel_request, error_response
 from pgproxy.protocol.decoding import CANCEL_REQUEST_CODE, GSSENC_REQUEST_CODE, SSL_REQUEST_CODE
 from pgproxy.protocol.framing import MAX_STARTUP_PACKET
-from pgproxy.tracker.session import SessionTracker
+from pgproxy.tracker.session import SessionTracker, Side
 
 if TYPE_CHECKING:
     from pgproxy.proxy.server import ProxyServer
 
 _TLS_HANDSHAKE = 0x16
+_NEGOTIATION_NAMES = {SSL_REQUEST_CODE: "SSLRequest", GSSENC_REQUEST_CODE: "GSSENCRequest"}
 
 
 class State(enum.Enum):
@@ -98,6 +99,8 @@ class ClientSession(asyncio.Protocol):
         self.peer: tuple[str, int] | None = None
         self._connect_task: asyncio.Task[None] | None = None
         self._cancel_connection = False
+        self._negotiated: set[int] = set()  # SSLRequest/GSSENCRequest codes answered (refuse mode)
+        self._startup_timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ client side
 
@@ -116,6 +119,10 @@ class ClientSession(asyncio.Protocol):
             server=(self.config.upstream_host, self.config.upstream_port),
         )
         self.server.session_opened(self)
+        if self.state is State.STARTUP and self.config.startup_timeout > 0:
+            self._startup_timer = asyncio.get_running_loop().call_later(
+                self.config.startup_timeout, self._startup_timed_out
+            )
 
     def data_received(self, data: bytes) -> None:
         if self.state is State.RELAY:
@@ -139,6 +146,8 @@ class ClientSession(asyncio.Protocol):
         return False  # let the transport close; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.state is State.STARTUP and self._negotiated and self.close_reason in (None, "client_closed"):
+            self._client_refused_plaintext()
         if self.close_reason is None:
             self.close_reason = "client_error" if exc else "client_closed"
         if self._connect_task is not None and not self._connect_task.done():
@@ -150,6 +159,16 @@ class ClientSession(asyncio.Protocol):
             # crash on it under churn (issue 3). close() flushes pending writes.
             upstream.transport.close()
         self._finish(exc)
+
+    def _client_refused_plaintext(self) -> None:
+        """The client hung up after our 'N': it requires encryption that ``refuse`` mode does not offer."""
+        kinds = " or ".join(_NEGOTIATION_NAMES[c].removesuffix("Request") for c in sorted(self._negotiated))
+        self.close_reason = "tls_refused"
+        self._log_refused(
+            f"the client requires encryption ({kinds}) and tls.client_mode is refuse",
+            change='set tls.client_mode = "passthrough" (sessions are then relayed encrypted, not decoded), '
+            "or connect with sslmode=prefer or disable",
+        )
 
     def _cancel_orphaned_statement(self) -> None:
         """The client vanished while a statement ran: cancel it, as the client no longer can.
@@ -198,6 +217,10 @@ class ClientSession(asyncio.Protocol):
                 packet = bytes(buf[:length])
                 del buf[:length]
                 self._observe_startup(packet)
+                if code in self._negotiated:
+                    self._repeated_negotiation(code)
+                    return
+                self._negotiated.add(code)
                 assert self.client is not None
                 self.client.write(b"N")
                 self._observe(b"N", False)
@@ -212,6 +235,121 @@ class ClientSession(asyncio.Protocol):
                 return
             self._connect()
             return
+
+    def _repeated_negotiation(self, code: int) -> None:
+        """A second SSLRequest (or GSSENCRequest) on one connection: PostgreSQL's answer, then close.
+
+        PostgreSQL negotiates each kind of encryption once per connection;
+        a repeated request is not a request code it knows any more, so it is
+        judged as a protocol version and refused (``ProcessStartupPacket``).
+        Answering forever would let one socket spin the loop at 100 % CPU.
+        """
+        name = _NEGOTIATION_NAMES[code]
+        self._log_refused(
+            f"a second {name} on one connection (PostgreSQL negotiates encryption once per connection)",
+            change="fix the client: send one SSLRequest and at most one GSSENCRequest, then the StartupMessage",
+        )
+        self._reply_and_close(
+            error_response(
+                "FATAL",
+                "0A000",
+                f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}: "
+                f"{name} was already answered on this connection",
+            ),
+            "repeated_negotiation",
+        )
+
+    def _reply_and_close(self, reply: bytes, reason: str) -> None:
+        """Send the client one message of the proxy's own (an ErrorResponse), then close it."""
+        if self.client is not None and not self.client.is_closing():
+            self.client.write(reply)
+            self.bytes_from_server += len(reply)
+            self._observe(reply, False)
+        self._close_client(reason)
+
+    def _startup_timed_out(self) -> None:
+        """``proxy.startup_timeout`` elapsed before the session became ready: close it, blaming the right side.
+
+        A silent or slow client gets PostgreSQL's own style of error
+        (57014 ``canceling authentication due to timeout``) where the protocol
+        allows one; an upstream that accepted the connection but does not
+        answer gets ``upstream.unresponsive`` and the client FATAL 08006
+        naming it. Sessions the tracker can no longer follow (encrypted,
+        decoder failure) are not judged.
+        """
+        self._startup_timer = None
+        timeout = self.config.startup_timeout
+        if self.state is State.CONNECTING:
+            if self._connect_task is not None:
+                self._connect_task.cancel()
+            self._upstream_unreachable(f"not connected within proxy.startup_timeout ({timeout:g}s)")
+            return
+        if self.state not in (State.STARTUP, State.RELAY):
+            return
+        tracker = self.tracker
+        wait = tracker.startup_wait() if tracker is not None and self.decoding else None
+        if self.state is State.STARTUP:
+            client_owes = True
+            awaiting = "the startup packet"
+            at_boundary = True
+        elif wait is None:
+            return  # ready, or no longer decodable: nothing to judge
+        else:
+            client_owes = wait.owed_by is Side.CLIENT
+            awaiting = wait.awaiting
+            at_boundary = wait.at_boundary
+        self.server.counters["startup_timeouts"] += 1
+        if client_owes:
+            self.sink.log(
+                "warning",
+                "session.timed_out",
+                session=self.session_id,
+                reason="startup_timeout",
+                waiting_for="client",
+                awaiting=awaiting,
+                timeout_s=timeout,
+                **{"client.address": self.peer[0] if self.peer else None},
+            )
+            reply = error_response(
+                "FATAL",
+                "57014",
+                "canceling authentication due to timeout",
+                f"pgproxy did not receive {awaiting} within proxy.startup_timeout ({timeout:g}s)",
+            )
+            close_reason = "startup_timeout"
+        else:
+            target = f"{self.config.upstream_host}:{self.config.upstream_port}"
+            self.server.counters["upstream_failures"] += 1
+            self.sink.log(
+                "error",
+                "upstream.unresponsive",
+                session=self.session_id,
+                upstream=target,
+                awaiting=awaiting,
+                timeout_s=timeout,
+                **{"client.address": self.peer[0] if self.peer else None},
+            )
+            reply = error_response(
+                "FATAL",
+                "08006",
+                f"pgproxy: the upstream server {target} accepted the connection but did not answer "
+                f"{awaiting} within {timeout:g}s",
+            )
+            close_reason = "upstream_unresponsive"
+        if at_boundary:
+            self._reply_and_close(reply, close_reason)
+        else:
+            self._close_client(close_reason)
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.abort()
+
+    def _startup_settled(self) -> None:
+        """Stop the start-up clock once the session is ready (or can no longer be judged)."""
+        timer = self._startup_timer
+        tracker = self.tracker
+        if timer is not None and (not self.decoding or tracker is None or tracker.startup_wait() is None):
+            timer.cancel()
+            self._startup_timer = None
 
     def _observe_startup(self, packet: bytes) -> None:
         self.bytes_from_client += len(packet)
@@ -277,8 +415,9 @@ class ClientSession(asyncio.Protocol):
             self._observe(reply, False)
         self._close_client("upstream_unreachable")
 
-    def _log_refused(self, why: str) -> None:
-        self.sink.log("warning", "session.refused", session=self.session_id, reason=why)
+    def _log_refused(self, why: str, change: str | None = None) -> None:
+        fields = {"change": change} if change else {}
+        self.sink.log("warning", "session.refused", session=self.session_id, reason=why, **fields)
 
     def _close_client(self, reason: str) -> None:
         self.close_reason = self.close_reason or reason
@@ -296,6 +435,8 @@ class ClientSession(asyncio.Protocol):
         self.bytes_from_server += len(data)
         if self.decoding:
             self._observe(data, False)
+        if self._startup_timer is not None:
+            self._startup_settled()
 
     def upstream_lost(self, exc: Exception | None) -> None:
         if self.close_reason is None:
@@ -330,6 +471,9 @@ class ClientSession(asyncio.Protocol):
         if self.state is State.CLOSED:
             return
         self.state = State.CLOSED
+        if self._startup_timer is not None:
+            self._startup_timer.cancel()
+            self._startup_timer = None
         self.server.session_closed(self)
         if self._cancel_connection:
             return

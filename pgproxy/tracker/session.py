@@ -14,6 +14,7 @@ can assert exact durations.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import time
 from collections.abc import Callable
 from typing import Any, Final
@@ -25,7 +26,7 @@ from pgproxy.protocol.framing import FRAMING_ERROR, TLS_RECORD, UNTAGGED, Frame
 from pgproxy.protocol.hexdump import hexdump, mask
 from pgproxy.protocol.oids import type_name
 from pgproxy.protocol.values import ValueContext
-from pgproxy.protocol.wire import Conversation
+from pgproxy.protocol.wire import Conversation, Phase
 from pgproxy.tracker.options import TrackerOptions
 from pgproxy.tracker.records import (
     MESSAGE,
@@ -91,6 +92,37 @@ _BACKEND_NOTABLE_WHEN_READY: Final = _BACKEND_NOTABLE - _STARTUP_ONLY
 _PROMOTED_STARTUP: Final = ("user", "database", "application_name")
 
 
+class Side(enum.Enum):
+    """One end of the conversation."""
+
+    CLIENT = "client"
+    SERVER = "server"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StartupWait:
+    """Who owes the next step of an unfinished start-up, and what (see :meth:`SessionTracker.startup_wait`).
+
+    Attributes:
+        owed_by: the side the conversation waits for.
+        awaiting: what it has not sent yet, in words (``the startup packet``...).
+        at_boundary: the server's stream ends on a message boundary, so the
+            proxy may append an ErrorResponse of its own without corrupting it.
+    """
+
+    owed_by: Side
+    awaiting: str
+    at_boundary: bool
+
+
+_AUTH_REPLY: Final = {
+    "password": "the password",
+    "sasl_initial": "the SASL initial response",
+    "sasl_continue": "the SASL response",
+    "gss": "the GSSAPI response",
+}
+
+
 def _cap(value: Any, limit: int) -> Any:
     if isinstance(value, str) and len(value) > limit:
         return f"{value[:limit]}…[+{len(value) - limit} chars]"
@@ -154,6 +186,10 @@ class SessionTracker:
         self._status: str | None = None
         self.anomalies = 0
         self._ended = False
+        # Start-up only: which side sent last, and whether the server has
+        # answered the StartupMessage at all (for startup_wait()).
+        self._server_spoke_last = False
+        self._server_answered_startup = False
 
     # ------------------------------------------------------------------ feeding
 
@@ -161,6 +197,8 @@ class SessionTracker:
         """Account for bytes the client sent (already forwarded)."""
         self.bytes_from_client += len(data)
         conv = self.conv
+        if self.ready_at is None:
+            self._server_spoke_last = False
         if not conv.decoding:
             return []
         frames = conv.receive_frontend(data)
@@ -230,6 +268,9 @@ class SessionTracker:
         """Account for bytes the client received (from the server or the proxy)."""
         self.bytes_from_server += len(data)
         conv = self.conv
+        if self.ready_at is None:
+            self._server_spoke_last = True
+            self._server_answered_startup = self._server_answered_startup or conv.phase is Phase.AUTHENTICATING
         if not conv.decoding:
             return []
         frames = conv.receive_backend(data)
@@ -357,6 +398,40 @@ class SessionTracker:
         if self.ready_at is None or not self.conv.decoding:
             return True
         return self.request_outstanding or self.in_transaction
+
+    @property
+    def ready(self) -> bool:
+        """The first ReadyForQuery has been seen: start-up and authentication are complete."""
+        return self.ready_at is not None
+
+    def startup_wait(self) -> StartupWait | None:
+        """Who the unfinished start-up waits for, so a timeout can blame the right side.
+
+        Returns:
+            ``None`` once the session is ready, and whenever the tracker cannot
+            tell (encrypted, desynchronised, cancel connection, failed start-up).
+        """
+        conv = self.conv
+        phase = conv.phase
+        if self.ready_at is not None:
+            return None
+        at_boundary = conv.backend.buffered == 0
+        if phase is Phase.STARTUP:
+            return StartupWait(Side.CLIENT, "the startup packet", conv.frontend.buffered == 0 and at_boundary)
+        if phase is Phase.NEGOTIATING:
+            return StartupWait(Side.SERVER, "the encryption request (SSLRequest/GSSENCRequest)", False)
+        if phase is not Phase.AUTHENTICATING:
+            return None
+        auth = conv.auth_state
+        if self._server_spoke_last and auth is not None:
+            return StartupWait(Side.CLIENT, _AUTH_REPLY.get(auth, "the authentication response"), at_boundary)
+        if not self._server_answered_startup:
+            awaiting = "the startup packet"
+        elif auth is not None:
+            awaiting = "the authentication response"
+        else:
+            awaiting = "the end of start-up (ReadyForQuery)"
+        return StartupWait(Side.SERVER, awaiting, at_boundary)
 
     def anomaly(self, kind: str, reason: str, **fields: Any) -> Record:
         """A record for something that went wrong with decoding (not with the session)."""

@@ -1,0 +1,236 @@
+"""Start-up cannot be held open: the startup timeout, one negotiation per kind, refusals that say why.
+
+The timeout is set to a second in these tests; every test waits for the
+event that says what happened rather than for a fixed time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from pgproxy.demo.embedded import EmbeddedPostgres, free_port
+from pgproxy.protocol.build import startup_message, startup_packet
+from pgproxy.protocol.decoding import GSSENC_REQUEST_CODE, SSL_REQUEST_CODE
+from pgproxy.tracker.options import TrackerOptions
+from tests.harness import ProxyHarness
+
+TIMEOUT = 1.0
+
+
+def _read_to_eof(sock: socket.socket, limit: float = 20.0) -> bytes:
+    sock.settimeout(limit)
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _error_fields(data: bytes) -> dict[str, str]:
+    """Fields of the first ErrorResponse in ``data`` (code letter -> value)."""
+    at = data.index(b"E")
+    (length,) = struct.unpack_from("!I", data, at + 1)
+    body = data[at + 5 : at + 1 + length]
+    return {part[:1].decode(): part[1:].decode() for part in body.split(b"\0") if part}
+
+
+@pytest.fixture
+def proxy(pg: EmbeddedPostgres) -> Iterator[ProxyHarness]:
+    with ProxyHarness(("127.0.0.1", pg.port), TrackerOptions(), startup_timeout=TIMEOUT) as harness:
+        yield harness
+
+
+def test_silent_client_is_closed_with_a_server_style_error(proxy: ProxyHarness) -> None:
+    silent = socket.create_connection((proxy.host, proxy.port))
+    partial = socket.create_connection((proxy.host, proxy.port))
+    partial.sendall(startup_message({"user": "postgres"})[:8])  # 8 bytes of a startup packet, then nothing
+    for sock in (silent, partial):
+        fields = _error_fields(_read_to_eof(sock))
+        sock.close()
+        assert fields["S"] == "FATAL" and fields["C"] == "57014"
+        assert "the startup packet" in fields["D"] and "proxy.startup_timeout" in fields["D"]
+    proxy.wait_idle()
+    timed_out = proxy.events("session.timed_out")
+    assert len(timed_out) == 2
+    assert {t["reason"] for t in timed_out} == {"startup_timeout"}
+    assert {t["waiting_for"] for t in timed_out} == {"client"}
+    ended = proxy.events("session.ended")
+    assert {e["reason"] for e in ended} == {"startup_timeout"}
+
+
+def test_client_stalling_in_authentication_is_closed(proxy: ProxyHarness) -> None:
+    sock = socket.create_connection((proxy.host, proxy.port))
+    sock.sendall(startup_message({"user": "scram_user", "database": "postgres"}))
+    data = _read_to_eof(sock)  # AuthenticationSASL, then (never answered) our error
+    sock.close()
+    assert data.startswith(b"R")
+    fields = _error_fields(data)
+    assert fields["C"] == "57014" and "SASL initial response" in fields["D"]
+    proxy.wait_idle()
+    (event,) = proxy.events("session.timed_out")
+    assert event["awaiting"] == "the SASL initial response"
+    (ended,) = proxy.events("session.ended")
+    assert ended["reason"] == "startup_timeout"
+
+
+def test_ready_session_is_not_timed(proxy: ProxyHarness) -> None:
+    with psycopg.connect(proxy.dsn(sslmode="disable")) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+        (session,) = proxy.server.sessions
+        assert session._startup_timer is None  # cancelled when ReadyForQuery passed
+    proxy.wait_idle()
+    assert not proxy.events("session.timed_out")
+
+
+def test_unresponsive_upstream_is_named_to_the_client() -> None:
+    """An upstream that accepts TCP and never answers: FATAL 08006 naming it, upstream.unresponsive."""
+    mute = socket.socket()
+    mute.bind(("127.0.0.1", 0))
+    mute.listen(8)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        mute.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = mute.accept()
+            except TimeoutError:
+                continue
+            accepted.append(conn)  # read nothing, answer nothing
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    upstream = f"127.0.0.1:{mute.getsockname()[1]}"
+    try:
+        with ProxyHarness(mute.getsockname(), TrackerOptions(), startup_timeout=TIMEOUT) as proxy:
+            with pytest.raises(psycopg.OperationalError) as err:
+                psycopg.connect(proxy.dsn(sslmode="disable"), connect_timeout=20)
+            assert upstream in str(err.value) and "did not answer the startup packet" in str(err.value)
+            proxy.wait_idle()
+            (event,) = proxy.events("upstream.unresponsive")
+            assert event["upstream"] == upstream and event["awaiting"] == "the startup packet"
+            (failed,) = proxy.events("session.startup_failed")
+            assert failed["sqlstate"] == "08006"
+            (ended,) = proxy.events("session.ended")
+            assert ended["reason"] == "upstream_unresponsive"
+    finally:
+        stop.set()
+        thread.join(5)
+        mute.close()
+        for conn in accepted:
+            conn.close()
+
+
+def test_repeated_ssl_request_gets_the_server_error_and_is_closed(proxy: ProxyHarness) -> None:
+    sock = socket.create_connection((proxy.host, proxy.port))
+    sock.sendall(startup_packet(SSL_REQUEST_CODE))
+    assert sock.recv(1) == b"N"
+    sock.sendall(startup_packet(SSL_REQUEST_CODE) * 50)  # a stream of them, never read
+    data = _read_to_eof(sock)
+    sock.close()
+    fields = _error_fields(data)
+    assert fields["S"] == "FATAL" and fields["C"] == "0A000"
+    assert fields["M"].startswith("unsupported frontend protocol 1234.5679")
+    assert data.index(b"E") == 0  # no second 'N'
+    proxy.wait_idle()
+    (refused,) = proxy.events("session.refused")
+    assert "second SSLRequest" in refused["reason"]
+    (ended,) = proxy.events("session.ended")
+    assert ended["reason"] == "repeated_negotiation"
+
+
+def test_one_gssenc_and_one_ssl_negotiation_are_allowed(proxy: ProxyHarness) -> None:
+    """libpq's gssencmode=prefer + sslmode=prefer sends both, once each: the session proceeds."""
+    sock = socket.create_connection((proxy.host, proxy.port))
+    sock.sendall(startup_packet(GSSENC_REQUEST_CODE))
+    assert sock.recv(1) == b"N"
+    sock.sendall(startup_packet(SSL_REQUEST_CODE))
+    assert sock.recv(1) == b"N"
+    sock.sendall(startup_message({"user": "postgres", "database": "postgres"}))
+    data = b""
+    sock.settimeout(10)
+    while b"Z\x00\x00\x00\x05" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    sock.close()
+    proxy.wait_idle()
+    assert proxy.events("session.ready")
+    assert not proxy.events("session.refused")
+
+
+def test_client_requiring_tls_is_told_what_to_change(proxy: ProxyHarness) -> None:
+    with pytest.raises(psycopg.OperationalError, match="does not support SSL"):
+        psycopg.connect(proxy.dsn(sslmode="require", gssencmode="disable"), connect_timeout=10)
+    proxy.wait_idle()
+    (refused,) = proxy.events("session.refused")
+    assert "requires encryption (SSL)" in refused["reason"] and "tls.client_mode is refuse" in refused["reason"]
+    assert "passthrough" in refused["change"] and "sslmode=prefer" in refused["change"]
+    (ended,) = proxy.events("session.ended")
+    assert ended["reason"] == "tls_refused"
+
+
+def test_descriptor_limit_refuses_clearly_and_logs_once(pg: EmbeddedPostgres) -> None:
+    """Near the fd limit pgproxy refuses with FATAL 53300 (not a reset), logs it once, and raised its soft limit."""
+    port = free_port()
+
+    # Soft 100, hard 120 (set before pgproxy starts, in its own process).
+    launcher = (
+        "import resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (100, 120)); "
+        "from pgproxy.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", launcher, "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{pg.port}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    held: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                held.append(socket.create_connection(("127.0.0.1", port), timeout=1))
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.05)
+        refusals = []
+        for _ in range(80):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            held.append(sock)
+            sock.settimeout(0.2)
+            with contextlib.suppress(TimeoutError):
+                data = sock.recv(4096)
+                if data:
+                    refusals.append(_error_fields(data))
+        assert refusals, "no client was refused"
+        assert all(r["C"] == "53300" and "file descriptor limit (120)" in r["M"] for r in refusals)
+    finally:
+        for sock in held:
+            sock.close()
+        proc.send_signal(signal.SIGTERM)
+        stdout, _ = proc.communicate(timeout=30)
+    events = [json.loads(line) for line in stdout.splitlines()]
+    limits = [e for e in events if e["event"] == "proxy.limit_reached"]
+    assert len(limits) == 1 and limits[0]["limit"] == "file_descriptors"
+    rejected = [e for e in events if e["event"] == "session.rejected"]
+    assert len(rejected) == len(refusals)
