@@ -1,0 +1,768 @@
+"""What a SQL text is, according to PostgreSQL's own parser: fingerprint, operation, targets.
+
+pgproxy sees every statement's text; PostgreSQL's grammar (libpg_query, through
+``pglast``) turns it into what a developer hunting slow queries groups by:
+
+- ``fingerprint``: libpg_query's fingerprint, which ignores literal values,
+  ``IN`` list lengths, whitespace and comments, and depends on no server
+  catalog, so the same query from any server version or sidecar aggregates;
+- ``db.operation.name`` and ``db.query.summary`` (OpenTelemetry's "Generating a
+  summary of the query": operations and their targets in text order, e.g.
+  ``INSERT shipping_details SELECT orders``, at most 255 characters);
+- ``db.collection.name`` when the statement touches exactly one table;
+- the normalised text (every literal replaced by ``$n``).
+
+Each distinct text is parsed once: results live in an LRU bounded by entries
+and bytes. Texts with inline literals (``pgbench -M simple``, ORMs that inline
+values) first go through a linear literal-stripping pass, so their ever-changing
+literals map to one cache entry; an entry is shared that way only when the
+parser replaced exactly the literals the stripping pass found (so no literal can
+change the analysis). Text the parser rejects (newer syntax, garbage), text
+too long to parse on the event loop, or a missing ``pglast`` fall back to the
+lexical scanner of :mod:`pgproxy.tracker.sql`; every fallback is counted.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import re
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Final
+
+from pgproxy.tracker import sql as lexical
+
+#: OpenTelemetry: "SHOULD truncate the summary to 255 characters".
+MAX_SUMMARY_CHARS: Final = 255
+#: Texts longer than this are not parsed (a multi-megabyte script would stall
+#: the event loop for milliseconds on every execution); the lexer describes them.
+DEFAULT_MAX_PARSE_CHARS: Final = 64 * 1024
+#: Texts longer than this are analysed but not cached (they would evict many small ones).
+DEFAULT_MAX_CACHED_CHARS: Final = 16 * 1024
+DEFAULT_CACHE_ENTRIES: Final = 10_000
+DEFAULT_CACHE_BYTES: Final = 32 * 1024 * 1024
+#: Rough fixed cost of one cache entry beyond its strings (dict slot, dataclass, fields mapping).
+_ENTRY_OVERHEAD: Final = 600
+
+
+class Source(enum.Enum):
+    """Who described the statement."""
+
+    PARSER = "parser"
+    """PostgreSQL's grammar (libpg_query)."""
+    LEXER = "lexer"
+    """The lexical fallback: the parser rejected the text, it was too long, or pglast is missing."""
+
+
+class FallbackReason(enum.Enum):
+    SYNTAX_ERROR = "syntax_error"
+    TOO_LONG = "too_long"
+    PARSER_UNAVAILABLE = "parser_unavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class Analysis:
+    """An immutable description of one statement text.
+
+    Attributes:
+        fingerprint: libpg_query's fingerprint (16 hex digits); for lexer
+            fallbacks ``lexical:`` and a hash of the text with literals masked.
+        operation: ``db.operation.name`` (``SELECT``, ``CREATE TABLE``...).
+        summary: ``db.query.summary``.
+        collection: ``db.collection.name`` when there is exactly one target.
+        procedure: ``db.stored_procedure.name`` of a ``CALL``.
+        normalized: the text with every literal replaced (``$n`` by the parser,
+            ``?`` by the lexer).
+        source: parser or lexer.
+        fallback: why the lexer was used, if it was.
+        fields: the ``query`` record fields this analysis adds (read-only).
+    """
+
+    fingerprint: str
+    operation: str | None
+    summary: str | None
+    collection: str | None
+    procedure: str | None
+    normalized: str
+    source: Source
+    fallback: FallbackReason | None = None
+    fields: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def build(
+        cls,
+        fingerprint: str,
+        operation: str | None,
+        summary: str | None,
+        collection: str | None,
+        procedure: str | None,
+        normalized: str,
+        source: Source,
+        fallback: FallbackReason | None = None,
+    ) -> Analysis:
+        fields: dict[str, Any] = {"fingerprint": fingerprint}
+        if summary:
+            fields["db.query.summary"] = summary
+        if collection:
+            fields["db.collection.name"] = collection
+        if procedure:
+            fields["db.stored_procedure.name"] = procedure
+        return cls(
+            fingerprint,
+            operation,
+            summary,
+            collection,
+            procedure,
+            normalized,
+            source,
+            fallback,
+            MappingProxyType(fields),
+        )
+
+    @property
+    def weight(self) -> int:
+        """Approximate bytes this analysis holds (for the cache's byte bound)."""
+        return _ENTRY_OVERHEAD + len(self.normalized) + len(self.summary or "")
+
+
+# --------------------------------------------------------------------------- literal stripping
+
+_INTERESTING = re.compile(r"['\"$]|--|/\*|(?<![\w$])(?:\d|\.\d)")
+_NUMBER = re.compile(
+    r"0[xX][0-9a-fA-F_]+|0[oO][0-7_]+|0[bB][01_]+|(?:\d[\d_]*(?:\.[\d_]*)?|\.\d[\d_]*)(?:[eE][-+]?\d+)?"
+)
+_COMMENT_EDGE = re.compile(r"/\*|\*/")
+_DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_\x80-\uffff][A-Za-z0-9_\x80-\uffff]*)?\$")
+_IDENT_CHAR = re.compile(r"[\w$]")
+_STRING_MARK: Final = "\x00s"  # NUL never occurs in a protocol string, so keys cannot collide with real text
+_NUMBER_MARK: Final = "\x00n"
+
+
+def literal_key(sql: str) -> tuple[str, int] | None:
+    """The text with string and numeric literals replaced by markers, and how many.
+
+    Linear in the text: every step moves forward with ``str.find`` or an
+    anchored regex, and nested comments are walked edge by edge. Quoted
+    identifiers, dollar-quoted bodies and comments are kept verbatim (they
+    are not literals the parser normalises). None when a quote or comment is
+    left open (the text is then used as is).
+    """
+    out: list[str] = []
+    n = len(sql)
+    pos = 0  # copied up to here
+    i = 0
+    count = 0
+    search = _INTERESTING.search
+    while True:
+        m = search(sql, i)
+        if m is None:
+            break
+        j = m.start()
+        ch = sql[j]
+        if ch == "'":
+            start = j
+            escape = j > 0 and sql[j - 1] in "eE" and (j < 2 or not _IDENT_CHAR.match(sql[j - 2]))
+            if j > 0 and sql[j - 1] in "eEbBxXnN" and (j < 2 or not _IDENT_CHAR.match(sql[j - 2])):
+                start = j - 1  # the prefix belongs to the literal
+            end = _after_quote(sql, j + 1, "'", escape)
+            if end is None:
+                return None
+            out.append(sql[pos:start])
+            out.append(_STRING_MARK)
+            count += 1
+            pos = i = end
+        elif ch == '"':
+            end = _after_quote(sql, j + 1, '"', False)
+            if end is None:
+                return None
+            i = end
+        elif ch == "-":
+            end = sql.find("\n", j)
+            i = n if end < 0 else end + 1
+        elif ch == "/":
+            end = _after_comment(sql, j)
+            if end is None:
+                return None
+            i = end
+        elif ch == "$":
+            if j > 0 and _IDENT_CHAR.match(sql[j - 1]):
+                i = j + 1
+                continue
+            tag = _DOLLAR_TAG.match(sql, j)
+            if tag is None:
+                i = j + 1  # $1, a parameter
+                continue
+            close = sql.find(tag.group(0), tag.end())
+            if close < 0:
+                return None
+            i = close + len(tag.group(0))
+        else:
+            num = _NUMBER.match(sql, j)
+            if num is None:  # pragma: no cover - _INTERESTING guarantees a digit
+                i = j + 1
+                continue
+            out.append(sql[pos:j])
+            out.append(_NUMBER_MARK)
+            count += 1
+            pos = i = num.end()
+    if not count:
+        return sql, 0
+    out.append(sql[pos:])
+    return "".join(out), count
+
+
+def _after_quote(sql: str, pos: int, quote: str, backslash_escapes: bool) -> int | None:
+    """Index past the quote closing a literal whose body starts at ``pos`` (doubled quotes stand for one)."""
+    n = len(sql)
+    while True:
+        j = sql.find(quote, pos)
+        if j < 0:
+            return None
+        if backslash_escapes:
+            k = j - 1
+            while k >= pos and sql[k] == "\\":
+                k -= 1
+            if (j - 1 - k) % 2:
+                pos = j + 1
+                continue
+        if j + 1 < n and sql[j + 1] == quote:
+            pos = j + 2
+            continue
+        return j + 1
+
+
+def _after_comment(sql: str, start: int) -> int | None:
+    """Index past the (possibly nested) block comment opening at ``start``."""
+    depth = 0
+    i = start
+    search = _COMMENT_EDGE.search
+    while True:
+        m = search(sql, i)
+        if m is None:
+            return None
+        depth += 1 if m.group(0) == "/*" else -1
+        i = m.end()
+        if depth == 0:
+            return i
+
+
+_PARAM_REF = re.compile(r"\$\d+")
+
+
+# --------------------------------------------------------------------------- operations and targets
+
+_TRANSACTION_KINDS: Final = {
+    "TRANS_STMT_BEGIN": "BEGIN",
+    "TRANS_STMT_START": "START TRANSACTION",
+    "TRANS_STMT_COMMIT": "COMMIT",
+    "TRANS_STMT_ROLLBACK": "ROLLBACK",
+    "TRANS_STMT_SAVEPOINT": "SAVEPOINT",
+    "TRANS_STMT_RELEASE": "RELEASE",
+    "TRANS_STMT_ROLLBACK_TO": "ROLLBACK",
+    "TRANS_STMT_PREPARE": "PREPARE TRANSACTION",
+    "TRANS_STMT_COMMIT_PREPARED": "COMMIT PREPARED",
+    "TRANS_STMT_ROLLBACK_PREPARED": "ROLLBACK PREPARED",
+}
+#: Statement nodes whose name does not spell their command.
+_FIXED_OPERATIONS: Final = {
+    "CreateStmt": "CREATE TABLE",
+    "IndexStmt": "CREATE INDEX",
+    "ViewStmt": "CREATE VIEW",
+    "VariableSetStmt": "SET",
+    "VariableShowStmt": "SHOW",
+    "TruncateStmt": "TRUNCATE TABLE",
+    "LockStmt": "LOCK TABLE",
+    "DeclareCursorStmt": "DECLARE CURSOR",
+    "ClosePortalStmt": "CLOSE",
+    "DeallocateStmt": "DEALLOCATE",
+    "CreatedbStmt": "CREATE DATABASE",
+    "DropdbStmt": "DROP DATABASE",
+    "CreateSeqStmt": "CREATE SEQUENCE",
+    "AlterSeqStmt": "ALTER SEQUENCE",
+    "CreateTrigStmt": "CREATE TRIGGER",
+    "CreateEnumStmt": "CREATE TYPE",
+    "CompositeTypeStmt": "CREATE TYPE",
+    "CreateRangeStmt": "CREATE TYPE",
+    "RuleStmt": "CREATE RULE",
+    "CommentStmt": "COMMENT",
+    "ConstraintsSetStmt": "SET CONSTRAINTS",
+    "CheckPointStmt": "CHECKPOINT",
+    "DiscardStmt": "DISCARD",
+    "SecLabelStmt": "SECURITY LABEL",
+    "CreatePLangStmt": "CREATE LANGUAGE",
+    "CreateFdwStmt": "CREATE FOREIGN DATA WRAPPER",
+    "CreateForeignTableStmt": "CREATE FOREIGN TABLE",
+    "CreateUserMappingStmt": "CREATE USER MAPPING",
+    "CreateAmStmt": "CREATE ACCESS METHOD",
+    "CreateCastStmt": "CREATE CAST",
+    "CreateOpClassStmt": "CREATE OPERATOR CLASS",
+    "CreateOpFamilyStmt": "CREATE OPERATOR FAMILY",
+    "CreateConversionStmt": "CREATE CONVERSION",
+    "CreateTransformStmt": "CREATE TRANSFORM",
+    "CreateEventTrigStmt": "CREATE EVENT TRIGGER",
+    "CreateStatsStmt": "CREATE STATISTICS",
+    "CreateTableSpaceStmt": "CREATE TABLESPACE",
+    "DropTableSpaceStmt": "DROP TABLESPACE",
+    "AlterTableSpaceOptionsStmt": "ALTER TABLESPACE",
+    "AlterDatabaseSetStmt": "ALTER DATABASE",
+    "AlterRoleSetStmt": "ALTER ROLE",
+    "AlterFunctionStmt": "ALTER FUNCTION",
+    "AlterDefaultPrivilegesStmt": "ALTER DEFAULT PRIVILEGES",
+    "AlterTSConfigurationStmt": "ALTER TEXT SEARCH CONFIGURATION",
+    "AlterTSDictionaryStmt": "ALTER TEXT SEARCH DICTIONARY",
+    "ReassignOwnedStmt": "REASSIGN OWNED",
+    "DropOwnedStmt": "DROP OWNED",
+    "ReturnStmt": "RETURN",
+    "PLAssignStmt": "SELECT",
+}
+_OBJECT_TYPES: Final = {
+    "OBJECT_MATVIEW": "MATERIALIZED VIEW",
+    "OBJECT_FOREIGN_TABLE": "FOREIGN TABLE",
+    "OBJECT_TSCONFIGURATION": "TEXT SEARCH CONFIGURATION",
+    "OBJECT_TSDICTIONARY": "TEXT SEARCH DICTIONARY",
+    "OBJECT_TSPARSER": "TEXT SEARCH PARSER",
+    "OBJECT_TSTEMPLATE": "TEXT SEARCH TEMPLATE",
+    "OBJECT_FDW": "FOREIGN DATA WRAPPER",
+    "OBJECT_FOREIGN_SERVER": "SERVER",
+    "OBJECT_EVENT_TRIGGER": "EVENT TRIGGER",
+    "OBJECT_ACCESS_METHOD": "ACCESS METHOD",
+    "OBJECT_USER_MAPPING": "USER MAPPING",
+    "OBJECT_OPCLASS": "OPERATOR CLASS",
+    "OBJECT_OPFAMILY": "OPERATOR FAMILY",
+    "OBJECT_TABCONSTRAINT": "CONSTRAINT",
+    "OBJECT_DEFAULT": "DEFAULT",
+    "OBJECT_LARGEOBJECT": "LARGE OBJECT",
+    "OBJECT_STATISTIC_EXT": "STATISTICS",
+}
+_CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
+
+
+def _object_type(value: Any) -> str:
+    text = str(value or "")
+    return _OBJECT_TYPES.get(text) or text.removeprefix("OBJECT_").replace("_", " ")
+
+
+def operation_of(node: str, body: Mapping[str, Any]) -> str | None:
+    """The command a statement node performs, spelled as PostgreSQL's command tags do.
+
+    Returns None for nodes that are not statements. A ``SELECT`` that only
+    carries ``VALUES`` lists or a set operation (``UNION``) is not an operation
+    of its own (its branches are).
+    """
+    if not node.endswith("Stmt"):
+        return None
+    if node == "SelectStmt":
+        if body.get("op", "SETOP_NONE") != "SETOP_NONE" or ("valuesLists" in body and "targetList" not in body):
+            return None
+        return "SELECT"
+    if node == "TransactionStmt":
+        return _TRANSACTION_KINDS.get(body.get("kind", ""), "BEGIN")
+    if node == "DropStmt":
+        return f"DROP {_object_type(body.get('removeType'))}"
+    if node in ("AlterTableStmt", "RenameStmt", "AlterObjectSchemaStmt", "AlterOwnerStmt"):
+        key = {"AlterTableStmt": "objtype", "RenameStmt": "renameType"}.get(node, "objectType")
+        return f"ALTER {_object_type(body.get(key, 'OBJECT_TABLE'))}"
+    if node == "CreateTableAsStmt":
+        if body.get("is_select_into"):
+            return "SELECT"
+        return "CREATE MATERIALIZED VIEW" if body.get("objtype") == "OBJECT_MATVIEW" else "CREATE TABLE AS"
+    if node == "CreateFunctionStmt":
+        return "CREATE PROCEDURE" if body.get("is_procedure") else "CREATE FUNCTION"
+    if node == "DefineStmt":
+        return f"CREATE {_object_type(body.get('kind'))}"
+    if node == "GrantStmt":
+        return "GRANT" if body.get("is_grant") else "REVOKE"
+    if node == "GrantRoleStmt":
+        return "GRANT" if body.get("is_grant") else "REVOKE"
+    if node == "VacuumStmt":
+        return "VACUUM" if body.get("is_vacuumcmd") else "ANALYZE"
+    if node == "FetchStmt":
+        return "MOVE" if body.get("ismove") else "FETCH"
+    if node == "VariableSetStmt" and str(body.get("kind", "")).startswith("VAR_RESET"):
+        return "RESET"
+    if node == "RefreshMatViewStmt":
+        return "REFRESH MATERIALIZED VIEW"
+    fixed = _FIXED_OPERATIONS.get(node)
+    if fixed is not None:
+        return fixed
+    # CreateSchemaStmt -> CREATE SCHEMA, AlterSystemStmt -> ALTER SYSTEM, CopyStmt -> COPY ...
+    return _CAMEL.sub(" ", node.removesuffix("Stmt")).upper()
+
+
+#: Fields visited in text order where the parser's struct order differs.
+_FIELD_ORDER: Final = {
+    "UpdateStmt": ("relation", "targetList", "fromClause", "whereClause", "returningList"),
+    "SelectStmt": ("distinctClause", "targetList", "intoClause", "fromClause", "whereClause"),
+    "CreateTableAsStmt": ("into", "query"),
+}
+_QUALIFIED_NAME = re.compile(
+    rb'(?:"(?:[^"]|"")*"|[A-Za-z_\x80-\xff][A-Za-z0-9_$\x80-\xff]*)'
+    rb'(?:\s*\.\s*(?:"(?:[^"]|"")*"|[A-Za-z_\x80-\xff][A-Za-z0-9_$\x80-\xff]*)){0,2}'
+)
+_SPACE_AROUND_DOT = re.compile(rb"\s*\.\s*")
+
+
+@dataclass(slots=True)
+class _Emit:
+    """A deferred summary part: the operation keyword, emitted after a WITH clause's parts."""
+
+    text: str
+
+
+@dataclass(slots=True)
+class _Target:
+    """A deferred summary part: a target that is not a RangeVar (dropped object, called procedure)."""
+
+    name: str | None
+
+
+def _names(items: Any) -> str | None:
+    """``[{"String": {"sval": "s"}}, {"String": {"sval": "t"}}]`` -> ``s.t``."""
+    if not isinstance(items, list):
+        return None
+    parts = [i["String"].get("sval", "") for i in items if isinstance(i, dict) and "String" in i]
+    return ".".join(parts) if parts else None
+
+
+def _relation_text(rangevar: Mapping[str, Any], raw: bytes) -> str:
+    """The table name as the application wrote it (case and quotes kept), else as parsed."""
+    location = rangevar.get("location", -1)
+    if isinstance(location, int) and 0 <= location < len(raw):
+        m = _QUALIFIED_NAME.match(raw, location)
+        if m is not None:
+            return _SPACE_AROUND_DOT.sub(b".", m.group(0)).decode("utf-8", "replace")
+    parts = [rangevar.get(k) for k in ("catalogname", "schemaname", "relname")]
+    return ".".join(p for p in parts if p)
+
+
+_CONTAINERS: Final = (dict, list)
+#: Nodes that never contain a table reference or a statement: not walked into.
+_LEAVES: Final = frozenset(
+    (
+        "ColumnRef",
+        "A_Const",
+        "ParamRef",
+        "TypeName",
+        "String",
+        "Integer",
+        "Float",
+        "Boolean",
+        "BitString",
+        "A_Star",
+        "RoleSpec",
+        "DefElem",
+        "ColumnDef",
+        "SortBy",
+        "IndexElem",
+        "AccessPriv",
+    )
+)
+
+
+def _push(stack: list[Any], children: list[Any]) -> None:
+    """Push children so that the first is visited first (skipping scalars)."""
+    stack.extend([c for c in reversed(children) if type(c) in (dict, list, _Emit, _Target)])
+
+
+def _statement_children(node: str, body: Mapping[str, Any], op: str) -> list[Any]:
+    """A statement's parts in text order: WITH clause, the operation, its own targets, the rest."""
+    children: list[Any] = []
+    if "withClause" in body:
+        children.append(body["withClause"])
+    children.append(_Emit(op))
+    if node == "CallStmt":
+        funccall = body.get("funccall") or {}
+        children.append(_Target(_names(funccall.get("funcname"))))
+    elif node == "DropStmt":
+        for obj in body.get("objects") or ():
+            if isinstance(obj, dict) and "List" in obj:
+                children.append(_Target(_names(obj["List"].get("items"))))
+    elif node == "CreateFunctionStmt":
+        children.append(_Target(_names(body.get("funcname"))))
+    order = _FIELD_ORDER.get(node, ())
+    children.extend(body[key] for key in order if key in body)
+    children.extend(v for k, v in body.items() if k != "withClause" and k not in order)
+    return children
+
+
+def describe_tree(statements: list[Any], raw: bytes) -> tuple[str | None, list[str], list[str], str | None]:
+    """Operations and targets of parsed statements, in text order.
+
+    Args:
+        statements: the ``stmts`` list of libpg_query's JSON parse tree.
+        raw: the statement text as UTF-8 (the tree's locations are byte offsets).
+
+    Returns:
+        (first operation, summary parts, distinct targets, CALLed procedure).
+        Walks with an explicit stack: a deep expression cannot exhaust
+        Python's recursion limit.
+    """
+    parts: list[str] = []
+    targets: list[str] = []
+    ctes: set[str] = set()
+    first_op: str | None = None
+    procedure: str | None = None
+    last_op_index = -1
+    stack: list[Any] = [s.get("stmt") for s in reversed(statements) if isinstance(s, dict)]
+
+    def add_target(name: str | None) -> None:
+        if not name:
+            return
+        if name not in parts[last_op_index + 1 :]:
+            parts.append(name)
+        if name not in targets:
+            targets.append(name)
+
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is list:
+            stack.extend([v for v in reversed(item) if type(v) in _CONTAINERS])
+            continue
+        if kind is _Emit:
+            parts.append(item.text)
+            last_op_index = len(parts) - 1
+            continue
+        if kind is _Target:
+            add_target(item.name)
+            continue
+        if kind is not dict:
+            continue
+        if "relname" in item:  # a RangeVar, wrapped or embedded
+            if item.get("schemaname") or item["relname"] not in ctes:
+                add_target(_relation_text(item, raw))
+            continue
+        if len(item) == 1:
+            ((node, body),) = item.items()
+            if type(body) is dict and node[:1].isupper():
+                if node.endswith("Stmt"):
+                    op = operation_of(node, body)
+                    if op is None:
+                        if node == "SelectStmt" and "larg" in body:
+                            # A set operation: its branches are embedded SelectStmt bodies.
+                            first_op = first_op or "SELECT"
+                            branches = [{"SelectStmt": body[k]} for k in ("larg", "rarg") if k in body]
+                            rest = [v for k, v in body.items() if k not in ("larg", "rarg", "withClause")]
+                            _push(stack, [body.get("withClause"), *branches, *rest])
+                        else:
+                            stack.append(body)
+                        continue
+                    if first_op is None:
+                        first_op = op
+                    if node == "CallStmt" and procedure is None:
+                        procedure = _names((body.get("funccall") or {}).get("funcname"))
+                    _push(stack, _statement_children(node, body, op))
+                    continue
+                if node in _LEAVES:
+                    continue
+                if node == "CommonTableExpr" and body.get("ctename"):
+                    ctes.add(body["ctename"])
+                stack.append(body)
+                continue
+        stack.extend([v for v in reversed(item.values()) if type(v) in _CONTAINERS])
+    return first_op, [p for p in parts if p], targets, procedure
+
+
+def _summary(parts: list[str]) -> str | None:
+    """Join summary parts, cut at a part boundary to 255 characters."""
+    out: list[str] = []
+    length = 0
+    for part in parts:
+        extra = len(part) + (1 if out else 0)
+        if length + extra > MAX_SUMMARY_CHARS:
+            break
+        out.append(part)
+        length += extra
+    return " ".join(out) or None
+
+
+# --------------------------------------------------------------------------- the analyzer
+
+
+class _Parser:
+    """The few libpg_query entry points used, imported on first use (pglast takes ~60 ms to import)."""
+
+    def __init__(self) -> None:
+        self.loaded = False
+        self.available = False
+        self.error: type[Exception] = Exception
+        self.fingerprint: Callable[[str], str] = str
+        self.normalize: Callable[[str], str] = str
+        self.parse_json: Callable[[str], str] = str
+        self.split: Callable[[str], tuple[str, ...]] = tuple
+        self.loads: Callable[[str], Any] = str
+
+    def load(self) -> bool:
+        if not self.loaded:
+            self.loaded = True
+            try:
+                import orjson
+                from pglast import parser
+            except ImportError:
+                return False
+            self.error = parser.ParseError
+            self.fingerprint = parser.fingerprint
+            self.normalize = parser.normalize
+            self.parse_json = parser.parse_sql_json
+            self.split = parser.split
+            self.loads = orjson.loads
+            self.available = True
+        return self.available
+
+
+@dataclass
+class StatementAnalyzer:
+    """Describes SQL texts, each distinct one parsed once (process-wide, shared by sessions).
+
+    Args:
+        max_entries: cached analyses at most (least recently used evicted).
+        max_bytes: approximate bytes the cache may hold.
+        max_cached_chars: longer texts are analysed every time, never cached.
+        max_parse_chars: longer texts are described by the lexer, not parsed.
+        use_parser: False forces the lexical fallback (for tests and comparisons).
+
+    Attributes:
+        counters: ``parsed``, ``fallback.<reason>``, ``cache_hits``,
+            ``cache_misses``, ``cache_evictions``, ``literal_key_hits``.
+    """
+
+    max_entries: int = DEFAULT_CACHE_ENTRIES
+    max_bytes: int = DEFAULT_CACHE_BYTES
+    max_cached_chars: int = DEFAULT_MAX_CACHED_CHARS
+    max_parse_chars: int = DEFAULT_MAX_PARSE_CHARS
+    use_parser: bool = True
+    counters: Counter[str] = field(default_factory=Counter)
+    _cache: OrderedDict[str, Analysis] = field(default_factory=OrderedDict, repr=False)
+    _bytes: int = 0
+    _parser: _Parser = field(default_factory=_Parser, repr=False)
+
+    # ------------------------------------------------------------------ public
+
+    def analyze(self, sql: str) -> Analysis:
+        """Describe one statement's text (cached)."""
+        cache = self._cache
+        hit = cache.get(sql)
+        if hit is not None:
+            cache.move_to_end(sql)
+            self.counters["cache_hits"] += 1
+            return hit
+        keyed = literal_key(sql) if len(sql) <= self.max_cached_chars else None
+        if keyed is not None and keyed[1]:
+            key = keyed[0]
+            hit = cache.get(key)
+            if hit is not None:
+                cache.move_to_end(key)
+                self.counters["cache_hits"] += 1
+                self.counters["literal_key_hits"] += 1
+                return hit
+        self.counters["cache_misses"] += 1
+        analysis = self._analyze(sql)
+        if len(sql) <= self.max_cached_chars:
+            shareable = (
+                keyed is not None
+                and keyed[1]
+                and analysis.source is Source.PARSER
+                and _new_placeholders(sql, analysis.normalized) == keyed[1]
+            )
+            self._store(keyed[0] if shareable and keyed is not None else sql, analysis)
+        return analysis
+
+    def split(self, sql: str) -> list[str] | None:
+        """Split a simple-protocol Query into its statements, as the server's parser does.
+
+        Texts without a semicolon are one statement and keep the lexical
+        splitter's answer; the parser splits the others (dollar quotes, nested
+        comments, function bodies and all). Falls back to the lexer (counted)
+        when the text does not parse; None when neither can split it.
+        """
+        if ";" not in sql:
+            return lexical.split_statements(sql)
+        reason = self._parse_refusal(sql)
+        if reason is None:
+            try:
+                return [part.strip() for part in self._parser.split(sql)]
+            except self._parser.error:
+                reason = FallbackReason.SYNTAX_ERROR
+        self.counters[f"split_fallback.{reason.value}"] += 1
+        return lexical.split_statements(sql)
+
+    @property
+    def entries(self) -> int:
+        return len(self._cache)
+
+    @property
+    def cached_bytes(self) -> int:
+        return self._bytes
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counters and cache occupancy, for reports."""
+        return {**dict(self.counters), "cache_entries": len(self._cache), "cache_bytes": self._bytes}
+
+    # ------------------------------------------------------------------ internals
+
+    def _parse_refusal(self, sql: str) -> FallbackReason | None:
+        if not self.use_parser or not self._parser.load():
+            return FallbackReason.PARSER_UNAVAILABLE
+        if len(sql) > self.max_parse_chars:
+            return FallbackReason.TOO_LONG
+        return None
+
+    def _analyze(self, sql: str) -> Analysis:
+        reason = self._parse_refusal(sql)
+        if reason is None:
+            parser = self._parser
+            try:
+                fingerprint = parser.fingerprint(sql)
+                normalized = parser.normalize(sql)
+                tree = parser.parse_json(sql)
+            except parser.error:
+                reason = FallbackReason.SYNTAX_ERROR
+            else:
+                self.counters["parsed"] += 1
+                return self._from_tree(sql, fingerprint, normalized, tree)
+        self.counters[f"fallback.{reason.value}"] += 1
+        return _lexical_analysis(sql, reason)
+
+    def _from_tree(self, sql: str, fingerprint: str, normalized: str, tree: str) -> Analysis:
+        try:
+            statements = self._parser.loads(tree).get("stmts") or []
+        except ValueError:
+            # Nesting deeper than the JSON decoder allows: the fingerprint is
+            # still the parser's, the operation comes from the lexer.
+            statements = None
+        if statements is None:
+            operation = lexical.operation_name(sql)
+            return Analysis.build(fingerprint, operation, operation, None, None, normalized, Source.PARSER)
+        operation, parts, targets, procedure = describe_tree(statements, sql.encode("utf-8", "surrogatepass"))
+        collection = targets[0] if len(targets) == 1 else None
+        return Analysis.build(fingerprint, operation, _summary(parts), collection, procedure, normalized, Source.PARSER)
+
+    def _store(self, key: str, analysis: Analysis) -> None:
+        cache = self._cache
+        old = cache.pop(key, None)
+        if old is not None:
+            self._bytes -= old.weight + len(key)
+        cache[key] = analysis
+        self._bytes += analysis.weight + len(key)
+        while cache and (len(cache) > self.max_entries or self._bytes > self.max_bytes):
+            evicted_key, evicted = cache.popitem(last=False)
+            self._bytes -= evicted.weight + len(evicted_key)
+            self.counters["cache_evictions"] += 1
+
+
+def _new_placeholders(sql: str, normalized: str) -> int:
+    """How many ``$n`` the parser's normalisation added (literals it replaced)."""
+    return len(_PARAM_REF.findall(normalized)) - len(_PARAM_REF.findall(sql))
+
+
+def _lexical_analysis(sql: str, reason: FallbackReason) -> Analysis:
+    """What today's lexer can say about text the parser did not take."""
+    normalized = lexical.mask_sql(sql, None, True) if len(sql) <= DEFAULT_MAX_PARSE_CHARS * 4 else sql
+    digest = hashlib.blake2b(" ".join(normalized.split()).encode("utf-8", "surrogatepass"), digest_size=8)
+    operation = lexical.operation_name(sql)
+    return Analysis.build(
+        f"lexical:{digest.hexdigest()}", operation, operation, None, None, normalized, Source.LEXER, reason
+    )

@@ -1,0 +1,228 @@
+"""Statement analysis with PostgreSQL's parser: fingerprints, summaries, splitting, the cache."""
+
+from __future__ import annotations
+
+import re
+import resource
+
+import pytest
+
+from pgproxy.tracker import fingerprint as fp
+from pgproxy.tracker.fingerprint import (
+    MAX_SUMMARY_CHARS,
+    FallbackReason,
+    Source,
+    StatementAnalyzer,
+    literal_key,
+)
+
+
+@pytest.mark.parametrize(
+    ("sql", "operation", "summary", "collection"),
+    [
+        # OpenTelemetry's own examples ("Generating a summary of the query")
+        ("SELECT * FROM wuser_table WHERE username = 'jdoe'", "SELECT", "SELECT wuser_table", "wuser_table"),
+        (
+            "INSERT INTO shipping_details (order_id, address) SELECT order_id, address FROM orders WHERE order_id = 7",
+            "INSERT",
+            "INSERT shipping_details SELECT orders",
+            None,
+        ),
+        ("SELECT * FROM songs, artists WHERE songs.artist_id = artists.id", "SELECT", "SELECT songs artists", None),
+        (
+            "SELECT order_date FROM (SELECT * FROM orders o JOIN customers c ON o.customer_id = c.customer_id) x",
+            "SELECT",
+            "SELECT SELECT orders customers",
+            None,
+        ),
+        ('SELECT * FROM "song list", Public.Artists', "SELECT", 'SELECT "song list" Public.Artists', None),
+        # the shapes the issue names
+        (
+            "WITH recent AS (SELECT id FROM orders WHERE ts > now() - interval '1 day') "
+            "UPDATE accounts a SET total = a.total + 1 FROM recent r WHERE a.id = r.id",
+            "UPDATE",
+            "SELECT orders UPDATE accounts",
+            None,
+        ),
+        (
+            "INSERT INTO counters (k, v) VALUES ('a', 1) ON CONFLICT (k) DO UPDATE SET v = counters.v + excluded.v",
+            "INSERT",
+            "INSERT counters",
+            "counters",
+        ),
+        ("UPDATE t1 SET a = t2.a FROM t2 WHERE t1.id = t2.id", "UPDATE", "UPDATE t1 t2", None),
+        ("DELETE FROM s.t USING u WHERE t.a = u.a", "DELETE", "DELETE s.t u", None),
+        (
+            "CREATE FUNCTION add1(a int) RETURNS int LANGUAGE plpgsql AS $fn$ BEGIN RETURN a + 1; END $fn$",
+            "CREATE FUNCTION",
+            "CREATE FUNCTION add1",
+            "add1",
+        ),
+        ("CALL refresh_totals(3)", "CALL", "CALL refresh_totals", "refresh_totals"),
+        ("DROP TABLE IF EXISTS a, s.b", "DROP TABLE", "DROP TABLE a s.b", None),
+        ("CREATE INDEX ON users (email)", "CREATE INDEX", "CREATE INDEX users", "users"),
+        ("SELECT 1 UNION ALL SELECT 2 FROM t", "SELECT", "SELECT SELECT t", "t"),
+        ("begin", "BEGIN", "BEGIN", None),
+        ("SET search_path = app, public", "SET", "SET", None),
+        ("EXPLAIN ANALYZE SELECT * FROM t", "EXPLAIN", "EXPLAIN SELECT t", "t"),
+        ("COPY t (a, b) FROM STDIN", "COPY", "COPY t", "t"),
+        ("TRUNCATE pgbench_history", "TRUNCATE TABLE", "TRUNCATE TABLE pgbench_history", "pgbench_history"),
+        ("SELECT 1", "SELECT", "SELECT", None),
+        ("/* app:web */ SELECT x FROM t -- trailing", "SELECT", "SELECT t", "t"),
+    ],
+)
+def test_operation_summary_and_collection(sql: str, operation: str, summary: str, collection: str | None) -> None:
+    a = StatementAnalyzer().analyze(sql)
+    assert a.source is Source.PARSER
+    assert (a.operation, a.summary, a.collection) == (operation, summary, collection)
+    assert a.fields["db.query.summary"] == summary
+    assert a.fields.get("db.collection.name") == collection
+
+
+def test_summary_is_cut_at_a_part_boundary() -> None:
+    tables = [f"table_with_a_long_name_{i:03}" for i in range(40)]
+    a = StatementAnalyzer().analyze("SELECT * FROM " + ", ".join(tables))
+    assert a.summary is not None and len(a.summary) <= MAX_SUMMARY_CHARS
+    assert a.summary.split(" ")[-1] in tables  # no half name
+
+
+def test_literal_variants_share_fingerprint_and_cache_entry() -> None:
+    analyzer = StatementAnalyzer()
+    texts = [
+        f"UPDATE pgbench_accounts SET abalance = abalance + {delta} WHERE aid = {aid};"
+        for delta, aid in ((-4049, 63210), (17, 5), (0, 99999), (-1, 1))
+    ]
+    results = [analyzer.analyze(t) for t in texts]
+    assert len({r.fingerprint for r in results}) == 1
+    assert results[0].normalized == "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2;"
+    assert analyzer.counters["parsed"] == 2  # "+ -4049" and "+ 17" strip differently; then cache hits
+    assert analyzer.counters["literal_key_hits"] == 2
+    strings = [
+        analyzer.analyze(f"SELECT * FROM users WHERE email = '{e}' AND id IN (1, 2, {n})")
+        for e, n in (("a@x", 3), ("it''s", 4))
+    ]
+    assert strings[0] is strings[1]
+    # IN lists of other lengths are another text but the same fingerprint
+    assert analyzer.analyze("SELECT * FROM users WHERE email = 'z' AND id IN (1)").fingerprint == strings[0].fingerprint
+
+
+def test_literals_that_matter_are_not_shared() -> None:
+    """COPY's file name and type modifiers are not normalised: such texts are cached by their full text."""
+    analyzer = StatementAnalyzer()
+    a = analyzer.analyze("COPY t FROM '/tmp/a.csv'")
+    b = analyzer.analyze("COPY t FROM '/tmp/b.csv'")
+    assert a.fingerprint != b.fingerprint
+    assert analyzer.counters["literal_key_hits"] == 0
+    assert analyzer.analyze("SELECT 1::varchar(10)").normalized != analyzer.analyze("SELECT 1::varchar(20)").normalized
+
+
+def test_normalized_text_keeps_parameters_and_masks_every_literal() -> None:
+    a = StatementAnalyzer().analyze(
+        "SELECT $1, 'secret', E'it\\'s', 42, 4.2e1, B'0101', X'1F', interval '1 day' FROM t WHERE x = $2"
+    )
+    assert "secret" not in a.normalized and "42" not in a.normalized and "0101" not in a.normalized
+    assert a.normalized.startswith("SELECT $1, $3, $4, $5, $6, $7, $8, interval $9")
+
+
+def test_unparsable_text_falls_back_to_the_lexer_and_is_counted() -> None:
+    analyzer = StatementAnalyzer()
+    a = analyzer.analyze("SELEKT * FROM t WHERE a = 'x'")
+    b = analyzer.analyze("SELEKT * FROM t WHERE a = 'y'")
+    assert a.source is Source.LEXER and a.fallback is FallbackReason.SYNTAX_ERROR
+    assert a.fingerprint.startswith("lexical:") and a.fingerprint == b.fingerprint
+    assert a.normalized == "SELEKT * FROM t WHERE a = ?"
+    assert a.operation == "SELEKT"
+    assert analyzer.counters["fallback.syntax_error"] == 2
+    off = StatementAnalyzer(use_parser=False)
+    c = off.analyze("SELECT 1")
+    assert c.fallback is FallbackReason.PARSER_UNAVAILABLE and c.operation == "SELECT"
+    assert off.counters["fallback.parser_unavailable"] == 1
+    long = StatementAnalyzer(max_parse_chars=100).analyze("SELECT " + "1 + " * 100 + "1")
+    assert long.fallback is FallbackReason.TOO_LONG
+
+
+def test_split_like_the_server() -> None:
+    analyzer = StatementAnalyzer()
+    text = (
+        "SELECT 1; /* ; /* nested ; */ still comment ; */ SELECT $$;$$;"
+        " CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $b$ BEGIN PERFORM 1; RETURN 1; END $b$;"
+        " ;; SELECT 'a;b' -- ; comment\n"
+    )
+    assert analyzer.split(text) == [
+        "SELECT 1",
+        "SELECT $$;$$",
+        "CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $b$ BEGIN PERFORM 1; RETURN 1; END $b$",
+        "SELECT 'a;b' -- ; comment",  # the last statement runs to the end of the text, as in the server
+    ]
+    assert analyzer.split("SELECT 1") == ["SELECT 1"]
+    # a syntax error: the server rejects the whole Query; the lexer still splits it (counted)
+    assert analyzer.split("SELEKT 1; SELECT 2") == ["SELEKT 1", "SELECT 2"]
+    assert analyzer.counters["split_fallback.syntax_error"] == 1
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "SELECT 1 /*" + " x" * 10_000,  # unterminated comment
+        "SELECT 1 " + "/*" * 10_000,  # nested openings, never closed
+        "SELECT " + "'" * 20_001,  # odd number of quotes
+        "SELECT " + "$a$" * 7_000 + "$b",  # dollar tags
+        "SELECT 1 /*" + " x" * 10_000 + " */ FROM t",  # a 20 KB comment that ends
+        "SELECT " + "--\n" * 7_000 + "1",
+        "SELECT " + "1," * 10_000 + "1",
+        "SELECT " + "E'\\\\'" * 4_000,
+    ],
+)
+def test_hostile_texts_take_linear_time(hostile: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each of these would make a quadratic scanner re-read the text per character.
+
+    Counted, not timed: every regex search the stripping pass makes is
+    wrapped, and the characters they examine stay within a small multiple of
+    the text's length.
+    """
+    examined = 0
+
+    class Counting:
+        def __init__(self, pattern: re.Pattern[str]) -> None:
+            self.pattern = pattern
+
+        def search(self, text: str, pos: int = 0) -> re.Match[str] | None:
+            nonlocal examined
+            m = self.pattern.search(text, pos)
+            examined += (m.end() if m else len(text)) - pos
+            return m
+
+    monkeypatch.setattr(fp, "_INTERESTING", Counting(fp._INTERESTING))
+    monkeypatch.setattr(fp, "_COMMENT_EDGE", Counting(fp._COMMENT_EDGE))
+    literal_key(hostile)  # the result may be None (left open): the text is then used as is
+    assert examined <= 2 * len(hostile)
+    analyzer = StatementAnalyzer()
+    analyzer.analyze(hostile)  # the parser (C) and the lexical fallback both return
+    analyzer.split(hostile + ";")
+
+
+@pytest.mark.slow
+def test_cache_bounds_hold_under_100k_distinct_texts() -> None:
+    analyzer = StatementAnalyzer(max_entries=2_000, max_bytes=4 * 1024 * 1024)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for i in range(100_000):
+        analyzer.analyze(f"SELECT c{i % 50_000}, '{i}' FROM table_{i} WHERE id = $1")
+    rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert analyzer.entries <= 2_000 and analyzer.cached_bytes <= 4 * 1024 * 1024
+    assert analyzer.counters["cache_evictions"] == analyzer.counters["cache_misses"] - analyzer.entries
+    print(
+        f"\n100k distinct texts: {analyzer.entries} entries, {analyzer.cached_bytes} bytes; "
+        f"max RSS {rss_before // 1024} -> {rss_after // 1024} MiB"
+    )
+    small = StatementAnalyzer(max_entries=10, max_bytes=10_000)
+    for i in range(50):
+        small.analyze(f"SELECT * FROM t{i}")
+    assert small.cached_bytes <= 10_000 and small.entries <= 10
+
+
+def test_huge_texts_are_not_cached() -> None:
+    analyzer = StatementAnalyzer(max_cached_chars=1000)
+    text = "SELECT " + ", ".join(f"c{i}" for i in range(500)) + " FROM t"
+    analyzer.analyze(text)
+    analyzer.analyze(text)
+    assert analyzer.entries == 0 and analyzer.counters["parsed"] == 2
