@@ -1,0 +1,140 @@
+"""The sink's direct JSON rendering writes exactly what structlog's general path writes.
+
+``query`` and ``message`` events skip structlog's processor chain on JSON
+destinations (issue 11); these tests hold the two paths to the same lines for
+real records: every recorded conversation under tests/data run through the
+tracker at wire detail, with slow statements, failed ones, parameters shown,
+hashed and hidden, and literals masked.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from pgproxy.sink import LogSink
+from pgproxy.sink.render import JsonLines, Stamp
+from pgproxy.tracker.options import TrackerOptions
+from pgproxy.tracker.records import Detail, Record
+from pgproxy.tracker.redaction import ParameterMode, RedactionPolicy
+from pgproxy.tracker.session import SessionTracker
+from tests.golden import recordings
+
+_TIMESTAMP = re.compile(r'"timestamp":"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z)"')
+
+
+def _records(options: TrackerOptions) -> list[Record]:
+    out: list[Record] = []
+    for conns in recordings().values():
+        for conn in conns:
+            clock = itertools.count(0.0, 0.0007).__next__  # every statement takes a few "ms": some are slow
+            tracker = SessionTracker(
+                "a1b20001", options, client=("127.0.0.1", 50123), server=("127.0.0.1", 5432), clock=clock
+            )
+            for frontend, data in conn:
+                out += tracker.frontend(data) if frontend else tracker.backend(data)
+            out += tracker.closed("client_terminated")
+    return out
+
+
+def real_records() -> list[Record]:
+    records = _records(TrackerOptions(detail=Detail.WIRE, slow_query_ms=2.0))
+    records += _records(
+        TrackerOptions(
+            detail=Detail.QUERY,
+            redaction=RedactionPolicy(parameters=ParameterMode.HASH, mask_sql_literals=True),
+        )
+    )
+    records += _records(TrackerOptions(detail=Detail.MESSAGE, redaction=RedactionPolicy(parameters=ParameterMode.HIDE)))
+    return records
+
+
+def _general_lines(records: list[Record]) -> list[str]:
+    """Every record through structlog's processor chain (``LogSink.log``)."""
+    stream = io.StringIO()
+    sink = LogSink(stream=stream, fmt="json")
+    for record in records:
+        sink.log(record.level, record.event, **record.fields)
+    sink.close()
+    return stream.getvalue().splitlines()
+
+
+def _emitted_lines(records: list[Record], file: Path | None = None) -> list[str]:
+    stream = io.StringIO()
+    sink = LogSink(stream=stream, fmt="json", file=str(file) if file else None)
+    sink.emit_all(records)
+    sink.close()
+    return stream.getvalue().splitlines()
+
+
+def _untimed(line: str) -> str:
+    assert _TIMESTAMP.search(line), line
+    return _TIMESTAMP.sub('"timestamp":"T"', line)
+
+
+def test_real_records_cover_every_kind_of_query_event() -> None:
+    records = real_records()
+    queries = [r for r in records if r.event == "query"]
+    assert {r["outcome"] for r in queries} >= {"ok", "error"}
+    assert {r.level for r in queries} == {"info", "warning", "error"}  # ok, slow, failed
+    assert any(r.get("slow") for r in queries)
+    assert any(r.get("parameters") for r in queries)
+    assert any(r.get("parameters") and "[redacted]" in r["parameters"] for r in queries)  # hidden
+    assert any(r.get("parameters") and str(r["parameters"][0]).startswith("sha256:") for r in queries)  # hashed
+    assert any("?" in (r.get("db.query.text") or "") for r in queries)  # masked literals
+    assert any(r.event == "message" and "[redacted]" in json.dumps(r.fields) for r in records)
+    # The direct rendering is actually taken, not the fallback, except for a
+    # record naming a secret key (BackendKeyData's secret_key), whose value the
+    # general path withholds once more.
+    render = JsonLines(Stamp())
+    hot = [r for r in records if r.event in ("query", "message")]
+    fallbacks = [r for r in hot if render(r.event, r.level, r.fields) is None]
+    assert {r["type"] for r in fallbacks} == {"BackendKeyData"}
+    assert len(hot) - len(fallbacks) > 500
+
+
+def test_direct_rendering_writes_the_general_paths_lines() -> None:
+    records = real_records()
+    fast, general = _emitted_lines(records), _general_lines(records)
+    assert len(fast) == len(general) == len(records)
+    for a, b in zip(fast, general, strict=True):
+        assert json.loads(_untimed(a)) == json.loads(_untimed(b))
+        assert _untimed(a) == _untimed(b)  # byte for byte, key order included
+
+
+def test_both_json_destinations_get_the_same_lines(tmp_path: Path) -> None:
+    records = [r for r in real_records() if r.event == "query"][:20]
+    stdout = _emitted_lines(records, tmp_path / "log.jsonl")
+    assert [_untimed(x) for x in stdout] == [_untimed(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"session": "s", "password": "hunter2", "direction": "frontend"},  # a secret key: withheld
+        {"session": "s", "n": 1 << 70},  # beyond orjson's 64-bit integers
+        {"session": "s", "raw": b"\x00\xff", "kinds": {"a"}, "pair": (1, 2)},  # values only `default` renders
+        {},
+    ],
+)
+def test_odd_fields_render_as_on_the_general_path(fields: dict[str, object]) -> None:
+    records = [Record("query", "info", dict(fields)), Record("message", "debug", dict(fields))]
+    fast, general = _emitted_lines(records), _general_lines(records)
+    assert [_untimed(x) for x in fast] == [_untimed(x) for x in general]
+    assert "hunter2" not in "".join(fast)
+
+
+def test_console_destination_beside_a_json_file(tmp_path: Path) -> None:
+    records = [r for r in real_records() if r.event == "query"][:5]
+    stream = io.StringIO()
+    sink = LogSink(stream=stream, fmt="console", file=str(tmp_path / "log.jsonl"))
+    sink.emit_all(records)
+    sink.close()
+    assert len([x for x in stream.getvalue().splitlines() if "query" in x]) == len(records)
+    lines = (tmp_path / "log.jsonl").read_text().splitlines()
+    assert [_untimed(x) for x in lines] == [_untimed(x) for x in _general_lines(records)]
