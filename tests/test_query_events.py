@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import time
+from typing import Any
 
 import asyncpg
 import psycopg
@@ -11,7 +13,9 @@ import pytest
 
 from pgproxy.demo.embedded import EmbeddedPostgres
 from pgproxy.demo.scenario import run_scenario
+from pgproxy.proxy.session import ClientSession, UpstreamSide
 from pgproxy.tracker.options import TrackerOptions
+from pgproxy.tracker.session import SessionTracker
 from tests.harness import ProxyHarness
 
 
@@ -63,7 +67,7 @@ def test_psycopg_pipeline_with_an_error_reports_skipped(proxy: ProxyHarness) -> 
     outcomes = [e["outcome"] for e in events if e.get("protocol") == "extended"]
     assert outcomes[:10] == ["ok"] * 10
     assert outcomes[10] == "error"
-    assert outcomes[11:16] == ["skipped"] * 5
+    assert outcomes[11:16] == ["skipped"] * 5, [(e["db.query.text"], e["outcome"], e.get("parameters")) for e in events]
     assert [e["parameters"] for e in events[:3]] == [[0], [1], [2]]
 
 
@@ -118,3 +122,78 @@ def test_sqlalchemy_orm_scenario_is_logged_and_redacted(pg: EmbeddedPostgres, pr
     finally:
         with psycopg.connect(pg.dsn(), autocommit=True) as admin:
             admin.execute("DROP DATABASE orm_demo WITH (FORCE)")
+
+
+def test_asyncpg_close_and_pool_end_as_client_terminated_without_warnings(proxy: ProxyHarness) -> None:
+    async def run() -> None:
+        for _ in range(6):
+            conn = await asyncpg.connect(proxy.dsn(application_name="asyncpg-close"))
+            assert await conn.fetchval("select 1") == 1
+            await conn.close()
+        pool = await asyncpg.create_pool(proxy.dsn(application_name="asyncpg-pool"), min_size=4, max_size=4)
+        await asyncio.gather(*(pool.fetchval("select $1::int", i) for i in range(20)))
+        await pool.close()
+
+    asyncio.run(run())
+    proxy.wait_idle()
+    ended = [e for e in proxy.events("session.ended") if e.get("application_name", "").startswith("asyncpg-")]
+    assert len(ended) == 10
+    assert {(e["reason"], e["level"]) for e in ended} == {("client_terminated", "info")}
+    assert [e for e in proxy.events() if e["level"] in ("warning", "error")] == []
+
+
+class _StampedWrites:
+    """A transport whose writes are timestamped (everything else is the real transport's)."""
+
+    def __init__(self, inner: Any, log: list[tuple[float, bytes]]) -> None:
+        self._inner = inner
+        self._log = log
+
+    def write(self, data: bytes) -> None:
+        self._log.append((time.monotonic(), bytes(data)))
+        self._inner.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def test_timestamps_are_taken_when_bytes_arrive_before_forwarding(
+    pg: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A duration from these stamps can never be shorter than the server's own."""
+    forwarded: list[tuple[float, bytes]] = []
+    observed: list[tuple[float | None, bytes]] = []
+
+    def client_made(self: ClientSession, transport: Any) -> None:
+        original_client_made(self, transport)
+        self.client = _StampedWrites(self.client, forwarded)  # type: ignore[assignment]
+
+    def upstream_made(self: UpstreamSide, transport: Any) -> None:
+        original_upstream_made(self, transport)
+        self.transport = _StampedWrites(self.transport, forwarded)  # type: ignore[assignment]
+
+    def frontend(self: SessionTracker, data: bytes, now: float | None = None) -> list[Any]:
+        observed.append((now, bytes(data)))
+        return original_frontend(self, data, now)
+
+    def backend(self: SessionTracker, data: bytes, now: float | None = None) -> list[Any]:
+        observed.append((now, bytes(data)))
+        return original_backend(self, data, now)
+
+    original_client_made, original_upstream_made = ClientSession.connection_made, UpstreamSide.connection_made
+    original_frontend, original_backend = SessionTracker.frontend, SessionTracker.backend
+    monkeypatch.setattr(ClientSession, "connection_made", client_made)
+    monkeypatch.setattr(UpstreamSide, "connection_made", upstream_made)
+    monkeypatch.setattr(SessionTracker, "frontend", frontend)
+    monkeypatch.setattr(SessionTracker, "backend", backend)
+    with ProxyHarness(("127.0.0.1", pg.port), TrackerOptions()) as proxy:
+        with psycopg.connect(proxy.dsn(sslmode="disable"), autocommit=True) as conn:
+            conn.execute("create temp table stamped (i int)")
+            conn.execute("insert into stamped select generate_series(1, 100)")
+            assert len(conn.execute("select * from stamped").fetchall()) == 100
+        proxy.wait_idle()
+    write_times = {data: at for at, data in forwarded}
+    relayed = [(now, data) for now, data in observed if data in write_times]
+    assert len(relayed) >= 8
+    for now, data in relayed:
+        assert now is not None and now <= write_times[data], data[:20]

@@ -19,6 +19,7 @@ import contextlib
 import enum
 import socket
 import struct
+import time
 from typing import TYPE_CHECKING, Any, cast
 
 from pgproxy.protocol.build import cancel_request, error_response
@@ -91,6 +92,7 @@ class ClientSession(asyncio.Protocol):
         self.client_reads = _ReadGate()
         self.upstream_reads = _ReadGate()
         self.pending = bytearray()  # client bytes not yet forwarded (start-up only)
+        self.pending_since = 0.0  # when the oldest of them arrived
         self.tracker: SessionTracker | None = None
         self.decoding = True  # False after a tracker failure: opaque passthrough
         self.bytes_from_client = 0
@@ -125,6 +127,10 @@ class ClientSession(asyncio.Protocol):
             )
 
     def data_received(self, data: bytes) -> None:
+        # The request's timestamp is taken when its bytes reach the proxy,
+        # before they are forwarded: PostgreSQL starts its clock later, so a
+        # duration measured from here can never be shorter than the server's.
+        now = time.monotonic()
         if self.state is State.RELAY:
             upstream = self.upstream
             assert upstream is not None and upstream.transport is not None
@@ -133,10 +139,12 @@ class ClientSession(asyncio.Protocol):
             upstream.transport.write(data)
             self.bytes_from_client += len(data)
             if self.decoding:
-                self._observe(data, True)
+                self._observe(data, True, now)
             return
         if self.state in (State.CLOSING, State.CLOSED):
             return
+        if not self.pending:
+            self.pending_since = now
         self.pending += data
         if self.state is State.STARTUP:
             self._startup()
@@ -216,14 +224,15 @@ class ClientSession(asyncio.Protocol):
             if code in (SSL_REQUEST_CODE, GSSENC_REQUEST_CODE) and self.config.tls_client_mode == "refuse":
                 packet = bytes(buf[:length])
                 del buf[:length]
-                self._observe_startup(packet)
+                self.bytes_from_client += len(packet)
+                self._observe(packet, True, self.pending_since)
                 if code in self._negotiated:
                     self._repeated_negotiation(code)
                     return
                 self._negotiated.add(code)
                 assert self.client is not None
                 self.client.write(b"N")
-                self._observe(b"N", False)
+                self._observe(b"N", False, time.monotonic())
                 self.bytes_from_server += 1
                 continue
             if code == CANCEL_REQUEST_CODE:
@@ -264,7 +273,7 @@ class ClientSession(asyncio.Protocol):
         if self.client is not None and not self.client.is_closing():
             self.client.write(reply)
             self.bytes_from_server += len(reply)
-            self._observe(reply, False)
+            self._observe(reply, False, time.monotonic())
         self._close_client(reason)
 
     def _startup_timed_out(self) -> None:
@@ -351,10 +360,6 @@ class ClientSession(asyncio.Protocol):
             timer.cancel()
             self._startup_timer = None
 
-    def _observe_startup(self, packet: bytes) -> None:
-        self.bytes_from_client += len(packet)
-        self._observe(packet, True)
-
     def _connect(self) -> None:
         self.state = State.CONNECTING
         self.client_reads.pause("connecting")
@@ -389,7 +394,7 @@ class ClientSession(asyncio.Protocol):
             assert side.transport is not None
             side.transport.write(data)
             self.bytes_from_client += len(data)
-            self._observe(data, True)
+            self._observe(data, True, self.pending_since)
         self.client_reads.resume("connecting")
 
     def _upstream_unreachable(self, reason: str) -> None:
@@ -412,7 +417,7 @@ class ClientSession(asyncio.Protocol):
             )
             self.client.write(reply)
             self.bytes_from_server += len(reply)
-            self._observe(reply, False)
+            self._observe(reply, False, time.monotonic())
         self._close_client("upstream_unreachable")
 
     def _log_refused(self, why: str, change: str | None = None) -> None:
@@ -428,13 +433,14 @@ class ClientSession(asyncio.Protocol):
     # ------------------------------------------------------------------ upstream side (called by UpstreamSide)
 
     def upstream_data(self, data: bytes) -> None:
+        now = time.monotonic()  # when the response's bytes reached the proxy
         client = self.client
         if client is None or client.is_closing():
             return
         client.write(data)
         self.bytes_from_server += len(data)
         if self.decoding:
-            self._observe(data, False)
+            self._observe(data, False, now)
         if self._startup_timer is not None:
             self._startup_settled()
 
@@ -446,12 +452,13 @@ class ClientSession(asyncio.Protocol):
 
     # ------------------------------------------------------------------ observation
 
-    def _observe(self, data: bytes, frontend: bool) -> None:
+    def _observe(self, data: bytes, frontend: bool, now: float) -> None:
+        """Show forwarded bytes to the tracker, stamped with when they reached the proxy."""
         tracker = self.tracker
         if tracker is None or not self.decoding:
             return
         try:
-            records = tracker.frontend(data) if frontend else tracker.backend(data)
+            records = tracker.frontend(data, now) if frontend else tracker.backend(data, now)
         except Exception as exc:
             self.decoding = False
             self.server.counters["decoder_failures"] += 1

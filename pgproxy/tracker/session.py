@@ -60,6 +60,8 @@ _ANSWERED_BY_READY: Final = frozenset((ord("Q"), ord("S"), ord("F")))
 #: Extended-protocol steps that are under way until a Sync follows them:
 #: Parse, Bind, Describe, Execute, Close, Flush.
 _UNSYNCED_STEPS: Final = frozenset((ord("P"), ord("B"), ord("D"), ord("E"), ord("C"), ord("H")))
+#: Ways a session can end after the client's Terminate, all of them that Terminate's doing.
+_ENDED_BY_TERMINATE: Final = frozenset(("client_closed", "client_eof", "client_error", "server_closed", "server_error"))
 #: ReadyForQuery status bytes of an open transaction (in a block, or failed).
 _IN_TRANSACTION: Final = frozenset(("T", "E"))
 _HEADER_BYTES: Final = 5  # tag + Int32 length
@@ -449,7 +451,9 @@ class SessionTracker:
         out: list[Record] = []
         if self.statements is not None:
             out += self.statements.interrupted(now)
-        if self.terminated and reason in ("client_closed", "client_eof"):
+        if self.terminated and reason in _ENDED_BY_TERMINATE:
+            # The client said goodbye; which side's EOF the proxy saw first
+            # (the server closes as soon as it reads Terminate) is a race.
             reason = "client_terminated"
         end: dict[str, Any] = {
             "session": self.session_id,
