@@ -59,11 +59,17 @@ def build_decode_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--input",
-        choices=("auto", "raw", "hex"),
+        choices=("auto", "raw", "hex", "pcap"),
         default="auto",
-        help="raw bytes, or a text hex dump (Wireshark, tcpdump -X, xxd); default: detect",
+        help="raw bytes, a text hex dump (Wireshark, tcpdump -X, xxd) or a pcap/pcapng file (tcpdump -w); "
+        "default: detect",
     )
-    parser.add_argument("--server-port", type=int, default=5432, help="TCP port of the server in captured frames")
+    parser.add_argument(
+        "--server-port",
+        type=int,
+        default=None,
+        help="TCP port of the server in captured frames (default: recognised from the conversation, else 5432)",
+    )
     parser.add_argument(
         "--detail", choices=("message", "wire"), default="message", help="'wire' adds a hex dump per message"
     )

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import struct
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import psycopg
 import pytest
 
 from pgproxy.demo.embedded import EmbeddedPostgres
-from pgproxy.offline.capture import CaptureError, parse_frame, parse_hexdump
+from pgproxy.offline.capture import CaptureError, parse_frame, parse_hexdump, read_hexdump
 from pgproxy.offline.decode import decode_bytes
+from pgproxy.offline.pcap import LinkType, Packet, read_capture
 from tests.golden import recordings
 
 
@@ -67,44 +71,209 @@ def test_constructed_frames_decode_with_rows_by_name() -> None:
         assert any(r["outcome"] == "error" and r["db.response.status_code"] == "22012" for r in queries)
 
 
-@pytest.mark.parametrize("flag", ["-XX", "-X"], ids=["with-link-layer", "from-ip-header"])
-def test_real_tcpdump_capture_of_loopback_traffic(pg: EmbeddedPostgres, flag: str) -> None:
-    """tcpdump -XX (or -X) on lo while psycopg talks to the server; the dump decodes back to the query."""
+TERMINATE = b"X\x00\x00\x00\x04"
+_PCAP_HEADER = 24
+
+
+def _tcpdump() -> str:
     tcpdump = shutil.which("tcpdump")
     if tcpdump is None:
-        # .ci/run installs tcpdump; elsewhere exercise the same parser on frames we build ourselves.
-        test_constructed_frames_decode_with_rows_by_name()
-        return
+        pytest.skip("tcpdump is not installed (.ci/run installs it): real captures NOT tested")
+    return tcpdump
+
+
+def _capture(pg: EmbeddedPostgres, path: Path, interface: str, workload: Callable[[], None]) -> None:
+    """``tcpdump -w`` on ``interface`` while ``workload`` talks to ``pg``, until its last packet is written.
+
+    tcpdump says "listening on" once it captures, so the workload starts then;
+    the capture ends once the client's Terminate is in the file (packet-buffered
+    output), not after a guessed pause.
+    """
     proc = subprocess.Popen(
-        [tcpdump, "-i", "lo", "-l", "-n", flag, "-s", "0", f"tcp port {pg.port}"],
-        stdout=subprocess.PIPE,
+        [
+            _tcpdump(),
+            "-i",
+            interface,
+            "-n",
+            "-s",
+            "0",
+            "-U",
+            "--immediate-mode",
+            "-w",
+            str(path),
+            f"tcp port {pg.port}",
+        ],
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(1.0)
     try:
-        with psycopg.connect(pg.dsn() + "?sslmode=disable") as conn:
-            conn.execute("SELECT username, email FROM users WHERE id = %s", (1,)).fetchall()
-        time.sleep(0.5)
+        assert proc.stderr is not None
+        banner = ""
+        while "listening on" not in banner:  # "data link type ..." may come first
+            line = proc.stderr.readline()
+            assert line, f"tcpdump stopped before capturing: {banner}"
+            banner += line
+        # The banner can come before packets flow on every interface ("any"):
+        # knock until the capture shows a packet, so the workload is captured whole.
+        deadline = time.monotonic() + 30
+        while not path.exists() or path.stat().st_size <= _PCAP_HEADER:
+            assert time.monotonic() < deadline, "tcpdump captured nothing"
+            socket.create_connection((pg.host, pg.port), timeout=10).close()
+            time.sleep(0.05)
+        workload()
+        deadline = time.monotonic() + 30
+        while not (path.exists() and TERMINATE in path.read_bytes()):
+            assert time.monotonic() < deadline, "tcpdump never wrote the client's Terminate"
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.02)
     finally:
         proc.terminate()
-        dump, err = proc.communicate(timeout=10)
-    assert "listening on lo" in err, err
-    packets = parse_hexdump(dump)
-    assert packets and all(parse_frame(p) is not None for p in packets)
-    out = subprocess.run(
-        [sys.executable, "-m", "pgproxy", "decode", "-", "--server-port", str(pg.port)],
-        input=dump,
+        proc.communicate(timeout=10)
+
+
+def _psycopg_workload(pg: EmbeddedPostgres) -> Callable[[], None]:
+    def run() -> None:
+        with psycopg.connect(pg.dsn() + "?sslmode=disable") as conn:
+            conn.execute("SELECT username, email FROM users WHERE id = %s", (1,)).fetchall()
+            conn.execute("SELECT pg_sleep(0.05)").fetchall()
+
+    return run
+
+
+def _pcapng_from_pcap(pcap: bytes) -> bytes:
+    """The same packets as pcapng (tcpdump 4.99 writes only pcap): SHB, one IDB with nanosecond resolution, EPBs."""
+    packets = read_capture(pcap)
+
+    def block(kind: int, body: bytes) -> bytes:
+        body += b"\0" * (-len(body) % 4)
+        return struct.pack("<II", kind, len(body) + 12) + body + struct.pack("<I", len(body) + 12)
+
+    out = block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+    tsresol = struct.pack("<HHB3x", 9, 1, 9) + struct.pack("<HH", 0, 0)
+    out += block(1, struct.pack("<HHI", packets[0].link_type, 0, 0) + tsresol)
+    for p in packets:
+        assert p.time is not None
+        ns = round(p.time * 1e9)
+        out += block(6, struct.pack("<IIIII", 0, ns >> 32, ns & 0xFFFFFFFF, len(p.data), len(p.data)) + p.data)
+    return out
+
+
+def _decode_cli(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pgproxy", "decode", str(path), *args],
         capture_output=True,
         text=True,
         timeout=60,
-        check=True,
+        check=False,
     )
-    events = [json.loads(line) for line in out.stdout.splitlines()]
-    rows = [e["row"] for e in events if e.get("type") == "DataRow"]
-    assert {"username": "Demo", "email": "demo@aa.io"} in rows
-    (query,) = [e for e in events if e["event"] == "query" and "username, email" in e["db.query.text"]]
+
+
+@pytest.mark.parametrize("interface", ["lo", "any"], ids=["ethernet", "linux-cooked"])
+def test_tcpdump_w_file_decodes_with_real_durations(pg: EmbeddedPostgres, tmp_path: Path, interface: str) -> None:
+    """A ``tcpdump -w`` file, as pcap and as pcapng, with the server port recognised from the conversation."""
+    pcap = tmp_path / "capture.pcap"
+    _capture(pg, pcap, interface, _psycopg_workload(pg))
+    link_types = {LinkType.ETHERNET} if interface == "lo" else {LinkType.LINUX_SLL, LinkType.LINUX_SLL2}
+    assert read_capture(pcap.read_bytes())[0].link_type in link_types
+    pcapng = tmp_path / "capture.pcapng"
+    pcapng.write_bytes(_pcapng_from_pcap(pcap.read_bytes()))
+    for path in (pcap, pcapng):
+        out = _decode_cli(path)  # no --server-port: the suite's server is not on 5432
+        assert out.returncode == 0, out.stderr
+        events = [json.loads(line) for line in out.stdout.splitlines()]
+        rows = [e["row"] for e in events if e.get("type") == "DataRow"]
+        assert {"username": "Demo", "email": "demo@aa.io"} in rows
+        (query,) = [e for e in events if e["event"] == "query" and "username, email" in e["db.query.text"]]
+        assert query["parameters"] == [1] and query["rows"] == 1
+        (started,) = [e for e in events if e["event"] == "session.started"]
+        assert started["server.port"] == pg.port
+        (ready,) = [e for e in events if e["event"] == "session.ready"]
+        assert ready["auth_method"] == "trust"
+        # Durations come from the capture's clock: the server slept 50 ms before answering.
+        (sleep,) = [e for e in events if e["event"] == "query" and "pg_sleep" in e["db.query.text"]]
+        assert sleep["duration_ms"] >= 50
+        (ended,) = [e for e in events if e["event"] == "session.ended"]
+        assert ended["duration_ms"] >= sleep["duration_ms"] + query["duration_ms"]
+
+
+@pytest.mark.parametrize("flag", ["-XX", "-X"], ids=["with-link-layer", "from-ip-header"])
+def test_tcpdump_text_dump_decodes_with_capture_times(pg: EmbeddedPostgres, tmp_path: Path, flag: str) -> None:
+    """``tcpdump -X``/``-XX`` text (here: of a real capture, read back with ``-r``) keeps the header lines' times."""
+    pcap = tmp_path / "capture.pcap"
+    _capture(pg, pcap, "lo", _psycopg_workload(pg))
+    dump = subprocess.run(
+        [_tcpdump(), "-r", str(pcap), "-n", flag], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    packets = read_hexdump(dump)
+    assert packets and all(parse_frame(p.data) is not None and p.time is not None for p in packets)
+    records = decode_bytes(dump.encode())
+    (query,) = [r for r in records if r.event == "query" and "username, email" in r["db.query.text"]]
     assert query["parameters"] == [1] and query["rows"] == 1
+    (sleep,) = [r for r in records if r.event == "query" and "pg_sleep" in r["db.query.text"]]
+    assert sleep["duration_ms"] >= 50
+
+
+def test_capture_that_starts_mid_session_reports_only_what_it_saw(pg: EmbeddedPostgres, tmp_path: Path) -> None:
+    """Packets from the first query on: the queries decode, the unseen start-up is not reported."""
+    pcap = tmp_path / "capture.pcap"
+    _capture(pg, pcap, "lo", _psycopg_workload(pg))
+    packets = read_capture(pcap.read_bytes())
+    first_query = next(i for i, p in enumerate(packets) if b"username, email" in p.data)
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(pcap.read_bytes()[:24] + _pcap_records(packets[first_query:]))
+    out = _decode_cli(cut)
+    assert out.returncode == 0, out.stderr
+    events = [json.loads(line) for line in out.stdout.splitlines()]
+    assert not [e for e in events if e["event"] in ("session.ready", "session.started", "session.anomaly")]
+    assert not [e for e in events if "auth_method" in e or "setup_ms" in e]
+    (query,) = [e for e in events if e["event"] == "query" and "username, email" in e["db.query.text"]]
+    assert query["rows"] == 1
+
+
+def _pcap_records(packets: list[Packet]) -> bytes:
+    out = b""
+    for p in packets:
+        assert p.time is not None
+        seconds = int(p.time)
+        out += struct.pack("<IIII", seconds, round((p.time - seconds) * 1e6), len(p.data), len(p.data)) + p.data
+    return out
+
+
+def test_a_lone_response_invents_no_session_and_no_durations() -> None:
+    """A Wireshark hex dump of one response (RowDescription ... ReadyForQuery): no times, no start-up in it."""
+    (conn,) = recordings()["psql"]
+    backend = [data for frontend, data in conn if not frontend]
+    response = next(d for d in backend if d[:1] == b"T" and b"Z\x00\x00\x00\x05" in d)
+    dump = _wireshark_dump([response])
+    records = decode_bytes(dump.encode(), direction="backend")
+    assert [r.get("type") for r in records if r.event == "message"][-1] == "ReadyForQuery"
+    assert not [r for r in records if r.event in ("session.ready", "session.anomaly")]
+    assert not [r for r in records if "duration_ms" in r or "setup_ms" in r or "auth_method" in r]
+
+
+def test_no_postgres_traffic_is_an_error_naming_the_ports_seen(tmp_path: Path) -> None:
+    frames = _checksum_free_frames([(True, b"GET / HTTP/1.1\r\n\r\n"), (False, b"HTTP/1.1 200 OK\r\n\r\n")], 8080)
+    dump = tmp_path / "http.txt"
+    dump.write_text(_wireshark_dump(frames))
+    out = _decode_cli(dump)
+    assert out.returncode == 1 and out.stdout == ""
+    assert "no PostgreSQL traffic" in out.stderr and "8080" in out.stderr and "50000" in out.stderr
+    out = _decode_cli(dump, "--server-port", "5499")
+    assert out.returncode == 1 and "port 5499" in out.stderr and "8080" in out.stderr
+
+
+def test_server_port_is_recognised_from_the_conversation() -> None:
+    """A capture of a server on 5499 decodes without --server-port (startup packet, 'R' and 'Z' tell)."""
+    (conn,) = recordings()["psql"]
+    frames = _checksum_free_frames(conn, 5499)
+    records = decode_bytes(_wireshark_dump(frames).encode())
+    assert _types(records).count("StartupMessage") == 1
+    (started,) = [r for r in records if r.event == "session.started"]
+    assert started["server.port"] == 5499
+    backend_only = [f for f, (frontend, _) in zip(frames, conn, strict=True) if not frontend]
+    records = decode_bytes(_wireshark_dump(backend_only).encode())
+    assert any(r.get("type") == "DataRow" for r in records)
 
 
 def test_hexdump_c_and_xxd_dumps_of_bare_bytes() -> None:

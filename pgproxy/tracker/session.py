@@ -193,6 +193,16 @@ class SessionTracker:
         self._server_spoke_last = False
         self._server_answered_startup = False
 
+    def join_established(self) -> None:
+        """Start from a conversation already under way (a capture that missed the start-up).
+
+        The session counts as ready from here, but no ``session.ready`` is
+        reported: its authentication method, parameters and set-up time were
+        not seen, and are not made up.
+        """
+        self.conv.assume_established()
+        self.ready_at = self.started_at
+
     # ------------------------------------------------------------------ feeding
 
     def frontend(self, data: bytes, now: float | None = None) -> list[Record]:
