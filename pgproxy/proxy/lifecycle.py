@@ -15,6 +15,7 @@ from pgproxy import __version__
 from pgproxy.config import Config
 from pgproxy.proxy.loop import loop_factory
 from pgproxy.proxy.server import ProxyServer, ProxySettings
+from pgproxy.proxy.tls import TLSConfigError
 from pgproxy.sink import LogSink
 
 EXIT_USAGE = 2
@@ -42,7 +43,21 @@ def settings_from(config: Config) -> ProxySettings:
         max_connections=config["proxy.max_connections"],
         shutdown_grace=config["proxy.shutdown_grace"],
         write_buffer_high=config["proxy.write_buffer_high"],
+        **{"tls_" + key.removeprefix("tls."): config[key] for key in TLS_FILE_KEYS},
     )
+
+
+#: The ``tls.*`` options passed to ProxySettings as ``tls_<name>``, besides ``tls.client_mode``.
+TLS_FILE_KEYS = (
+    "tls.client_cert_file",
+    "tls.client_key_file",
+    "tls.client_ca_file",
+    "tls.upstream_mode",
+    "tls.upstream_ca_file",
+    "tls.upstream_cert_file",
+    "tls.upstream_key_file",
+    "tls.upstream_server_name",
+)
 
 
 def sink_from(config: Config) -> LogSink:
@@ -62,7 +77,12 @@ async def _serve(config: Config, loop_name: str) -> int:
     except OSError as exc:
         print(f"pgproxy: cannot open log file {config['log.file']!r}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
-    server = ProxyServer(settings, config.tracker_options(), sink)
+    try:
+        server = ProxyServer(settings, config.tracker_options(), sink)
+    except TLSConfigError as exc:
+        sink.close()
+        print(f"pgproxy: invalid configuration: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         await server.start()
     except OSError as exc:

@@ -12,12 +12,14 @@ import itertools
 import os
 import resource
 import secrets
+import ssl
 import time
 from collections import Counter
 from dataclasses import dataclass
 
 from pgproxy.protocol.build import error_response
 from pgproxy.proxy.session import ClientSession
+from pgproxy.proxy.tls import certificate_der, client_tls_context, upstream_tls
 from pgproxy.sink import LogSink
 from pgproxy.tracker.options import TrackerOptions
 
@@ -33,6 +35,14 @@ class ProxySettings:
     connect_timeout: float = 5.0
     startup_timeout: float = 60.0
     tls_client_mode: str = "refuse"
+    tls_client_cert_file: str = ""
+    tls_client_key_file: str = ""
+    tls_client_ca_file: str = ""
+    tls_upstream_mode: str = "disable"
+    tls_upstream_ca_file: str = ""
+    tls_upstream_cert_file: str = ""
+    tls_upstream_key_file: str = ""
+    tls_upstream_server_name: str = ""
     max_connections: int = 0
     shutdown_grace: float = 10.0
     write_buffer_high: int = 1 << 20
@@ -75,6 +85,9 @@ class ProxyServer:
         config: listening and upstream settings.
         tracker_options: what each session's tracker logs.
         sink: where records go.
+
+    Raises:
+        TLSConfigError: a TLS certificate, key or CA file cannot be used.
     """
 
     def __init__(self, config: ProxySettings, tracker_options: TrackerOptions, sink: LogSink) -> None:
@@ -94,6 +107,34 @@ class ProxyServer:
         self._fd_session_cap = 0  # sessions that fit in the descriptor limit (0 = unknown)
         self._saturated: str | None = None  # the limit refusing clients now, logged once per episode
         self._refused_while_saturated = 0
+        self.upstream_tls = upstream_tls(
+            config.tls_upstream_mode,
+            config.upstream_host,
+            ca_file=config.tls_upstream_ca_file,
+            cert_file=config.tls_upstream_cert_file,
+            key_file=config.tls_upstream_key_file,
+            server_name=config.tls_upstream_server_name,
+        )
+        self.client_tls_context: ssl.SSLContext | None = None
+        self.client_certificate_der: bytes | None = None
+        self.reload_tls()
+
+    def reload_tls(self) -> None:
+        """(Re)load pgproxy's own certificate and key for ``terminate`` mode (call on SIGHUP).
+
+        New sessions use the new files; sessions already encrypted keep theirs.
+        On error the previous certificate stays in use and the error is raised.
+
+        Raises:
+            TLSConfigError: the files cannot be used.
+        """
+        cfg = self.config
+        if cfg.tls_client_mode != "terminate":
+            return
+        self.client_tls_context = client_tls_context(
+            cfg.tls_client_cert_file, cfg.tls_client_key_file, cfg.tls_client_ca_file
+        )
+        self.client_certificate_der = certificate_der(cfg.tls_client_cert_file)
 
     def new_session_id(self) -> str:
         """Short, unique within this process, and not guessable across restarts."""

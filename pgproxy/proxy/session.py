@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import enum
 import socket
+import ssl
 import struct
 import time
 from typing import TYPE_CHECKING, Any, cast
@@ -25,6 +26,8 @@ from typing import TYPE_CHECKING, Any, cast
 from pgproxy.protocol.build import cancel_request, error_response
 from pgproxy.protocol.decoding import CANCEL_REQUEST_CODE, GSSENC_REQUEST_CODE, SSL_REQUEST_CODE
 from pgproxy.protocol.framing import MAX_STARTUP_PACKET
+from pgproxy.protocol.sasl import SCRAM_PLUS, NeedMoreData, SaslOfferFilter, sasl_initial_mechanism
+from pgproxy.proxy.tls import ALPN_POSTGRESQL, HandshakeState, TLSChannel, describe_error
 from pgproxy.tracker.session import SessionTracker, Side
 
 if TYPE_CHECKING:
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
 
 _TLS_HANDSHAKE = 0x16
 _NEGOTIATION_NAMES = {SSL_REQUEST_CODE: "SSLRequest", GSSENC_REQUEST_CODE: "GSSENCRequest"}
+_SSL_REQUEST = struct.pack("!II", 8, SSL_REQUEST_CODE)
 
 
 class State(enum.Enum):
@@ -103,6 +107,11 @@ class ClientSession(asyncio.Protocol):
         self._cancel_connection = False
         self._negotiated: set[int] = set()  # SSLRequest/GSSENCRequest codes answered (refuse mode)
         self._startup_timer: asyncio.TimerHandle | None = None
+        self.client_tls: TLSChannel | None = None  # terminate mode, once the client asked for TLS
+        self._direct_tls = False
+        self._sasl_filter: SaslOfferFilter | None = None  # backend bytes during authentication
+        self._binding_check = False  # hold the client's SASL choice until it is judged (TLS -> TLS)
+        self._binding_end_to_end = False  # pgproxy presents the server's own certificate
 
     # ------------------------------------------------------------------ client side
 
@@ -131,12 +140,25 @@ class ClientSession(asyncio.Protocol):
         # before they are forwarded: PostgreSQL starts its clock later, so a
         # duration measured from here can never be shorter than the server's.
         now = time.monotonic()
+        tls = self.client_tls
+        if tls is not None:
+            try:
+                data = tls.receive(data)
+            except ssl.SSLError as exc:
+                self._client_tls_failed(describe_error(exc))
+                return
+            if not data:
+                return
         if self.state is State.RELAY:
             upstream = self.upstream
             assert upstream is not None and upstream.transport is not None
             if upstream.transport.is_closing():  # the server is gone; the client is being closed
                 return
-            upstream.transport.write(data)
+            if self._binding_check:
+                self.pending += data
+                self._check_channel_binding()
+                return
+            upstream.send(data)
             self.bytes_from_client += len(data)
             if self.decoding:
                 self._observe(data, True, now)
@@ -154,7 +176,12 @@ class ClientSession(asyncio.Protocol):
         return False  # let the transport close; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.state is State.STARTUP and self._negotiated and self.close_reason in (None, "client_closed"):
+        if (
+            self.state is State.STARTUP
+            and self._negotiated
+            and self.client_tls is None
+            and self.close_reason in (None, "client_closed")
+        ):
             self._client_refused_plaintext()
         if self.close_reason is None:
             self.close_reason = "client_error" if exc else "client_closed"
@@ -165,7 +192,7 @@ class ClientSession(asyncio.Protocol):
         if upstream is not None and upstream.transport is not None and not upstream.transport.is_closing():
             # Never write_eof(): PostgreSQL does not half-close, and uvloop can
             # crash on it under churn (issue 3). close() flushes pending writes.
-            upstream.transport.close()
+            upstream.close()
         self._finish(exc)
 
     def _client_refused_plaintext(self) -> None:
@@ -205,10 +232,15 @@ class ClientSession(asyncio.Protocol):
         """Act on complete start-up packets in ``pending``."""
         while self.state is State.STARTUP and self.pending:
             buf = self.pending
-            if buf[0] == _TLS_HANDSHAKE:
+            if buf[0] == _TLS_HANDSHAKE and self.client_tls is None:
                 if self.config.tls_client_mode == "refuse":
                     self._log_refused("direct TLS (sslnegotiation=direct) while tls.client_mode is refuse")
                     self._close_client("tls_refused")
+                    return
+                if self.config.tls_client_mode == "terminate":
+                    hello = bytes(buf)
+                    buf.clear()
+                    self._accept_client_tls(hello, direct=True)
                     return
                 self._connect()
                 return
@@ -221,7 +253,26 @@ class ClientSession(asyncio.Protocol):
                 return
             if len(buf) < length:
                 return
-            if code in (SSL_REQUEST_CODE, GSSENC_REQUEST_CODE) and self.config.tls_client_mode == "refuse":
+            if code == SSL_REQUEST_CODE and self.config.tls_client_mode == "terminate" and self.client_tls is None:
+                packet = bytes(buf[:length])
+                del buf[:length]
+                self.bytes_from_client += len(packet)
+                self._observe(packet, True, self.pending_since)
+                if buf:
+                    # Bytes before our answer could be injected by a man in the
+                    # middle (CVE-2021-23214): PostgreSQL refuses them too.
+                    self._log_refused("the client sent data after SSLRequest before the answer")
+                    self._close_client("tls_protocol_violation")
+                    return
+                self._negotiated.add(code)
+                assert self.client is not None
+                self.client.write(b"S")
+                self.bytes_from_server += 1
+                self._accept_client_tls(b"", direct=False)
+                return
+            if code in (SSL_REQUEST_CODE, GSSENC_REQUEST_CODE) and (
+                self.config.tls_client_mode != "passthrough" or self.client_tls is not None
+            ):
                 packet = bytes(buf[:length])
                 del buf[:length]
                 self.bytes_from_client += len(packet)
@@ -230,8 +281,7 @@ class ClientSession(asyncio.Protocol):
                     self._repeated_negotiation(code)
                     return
                 self._negotiated.add(code)
-                assert self.client is not None
-                self.client.write(b"N")
+                self._client_send(b"N")
                 self._observe(b"N", False, time.monotonic())
                 self.bytes_from_server += 1
                 continue
@@ -271,7 +321,7 @@ class ClientSession(asyncio.Protocol):
     def _reply_and_close(self, reply: bytes, reason: str) -> None:
         """Send the client one message of the proxy's own (an ErrorResponse), then close it."""
         if self.client is not None and not self.client.is_closing():
-            self.client.write(reply)
+            self._client_send(reply)
             self.bytes_from_server += len(reply)
             self._observe(reply, False, time.monotonic())
         self._close_client(reason)
@@ -299,8 +349,9 @@ class ClientSession(asyncio.Protocol):
         wait = tracker.startup_wait() if tracker is not None and self.decoding else None
         if self.state is State.STARTUP:
             client_owes = True
-            awaiting = "the startup packet"
-            at_boundary = True
+            handshaking = self.client_tls is not None and self.client_tls.state is HandshakeState.HANDSHAKING
+            awaiting = "the TLS handshake" if handshaking else "the startup packet"
+            at_boundary = not handshaking  # mid-handshake, no PostgreSQL message can reach the client
         elif wait is None:
             return  # ready, or no longer decodable: nothing to judge
         else:
@@ -369,56 +420,242 @@ class ClientSession(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         cfg = self.config
         side = UpstreamSide(self)
+        upstream_tls = self.server.upstream_tls
+        failure: str | None = None
         try:
-            await asyncio.wait_for(
-                loop.create_connection(lambda: side, cfg.upstream_host, cfg.upstream_port),
-                timeout=cfg.connect_timeout,
-            )
+            async with asyncio.timeout(cfg.connect_timeout):
+                await loop.create_connection(lambda: side, cfg.upstream_host, cfg.upstream_port)
+                if upstream_tls.mode.asks and self._wants_upstream_tls():
+                    failure = await self._negotiate_upstream_tls(side)
         except asyncio.CancelledError:
+            side.close()
             raise
         except TimeoutError:
-            self._upstream_unreachable(f"connect timeout after {cfg.connect_timeout:g}s")
+            side.close()
+            what = "TLS negotiation" if side.transport is not None else "connect"
+            self._upstream_unreachable(f"{what} timeout after {cfg.connect_timeout:g}s")
             return
         except OSError as exc:
+            side.close()
             self._upstream_unreachable(exc.strerror or str(exc) or type(exc).__name__)
             return
+        if failure is not None:
+            side.close()
+            self._upstream_unreachable(failure, tls=True)
+            return
         if self.state is not State.CONNECTING:  # the client left meanwhile
-            if side.transport is not None:
-                side.transport.close()
+            side.close()
             return
         self.upstream = side
+        if side.tls is not None:
+            # Plaintext clients must not be offered SCRAM-SHA-256-PLUS; TLS
+            # clients' choice of it is judged (see _check_channel_binding).
+            terminated = self.client_tls is not None
+            self._sasl_filter = SaslOfferFilter(drop=frozenset() if terminated else frozenset((SCRAM_PLUS,)))
+            if terminated:
+                own = self.server.client_certificate_der
+                self._binding_end_to_end = own is not None and own == side.tls.peer_certificate_der()
         data = bytes(self.pending)
         self.pending = bytearray()
         self.state = State.RELAY
         if data:
-            assert side.transport is not None
-            side.transport.write(data)
+            side.send(data)
             self.bytes_from_client += len(data)
             self._observe(data, True, self.pending_since)
+        early = side.take_early()
+        if early:
+            self.upstream_data(early)
         self.client_reads.resume("connecting")
 
-    def _upstream_unreachable(self, reason: str) -> None:
+    def _wants_upstream_tls(self) -> bool:
+        """False when the first packet is the client's own SSLRequest or TLS (passthrough): it goes through."""
+        buf = self.pending
+        if not buf:
+            return True
+        if buf[0] == _TLS_HANDSHAKE:
+            return False
+        if len(buf) >= 8:
+            (code,) = struct.unpack_from("!I", buf, 4)
+            return code not in (SSL_REQUEST_CODE, GSSENC_REQUEST_CODE)
+        return True
+
+    async def _negotiate_upstream_tls(self, side: UpstreamSide) -> str | None:
+        """SSLRequest to the server, then the TLS handshake; the reason it failed, or None.
+
+        ``prefer`` accepts an ``N`` and continues in plaintext; the stricter
+        modes fail with the server's answer named.
+        """
+        tls = self.server.upstream_tls
+        assert side.transport is not None and tls.context is not None
+        side.transport.write(_SSL_REQUEST)
+        answer = await side.read_early()
+        if answer[:1] == b"N":
+            del side.early[:1]
+            if tls.mode.insists:
+                return f"the server does not support SSL (it answered N to SSLRequest) and tls.upstream_mode is {tls.mode.value}"
+            self.sink.log(
+                "info",
+                "tls.declined",
+                session=self.session_id,
+                leg="upstream",
+                mode=tls.mode.value,
+                reason="the server answered N to SSLRequest; continuing in plaintext (tls.upstream_mode = prefer)",
+            )
+            return None
+        if answer[:1] != b"S":
+            if answer[:1] == b"E":
+                return "the server answered SSLRequest with an error (it does not speak TLS negotiation)"
+            return f"unexpected answer to SSLRequest: {bytes(answer[:16])!r}"
+        if len(answer) > 1:
+            # Bytes after 'S' and before the handshake could be injected (CVE-2021-23222).
+            return "the server sent unencrypted data after accepting SSL"
+        side.early.clear()
+        try:
+            await side.start_tls(tls.context, tls.server_name)
+        except ssl.SSLError as exc:
+            return describe_error(exc)
+        except ConnectionError as exc:
+            return f"the server closed the connection during the TLS handshake ({exc})"
+        assert side.tls is not None
+        self.sink.log(
+            "info",
+            "tls.established",
+            session=self.session_id,
+            leg="upstream",
+            mode=tls.mode.value,
+            **{"tls.server.name": tls.server_name, **side.tls.info()},
+        )
+        if self.tracker is not None:
+            self.tracker.tls["upstream"] = side.tls.info()["tls.protocol.version"]
+        return None
+
+    def _upstream_unreachable(self, reason: str, tls: bool = False) -> None:
         cfg = self.config
         target = f"{cfg.upstream_host}:{cfg.upstream_port}"
         self.server.counters["upstream_failures"] += 1
         self.sink.log(
             "error",
-            "upstream.unreachable",
+            "upstream.tls_failed" if tls else "upstream.unreachable",
             session=self.session_id,
             upstream=target,
             reason=reason,
             **{"client.address": self.peer[0] if self.peer else None},
         )
         if self.client is not None and not self.client.is_closing():
+            what = "establish TLS with" if tls else "connect to"
             reply = error_response(
                 "FATAL",
                 "08001",
-                f"pgproxy could not connect to the upstream server {target}: {reason}",
+                f"pgproxy could not {what} the upstream server {target}: {reason}",
             )
-            self.client.write(reply)
+            self._client_send(reply)
             self.bytes_from_server += len(reply)
             self._observe(reply, False, time.monotonic())
-        self._close_client("upstream_unreachable")
+        self._close_client("upstream_tls_failed" if tls else "upstream_unreachable")
+
+    # ------------------------------------------------------------------ client TLS (terminate mode)
+
+    def _client_send(self, data: bytes) -> None:
+        """Write to the client, through TLS when pgproxy terminates it."""
+        if self.client_tls is not None:
+            self.client_tls.send(data)
+        elif self.client is not None:
+            self.client.write(data)
+
+    def _accept_client_tls(self, hello: bytes, direct: bool) -> None:
+        """Answer the client's TLS with pgproxy's own certificate; plaintext inside is decoded as usual."""
+        assert self.client is not None
+        context = self.server.client_tls_context
+        assert context is not None
+        self._direct_tls = direct
+        self.client_tls = TLSChannel(context, True, self.client.write, on_established=self._client_tls_established)
+        if hello:
+            try:
+                plain = self.client_tls.receive(hello)
+            except ssl.SSLError as exc:
+                self._client_tls_failed(describe_error(exc))
+                return
+            if plain:
+                self.pending += plain
+                self._startup()
+
+    def _client_tls_established(self) -> None:
+        tls = self.client_tls
+        assert tls is not None
+        info = tls.info()
+        if self._direct_tls and tls.selected_alpn() != ALPN_POSTGRESQL:
+            # PostgreSQL requires ALPN for direct TLS, so that a TLS connection
+            # meant for another protocol cannot be confused with PostgreSQL.
+            self._client_tls_failed("direct TLS without ALPN protocol 'postgresql'")
+            return
+        self.sink.log(
+            "info",
+            "tls.established",
+            session=self.session_id,
+            leg="client",
+            negotiation="direct" if self._direct_tls else "sslrequest",
+            **info,
+        )
+        if self.tracker is not None:
+            self.tracker.tls["client"] = info["tls.protocol.version"]
+            self.tracker.conv.tls_terminated()
+
+    def _client_tls_failed(self, reason: str) -> None:
+        self.server.counters["tls_failures"] += 1
+        self.sink.log(
+            "warning",
+            "tls.failed",
+            session=self.session_id,
+            leg="client",
+            reason=reason,
+            **{"client.address": self.peer[0] if self.peer else None},
+        )
+        self.client_tls = None  # nothing more can be said to this client in TLS
+        self._close_client("tls_failed")
+
+    def _check_channel_binding(self) -> None:
+        """TLS -> TLS: a client choosing SCRAM-SHA-256-PLUS gets a clear refusal unless it can verify.
+
+        The client binds to the certificate pgproxy presented; the server
+        checks the binding against its own. Unless pgproxy presents the
+        server's own certificate, the server would refuse after a round trip
+        with a bare "SCRAM channel binding check failed".
+        """
+        try:
+            mechanism = sasl_initial_mechanism(self.pending)
+        except NeedMoreData:
+            return
+        self._binding_check = False
+        if mechanism == SCRAM_PLUS and not self._binding_end_to_end:
+            self.server.counters["channel_binding_refused"] += 1
+            reason = (
+                "SCRAM channel binding cannot verify through pgproxy, which terminates TLS with its own certificate"
+            )
+            self._log_refused(reason)
+            reply = error_response(
+                "FATAL",
+                "28000",
+                f"pgproxy: {reason}",
+                detail="Connect with channel_binding=disable, or give pgproxy the server's own certificate and key "
+                "(tls.client_cert_file, tls.client_key_file) so that tls-server-end-point binding verifies end to end.",
+            )
+            self.pending = bytearray()
+            self._client_send(reply)
+            self.bytes_from_server += len(reply)
+            self._close_client("channel_binding_refused")
+            return
+        data = bytes(self.pending)
+        self.pending = bytearray()
+        self.data_received_plain(data)
+
+    def data_received_plain(self, data: bytes) -> None:
+        """Forward and observe decrypted client bytes in the relay phase."""
+        upstream = self.upstream
+        assert upstream is not None
+        upstream.send(data)
+        self.bytes_from_client += len(data)
+        if self.decoding:
+            self._observe(data, True, time.monotonic())
 
     def _log_refused(self, why: str, change: str | None = None) -> None:
         fields = {"change": change} if change else {}
@@ -428,6 +665,8 @@ class ClientSession(asyncio.Protocol):
         self.close_reason = self.close_reason or reason
         self.state = State.CLOSING
         if self.client is not None and not self.client.is_closing():
+            if self.client_tls is not None:
+                self.client_tls.close()
             self.client.close()
 
     # ------------------------------------------------------------------ upstream side (called by UpstreamSide)
@@ -437,17 +676,51 @@ class ClientSession(asyncio.Protocol):
         client = self.client
         if client is None or client.is_closing():
             return
-        client.write(data)
+        sasl = self._sasl_filter
+        if sasl is not None:
+            data = sasl.feed(data)
+            if sasl.done:
+                self._sasl_filter = None
+                self._sasl_settled(sasl)
+            if not data:
+                return
+        if self.client_tls is not None:
+            self.client_tls.send(data)
+        else:
+            client.write(data)
         self.bytes_from_server += len(data)
         if self.decoding:
             self._observe(data, False, now)
         if self._startup_timer is not None:
             self._startup_settled()
 
+    def _sasl_settled(self, sasl: SaslOfferFilter) -> None:
+        if sasl.removed:
+            self.sink.log(
+                "info",
+                "auth.mechanisms_rewritten",
+                session=self.session_id,
+                offered=list(sasl.offered or ()),
+                removed=list(sasl.removed),
+                reason="the client reaches pgproxy without TLS, so SCRAM channel binding cannot apply; "
+                "AuthenticationSASL rewritten (length corrected), the exchange itself is untouched",
+            )
+        elif self.client_tls is not None and sasl.offered and SCRAM_PLUS in sasl.offered:
+            self._binding_check = True
+
+    def upstream_tls_broken(self, reason: str) -> None:
+        """The server's TLS stream failed after the handshake: end the session, saying why."""
+        self.sink.log("error", "tls.failed", session=self.session_id, leg="upstream", reason=reason)
+        self.close_reason = self.close_reason or "upstream_tls_error"
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.abort()
+
     def upstream_lost(self, exc: Exception | None) -> None:
         if self.close_reason is None:
             self.close_reason = "server_error" if exc else "server_closed"
         if self.client is not None and not self.client.is_closing():
+            if self.client_tls is not None:
+                self.client_tls.close()
             self.client.close()  # flushes what the server sent last (e.g. a FATAL error)
 
     # ------------------------------------------------------------------ observation
@@ -524,11 +797,20 @@ class ClientSession(asyncio.Protocol):
 
 
 class UpstreamSide(asyncio.Protocol):
-    """The server-facing protocol; everything it sees goes to its ClientSession."""
+    """The server-facing protocol; everything it sees goes to its ClientSession.
+
+    Until the session hands it the client's bytes (``negotiating``), what the
+    server sends is kept in ``early`` for the TLS negotiation to read.
+    """
 
     def __init__(self, session: ClientSession) -> None:
         self.session = session
         self.transport: asyncio.Transport | None = None
+        self.tls: TLSChannel | None = None
+        self.negotiating = True
+        self.early = bytearray()
+        self._waiter: asyncio.Future[None] | None = None
+        self._lost: Exception | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)
@@ -539,12 +821,83 @@ class UpstreamSide(asyncio.Protocol):
         self.session.upstream_reads.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        tls = self.tls
+        if tls is not None:
+            try:
+                data = tls.receive(data)
+            except ssl.SSLError as exc:
+                if self.negotiating:
+                    self._wake(exc)
+                    return
+                self.session.upstream_tls_broken(describe_error(exc))
+                return
+        if self.negotiating:
+            self.early += data
+            self._wake(None)  # the handshake may have moved on even without plaintext
+            return
+        if not data:
+            return
         self.session.upstream_data(data)
+
+    def send(self, data: bytes | bytearray | memoryview) -> None:
+        """Write to the server, through TLS when the upstream leg is encrypted."""
+        if self.tls is not None:
+            self.tls.send(data)
+        elif self.transport is not None:
+            self.transport.write(data)
+
+    async def read_early(self) -> bytearray:
+        """Wait for the server's first bytes during negotiation."""
+        while not self.early:
+            await self._wait()
+        return self.early
+
+    async def start_tls(self, context: ssl.SSLContext, server_name: str | None) -> None:
+        """Run the client side of the TLS handshake over this connection."""
+        assert self.transport is not None
+        self.tls = TLSChannel(context, False, self.transport.write, server_hostname=server_name)
+        self.tls.start()
+        while self.tls.state is HandshakeState.HANDSHAKING:
+            await self._wait()
+
+    def take_early(self) -> bytes:
+        """End negotiation: bytes the server sent meanwhile, for the session to forward."""
+        self.negotiating = False
+        data = bytes(self.early)
+        self.early.clear()
+        return data
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            if self.tls is not None:
+                self.tls.close()
+            self.transport.close()
+
+    async def _wait(self) -> None:
+        if self._lost is not None:
+            raise self._lost
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def _wake(self, exc: Exception | None) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            if exc is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(exc)
 
     def eof_received(self) -> bool:
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.negotiating:
+            self._lost = ConnectionResetError("the server closed the connection")
+            self._wake(self._lost)
+            return
         self.session.upstream_lost(exc)
 
     def pause_writing(self) -> None:

@@ -178,6 +178,8 @@ class SessionTracker:
             StatementTracker(self.options, self.context) if self.detail >= Detail.QUERY else None
         )
         self.encrypted: str | None = None
+        #: TLS protocol version per leg ("client", "upstream") where pgproxy itself runs TLS.
+        self.tls: dict[str, str] = {}
         self.auth_failed = False
         self.terminated = False
         # Connection detail only (query detail asks the statement tracker): how
@@ -631,6 +633,8 @@ class SessionTracker:
         if "server_version" in params:
             fields["server_version"] = params["server_version"]
         fields["parameters"] = params
+        if self.tls:
+            fields["tls"] = dict(self.tls)
         fields["setup_ms"] = round((now - self.started_at) * 1000.0, 3)
         return Record(SESSION_READY, "info", fields)
 
