@@ -17,7 +17,7 @@ from pgproxy import __version__
 from pgproxy.config import Config, ConfigError, load
 
 EXIT_USAGE = 2
-_SUBCOMMANDS = ("run", "decode", "demo")
+_SUBCOMMANDS = ("run", "decode", "demo", "top")
 
 
 def _add_proxy_flags(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pgproxy",
         description="Transparent PostgreSQL proxy that logs the decoded wire conversation.",
-        epilog="Subcommands: 'pgproxy decode --help', 'pgproxy demo --help'. "
+        epilog="Subcommands: 'pgproxy decode --help', 'pgproxy demo --help', 'pgproxy top --help'. "
         "Every option can also be set in the config file or as PGPROXY_<SECTION>_<KEY>.",
     )
     parser.add_argument("--version", action="version", version=f"pgproxy {__version__}")
@@ -99,6 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from pgproxy.offline.decode import decode_command
 
             return decode_command(build_decode_parser().parse_args(args))
+        if command == "top":
+            from pgproxy.top import build_top_parser, top_command
+
+            return top_command(build_top_parser().parse_args(args))
         if command == "demo":
             from pgproxy.demo.scenario import demo_command
 

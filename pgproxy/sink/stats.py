@@ -1,0 +1,304 @@
+"""Per-fingerprint statement statistics: pg_stat_statements from the wire.
+
+A sink beside the log: it consumes the same ``query`` records the log shows
+and folds them, per (fingerprint, database, user, application), into calls,
+errors by SQLSTATE class, rows, total/min/max time and a latency histogram
+with OpenTelemetry's ``db.client.operation.duration`` buckets. The table is
+bounded (least recently seen entries are evicted and counted). Every
+``interval`` seconds the entries that changed are written as
+``statement.stats`` records (the interval's own numbers), and once more at
+shutdown; :meth:`StatementStats.snapshot` gives the cumulative numbers that
+``pgproxy top`` and the admin endpoint's ``/stats`` show.
+
+No I/O here: time comes from an injected clock, records go to an injected
+``output`` (the log sink); the proxy's lifecycle calls :meth:`tick` on a timer.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from pgproxy.tracker.records import QUERY, Record
+
+STATEMENT_STATS: Final = "statement.stats"
+STATS_REPORTED: Final = "stats.reported"
+
+#: OpenTelemetry's explicit bucket boundaries for ``db.client.operation.duration`` (seconds).
+DURATION_BUCKETS_S: Final = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
+_BUCKETS_MS: Final = tuple(b * 1000.0 for b in DURATION_BUCKETS_S)
+#: Outcomes that ran on the server (``skipped`` and ``empty`` did not).
+_COUNTED: Final = frozenset(("ok", "error", "suspended", "interrupted"))
+DEFAULT_MAX_ENTRIES: Final = 5000
+
+StatsKey = tuple[str, str | None, str | None, str | None]
+"""(fingerprint, database, user, application)."""
+
+
+@dataclass(slots=True)
+class Aggregate:
+    """Counts for one key over some span of time (mergeable: ``pgproxy top`` sums interval records)."""
+
+    calls: int = 0
+    rows: int = 0
+    total_ms: float = 0.0
+    min_ms: float = math.inf
+    max_ms: float = 0.0
+    errors: dict[str, int] = field(default_factory=dict)
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(_BUCKETS_MS) + 1))
+
+    def add(self, duration_ms: float, rows: int, sqlstate: str | None) -> None:
+        self.calls += 1
+        self.rows += rows
+        self.total_ms += duration_ms
+        self.min_ms = min(self.min_ms, duration_ms)
+        self.max_ms = max(self.max_ms, duration_ms)
+        # bisect_left: a duration equal to a bound belongs to that bound's bucket (le semantics).
+        self.buckets[bisect.bisect_left(_BUCKETS_MS, duration_ms)] += 1
+        if sqlstate:
+            cls = sqlstate[:2]
+            self.errors[cls] = self.errors.get(cls, 0) + 1
+
+    def merge(self, other: Aggregate) -> None:
+        self.calls += other.calls
+        self.rows += other.rows
+        self.total_ms += other.total_ms
+        self.min_ms = min(self.min_ms, other.min_ms)
+        self.max_ms = max(self.max_ms, other.max_ms)
+        for cls, n in other.errors.items():
+            self.errors[cls] = self.errors.get(cls, 0) + n
+        self.buckets = [a + b for a, b in zip(self.buckets, other.buckets, strict=True)]
+
+    def quantile(self, q: float) -> float | None:
+        """Estimated q-quantile in ms: linear within the histogram bucket, clamped to min/max."""
+        if not self.calls:
+            return None
+        rank = q * self.calls
+        seen = 0
+        for index, count in enumerate(self.buckets):
+            if count and seen + count >= rank:
+                low = _BUCKETS_MS[index - 1] if index else 0.0
+                high = _BUCKETS_MS[index] if index < len(_BUCKETS_MS) else self.max_ms
+                low, high = max(low, self.min_ms), min(high, self.max_ms)
+                return round(low + (high - low) * (rank - seen) / count, 3)
+            seen += count
+        return round(self.max_ms, 3)
+
+    def fields(self) -> dict[str, Any]:
+        """The numbers as record fields."""
+        out: dict[str, Any] = {
+            "calls": self.calls,
+            "errors": dict(sorted(self.errors.items())),
+            "rows": self.rows,
+            "total_ms": round(self.total_ms, 3),
+            "min_ms": round(self.min_ms, 3) if self.calls else None,
+            "max_ms": round(self.max_ms, 3) if self.calls else None,
+            "mean_ms": round(self.total_ms / self.calls, 3) if self.calls else None,
+            "p50_ms": self.quantile(0.50),
+            "p95_ms": self.quantile(0.95),
+            "p99_ms": self.quantile(0.99),
+            "duration_buckets": bucket_fields(self.buckets),
+        }
+        return out
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any]) -> Aggregate:
+        """Rebuild an aggregate from a ``statement.stats`` record (what ``pgproxy top`` reads)."""
+        agg = cls(
+            calls=int(fields.get("calls") or 0),
+            rows=int(fields.get("rows") or 0),
+            total_ms=float(fields.get("total_ms") or 0.0),
+            min_ms=float(fields["min_ms"]) if fields.get("min_ms") is not None else math.inf,
+            max_ms=float(fields.get("max_ms") or 0.0),
+            errors={str(k): int(v) for k, v in (fields.get("errors") or {}).items()},
+        )
+        buckets = fields.get("duration_buckets") or {}
+        for index, label in enumerate(_BUCKET_LABELS):
+            agg.buckets[index] = int(buckets.get(label, 0))
+        return agg
+
+
+_BUCKET_LABELS: Final = (*(f"{b:g}" for b in DURATION_BUCKETS_S), "+Inf")
+
+
+def bucket_fields(buckets: Sequence[int]) -> dict[str, int]:
+    """Non-empty histogram buckets by upper bound in seconds (``"0.005": 12``; counts not cumulative)."""
+    return {label: n for label, n in zip(_BUCKET_LABELS, buckets, strict=True) if n}
+
+
+@dataclass(slots=True)
+class Entry:
+    """One key's statistics: cumulative since first seen, and since the last report."""
+
+    key: StatsKey
+    summary: str | None
+    operation: str | None
+    text: str | None
+    total: Aggregate = field(default_factory=Aggregate)
+    period: Aggregate = field(default_factory=Aggregate)
+
+    def identity(self) -> dict[str, Any]:
+        fingerprint, database, user, application = self.key
+        return {
+            "fingerprint": fingerprint,
+            "db.namespace": database,
+            "user": user,
+            "application_name": application,
+            "db.query.summary": self.summary,
+            "db.operation.name": self.operation,
+            "db.query.text": self.text,
+        }
+
+
+@dataclass
+class StatementStats:
+    """The statistics table and its reporting schedule.
+
+    Args:
+        output: where ``statement.stats`` records go (the log sink's ``emit_all``).
+        interval: seconds between reports (0: only at shutdown and on demand).
+        max_entries: keys kept at most; the least recently seen is evicted.
+        clock: monotonic seconds.
+        extra: called at each report for more fields of the ``stats.reported``
+            record (the statement analyzer's parse and fallback counters).
+    """
+
+    output: Callable[[list[Record]], None] | None = None
+    interval: float = 60.0
+    max_entries: int = DEFAULT_MAX_ENTRIES
+    clock: Callable[[], float] = time.monotonic
+    extra: Callable[[], Mapping[str, Any]] | None = None
+    entries: OrderedDict[StatsKey, Entry] = field(default_factory=OrderedDict)
+    evicted: int = 0
+    unattributed: int = 0
+    _changed: dict[StatsKey, Entry] = field(default_factory=dict)
+    _evicted_in_period: int = 0
+    _lost_calls: int = 0
+    _period_start: float = field(default=0.0)
+
+    def __post_init__(self) -> None:
+        self._period_start = self.clock()
+
+    # ------------------------------------------------------------------ consuming records
+
+    def emit_all(self, records: Iterable[Record]) -> None:
+        """Fold every ``query`` record in; report if an interval has passed."""
+        for record in records:
+            if record.event == QUERY:
+                self.observe(record)
+        self.tick()
+
+    def emit(self, record: Record) -> None:
+        self.emit_all((record,))
+
+    def observe(self, record: Record) -> None:
+        """Fold one ``query`` record into its entry."""
+        fields = record.fields
+        if fields.get("outcome") not in _COUNTED:
+            return
+        fingerprint = fields.get("fingerprint")
+        if fingerprint is None:
+            self.unattributed += 1  # no SQL text (a function call) or fingerprints switched off
+            return
+        key: StatsKey = (fingerprint, fields.get("db.namespace"), fields.get("user"), fields.get("application_name"))
+        entries = self.entries
+        entry = entries.get(key)
+        if entry is None:
+            entry = Entry(
+                key, fields.get("db.query.summary"), fields.get("db.operation.name"), fields.get("db.query.text")
+            )
+            entries[key] = entry
+            if len(entries) > self.max_entries:
+                self._evict()
+        else:
+            entries.move_to_end(key)
+        duration = float(fields.get("duration_ms") or 0.0)
+        rows = int(fields.get("rows") or 0)
+        sqlstate = fields.get("db.response.status_code")
+        entry.total.add(duration, rows, sqlstate)
+        entry.period.add(duration, rows, sqlstate)
+        self._changed[key] = entry
+
+    def _evict(self) -> None:
+        key, entry = self.entries.popitem(last=False)
+        self.evicted += 1
+        self._evicted_in_period += 1
+        if self._changed.pop(key, None) is not None:
+            self._lost_calls += entry.period.calls  # seen this interval, never reported
+
+    # ------------------------------------------------------------------ reporting
+
+    def tick(self) -> None:
+        """Report if the interval has passed (the lifecycle's timer calls this too)."""
+        if self.interval > 0 and self.clock() - self._period_start >= self.interval:
+            self.flush("interval")
+
+    def flush(self, reason: str = "on_demand") -> list[Record]:
+        """Write (and return) the records for everything that changed since the last report."""
+        records = self.report(reason)
+        if records and self.output is not None:
+            self.output(records)
+        return records
+
+    def report(self, reason: str) -> list[Record]:
+        """``statement.stats`` records for changed entries, heaviest first, then one ``stats.reported``.
+
+        Resets the interval. Nothing (not even ``stats.reported``) when nothing changed and nothing was lost.
+        """
+        now = self.clock()
+        interval_s = round(now - self._period_start, 3)
+        self._period_start = now
+        changed = sorted(self._changed.values(), key=lambda e: e.period.total_ms, reverse=True)
+        self._changed = {}
+        if not changed and not self._evicted_in_period and not self._lost_calls:
+            return []
+        out: list[Record] = []
+        for entry in changed:
+            fields = entry.identity()
+            fields["interval_s"] = interval_s
+            fields.update(entry.period.fields())
+            out.append(Record(STATEMENT_STATS, "info", fields))
+            entry.period = Aggregate()
+        summary: dict[str, Any] = {
+            "reason": reason,
+            "interval_s": interval_s,
+            "reported": len(changed),
+            "entries": len(self.entries),
+            "max_entries": self.max_entries,
+            "evicted": self._evicted_in_period,
+            "evicted_total": self.evicted,
+            "unreported_calls": self._lost_calls,
+            "unattributed_total": self.unattributed,
+        }
+        if self.extra is not None:
+            summary.update(self.extra())
+        out.append(Record(STATS_REPORTED, "info", summary))
+        self._evicted_in_period = 0
+        self._lost_calls = 0
+        return out
+
+    def close(self) -> None:
+        """Shutdown: report what changed since the last interval."""
+        self.flush("shutdown")
+
+    # ------------------------------------------------------------------ on demand
+
+    def snapshot(self, limit: int | None = None, sort: str = "total_ms") -> dict[str, Any]:
+        """Cumulative numbers per entry, heaviest first (for ``/stats`` and ``pgproxy top``)."""
+        rows = []
+        for entry in self.entries.values():
+            fields = entry.identity()
+            fields.update(entry.total.fields())
+            rows.append(fields)
+        rows.sort(key=lambda r: r.get(sort) or 0, reverse=True)
+        return {
+            "entries": len(self.entries),
+            "max_entries": self.max_entries,
+            "evicted_total": self.evicted,
+            "statements": rows[:limit] if limit else rows,
+        }

@@ -1,0 +1,157 @@
+"""The statement statistics sink and ``pgproxy top``: exact numbers for exact records."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from typing import Any
+
+from pgproxy.sink.stats import STATEMENT_STATS, STATS_REPORTED, Aggregate, StatementStats
+from pgproxy.top import LogFollower, render, top_command
+from pgproxy.tracker.records import QUERY, Record
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def query(fp: str, ms: float, rows: int = 1, sqlstate: str | None = None, **fields: Any) -> Record:
+    base: dict[str, Any] = {
+        "fingerprint": fp,
+        "db.namespace": "app",
+        "user": "alice",
+        "application_name": "web",
+        "db.query.summary": f"SELECT {fp}",
+        "db.operation.name": "SELECT",
+        "db.query.text": f"SELECT * FROM {fp} WHERE id = $1",
+        "outcome": "error" if sqlstate else "ok",
+        "duration_ms": ms,
+        "rows": rows,
+    }
+    if sqlstate:
+        base["db.response.status_code"] = sqlstate
+    base.update(fields)
+    return Record(QUERY, "error" if sqlstate else "info", base)
+
+
+def test_aggregates_per_key_and_reports_interval_deltas() -> None:
+    clock = Clock()
+    written: list[Record] = []
+    stats = StatementStats(output=written.extend, interval=60, clock=clock)
+    stats.emit_all(
+        [
+            query("a", 0.5),
+            query("a", 2.0, rows=3),
+            query("a", 7.0, rows=0, sqlstate="23505"),
+            query("b", 700.0, rows=10),
+            query("a", 1.0, user="bob"),  # another user: another entry
+            query("a", 1.0, outcome="skipped"),  # never ran
+            Record("session.started", "info", {"user": "x"}),
+        ]
+    )
+    assert written == []  # the interval has not passed
+    clock.now = 60.0
+    stats.emit_all([query("b", 1500.0, rows=5)])
+    by_fp = {(r["fingerprint"], r["user"]): r for r in written if r.event == STATEMENT_STATS}
+    a = by_fp[("a", "alice")]
+    assert (a["calls"], a["rows"], a["errors"]) == (3, 4, {"23": 1})
+    assert (a["total_ms"], a["min_ms"], a["max_ms"]) == (9.5, 0.5, 7.0)
+    assert a["duration_buckets"] == {"0.001": 1, "0.005": 1, "0.01": 1}
+    assert a["interval_s"] == 60.0 and a["db.query.summary"] == "SELECT a"
+    b = by_fp[("b", "alice")]
+    assert (b["calls"], b["rows"], b["duration_buckets"]) == (2, 15, {"1": 1, "5": 1})
+    assert by_fp[("a", "bob")]["calls"] == 1
+    # heaviest first, then one summary record
+    assert [r.event for r in written][-1] == STATS_REPORTED
+    assert written[0]["fingerprint"] == "b"
+    summary = written[-1]
+    assert (summary["reported"], summary["entries"], summary["evicted"]) == (3, 3, 0)
+    written.clear()
+    clock.now = 130.0
+    stats.tick()
+    assert written == []  # nothing changed: nothing written
+    stats.emit_all([query("a", 3.0)])
+    stats.close()
+    assert [(r.event, r.get("calls"), r.get("reason")) for r in written] == [
+        (STATEMENT_STATS, 1, None),
+        (STATS_REPORTED, None, "shutdown"),
+    ]
+    # cumulative numbers stay for top and /stats
+    snap = stats.snapshot()
+    assert [(s["fingerprint"], s["user"], s["calls"]) for s in snap["statements"]] == [
+        ("b", "alice", 2),
+        ("a", "alice", 4),
+        ("a", "bob", 1),
+    ]
+
+
+def test_quantiles_interpolate_within_buckets_and_respect_min_max() -> None:
+    agg = Aggregate()
+    for ms in [0.2] * 90 + [3.0] * 9 + [40.0]:
+        agg.add(ms, 1, None)
+    assert agg.quantile(0.5) is not None and 0.2 <= agg.quantile(0.5) <= 1.0  # type: ignore[operator]
+    assert 1.0 <= agg.quantile(0.95) <= 5.0  # type: ignore[operator]
+    assert agg.quantile(1.0) == 40.0
+    single = Aggregate()
+    single.add(12.5, 0, None)
+    assert single.quantile(0.5) == single.quantile(0.99) == 12.5
+    assert Aggregate().quantile(0.5) is None
+
+
+def test_entry_bound_evicts_least_recently_seen_and_counts() -> None:
+    clock = Clock()
+    written: list[Record] = []
+    stats = StatementStats(output=written.extend, interval=10, max_entries=100, clock=clock)
+    for i in range(100_000):
+        stats.observe(query(f"f{i}", 1.0))
+        stats.observe(query("hot", 1.0))  # seen all the time: never evicted
+    assert len(stats.entries) == 100 and stats.evicted == 100_000 - 99
+    clock.now = 10.0
+    stats.tick()
+    summary = written[-1]
+    assert summary.event == STATS_REPORTED
+    assert summary["evicted"] == 100_000 - 99 and summary["unreported_calls"] == 100_000 - 99
+    hot = next(r for r in written if r.get("fingerprint") == "hot")
+    assert hot["calls"] == 100_000
+
+
+def test_records_without_fingerprint_are_counted_not_grouped() -> None:
+    stats = StatementStats(interval=0)
+    stats.observe(Record(QUERY, "info", {"outcome": "ok", "duration_ms": 1.0, "rows": 0}))
+    assert stats.unattributed == 1 and not stats.entries
+
+
+def test_top_sums_interval_records_from_a_log_and_renders(tmp_path: Any) -> None:
+    clock = Clock()
+    log = tmp_path / "pgproxy.json"
+    lines: list[str] = []
+
+    def write(records: list[Record]) -> None:
+        for r in records:
+            lines.append(json.dumps({"event": r.event, "level": r.level, **r.fields}))
+
+    stats = StatementStats(output=write, interval=1, clock=clock)
+    for second in range(3):
+        stats.emit_all([query("slow", 300.0), query("fast", 0.2), query("fast", 0.4)])
+        clock.now = second + 1.0
+        stats.tick()
+    log.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:10])  # a line still being written
+    follower = LogFollower(str(log))
+    follower.poll()
+    rows = {r["fingerprint"]: r for r in follower.rows()}
+    assert rows["slow"]["calls"] == 3 and rows["slow"]["total_ms"] == 900.0
+    assert rows["fast"]["calls"] == 6 and rows["fast"]["p50_ms"] is not None
+    assert rows == {r["fingerprint"]: r for r in [*stats.snapshot()["statements"]]}
+    table = render(follower.rows())
+    body = table.splitlines()
+    assert body[3].split()[0] == "900" and "SELECT slow" in body[3]
+    assert "SELECT fast" in body[4]
+    out = io.StringIO()
+    args = argparse.Namespace(log=str(log), url=None, sort="calls", limit=5, refresh=1.0, once=True)
+    assert top_command(args, out) == 0
+    assert out.getvalue().splitlines()[3].split()[2] == "6"  # sorted by calls: fast first
