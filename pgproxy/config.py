@@ -214,6 +214,12 @@ OPTIONS: tuple[Option, ...] = (
         "redaction.sensitive_names", DEFAULT_SENSITIVE_NAMES, _regex, "columns/parameters whose names match are masked"
     ),
     Option("redaction.mask_sql_literals", False, _bool, "replace every literal in logged SQL with ?"),
+    Option(
+        "redaction.hash_key",
+        "",
+        _text,
+        "HMAC key for parameters = hash (empty: a random key per process; never logged)",
+    ),
 )
 OPTIONS_BY_KEY: dict[str, Option] = {o.key: o for o in OPTIONS}
 
@@ -256,6 +262,7 @@ class Config:
                 parameters=ParameterMode(v["redaction.parameters"]),
                 sensitive_names=v["redaction.sensitive_names"],
                 mask_sql_literals=v["redaction.mask_sql_literals"],
+                hash_key=v["redaction.hash_key"].encode(),
             ),
             query_filter=QueryFilter(
                 users=frozenset(v["query.filter.users"]),

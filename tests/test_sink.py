@@ -85,7 +85,7 @@ def test_real_records_cover_every_kind_of_query_event() -> None:
     assert any(r.get("slow") for r in queries)
     assert any(r.get("parameters") for r in queries)
     assert any(r.get("parameters") and "[redacted]" in r["parameters"] for r in queries)  # hidden
-    assert any(r.get("parameters") and str(r["parameters"][0]).startswith("sha256:") for r in queries)  # hashed
+    assert any(r.get("parameters") and str(r["parameters"][0]).startswith("hmac-sha256:") for r in queries)  # hashed
     assert any("?" in (r.get("db.query.text") or "") for r in queries)  # masked literals
     assert any(r.event == "message" and "[redacted]" in json.dumps(r.fields) for r in records)
     # The direct rendering is actually taken, not the fallback, except for a

@@ -314,7 +314,7 @@ def test_wire_detail_hex_dumps_mask_secrets() -> None:
 
 
 def test_parameter_modes_hash_and_hide() -> None:
-    for mode, expected in ((ParameterMode.HIDE, "[redacted]"), (ParameterMode.HASH, "sha256:")):
+    for mode, expected in ((ParameterMode.HIDE, "[redacted]"), (ParameterMode.HASH, "hmac-sha256:")):
         t = session(redaction=RedactionPolicy(parameters=mode))
         t.frontend(b.parse("", "SELECT $1") + b.bind("", "", (b"42",)) + b.execute() + b.sync(), now=0)
         (rec,) = t.backend(

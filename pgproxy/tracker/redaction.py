@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import hmac
 import re
+import secrets
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -30,9 +32,28 @@ class ParameterMode(enum.Enum):
     SHOW = "show"
     """Decoded values (names matching the sensitive pattern still masked)."""
     HASH = "hash"
-    """A short SHA-256 of the raw bytes: equal values stay recognisable."""
+    """A short HMAC-SHA256 of the raw bytes under a secret key: equal values
+    correlate within a deployment, and a guessed value cannot be confirmed
+    without the key."""
     HIDE = "hide"
     """Nothing but the count."""
+
+
+class HashKeySource(enum.Enum):
+    """Where the key of ``parameters = "hash"`` comes from (said at start-up; the key itself never is)."""
+
+    CONFIGURED = "configured"
+    """``redaction.hash_key`` / ``PGPROXY_REDACTION_HASH_KEY``: hashes correlate across restarts and instances."""
+    RANDOM = "random"
+    """None configured: a random key for this process, so hashes correlate within this run only."""
+
+
+#: The key used when none is configured: random, made once per process so that
+#: every session of one pgproxy hashes alike.
+_PROCESS_HASH_KEY: Final = secrets.token_bytes(32)
+
+#: Prefix of a hashed parameter: the algorithm, so a reader knows a key is involved.
+HASH_PREFIX: Final = "hmac-sha256:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,16 +65,29 @@ class RedactionPolicy:
         sensitive_names: case-insensitive regex; matching column names and
             parameter names (inferred from the SQL) are masked. Empty disables.
         mask_sql_literals: replace every literal in SQL text with ``?``.
+        hash_key: the HMAC key for ``parameters = HASH``; empty means a random
+            key made once per process. Kept out of ``repr`` so it cannot
+            reach a log through one.
     """
 
     parameters: ParameterMode = ParameterMode.SHOW
     sensitive_names: str = DEFAULT_SENSITIVE_NAMES
     mask_sql_literals: bool = False
+    hash_key: bytes = field(default=b"", repr=False)
     _pattern: re.Pattern[str] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         pattern = re.compile(self.sensitive_names, re.IGNORECASE) if self.sensitive_names else None
         object.__setattr__(self, "_pattern", pattern)
+
+    @property
+    def hash_key_source(self) -> HashKeySource:
+        return HashKeySource.CONFIGURED if self.hash_key else HashKeySource.RANDOM
+
+    def hash_value(self, raw: bytes) -> str:
+        """The keyed hash shown for a parameter in ``HASH`` mode (64 bits of HMAC-SHA256, hex)."""
+        digest = hmac.new(self.hash_key or _PROCESS_HASH_KEY, raw, hashlib.sha256).hexdigest()
+        return HASH_PREFIX + digest[:16]
 
     def is_sensitive(self, name: str | None) -> bool:
         return bool(name) and self._pattern is not None and self._pattern.search(name or "") is not None
@@ -67,7 +101,7 @@ class RedactionPolicy:
         if self.parameters is ParameterMode.SHOW:
             return value
         if self.parameters is ParameterMode.HASH:
-            return "sha256:" + hashlib.sha256(raw).hexdigest()[:16]
+            return self.hash_value(raw)
         return REDACTED
 
     def sql(self, text: str) -> str:

@@ -1,0 +1,51 @@
+"""``redaction.parameters = "hash"``: a keyed hash, so logs cannot confirm a guessed value."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import subprocess
+import sys
+
+from pgproxy.config import load
+from pgproxy.tracker.redaction import HashKeySource, ParameterMode, RedactionPolicy
+
+EMAIL = b"demo@aa.io"
+
+
+def test_hash_is_not_a_plain_digest_of_the_value() -> None:
+    shown = RedactionPolicy(parameters=ParameterMode.HASH).parameter("demo@aa.io", EMAIL, "email_param")
+    assert shown.startswith("hmac-sha256:")
+    assert hashlib.sha256(EMAIL).hexdigest()[:16] not in shown  # the guess a log reader could check before
+
+
+def test_configured_key_gives_hashes_that_correlate_and_can_be_reproduced() -> None:
+    policy = RedactionPolicy(parameters=ParameterMode.HASH, hash_key=b"deployment key")
+    assert policy.hash_key_source is HashKeySource.CONFIGURED
+    assert policy.parameter(None, EMAIL, None) == policy.parameter(None, EMAIL, None)
+    assert policy.parameter(None, EMAIL, None) != policy.parameter(None, b"other@aa.io", None)
+    expected = hmac.new(b"deployment key", EMAIL, hashlib.sha256).hexdigest()[:16]
+    assert policy.parameter(None, EMAIL, None) == "hmac-sha256:" + expected
+    other = RedactionPolicy(parameters=ParameterMode.HASH, hash_key=b"another deployment")
+    assert other.parameter(None, EMAIL, None) != policy.parameter(None, EMAIL, None)
+    assert "deployment key" not in repr(policy)
+
+
+def test_without_a_key_hashes_correlate_within_a_process_only() -> None:
+    one, two = RedactionPolicy(parameters=ParameterMode.HASH), RedactionPolicy(parameters=ParameterMode.HASH)
+    assert one.hash_key_source is HashKeySource.RANDOM
+    assert one.parameter(None, EMAIL, None) == two.parameter(None, EMAIL, None)
+    code = (
+        "from pgproxy.tracker.redaction import RedactionPolicy, ParameterMode;"
+        "print(RedactionPolicy(parameters=ParameterMode.HASH).parameter(None, b'demo@aa.io', None))"
+    )
+    elsewhere = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert elsewhere.stdout.strip().startswith("hmac-sha256:")
+    assert elsewhere.stdout.strip() != one.parameter(None, EMAIL, None)
+
+
+def test_key_comes_from_configuration_or_environment() -> None:
+    config = load(env={"PGPROXY_REDACTION_PARAMETERS": "hash", "PGPROXY_REDACTION_HASH_KEY": "from-env"})
+    policy = config.tracker_options().redaction
+    assert policy.hash_key == b"from-env" and policy.parameters is ParameterMode.HASH
+    assert load(env={}).tracker_options().redaction.hash_key_source is HashKeySource.RANDOM
