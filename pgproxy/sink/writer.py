@@ -7,6 +7,12 @@ daemon thread drains into the stream. When the queue is full, lines are
 dropped and counted, and the writer reports the count in a ``log.dropped``
 line as soon as it can: losing log lines is preferable to slowing the
 application's database traffic, and the loss is never silent.
+
+Threads: any thread may write; only the writer thread touches the stream.
+``flush()`` puts a marker in the queue and returns once the writer thread
+has written everything queued before it. The drop count is changed from both
+sides (a full queue on the writing side, a broken stream on the writer
+thread's), so it is kept under a lock.
 """
 
 from __future__ import annotations
@@ -15,10 +21,15 @@ import json
 import threading
 import time
 from collections import deque
-from typing import IO, Final
+from typing import IO, Final, TypeAlias
 
 #: Lines held before dropping: at ~300 bytes a line, about 30 MB at most.
 DEFAULT_MAX_QUEUED: Final = 100_000
+#: Lines written to the stream in one call.
+_BATCH: Final = 4096
+
+#: A queued line, or a flush marker set once everything before it is written.
+_Item: TypeAlias = str | threading.Event
 
 
 class QueueWriter:
@@ -41,21 +52,30 @@ class QueueWriter:
         self.max_queued = max_queued
         self.flush_interval = flush_interval
         self.wake_threshold = max(1, min(1024, max_queued // 4))
-        self.dropped = 0
         self.written = 0
+        self._dropped = 0
+        self._drop_lock = threading.Lock()
         self._reported_dropped = 0
-        self._queue: deque[str] = deque()
-        self._in_flight = 0
+        self._queue: deque[_Item] = deque()
         self._wake = threading.Event()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
+    @property
+    def dropped(self) -> int:
+        """Lines lost so far: the queue was full, or the stream failed."""
+        return self._dropped
+
+    def _count_dropped(self, lines: int) -> None:
+        with self._drop_lock:
+            self._dropped += lines
+
     def write(self, line: str) -> None:
-        """Queue one line (without its newline). Never blocks."""
+        """Queue one line (without its newline). Never blocks on the stream."""
         queue = self._queue
         if len(queue) >= self.max_queued:
-            self.dropped += 1
+            self._count_dropped(1)
             return
         queue.append(line)
         if len(queue) >= self.wake_threshold and not self._wake.is_set():
@@ -71,11 +91,20 @@ class QueueWriter:
             self._wake.clear()
             while queue:
                 batch: list[str] = []
-                while queue and len(batch) < 4096:
-                    batch.append(queue.popleft())
-                self._in_flight = len(batch)
-                self._emit(batch)
-                self._in_flight = 0
+                markers: list[threading.Event] = []
+                while queue and len(batch) < _BATCH:
+                    item = queue.popleft()
+                    if isinstance(item, str):
+                        batch.append(item)
+                    else:
+                        markers.append(item)
+                        break  # everything before the marker is in this batch
+                if batch:
+                    self._emit(batch)
+                if markers:
+                    self._report_drops()
+                    for marker in markers:
+                        marker.set()
             self._report_drops()
             if self._stopping and not queue:
                 return
@@ -87,10 +116,10 @@ class QueueWriter:
             self.written += len(lines)
         except (OSError, ValueError):
             # A closed or broken log stream must not kill the proxy; count the loss.
-            self.dropped += len(lines)
+            self._count_dropped(len(lines))
 
     def _report_drops(self) -> None:
-        dropped = self.dropped
+        dropped = self._dropped
         if dropped != self._reported_dropped:
             line = json.dumps(
                 {
@@ -109,14 +138,13 @@ class QueueWriter:
                 pass
 
     def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until every queued line is written; False on timeout."""
-        deadline = time.monotonic() + timeout
+        """Wait until every line queued before this call is written (and drops reported); False on timeout."""
+        if not self._thread.is_alive():
+            return not self._queue
+        done = threading.Event()
+        self._queue.append(done)  # past max_queued on purpose: a marker is never dropped
         self._wake.set()
-        while self._queue or self._in_flight:
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.002)
-        return True
+        return done.wait(timeout)
 
     def close(self, timeout: float = 5.0) -> None:
         """Write what is queued, then stop the thread (waits at most ``timeout``)."""

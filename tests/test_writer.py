@@ -1,0 +1,115 @@
+"""The log writer thread: flush means written, and every lost line is counted exactly once."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+
+from pgproxy.sink.writer import QueueWriter
+
+
+class _GatedStream(io.StringIO):
+    """A log destination whose writes wait for ``release``; ``entered`` is set when a write is waiting."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def write(self, s: str) -> int:
+        self.entered.set()
+        assert self.release.wait(60), "test never released the stream"
+        return super().write(s)
+
+
+def _stalled_writer(max_queued: int) -> tuple[QueueWriter, _GatedStream]:
+    """A writer whose thread is stuck inside the stream's write, with an empty queue."""
+    stream = _GatedStream()
+    writer = QueueWriter(stream, max_queued=max_queued)
+    writer.write('{"n":"first"}')
+    writer.flush(timeout=0)  # wake the thread now rather than at its next tick
+    assert stream.entered.wait(30)
+    return writer, stream
+
+
+def test_flush_reports_done_only_once_the_last_batch_is_written() -> None:
+    writer, stream = _stalled_writer(max_queued=1000)
+    for i in range(10):
+        writer.write(f'{{"n":{i}}}')
+    assert writer.flush(timeout=0.05) is False  # the stream has not taken the lines: not done
+    stream.release.set()
+    assert writer.flush(timeout=30) is True
+    lines = stream.getvalue().splitlines()
+    assert lines[-10:] == [f'{{"n":{i}}}' for i in range(10)]
+    writer.close()
+
+
+def test_flush_returns_with_every_earlier_line_in_the_stream() -> None:
+    stream = io.StringIO()
+    writer = QueueWriter(stream, max_queued=100_000)
+    for round_ in range(300):
+        for i in range(round_ % 7 + 1):
+            writer.write(f"{round_}.{i}")
+        assert writer.flush(timeout=30)
+        assert stream.getvalue().endswith(f"{round_}.{round_ % 7}\n"), round_
+    writer.close()
+
+
+class _ReportGatedStream(io.StringIO):
+    """Takes lines at once, but holds the ``log.dropped`` report until ``release``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.lines_gate = threading.Event()  # set: ordinary lines pass
+        self.report_waiting = threading.Event()
+
+    def write(self, s: str) -> int:
+        if "log.dropped" in s:
+            self.report_waiting.set()
+            assert self.release.wait(60), "test never released the stream"
+        else:
+            assert self.lines_gate.wait(60)
+        return super().write(s)
+
+
+def test_flush_waits_for_the_drop_report_too() -> None:
+    stream = _ReportGatedStream()
+    writer = QueueWriter(stream, max_queued=100)
+    for i in range(1000):  # the writer thread holds at most one batch of 100 while its stream waits: lines drop
+        writer.write(f'{{"n":{i}}}')
+    stream.lines_gate.set()
+    assert writer.flush(timeout=0.2) is False  # lines written, but the loss not yet told
+    assert stream.report_waiting.is_set()
+    stream.release.set()
+    assert writer.flush(timeout=30) is True
+    last = json.loads(stream.getvalue().splitlines()[-1])
+    assert last["event"] == "log.dropped" and last["dropped_total"] == writer.dropped >= 700
+    writer.close()
+
+
+def test_drops_from_many_threads_are_counted_exactly_and_reported() -> None:
+    writer, stream = _stalled_writer(max_queued=100)
+    per_thread, threads = 5_000, 8
+
+    def produce(tag: int) -> None:
+        for i in range(per_thread):
+            writer.write(f'{{"t":{tag},"n":{i}}}')
+
+    workers = [threading.Thread(target=produce, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+        assert not w.is_alive(), "a producer blocked on the stalled log stream"
+    stream.release.set()
+    assert writer.flush(timeout=30)
+    writer.close()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    written = [line for line in lines if "t" in line]
+    reports = [line for line in lines if line.get("event") == "log.dropped"]
+    assert len(written) + writer.dropped == per_thread * threads
+    assert writer.dropped >= per_thread * threads - 200
+    assert reports and reports[-1]["dropped_total"] == writer.dropped
+    assert sum(r["dropped_since_last_report"] for r in reports) == writer.dropped
