@@ -78,6 +78,7 @@ class Analysis:
             ``?`` by the lexer).
         source: parser or lexer.
         fallback: why the lexer was used, if it was.
+        targets: every table (and called procedure) named, in text order, once each.
         fields: the ``query`` record fields this analysis adds (read-only).
     """
 
@@ -89,6 +90,7 @@ class Analysis:
     normalized: str
     source: Source
     fallback: FallbackReason | None = None
+    targets: tuple[str, ...] = ()
     fields: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -102,6 +104,7 @@ class Analysis:
         normalized: str,
         source: Source,
         fallback: FallbackReason | None = None,
+        targets: tuple[str, ...] = (),
     ) -> Analysis:
         fields: dict[str, Any] = {"fingerprint": fingerprint}
         if summary:
@@ -119,6 +122,7 @@ class Analysis:
             normalized,
             source,
             fallback,
+            targets,
             MappingProxyType(fields),
         )
 
@@ -276,7 +280,7 @@ _FIXED_OPERATIONS: Final = {
     "TruncateStmt": "TRUNCATE TABLE",
     "LockStmt": "LOCK TABLE",
     "DeclareCursorStmt": "DECLARE CURSOR",
-    "ClosePortalStmt": "CLOSE",
+    "ClosePortalStmt": "CLOSE CURSOR",
     "DeallocateStmt": "DEALLOCATE",
     "CreatedbStmt": "CREATE DATABASE",
     "DropdbStmt": "DROP DATABASE",
@@ -356,15 +360,20 @@ def operation_of(node: str, body: Mapping[str, Any]) -> str | None:
         return None
     if node == "SelectStmt":
         if body.get("op", "SETOP_NONE") != "SETOP_NONE" or ("valuesLists" in body and "targetList" not in body):
-            return None
+            return None  # a set operation (its branches count) or a VALUES list (an anonymous table)
         return "SELECT"
+    if node == "ReturnStmt":  # the body of CREATE FUNCTION ... RETURN expr
+        return None
     if node == "TransactionStmt":
         return _TRANSACTION_KINDS.get(body.get("kind", ""), "BEGIN")
     if node == "DropStmt":
         return f"DROP {_object_type(body.get('removeType'))}"
     if node in ("AlterTableStmt", "RenameStmt", "AlterObjectSchemaStmt", "AlterOwnerStmt"):
         key = {"AlterTableStmt": "objtype", "RenameStmt": "renameType"}.get(node, "objectType")
-        return f"ALTER {_object_type(body.get(key, 'OBJECT_TABLE'))}"
+        kind = body.get(key, "OBJECT_TABLE")
+        if node == "RenameStmt" and kind in ("OBJECT_COLUMN", "OBJECT_ATTRIBUTE", "OBJECT_TABCONSTRAINT"):
+            kind = body.get("relationType", "OBJECT_TABLE")  # renaming a column alters its table
+        return f"ALTER {_object_type(kind)}"
     if node == "CreateTableAsStmt":
         if body.get("is_select_into"):
             return "SELECT"
@@ -482,10 +491,20 @@ def _statement_children(node: str, body: Mapping[str, Any], op: str) -> list[Any
                 children.append(_Target(_names(obj["List"].get("items"))))
     elif node == "CreateFunctionStmt":
         children.append(_Target(_names(body.get("funcname"))))
+    elif node == "InsertStmt":
+        values = body.get("selectStmt", {}).get("SelectStmt")
+        if values is not None and "valuesLists" in values and "targetList" not in values:
+            # INSERT ... VALUES: the VALUES list is no SELECT of its own (subqueries in it still count).
+            body = {**body, "selectStmt": values}
     order = _FIELD_ORDER.get(node, ())
     children.extend(body[key] for key in order if key in body)
-    children.extend(v for k, v in body.items() if k != "withClause" and k not in order)
+    children.extend(v for k, v in body.items() if k not in _NOT_WALKED and k not in order)
     return children
+
+
+#: Statement fields whose contents are not part of the statement's own work:
+#: the WITH clause (walked first) and a SQL-standard function body.
+_NOT_WALKED: Final = frozenset(("withClause", "sql_body"))
 
 
 def describe_tree(statements: list[Any], raw: bytes) -> tuple[str | None, list[str], list[str], str | None]:
@@ -506,7 +525,15 @@ def describe_tree(statements: list[Any], raw: bytes) -> tuple[str | None, list[s
     first_op: str | None = None
     procedure: str | None = None
     last_op_index = -1
-    stack: list[Any] = [s.get("stmt") for s in reversed(statements) if isinstance(s, dict)]
+    stack: list[Any] = []
+    for s in reversed(statements):
+        stmt = s.get("stmt") if isinstance(s, dict) else None
+        stack.append(stmt)
+        select = stmt.get("SelectStmt") if isinstance(stmt, dict) else None
+        if select is not None and "valuesLists" in select and "targetList" not in select:
+            stack.append(_Emit("SELECT"))  # a bare VALUES statement is a SELECT (its command tag says so)
+            if s is statements[0]:
+                first_op = "SELECT"
 
     def add_target(name: str | None) -> None:
         if not name:
@@ -738,7 +765,16 @@ class StatementAnalyzer:
             return Analysis.build(fingerprint, operation, operation, None, None, normalized, Source.PARSER)
         operation, parts, targets, procedure = describe_tree(statements, sql.encode("utf-8", "surrogatepass"))
         collection = targets[0] if len(targets) == 1 else None
-        return Analysis.build(fingerprint, operation, _summary(parts), collection, procedure, normalized, Source.PARSER)
+        return Analysis.build(
+            fingerprint,
+            operation,
+            _summary(parts),
+            collection,
+            procedure,
+            normalized,
+            Source.PARSER,
+            targets=tuple(targets),
+        )
 
     def _store(self, key: str, analysis: Analysis) -> None:
         cache = self._cache
@@ -766,3 +802,31 @@ def _lexical_analysis(sql: str, reason: FallbackReason) -> Analysis:
     return Analysis.build(
         f"lexical:{digest.hexdigest()}", operation, operation, None, None, normalized, Source.LEXER, reason
     )
+
+
+_SHARED: list[StatementAnalyzer] = []
+
+
+def shared_analyzer() -> StatementAnalyzer:
+    """The process-wide analyzer: every session (and a reloaded configuration) shares one cache."""
+    if not _SHARED:
+        _SHARED.append(StatementAnalyzer())
+    return _SHARED[0]
+
+
+def annotate(fields: dict[str, Any], analysis: Analysis, normalized_text: bool, max_chars: int) -> None:
+    """Add an analysis to a ``query`` record's fields.
+
+    Adds ``fingerprint``, ``db.query.summary``, ``db.collection.name`` and
+    ``db.stored_procedure.name`` (when known); fills ``db.operation.name``
+    when the server's command tag did not (a failed statement); with
+    ``normalized_text`` replaces ``db.query.text`` by the normalised text.
+    """
+    fields.update(analysis.fields)
+    if fields.get("db.operation.name") is None:
+        fields["db.operation.name"] = analysis.operation
+    if normalized_text:
+        text = analysis.normalized
+        if len(text) > max_chars:
+            text = f"{text[:max_chars]}…[+{len(text) - max_chars} chars]"
+        fields["db.query.text"] = text
