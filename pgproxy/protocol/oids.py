@@ -2,7 +2,8 @@
 
 Values from the PostgreSQL source, ``src/include/catalog/pg_type.dat``
 (stable across releases: built-in OIDs are never reassigned). Kept by hand
-because only the types pgproxy decodes need a name here.
+because only the types pgproxy decodes need a name here; tests/test_oids.py
+checks every entry against a live server's ``pg_type``.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ ARRAY_ELEMENT: Final[dict[int, int]] = {
     1021: FLOAT4,
     1022: FLOAT8,
     1028: OID,
+    1034: ACLITEM,
     1040: MACADDR,
     1041: INET,
     1115: TIMESTAMP,
@@ -95,15 +97,21 @@ ARRAY_ELEMENT: Final[dict[int, int]] = {
     1185: TIMESTAMPTZ,
     1187: INTERVAL,
     1231: NUMERIC,
+    1263: CSTRING,
     1270: TIMETZ,
     1561: BIT,
     1563: VARBIT,
-    2207: REGTYPE,
+    2207: REGPROCEDURE,
+    2208: REGOPER,
+    2209: REGOPERATOR,
     2210: REGCLASS,
+    2211: REGTYPE,
     2287: RECORD,
     2951: UUID,
     3807: JSONB,
     4073: JSONPATH,
+    4090: REGNAMESPACE,
+    4097: REGROLE,
     271: XID8,
 }
 
