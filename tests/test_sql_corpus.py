@@ -39,7 +39,7 @@ def recorded_statements() -> list[str]:
     texts: list[str] = []
     for path in sorted(DATA.glob("*.json")):
         for connection in json.loads(path.read_text())["connections"]:
-            tracker = SessionTracker("corpus", TrackerOptions(analyzer=None))
+            tracker = SessionTracker("corpus", TrackerOptions())
             for chunk in connection:
                 data = bytes.fromhex(chunk["hex"])
                 records = tracker.frontend(data, 0.0) if chunk["dir"] == "F" else tracker.backend(data, 0.0)
