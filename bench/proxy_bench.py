@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import json
 import os
 import re
@@ -148,8 +149,16 @@ def _process_tree(root: int) -> list[int]:
 
 
 def start_proxy(
-    upstream: int, detail: str, tmp: Path, *, workers: int = 1, cpus: str | None = None, name: str | None = None
+    upstream: int,
+    detail: str,
+    tmp: Path,
+    *,
+    workers: int = 1,
+    cpus: str | None = None,
+    name: str | None = None,
+    source: Path | None = None,
 ) -> Target:
+    """pgproxy at ``detail``; ``source`` runs another checkout of it (``--targets query@REF``)."""
     port = free_port()
     label = name or f"pgproxy {detail}"
     log = tmp / (re.sub(r"\W+", "-", label) + ".jsonl")
@@ -157,12 +166,17 @@ def start_proxy(
     cmd += ["--log-detail", detail, "--log-format", "json"]
     if cpus:
         cmd = ["taskset", "-c", cpus, *cmd]
-    env = {**os.environ, "PGPROXY_PROXY_WORKERS": str(workers)} if workers != 1 else dict(os.environ)
+    env = dict(os.environ)
+    if workers != 1:
+        env["PGPROXY_PROXY_WORKERS"] = str(workers)
+    if source is not None:
+        env["PYTHONPATH"] = str(source)
     proc = subprocess.Popen(
         cmd,
         stdout=open(log, "ab"),  # noqa: SIM115 (the child owns it; append mode lets us truncate it between runs)
         stderr=subprocess.STDOUT,
         env=env,
+        cwd=source,  # `python -m` puts the working directory first on sys.path
     )
     _wait_port(port, proc)
     return Target(label, port, proc, log)
@@ -233,9 +247,23 @@ def start_targets(names: list[str], pg: EmbeddedPostgres, tmp: Path, pool_size: 
                 targets.append(bouncer)
         elif name == "forwarder":
             targets.append(start_forwarder(pg.port))
+        elif "@" in name:
+            detail, ref = name.split("@", 1)
+            targets.append(
+                start_proxy(pg.port, detail, tmp, name=f"pgproxy {detail} @{ref}", source=checkout(ref, tmp))
+            )
         else:
             targets.append(start_proxy(pg.port, name, tmp))
     return targets
+
+
+def checkout(ref: str, tmp: Path) -> Path:
+    """A detached worktree of ``ref`` (for before/after comparisons in one run); removed at exit."""
+    path = tmp / ("src-" + re.sub(r"\W+", "-", ref))
+    if not path.exists():
+        subprocess.run(["git", "-C", str(BENCH_DIR), "worktree", "add", "--detach", "-q", str(path), ref], check=True)
+        atexit.register(subprocess.run, ["git", "-C", str(BENCH_DIR), "worktree", "prune"])  # after tmp is gone
+    return path
 
 
 # ---------------------------------------------------------------------- pgbench
@@ -620,7 +648,7 @@ def main() -> None:
     names = [n for n in args.targets.split(",") if n]
     workloads = [w for w in args.workloads.split(",") if w]
     for name in names:
-        if name not in ALL_TARGETS:
+        if name.split("@")[0] not in ALL_TARGETS:
             parser.error(f"unknown target {name!r}")
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 1,000 connections need 2,000+ descriptors
