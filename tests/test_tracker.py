@@ -36,7 +36,7 @@ def q(records: list[Record]) -> list[tuple[Any, ...]]:
             r["db.query.text"],
             r["outcome"],
             r["rows"],
-            r["duration_ms"],
+            r.get("duration_ms"),
             r.get("parameters"),
             r["transaction_status"],
         )
@@ -87,11 +87,15 @@ def test_multi_statement_simple_query() -> None:
         + b.ready_for_query("I"),
         now=1.006,
     )
+    # The responses of one Query arrive together: no statement has a duration of
+    # its own, the Query's (to its ReadyForQuery) is given once, on the last.
     assert q(records) == [
-        ("SELECT 1", "ok", 1, 2.0, None, "idle"),
-        ("INSERT INTO t VALUES (1)", "ok", 1, 3.0, None, "idle"),
-        ("SELECT 'a;b'", "ok", 1, 1.0, None, "idle"),
+        ("SELECT 1", "ok", 1, None, None, "idle"),
+        ("INSERT INTO t VALUES (1)", "ok", 1, None, None, "idle"),
+        ("SELECT 'a;b'", "ok", 1, None, None, "idle"),
     ]
+    assert [r.get("batch_duration_ms") for r in records] == [None, None, 6.0]
+    assert [r["db.operation.batch.size"] for r in records] == [3, 3, 3]
     assert [r["statement_index"] for r in records] == [0, 1, 2]
     assert [r["db.operation.name"] for r in records] == ["SELECT", "INSERT", "SELECT"]
 
@@ -100,7 +104,7 @@ def test_empty_query_and_error_in_simple_query() -> None:
     t = session()
     t.frontend(b.query(";"), now=0)
     assert q(t.backend(b.message(b"I") + b.ready_for_query(), now=0.001)) == [(";", "empty", 0, 1.0, None, "idle")]
-    t.frontend(b.query("SELECT 1/0; SELECT 2"), now=1)
+    t.frontend(b.query("SELECT 1/0"), now=1)
     recs = t.backend(error_response("ERROR", "22012", "division by zero") + b.ready_for_query("I"), now=1.004)
     assert q(recs) == [("SELECT 1/0", "error", 0, 4.0, None, "idle")]
     assert recs[0].level == "error"
@@ -447,3 +451,246 @@ def test_busy_in_transaction_and_backend_pid_agree_at_every_detail_level() -> No
         assert not t.busy, detail
         (ended,) = [r for r in t.closed("client_closed", now=1.0) if r.event == "session.ended"]
         assert ended["transaction_status"] == "idle", detail
+
+
+def _error(sqlstate: str, text: str, position: int | None = None) -> bytes:
+    body = b"SERROR\x00VERROR\x00C" + sqlstate.encode() + b"\x00M" + text.encode() + b"\x00"
+    if position is not None:
+        body += b"P" + str(position).encode() + b"\x00"
+    return b.message(b"E", body + b"\x00")
+
+
+def test_statement_failing_at_bind_is_one_event_with_its_sql_and_parameters() -> None:
+    """psycopg: ``select id from t where id = %s::int`` with "abc" fails at Bind."""
+    t = session()
+    t.frontend(
+        b.parse("", "select id from t where id = $1::int")
+        + b.bind("", "", (b"abc",))
+        + b.describe("P", "")
+        + b.execute()
+        + b.sync(),
+        now=1.0,
+    )
+    recs = t.backend(
+        b.message(b"1") + _error("22P02", 'invalid input syntax for type integer: "abc"') + b.ready_for_query(),
+        now=1.002,
+    )
+    assert q(recs) == [("select id from t where id = $1::int", "error", 0, 2.0, ["abc"], "idle")]
+    assert recs[0]["db.response.status_code"] == "22P02"
+
+
+def test_prepared_statement_failing_at_bind_names_the_statement() -> None:
+    """asyncpg: ``fetchval("select 1/$1::int", 0)`` is evaluated while planning, at Bind."""
+    t = session()
+    t.frontend(
+        b.parse("__asyncpg_stmt_1__", "select 1/$1::int", (23,)) + b.describe("S", "__asyncpg_stmt_1__") + b.sync(),
+        now=0,
+    )
+    assert (
+        t.backend(
+            b.message(b"1") + b.message(b"t", b"\x00\x01\x00\x00\x00\x17") + b.message(b"n") + b.ready_for_query(),
+            now=0,
+        )
+        == []
+    )
+    t.frontend(b.bind("", "__asyncpg_stmt_1__", (b"\x00\x00\x00\x00",), (1,)) + b.execute("", 2) + b.sync(), now=1.0)
+    recs = t.backend(_error("22012", "division by zero") + b.ready_for_query(), now=1.003)
+    assert q(recs) == [("select 1/$1::int", "error", 0, 3.0, [0], "idle")]
+    assert recs[0]["statement"] == "__asyncpg_stmt_1__"
+
+
+def test_statement_failing_at_parse_is_one_event() -> None:
+    t = session()
+    t.frontend(b.parse("", "selec 1") + b.bind("", "") + b.describe("P", "") + b.execute() + b.sync(), now=1.0)
+    recs = t.backend(_error("42601", 'syntax error at or near "selec"', 1) + b.ready_for_query(), now=1.001)
+    assert q(recs) == [("selec 1", "error", 0, 1.0, [], "idle")]
+
+
+def test_portal_suspended_then_closed_by_sync_is_ok() -> None:
+    """asyncpg fetchrow: Execute with a row limit, PortalSuspended, Sync ends the transaction."""
+    t = session()
+    t.frontend(
+        b.parse("", "select g from generate_series(1, 5) g") + b.bind("", "") + b.execute("", 1) + b.sync(), now=1.0
+    )
+    recs = t.backend(
+        b.message(b"1") + b.message(b"2") + b.data_row([b"1"]) + b.message(b"s") + b.ready_for_query("I"),
+        now=1.002,
+    )
+    assert q(recs) == [("select g from generate_series(1, 5) g", "ok", 1, 2.0, [], "idle")]
+    assert recs[0]["portal_suspended"] is True
+    # Inside a transaction block the unnamed portal lives until it is bound again.
+    t.frontend(b.query("begin"), now=2.0)
+    t.backend(b.command_complete("BEGIN") + b.ready_for_query("T"), now=2.0)
+    t.frontend(b.parse("", "select 1") + b.bind("", "") + b.execute("", 1) + b.sync(), now=3.0)
+    assert (
+        t.backend(
+            b.message(b"1") + b.message(b"2") + b.data_row([b"1"]) + b.message(b"s") + b.ready_for_query("T"), now=3.004
+        )
+        == []
+    )
+    t.frontend(b.parse("", "select 2") + b.bind("", "") + b.execute() + b.sync(), now=4.0)
+    recs = t.backend(
+        b.message(b"1")
+        + b.message(b"2")
+        + b.data_row([b"2"])
+        + b.command_complete("SELECT 1")
+        + b.ready_for_query("T"),
+        now=4.001,
+    )
+    assert q(recs) == [
+        ("select 1", "ok", 1, 4.0, [], "in_transaction"),
+        ("select 2", "ok", 1, 1.0, [], "in_transaction"),
+    ]
+    assert recs[0]["portal_suspended"] is True and "portal_suspended" not in recs[1]
+
+
+def test_portal_left_open_at_session_end_is_suspended() -> None:
+    t = session()
+    t.frontend(b.query("begin"), now=0)
+    t.backend(b.command_complete("BEGIN") + b.ready_for_query("T"), now=0)
+    t.frontend(b.parse("", "select 1") + b.bind("c1", "") + b.execute("c1", 1) + b.sync(), now=1.0)
+    t.backend(
+        b.message(b"1") + b.message(b"2") + b.data_row([b"1"]) + b.message(b"s") + b.ready_for_query("T"), now=1.001
+    )
+    recs = t.closed("client_closed", now=9.0)
+    assert [(r.event, r.get("outcome")) for r in recs] == [("query", "suspended"), ("session.ended", None)]
+    assert recs[0]["duration_ms"] == 1.0 and recs[0]["rows"] == 1
+
+
+def test_error_in_a_multi_statement_query_rolls_back_and_skips() -> None:
+    """``select 1; insert ...; select 1/0; select 3``: the INSERT was rolled back, ``select 3`` never ran."""
+    t = session()
+    t.frontend(b.query("select 1; insert into t values (1); select 1/0; select 3"), now=1.0)
+    recs = t.backend(
+        b.row_description([("?column?", 23)])
+        + b.data_row([b"1"])
+        + b.command_complete("SELECT 1")
+        + b.command_complete("INSERT 0 1")
+        + _error("22012", "division by zero")
+        + b.ready_for_query("I"),
+        now=1.005,
+    )
+    assert [(r["db.query.text"], r["outcome"], r.get("rolled_back")) for r in recs] == [
+        ("select 1", "ok", True),
+        ("insert into t values (1)", "ok", True),
+        ("select 1/0", "error", None),
+        ("select 3", "skipped", None),
+    ]
+    assert recs[-1]["batch_duration_ms"] == 5.0 and recs[2]["db.response.status_code"] == "22012"
+    assert [r.get("duration_ms") for r in recs] == [None] * 4
+
+
+def test_transaction_control_inside_a_multi_statement_query() -> None:
+    """COMMIT ends the implicit block; BEGIN makes it explicit (a failed block, not yet rolled back)."""
+    t = session()
+    t.frontend(b.query("begin; insert into t values (1); commit; insert into t values (2); select 1/0"), now=0)
+    recs = t.backend(
+        b.command_complete("BEGIN")
+        + b.command_complete("INSERT 0 1")
+        + b.command_complete("COMMIT")
+        + b.command_complete("INSERT 0 1")
+        + _error("22012", "division by zero")
+        + b.ready_for_query("I"),
+        now=0.001,
+    )
+    assert [r.get("rolled_back") for r in recs] == [None, None, None, True, None]
+    t.frontend(b.query("insert into t values (3); begin; insert into t values (4); select 1/0; commit"), now=1)
+    recs = t.backend(
+        b.command_complete("INSERT 0 1")
+        + b.command_complete("BEGIN")
+        + b.command_complete("INSERT 0 1")
+        + _error("22012", "division by zero")
+        + b.ready_for_query("E"),
+        now=1.001,
+    )
+    assert [(r["outcome"], r.get("rolled_back")) for r in recs] == [
+        ("ok", None),
+        ("ok", None),
+        ("ok", None),
+        ("error", None),
+        ("skipped", None),
+    ]
+    assert {r["transaction_status"] for r in recs} == {"failed_transaction"}
+
+
+def test_syntax_error_in_a_later_statement_is_attributed_by_position() -> None:
+    """PostgreSQL parses the whole string first: nothing ran, the error is in ``selec 2``."""
+    t = session()
+    sql = "select 1 as s1; selec 2; select 3 as s3"
+    t.frontend(b.query(sql), now=0)
+    recs = t.backend(
+        _error("42601", 'syntax error at or near "selec"', sql.index("selec 2") + 1) + b.ready_for_query(), now=0.001
+    )
+    assert [(r["db.query.text"], r["outcome"], r["statement_index"]) for r in recs] == [
+        ("select 1 as s1", "skipped", 0),
+        ("selec 2", "error", 1),
+        ("select 3 as s3", "skipped", 2),
+    ]
+
+
+def test_error_in_a_pipeline_marks_what_the_implicit_transaction_rolled_back() -> None:
+    t = session()
+    t.frontend(
+        b.parse("", "insert into t values (1)")
+        + b.bind("", "")
+        + b.execute()
+        + b.parse("", "select 1/0")
+        + b.bind("", "")
+        + b.execute()
+        + b.sync(),
+        now=0,
+    )
+    recs = t.backend(
+        b.message(b"1")
+        + b.message(b"2")
+        + b.command_complete("INSERT 0 1")
+        + b.message(b"1")
+        + b.message(b"2")
+        + _error("22012", "division by zero")
+        + b.ready_for_query(),
+        now=0.001,
+    )
+    assert [(r["outcome"], r.get("rolled_back")) for r in recs] == [("ok", True), ("error", None)]
+    # Separate Syncs commit separately: nothing to mark.
+    t.frontend(b.parse("", "insert into t values (2)") + b.bind("", "") + b.execute() + b.sync(), now=1)
+    t.frontend(b.parse("", "select 1/0") + b.bind("", "") + b.execute() + b.sync(), now=1)
+    recs = t.backend(
+        b.message(b"1")
+        + b.message(b"2")
+        + b.command_complete("INSERT 0 1")
+        + b.ready_for_query()
+        + b.message(b"1")
+        + b.message(b"2")
+        + _error("22012", "division by zero")
+        + b.ready_for_query(),
+        now=1.001,
+    )
+    assert [(r["outcome"], r.get("rolled_back")) for r in recs] == [("ok", None), ("error", None)]
+
+
+def test_pending_requests_are_bounded_and_the_session_drains_back() -> None:
+    t = session()
+    assert t.statements is not None
+    t.statements.max_pending = 5
+    anomalies = [r for r in t.frontend(b.query("select 1") * 20, now=0) if r.event == "session.anomaly"]
+    assert len(anomalies) == 1 and anomalies[0]["kind"] == "pending_limit"
+    assert t.busy and t.request_outstanding
+    answer = (
+        b.row_description([("?column?", 23)])
+        + b.data_row([b"1"])
+        + b.command_complete("SELECT 1")
+        + b.ready_for_query()
+    )
+    recs = t.backend(answer * 20, now=0.001)
+    assert len([r for r in recs if r.event == "query"]) == 5
+    assert not t.busy and t.statements.untracked is None and t.statements.executed == 20
+    t.frontend(b.query("select 2"), now=1)
+    assert q(t.backend(answer, now=1.001)) == [("select 2", "ok", 1, 1.0, None, "idle")]
+
+
+def test_statements_interrupted_by_the_session_end_are_one_event_with_a_count() -> None:
+    t = session()
+    t.frontend(b.query("select pg_sleep(100)") + b.query("select 2; select 3") * 50, now=0)
+    recs = t.closed("client_closed", now=5.0)
+    assert [(r.event, r.get("outcome")) for r in recs] == [("query", "interrupted"), ("session.ended", None)]
+    assert recs[0]["db.query.text"] == "select pg_sleep(100)" and recs[0]["interrupted_statements"] == 101

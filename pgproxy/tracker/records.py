@@ -48,6 +48,16 @@ NOTICE: Final = "notice"
 NOTIFICATION: Final = "notification"
 
 
+def truncate(value: Any, limit: int) -> Any:
+    """A string longer than ``limit`` characters cut to it, saying how much was cut; anything else unchanged.
+
+    The one place every logged text (values, parameters, SQL, payloads) is capped.
+    """
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]}…[+{len(value) - limit} chars]"
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Record:
     """One log event: its name, level and JSON-ready fields."""

@@ -39,6 +39,7 @@ from pgproxy.tracker.records import (
     SESSION_STARTUP_FAILED,
     Detail,
     Record,
+    truncate,
 )
 from pgproxy.tracker.redaction import REDACTED, ParameterMode
 from pgproxy.tracker.statements import (
@@ -123,12 +124,6 @@ _AUTH_REPLY: Final = {
     "sasl_continue": "the SASL response",
     "gss": "the GSSAPI response",
 }
-
-
-def _cap(value: Any, limit: int) -> Any:
-    if isinstance(value, str) and len(value) > limit:
-        return f"{value[:limit]}…[+{len(value) - limit} chars]"
-    return value
 
 
 class SessionTracker:
@@ -276,6 +271,8 @@ class SessionTracker:
                 handler(statements, msg, now)
         if copies:
             statements.count_results(0, 0, copies, copy_bytes)
+        if statements.outbox:
+            out += statements.take_released()
         return out
 
     def backend(self, data: bytes, now: float | None = None) -> list[Record]:
@@ -396,7 +393,7 @@ class SessionTracker:
         if self.ready_at is None or not self.conv.decoding:
             return False
         if self.statements is not None:
-            return bool(self.statements.pending)
+            return self.statements.awaiting
         return self._ready_due > 0 or self._unsynced
 
     @property
@@ -693,7 +690,7 @@ class SessionTracker:
                         else:
                             value = row[name]
                             if isinstance(value, str) and len(value) > limit:
-                                row[name] = _cap(value, limit)
+                                row[name] = truncate(value, limit)
                     fields["row"] = row
         if self.detail >= Detail.WIRE and buf is not None:
             raw = buf[start - _HEADER_BYTES : end]
@@ -754,7 +751,7 @@ class SessionTracker:
 
     def _describe_sql(self, msg: m.Query | m.Parse, fields: dict[str, Any]) -> bool:
         shown = self.options.redaction.sql(msg.query)
-        fields["query"] = _cap(shown, self.options.max_sql_chars)
+        fields["query"] = truncate(shown, self.options.max_sql_chars)
         if isinstance(msg, m.Parse):
             fields["statement"] = msg.statement
             fields["parameter_types"] = [type_name(t) if t else "unspecified" for t in msg.parameter_types]
@@ -795,7 +792,7 @@ class SessionTracker:
     def _describe_notification(self, msg: m.NotificationResponse, fields: dict[str, Any]) -> bool:
         fields["process_id"] = msg.process_id
         fields["channel"] = msg.channel
-        fields["payload"] = _cap(msg.payload, self.options.max_value_chars)
+        fields["payload"] = truncate(msg.payload, self.options.max_value_chars)
         return False
 
     def _describe_function_call(self, msg: m.FunctionCall, fields: dict[str, Any]) -> bool:
@@ -813,10 +810,10 @@ class SessionTracker:
                 continue
             value = getattr(msg, name)
             if isinstance(value, bytes):
-                value = _cap(value.hex(), limit)
+                value = truncate(value.hex(), limit)
             elif isinstance(value, tuple):
                 value = list(value)
-            fields[name] = _cap(value, limit)
+            fields[name] = truncate(value, limit)
         if isinstance(msg, m.Authentication):
             fields["method"] = msg.method
         return any(is_secret for _, is_secret in plan)

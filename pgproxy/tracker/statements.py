@@ -8,22 +8,37 @@ ErrorResponse in the extended protocol the server discards everything up to
 the next Sync, so the statements queued up to it are reported as skipped.
 
 Completed statements are held until the ReadyForQuery that ends their cycle,
-so each event carries the transaction status that followed it.
+so each event carries the transaction status that followed it, and so an
+error later in the same implicit transaction can still say that it rolled
+them back ("Multiple Statements in a Simple Query", "Pipelining").
+
+What an event says is what the wire showed, nothing more:
+
+* A statement that fails at Parse, Bind or Describe is one event, the
+  Execute that depended on it; the ErrorResponse ends its duration.
+* A portal suspended by an Execute row limit and then closed (by Sync ending
+  the transaction, Close, or a new Bind of the same name) completed as far as
+  its client wanted: ``ok`` with ``portal_suspended``.
+* A simple Query's responses arrive together at its ReadyForQuery, so the
+  statements of a multi-statement Query have no duration of their own; the
+  Query's is given once, as ``batch_duration_ms`` on its last event.
 """
 
 from __future__ import annotations
 
+import enum
+import re
 from collections import OrderedDict, deque
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from pgproxy.protocol import messages as m
 from pgproxy.protocol.rows import RowDecoder
 from pgproxy.protocol.values import ValueContext, ValueDecoder, decoder_for
 from pgproxy.tracker.options import TrackerOptions
-from pgproxy.tracker.records import NOTICE, NOTIFICATION, QUERY, Record
+from pgproxy.tracker.records import NOTICE, NOTIFICATION, QUERY, SESSION_ANOMALY, Record, truncate
 from pgproxy.tracker.sql import operation_name, parameter_names, split_statements
 
 #: Transaction status byte of ReadyForQuery -> logged value.
@@ -32,6 +47,12 @@ TRANSACTION_STATUS: Final = {"I": "idle", "T": "in_transaction", "E": "failed_tr
 #: Completed events held while waiting for ReadyForQuery before they are released anyway.
 MAX_HELD_EVENTS: Final = 1000
 
+#: Requests awaiting their responses, per session. A client that sends without
+#: reading (15 MB of empty queries) would otherwise grow the queue without
+#: limit; past it the session is counted, not paired, until the server has
+#: answered everything (PgBouncer bounds its per-client buffers the same way).
+MAX_PENDING: Final = 10_000
+
 _NOTICE_LEVELS: Final = {
     "DEBUG": "debug",
     "LOG": "info",
@@ -39,6 +60,27 @@ _NOTICE_LEVELS: Final = {
     "NOTICE": "info",
     "WARNING": "warning",
 }
+
+
+class Outcome(enum.StrEnum):
+    """How a statement ended, as the ``outcome`` field says."""
+
+    OK = "ok"
+    ERROR = "error"
+    EMPTY = "empty"
+    SKIPPED = "skipped"
+    """Never run: an earlier error (or a syntax error elsewhere in the same Query) stopped it."""
+    SUSPENDED = "suspended"
+    """A portal still open, partly fetched, when the session ended."""
+    INTERRUPTED = "interrupted"
+    """The session ended before the server answered."""
+
+
+#: Command tags that open and close explicit transaction blocks.
+_BEGIN: Final = frozenset(("BEGIN", "START TRANSACTION"))
+_END: Final = frozenset(("COMMIT", "ROLLBACK", "PREPARE TRANSACTION"))
+#: ``ROLLBACK TO SAVEPOINT`` completes with the tag ROLLBACK but keeps the block open.
+_ROLLBACK_TO: Final = re.compile(r"\s*rollback\s+(?:work\s+|transaction\s+)?to\b", re.IGNORECASE)
 
 
 @dataclass(slots=True)
@@ -71,6 +113,7 @@ class Execution:
     decoder: RowDecoder | None = None
     rows_logged: int = 0
     source: Portal | None = None  # where a late RowDescription (Describe) lands
+    suspended_at: float | None = None  # the last PortalSuspended's arrival
 
 
 @dataclass(slots=True)
@@ -85,24 +128,134 @@ class Portal:
 
 
 @dataclass(slots=True)
+class Finished:
+    """A statement of a simple Query whose response has arrived; logged at the Query's ReadyForQuery."""
+
+    exe: Execution
+    outcome: Outcome
+    tag: m.CommandComplete | None = None
+    error: m.ErrorResponse | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A statement's place in a multi-statement simple Query.
+
+    Attributes:
+        size: statements in the Query.
+        total: seconds from the Query's arrival to its ReadyForQuery (None if it never came).
+        last: this is the Query's last statement, the one that carries ``total``.
+    """
+
+    size: int
+    total: float | None
+    last: bool
+
+
+@dataclass(slots=True)
 class SimpleQuery:
-    """A Query message: one or more statements, answered until ReadyForQuery."""
+    """A Query message: one or more statements, answered until ReadyForQuery.
+
+    Attributes:
+        parts: the statements, split lexically (None when that is unreliable).
+        offsets: 1-based character position where each part starts in ``sql``
+            (ErrorResponse positions count the same way).
+        index: the statement whose responses are arriving.
+        finished: statements answered so far, logged together at ReadyForQuery.
+    """
 
     sql: str
     parts: list[str] | None
     started: float
+    offsets: list[int] | None = None
     index: int = 0
     current: Execution | None = None
     failed: bool = False
+    finished: list[Finished] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return len(self.parts) if self.parts else 1
+
+    def part_at(self, position: int) -> int | None:
+        """Index of the statement containing 1-based character ``position``."""
+        if not self.offsets:
+            return None
+        found = None
+        for index, start in enumerate(self.offsets):
+            if start > position:
+                break
+            found = index
+        return found
+
+
+# ---------------------------------------------------------------------- expected responses
+
+
+class Expect(enum.Enum):
+    """What the head of the queue waits for: one kind per request message."""
+
+    QUERY = "query"
+    PARSE = "parse"
+    BIND = "bind"
+    DESCRIBE = "describe"
+    EXECUTE = "execute"
+    CLOSE = "close"
+    SYNC = "sync"
+    FUNCTION = "function"
 
 
 @dataclass(slots=True)
-class _Pending:
-    """One expected response: ``kind`` and what it concerns."""
+class ExpectQuery:
+    query: SimpleQuery
+    kind: ClassVar[Expect] = Expect.QUERY
 
-    kind: str  # query | parse | bind | describe | execute | close | sync | function
-    target: Any = None
-    extra: Any = None
+
+@dataclass(slots=True)
+class ExpectParse:
+    statement: PreparedStatement
+    kind: ClassVar[Expect] = Expect.PARSE
+
+
+@dataclass(slots=True)
+class ExpectBind:
+    portal: Portal
+    kind: ClassVar[Expect] = Expect.BIND
+
+
+@dataclass(slots=True)
+class ExpectDescribe:
+    target: PreparedStatement | Portal | None
+    kind: ClassVar[Expect] = Expect.DESCRIBE
+
+
+@dataclass(slots=True)
+class ExpectExecute:
+    exe: Execution
+    portal: Portal | None
+    kind: ClassVar[Expect] = Expect.EXECUTE
+
+
+@dataclass(slots=True)
+class ExpectClose:
+    name: str
+    portal: bool  # Close of a portal (else of a prepared statement)
+    kind: ClassVar[Expect] = Expect.CLOSE
+
+
+@dataclass(slots=True)
+class ExpectSync:
+    kind: ClassVar[Expect] = Expect.SYNC
+
+
+@dataclass(slots=True)
+class ExpectFunction:
+    exe: Execution
+    failed: bool = False  # its ErrorResponse came; ReadyForQuery still ends the cycle
+    kind: ClassVar[Expect] = Expect.FUNCTION
+
+
+Expected = ExpectQuery | ExpectParse | ExpectBind | ExpectDescribe | ExpectExecute | ExpectClose | ExpectSync | ExpectFunction
 
 
 @lru_cache(maxsize=256)
@@ -120,6 +273,56 @@ def _forget(table: MutableMapping[str, Any], item: PreparedStatement | Portal) -
         del table[item.name]
 
 
+def _offsets(sql: str, parts: list[str] | None) -> list[int] | None:
+    """1-based start of each (stripped) part in ``sql``, found in order."""
+    if parts is None or len(parts) < 2:
+        return None
+    out: list[int] = []
+    pos = 0
+    for part in parts:
+        found = sql.find(part, pos)
+        if found < 0:
+            return None
+        out.append(found + 1)
+        pos = found + len(part)
+    return out
+
+
+@dataclass(slots=True)
+class ImplicitTransaction:
+    """Which logged statements an error would roll back.
+
+    Statements outside an explicit block run in an implicit transaction that
+    lasts until the Query's (or the pipeline's Sync's) ReadyForQuery; an error
+    before then rolls all of them back. BEGIN turns it into an explicit block
+    (those statements then wait for the client's COMMIT or ROLLBACK), COMMIT
+    and ROLLBACK end it ("Multiple Statements in a Simple Query").
+    """
+
+    explicit: bool = False
+    uncommitted: list[dict[str, Any]] = field(default_factory=list)
+
+    def completed(self, command: str | None, sql: str | None, fields: dict[str, Any] | None) -> None:
+        if command in _BEGIN:
+            self.explicit = True
+            self.uncommitted.clear()
+        elif command in _END and not (command == "ROLLBACK" and sql and _ROLLBACK_TO.match(sql)):
+            self.explicit = False
+            self.uncommitted.clear()
+        elif not self.explicit and fields is not None:
+            self.uncommitted.append(fields)
+
+    def failed(self) -> None:
+        if not self.explicit:
+            for fields in self.uncommitted:
+                fields["rolled_back"] = True
+        self.uncommitted.clear()
+
+    def ready(self, status: str) -> None:
+        self.explicit = status in ("T", "E")
+        self.uncommitted.clear()
+
+
 @dataclass(slots=True)
 class StatementTracker:
     """Correlates one session's requests and responses into ``query`` events.
@@ -130,20 +333,29 @@ class StatementTracker:
             the owner keeps it up to date.
         value_context: how values decode (encoding, time zone); the owner
             replaces it when the session's settings change.
+        max_pending: requests awaiting responses before the session is only counted.
     """
 
     options: TrackerOptions
     context: dict[str, Any]
     value_context: ValueContext = field(default_factory=ValueContext)
+    max_pending: int = MAX_PENDING
     statements: OrderedDict[str, PreparedStatement] = field(default_factory=OrderedDict)
     portals: dict[str, Portal] = field(default_factory=dict)
-    pending: deque[_Pending] = field(default_factory=deque)
+    pending: deque[Expected] = field(default_factory=deque)
     held: list[Record] = field(default_factory=list)
+    #: Records made while reading requests (the pending-bound anomaly): the owner takes them.
+    outbox: list[Record] = field(default_factory=list)
     transaction_status: str | None = None
     status: str | None = None  # the last ReadyForQuery's status byte (I, T, E)
     executed: int = 0
     in_scope: bool = True
     orphan: Execution | None = None
+    #: Beyond ``max_pending``: requests (Query, Sync, FunctionCall) still to be
+    #: answered that were counted, not queued; None while pairing normally.
+    untracked: int | None = None
+    unlogged: int = 0  # statements completed while untracked
+    transaction: ImplicitTransaction = field(default_factory=ImplicitTransaction)
     _group_start: float | None = None
     _decoders: dict[tuple[int, int], ValueDecoder] = field(default_factory=dict)
 
@@ -159,37 +371,80 @@ class StatementTracker:
         handler = FRONTEND_HANDLERS.get(type(msg))
         if handler is not None:
             handler(self, msg, now)
+        if self.outbox:
+            out, self.outbox = self.outbox, []
+            return out
         return []
+
+    def _expect(self, item: Expected) -> bool:
+        """Queue what a request expects; False (and counted only) past the bound."""
+        if self.untracked is None:
+            if len(self.pending) < self.max_pending:
+                self.pending.append(item)
+                return True
+            self.untracked = 0
+            self.outbox.append(
+                Record(
+                    SESSION_ANOMALY,
+                    "warning",
+                    {
+                        "session": self.context.get("session"),
+                        "kind": "pending_limit",
+                        "reason": f"more than {self.max_pending} requests await responses (the client is not reading)",
+                        "action": "statements are counted, not logged, until the server has answered them all",
+                    },
+                )
+            )
+        if item.kind in (Expect.QUERY, Expect.SYNC, Expect.FUNCTION):
+            self.untracked += 1
+        return False
 
     def _on_oversized(self, msg: m.Oversized, now: float) -> None:
         # A statement too long to buffer still gets its responses paired.
         text = f"<{msg.length}-byte {msg.expected} not shown: exceeds max_frame>"
         if msg.expected == "Query":
-            self.pending.append(_Pending("query", SimpleQuery(text, None, now)))
+            self._expect(ExpectQuery(SimpleQuery(text, None, now)))
         elif msg.expected == "Parse":
             self._on_parse(m.Parse("", text, ()), now)
 
     def _on_query(self, msg: m.Query, now: float) -> None:
-        self.pending.append(_Pending("query", SimpleQuery(msg.query, split_statements(msg.query), now)))
+        if self.untracked is not None:
+            self._expect(_SYNC)  # counted as one request
+            return
+        parts = split_statements(msg.query)
+        self._expect(ExpectQuery(SimpleQuery(msg.query, parts, now, _offsets(msg.query, parts))))
 
     def _on_parse(self, msg: m.Parse, now: float) -> None:
+        if self.untracked is not None:
+            return
         self._group(now)
         stmt = PreparedStatement(msg.statement, msg.query, msg.parameter_types)
         self._store_statement(stmt)
-        self.pending.append(_Pending("parse", stmt))
+        self._expect(ExpectParse(stmt))
 
     def _on_bind(self, msg: m.Bind, now: float) -> None:
+        if self.untracked is not None:
+            return
         self._group(now)
         bound = self._bind(msg)
+        replaced = self.portals.get(msg.portal)
+        if replaced is not None and replaced.suspended is not None:
+            # Binding a portal's name again drops the old portal (the unnamed
+            # one always; asyncpg's fetchrow inside a transaction leaves it so).
+            self._finish_suspended(replaced)
         self.portals[msg.portal] = bound
-        self.pending.append(_Pending("bind", bound))
+        self._expect(ExpectBind(bound))
 
     def _on_describe(self, msg: m.Describe, now: float) -> None:
+        if self.untracked is not None:
+            return
         self._group(now)
-        target: Any = self.statements.get(msg.name) if msg.kind == "S" else self.portals.get(msg.name)
-        self.pending.append(_Pending("describe", target, msg.kind))
+        target = self.statements.get(msg.name) if msg.kind == "S" else self.portals.get(msg.name)
+        self._expect(ExpectDescribe(target))
 
     def _on_execute(self, msg: m.Execute, now: float) -> None:
+        if self.untracked is not None:
+            return
         portal = self.portals.get(msg.portal)
         started = self._group_start if self._group_start is not None else now
         self._group_start = None
@@ -211,20 +466,25 @@ class StatementTracker:
         else:
             exe = Execution("extended", None, started, portal=msg.portal)
         exe.executes += 1
-        self.pending.append(_Pending("execute", exe, portal))
+        self._expect(ExpectExecute(exe, portal))
 
     def _on_close(self, msg: m.Close, now: float) -> None:
+        if self.untracked is not None:
+            return
         self._group(now)
-        self.pending.append(_Pending("close", msg.name, msg.kind))
+        self._expect(ExpectClose(msg.name, msg.kind == "P"))
 
     def _on_sync(self, msg: m.Sync, now: float) -> None:
         self._group_start = None
-        self.pending.append(_SYNC)
+        self._expect(_SYNC)
 
     def _on_function_call(self, msg: m.FunctionCall, now: float) -> None:
+        if self.untracked is not None:
+            self._expect(_SYNC)
+            return
         args = [self._loggable_param(raw, 0, msg.argument_format(i), None) for i, raw in enumerate(msg.arguments)]
         exe = Execution("function", f"<function call oid={msg.function_oid}>", now, parameters=args)
-        self.pending.append(_Pending("function", exe))
+        self._expect(ExpectFunction(exe))
 
     def _group(self, now: float) -> None:
         if self._group_start is None:
@@ -266,13 +526,7 @@ class StatementTracker:
         if decode is None:
             decode = self._decoders[(oid, fmt)] = decoder_for(oid, fmt, self.value_context)
         value = decode(raw)
-        return policy.parameter(self._cap(value), raw, name)
-
-    def _cap(self, value: Any) -> Any:
-        limit = self.options.max_value_chars
-        if isinstance(value, str) and len(value) > limit:
-            return f"{value[:limit]}…[+{len(value) - limit} chars]"
-        return value
+        return policy.parameter(truncate(value, self.options.max_value_chars), raw, name)
 
     # ------------------------------------------------------------------ backend
 
@@ -281,13 +535,11 @@ class StatementTracker:
         if not self.pending:
             return self.orphan
         for item in self.pending:
-            if item.kind == "query":
-                sq: SimpleQuery = item.target
-                return sq.current
-            if item.kind in ("execute", "function"):
-                exe: Execution = item.target
-                return exe
-            if item.kind in ("sync",):
+            if isinstance(item, ExpectQuery):
+                return item.query.current
+            if isinstance(item, ExpectExecute | ExpectFunction):
+                return item.exe
+            if isinstance(item, ExpectSync):
                 return None
         return None
 
@@ -325,19 +577,30 @@ class StatementTracker:
             return []
         return handler(self, msg, now)
 
+    @property
+    def awaiting(self) -> bool:
+        """Requests went to the server that it has not answered (queued or only counted)."""
+        return bool(self.pending) or bool(self.untracked)
+
+    def _head(self) -> Expected | None:
+        return self.pending[0] if self.pending else None
+
     def _on_step_complete(self, msg: m.Message, now: float) -> list[Record]:
         # ParseComplete, BindComplete, CloseComplete answer the head of the queue.
-        head = self.pending[0] if self.pending else None
-        if head is not None and head.kind in ("parse", "bind", "close"):
+        head = self._head()
+        if head is None:
+            return []
+        if head.kind is Expect.PARSE or head.kind is Expect.BIND:
             self.pending.popleft()
-            if head.kind == "close":
-                return self._closed(head, now)
+        elif isinstance(head, ExpectClose):
+            self.pending.popleft()
+            self._closed(head)
         return []
 
     def _on_parameter_description(self, msg: m.ParameterDescription, now: float) -> list[Record]:
-        head = self.pending[0] if self.pending else None
-        if head is not None and head.kind == "describe" and isinstance(head.target, PreparedStatement):
-            stmt: PreparedStatement = head.target
+        head = self._head()
+        if isinstance(head, ExpectDescribe) and isinstance(head.target, PreparedStatement):
+            stmt = head.target
             if not any(stmt.parameter_types) or len(stmt.parameter_types) < len(msg.type_oids):
                 stmt.parameter_types = msg.type_oids
         return []
@@ -352,47 +615,47 @@ class StatementTracker:
         Callers that do not decode rows pass None for a RowDescription too:
         only row decoding needs the columns, the pairing does not.
         """
-        head = self.pending[0] if self.pending else None
+        head = self._head()
         if head is None:
-            # Results whose request we never saw (a capture joined mid-stream).
-            self.orphan = Execution("unknown", None, now, description=description)
-        elif head.kind == "describe":
+            if self.untracked is None:
+                # Results whose request we never saw (a capture joined mid-stream).
+                self.orphan = Execution("unknown", None, now, description=description)
+        elif isinstance(head, ExpectDescribe):
             self.pending.popleft()
             if head.target is not None:
                 head.target.description = description
-        elif head.kind == "query":
-            exe = self._simple_current(head.target, now)
+        elif isinstance(head, ExpectQuery):
+            exe = self._simple_current(head.query)
             exe.description = description
             exe.decoder = None
 
     def _on_command_complete(self, msg: m.CommandComplete, now: float) -> list[Record]:
-        return self._complete(now, "ok", tag=msg)
+        return self._complete(now, Outcome.OK, tag=msg)
 
     def _on_empty_query(self, msg: m.Message, now: float) -> list[Record]:
-        return self._complete(now, "empty")
+        return self._complete(now, Outcome.EMPTY)
 
     def _on_portal_suspended(self, msg: m.Message, now: float) -> list[Record]:
-        head = self.pending[0] if self.pending else None
-        if head is not None and head.kind == "execute":
+        head = self._head()
+        if isinstance(head, ExpectExecute):
             self.pending.popleft()
-            portal: Portal | None = head.extra
-            if portal is not None:
-                portal.suspended = head.target
+            head.exe.suspended_at = now
+            if head.portal is not None:
+                head.portal.suspended = head.exe
         return []
 
     def _on_copy_response(self, msg: m.Message, now: float) -> list[Record]:
-        head = self.pending[0] if self.pending else None
-        copying = self._simple_current(head.target, now) if head and head.kind == "query" else self.current_execution()
+        head = self._head()
+        copying = self._simple_current(head.query) if isinstance(head, ExpectQuery) else self.current_execution()
         if copying is not None:
             copying.copy = _COPY_DIRECTION[type(msg)]
         return []
 
     def _on_function_call_response(self, msg: m.FunctionCallResponse, now: float) -> list[Record]:
-        head = self.pending[0] if self.pending else None
-        if head is not None and head.kind == "function":
-            exe: Execution = head.target
-            exe.bytes += len(msg.value or b"")
-            return self._finish(exe, now, "ok")
+        head = self._head()
+        if isinstance(head, ExpectFunction):
+            head.exe.bytes += len(msg.value or b"")
+            self._finish(head.exe, now, Outcome.OK)
         return []
 
     def _on_notice(self, msg: m.NoticeResponse, now: float) -> list[Record]:
@@ -401,115 +664,212 @@ class StatementTracker:
     def _on_notification(self, msg: m.NotificationResponse, now: float) -> list[Record]:
         return [self._notification(msg)]
 
-    def _simple_current(self, sq: SimpleQuery, now: float) -> Execution:
+    def _simple_current(self, sq: SimpleQuery) -> Execution:
         if sq.current is None:
-            index = sq.index
-            if sq.parts is not None and index < len(sq.parts):
-                sql = sq.parts[index]
-                shown_index = index if len(sq.parts) > 1 else None
-            else:
-                sql = sq.sql
-                shown_index = index if (sq.parts is None or index > 0) else None
-            sq.current = Execution("simple", sql, sq.started, index=shown_index)
+            sq.current = self._simple_execution(sq, sq.index)
         return sq.current
 
-    def _complete(self, now: float, outcome: str, tag: m.CommandComplete | None = None) -> list[Record]:
-        head = self.pending[0] if self.pending else None
+    def _simple_execution(self, sq: SimpleQuery, index: int) -> Execution:
+        if sq.parts is not None and index < len(sq.parts):
+            sql = sq.parts[index]
+            shown_index = index if len(sq.parts) > 1 else None
+        else:
+            sql = sq.sql
+            shown_index = index if (sq.parts is None or index > 0) else None
+        return Execution("simple", sql, sq.started, index=shown_index)
+
+    def _complete(self, now: float, outcome: Outcome, tag: m.CommandComplete | None = None) -> list[Record]:
+        head = self._head()
         if head is None:
+            if self.untracked is not None:
+                self.executed += 1
+                self.unlogged += 1
+                return []
             orphan, self.orphan = self.orphan, None
-            return self._finish(orphan, now, outcome, tag) if orphan is not None else []
-        if head.kind == "query":
-            sq: SimpleQuery = head.target
-            exe = self._simple_current(sq, now)
+            if orphan is not None:
+                self._finish(orphan, now, outcome, tag)
+            return []
+        if isinstance(head, ExpectQuery):
+            sq = head.query
+            exe = self._simple_current(sq)
             sq.current = None
             sq.index += 1
-            sq.started = now
-            return self._finish(exe, now, outcome, tag)
-        if head.kind == "execute":
+            sq.finished.append(Finished(exe, outcome, tag))
+        elif isinstance(head, ExpectExecute):
             self.pending.popleft()
-            return self._finish(head.target, now, outcome, tag)
-        return []
+            self._finish(head.exe, now, outcome, tag)
+        return self.take_released() if self.outbox else []
 
     def _error(self, err: m.ErrorResponse, now: float) -> list[Record]:
-        head = self.pending[0] if self.pending else None
+        head = self._head()
         if head is None:
             return []
-        out: list[Record] = []
-        if head.kind == "query":
-            sq: SimpleQuery = head.target
-            exe = self._simple_current(sq, now)
-            sq.current = None
-            sq.failed = True
-            return self._finish(exe, now, "error", error=err)
-        if head.kind == "function":
-            exe = head.target
-            head.kind = "function_failed"  # ReadyForQuery still ends the cycle
-            return self._finish(exe, now, "error", error=err)
-        if head.kind == "sync":
+        if isinstance(head, ExpectQuery):
+            self._simple_error(head.query, err)
+            return []
+        if isinstance(head, ExpectFunction):
+            head.failed = True  # ReadyForQuery still ends the cycle
+            self._finish(head.exe, now, Outcome.ERROR, error=err)
+            return []
+        if isinstance(head, ExpectSync):
             # An error answering Sync itself: the implicit commit failed (a
             # deferred constraint, a serialization failure). ReadyForQuery follows.
             exe = Execution("extended", "<implicit commit at Sync>", self._group_start or now)
-            return self._finish(exe, now, "error", error=err)
+            self.transaction.failed()
+            self._finish(exe, now, Outcome.ERROR, error=err)
+            return []
         # Extended protocol: the failing step, then everything up to Sync is skipped.
         failed = self.pending.popleft()
-        if failed.kind == "parse":
-            stmt: PreparedStatement = failed.target
-            _forget(self.statements, stmt)
-            exe = Execution("extended", stmt.sql, self._group_start or now, statement=stmt.name or None)
-            self._group_start = None
-            out += self._finish(exe, now, "error", error=err)
-        elif failed.kind in ("bind", "describe", "close"):
-            target: Any = failed.target
-            if failed.kind == "bind":
-                _forget(self.portals, target)
-            sql = target.sql if isinstance(target, (Portal, PreparedStatement)) else None
-            params = target.parameters if isinstance(target, Portal) else None
-            exe = Execution("extended", sql, self._group_start or now, parameters=params)
-            self._group_start = None
-            out += self._finish(exe, now, "error", error=err)
-        elif failed.kind == "execute":
-            out += self._finish(failed.target, now, "error", error=err)
-        while self.pending and self.pending[0].kind != "sync":
+        self.transaction.failed()
+        subject: PreparedStatement | Portal | None = None
+        if isinstance(failed, ExpectExecute):
+            self._finish(failed.exe, now, Outcome.ERROR, error=err)
+        else:
+            if isinstance(failed, ExpectParse):
+                subject = failed.statement
+                _forget(self.statements, subject)
+            elif isinstance(failed, ExpectBind):
+                subject = failed.portal
+                _forget(self.portals, subject)
+            elif isinstance(failed, ExpectDescribe):
+                subject = failed.target
+            dependent = self._dependent_execute(subject) if subject is not None else None
+            if dependent is not None:
+                # One statement, one event: the Execute that needed the failed
+                # step carries the error, with its SQL and parameters.
+                self.pending.remove(dependent)
+                self._finish(dependent.exe, now, Outcome.ERROR, error=err)
+            else:
+                sql = subject.sql if subject is not None else None
+                params = subject.parameters if isinstance(subject, Portal) else None
+                name = subject.name or None if isinstance(subject, PreparedStatement) else None
+                exe = Execution("extended", sql, self._group_start or now, statement=name, parameters=params)
+                self._finish(exe, now, Outcome.ERROR, error=err)
+        self._group_start = None
+        while self.pending and not isinstance(self.pending[0], ExpectSync):
             skipped = self.pending.popleft()
-            what: Any = skipped.target
-            if skipped.kind == "execute":
-                out += self._finish(what, now, "skipped")
-            elif skipped.kind == "parse":
-                _forget(self.statements, what)
-            elif skipped.kind == "bind":
-                _forget(self.portals, what)
-        return out
+            if isinstance(skipped, ExpectExecute):
+                self._finish(skipped.exe, now, Outcome.SKIPPED)
+            elif isinstance(skipped, ExpectParse):
+                _forget(self.statements, skipped.statement)
+            elif isinstance(skipped, ExpectBind):
+                _forget(self.portals, skipped.portal)
+        return self.take_released() if self.outbox else []
 
-    def _closed(self, item: _Pending, now: float) -> list[Record]:
-        name, kind = item.target, item.extra
-        if kind == "S":
-            self.statements.pop(name, None)
-            return []
-        portal = self.portals.pop(name, None)
-        if portal is not None and portal.suspended is not None:
-            return self._finish(portal.suspended, now, "suspended")
-        return []
+    def _dependent_execute(self, subject: PreparedStatement | Portal) -> ExpectExecute | None:
+        """The first Execute before the next Sync that runs ``subject`` (a statement or portal)."""
+        for item in self.pending:
+            if isinstance(item, ExpectSync):
+                return None
+            if isinstance(item, ExpectExecute):
+                portal = item.exe.source
+                if portal is not None and (portal is subject or portal.statement is subject):
+                    return item
+        return None
+
+    def _simple_error(self, sq: SimpleQuery, err: m.ErrorResponse) -> None:
+        """An error ends a simple Query: attribute it, and the statements after it never ran.
+
+        PostgreSQL parses the whole string before running any of it, so a
+        syntax error in a later statement stops them all; the error's
+        position (counted in characters from the start of the string) says
+        which statement it is in.
+        """
+        culprit = sq.index
+        position = err.get("P")
+        if position is not None and position.isdigit() and not sq.finished:
+            found = sq.part_at(int(position))
+            if found is not None and found > culprit:
+                culprit = found
+        exe = sq.current if culprit == sq.index and sq.current is not None else self._simple_execution(sq, culprit)
+        for index in range(sq.index, culprit):
+            sq.finished.append(Finished(self._simple_execution(sq, index), Outcome.SKIPPED))
+        sq.finished.append(Finished(exe, Outcome.ERROR, error=err))
+        for index in range(culprit + 1, sq.size if sq.parts else culprit + 1):
+            sq.finished.append(Finished(self._simple_execution(sq, index), Outcome.SKIPPED))
+        sq.current = None
+        sq.index = sq.size
+        sq.failed = True
+
+    def _closed(self, item: ExpectClose) -> None:
+        if not item.portal:
+            self.statements.pop(item.name, None)
+            return
+        portal = self.portals.pop(item.name, None)
+        if portal is not None:
+            self._finish_suspended(portal)
+
+    def _finish_suspended(self, portal: Portal) -> None:
+        """A suspended portal was closed: its statement is complete as far as the client wanted."""
+        exe, portal.suspended = portal.suspended, None
+        if exe is not None:
+            self._finish(exe, exe.suspended_at or exe.started, Outcome.OK, portal_suspended=True)
 
     def _ready(self, msg: m.ReadyForQuery, now: float) -> list[Record]:
-        out: list[Record] = []
+        answered = False
         while self.pending:
             item = self.pending.popleft()
-            if item.kind == "execute":
-                out += self._finish(item.target, now, "skipped")
-            if item.kind in ("sync", "query", "function", "function_failed"):
+            if isinstance(item, ExpectExecute):
+                self._finish(item.exe, now, Outcome.SKIPPED)
+            elif isinstance(item, ExpectQuery):
+                self._release_query(item.query, now)
+                answered = True
                 break
+            elif isinstance(item, ExpectSync | ExpectFunction):
+                answered = True
+                break
+        if not answered and self.untracked is not None:
+            self.untracked -= 1
+            if self.untracked <= 0 and not self.pending:
+                self.untracked = None  # drained: pair requests and responses again
         self.status = msg.status
         self.transaction_status = TRANSACTION_STATUS.get(msg.status, msg.status)
         if msg.status == "I":
             # Portals live until the end of their transaction ("Extended Query").
             for portal in self.portals.values():
-                if portal.suspended is not None:
-                    out += self._finish(portal.suspended, now, "suspended")
+                self._finish_suspended(portal)
             self.portals.clear()
+        self.transaction.ready(msg.status)
         held, self.held = self.held, []
-        for record in (*held, *out):
+        for record in held:
             record.fields["transaction_status"] = self.transaction_status
-        return held + out
+        if self.outbox:
+            return self.take_released() + held
+        return held
+
+    def _release_query(self, sq: SimpleQuery, now: float) -> None:
+        """A simple Query's ReadyForQuery: log its statements, with what is known of their timing."""
+        if sq.current is not None:  # answered without CommandComplete (a COPY cut short)
+            sq.finished.append(Finished(sq.current, Outcome.OK))
+            sq.current = None
+        self._log_query(sq, now - sq.started, now)
+
+    def _log_query(self, sq: SimpleQuery, total: float | None, now: float) -> None:
+        """Log a simple Query's finished statements; ``total`` is its duration when its ReadyForQuery came."""
+        finished, sq.finished = sq.finished, []
+        size = sq.size if sq.parts else len(finished)
+        if size <= 1:
+            for item in finished:
+                self._finish(item.exe, now, item.outcome, item.tag, item.error)
+            return
+        # Walk the Query's transaction with the records as they are made, so
+        # that an error can mark the statements it rolled back.
+        transaction = ImplicitTransaction(explicit=self.status in ("T", "E"))
+        last = len(finished) - 1
+        for number, item in enumerate(finished):
+            record = self._finish(
+                item.exe,
+                now,
+                item.outcome,
+                item.tag,
+                item.error,
+                batch=Batch(size, total, number == last),
+            )
+            fields = record.fields if record is not None else None
+            if item.outcome is Outcome.ERROR:
+                transaction.failed()
+            elif item.outcome is Outcome.OK:
+                transaction.completed(item.tag.command if item.tag else None, item.exe.sql, fields)
 
     # ------------------------------------------------------------------ events
 
@@ -517,23 +877,37 @@ class StatementTracker:
         self,
         exe: Execution,
         now: float,
-        outcome: str,
+        outcome: Outcome,
         tag: m.CommandComplete | None = None,
         error: m.ErrorResponse | None = None,
-    ) -> list[Record]:
-        self.executed += 1
+        *,
+        portal_suspended: bool = False,
+        batch: Batch | None = None,
+    ) -> Record | None:
+        """Make the event of a statement (held until ReadyForQuery); None when filtered out.
+
+        Statements of a multi-statement Query (``batch``) are judged by the
+        Query's duration; only the last one shows it.
+        """
+        if outcome is not Outcome.SKIPPED:
+            self.executed += 1
         if not self.in_scope:
-            return []
+            return None
         opts = self.options
-        duration_ms = round((now - exe.started) * 1000.0, 3)
-        slow = outcome != "skipped" and duration_ms >= opts.slow_query_ms
-        failed = outcome == "error"
+        if batch is None:
+            duration_ms = round((now - exe.started) * 1000.0, 3)
+        else:
+            duration_ms = round(batch.total * 1000.0, 3) if batch.total is not None else 0.0
+        if batch is None:
+            shows_duration = outcome is not Outcome.SKIPPED
+        else:  # the Query's duration, once, whatever became of its last statement
+            shows_duration = batch.last and batch.total is not None
+        slow = shows_duration and duration_ms >= opts.slow_query_ms
+        failed = outcome is Outcome.ERROR
         sql = exe.sql
         if not opts.query_filter.keep(sql, duration_ms, failed, slow, opts.draw):
-            return []
-        shown_sql = opts.redaction.sql(sql) if sql is not None else None
-        if shown_sql is not None and len(shown_sql) > opts.max_sql_chars:
-            shown_sql = f"{shown_sql[: opts.max_sql_chars]}…[+{len(shown_sql) - opts.max_sql_chars} chars]"
+            return None
+        shown_sql = truncate(opts.redaction.sql(sql), opts.max_sql_chars) if sql is not None else None
         fields: dict[str, Any] = dict(self.context)
         operation = tag.command if tag is not None else (operation_name(sql) if sql else None)
         fields["db.query.text"] = shown_sql
@@ -545,16 +919,21 @@ class StatementTracker:
             fields["portal"] = exe.portal
         if exe.index is not None:
             fields["statement_index"] = exe.index
+        if batch is not None:
+            fields["db.operation.batch.size"] = batch.size
         if exe.parameters is not None:
             fields["parameters"] = exe.parameters
-        fields["outcome"] = outcome
-        fields["duration_ms"] = duration_ms
+        fields["outcome"] = outcome.value
+        if shows_duration:
+            fields["duration_ms" if batch is None else "batch_duration_ms"] = duration_ms
         rows = tag.rows if tag is not None and tag.rows is not None else exe.rows
         fields["rows"] = rows
         fields["db.response.returned_rows"] = exe.rows
         fields["bytes"] = exe.bytes
         if exe.executes > 1:
             fields["executes"] = exe.executes
+        if portal_suspended:
+            fields["portal_suspended"] = True
         if tag is not None:
             fields["command_tag"] = tag.tag
         if exe.copy is not None:
@@ -573,11 +952,18 @@ class StatementTracker:
             fields["slow"] = True
         fields["transaction_status"] = None
         record = Record(QUERY, level, fields)
+        if exe.protocol == "extended" and outcome is Outcome.OK and not portal_suspended:
+            self.transaction.completed(tag.command if tag else None, sql, fields)
         self.held.append(record)
         if len(self.held) > MAX_HELD_EVENTS:
-            held, self.held = self.held, []
-            return held
-        return []
+            self.outbox += self.held
+            self.held = []
+        return record
+
+    def take_released(self) -> list[Record]:
+        """Records released outside a ReadyForQuery (too many held, the pending bound)."""
+        out, self.outbox = self.outbox, []
+        return out
 
     def _notice(self, msg: m.NoticeResponse) -> Record:
         details = msg.named_fields()
@@ -589,30 +975,52 @@ class StatementTracker:
         fields = {
             "session": self.context.get("session"),
             "channel": msg.channel,
-            "payload": self._cap(msg.payload),
+            "payload": truncate(msg.payload, self.options.max_value_chars),
             "sender_pid": msg.process_id,
         }
         return Record(NOTIFICATION, "info", fields)
 
     def interrupted(self, now: float) -> list[Record]:
-        """The session ended: report statements still under way, release held events."""
-        out: list[Record] = []
-        seen: set[int] = set()
-        for item in list(self.pending):
+        """The session ended: release held events, then report what was left unanswered.
+
+        The statement the server was working on gets an ``interrupted`` event;
+        those queued behind it are counted in that one event
+        (``interrupted_statements``) rather than logged one by one, so a
+        client that sent a flood of requests and vanished costs one line.
+        Portals still suspended were really left open: ``suspended``.
+        """
+        first: Execution | None = None
+        count = self.untracked or 0
+        for item in self.pending:
             exe: Execution | None = None
-            if item.kind == "query":
-                exe = None if item.target.failed else self._simple_current(item.target, now)
-            elif item.kind in ("execute", "function"):
-                exe = item.target
-            if exe is not None and id(exe) not in seen:
-                seen.add(id(exe))
-                out += self._finish(exe, now, "interrupted")
+            if isinstance(item, ExpectQuery):
+                sq = item.query
+                self._log_query(sq, None, now)
+                if not sq.failed:
+                    exe = self._simple_current(sq)
+                    count += sq.size - sq.index - 1
+            elif isinstance(item, ExpectExecute) or (isinstance(item, ExpectFunction) and not item.failed):
+                exe = item.exe
+            if exe is not None:
+                count += 1
+                if first is None:
+                    first = exe
         self.pending.clear()
-        held, self.held = self.held, []
-        return held + out
+        if first is not None:
+            record = self._finish(first, now, Outcome.INTERRUPTED)
+            if record is not None and count > 1:
+                record.fields["interrupted_statements"] = count
+        for portal in self.portals.values():
+            if portal.suspended is not None:
+                exe = portal.suspended
+                self._finish(exe, exe.suspended_at or now, Outcome.SUSPENDED)
+        self.portals.clear()
+        out = self.outbox + self.held
+        self.outbox, self.held = [], []
+        return out
 
 
-_SYNC: Final = _Pending("sync")
+_SYNC: Final = ExpectSync()
 _COPY_DIRECTION: Final = {m.CopyInResponse: "in", m.CopyOutResponse: "out", m.CopyBothResponse: "both"}
 
 # Dispatch by exact message type: one dict lookup instead of a chain of isinstance checks.
