@@ -226,3 +226,21 @@ def test_huge_texts_are_not_cached() -> None:
     analyzer.analyze(text)
     analyzer.analyze(text)
     assert analyzer.entries == 0 and analyzer.counters["parsed"] == 2
+
+
+@pytest.mark.parametrize(
+    ("sql", "names"),
+    [
+        ("SELECT * FROM users WHERE users.username = $1::VARCHAR LIMIT $2::INTEGER", {1: "username"}),
+        ("UPDATE users SET token = $1, (x, y) = ($2, $3) WHERE users.id = $4", {1: "token", 2: "x", 3: "y", 4: "id"}),
+        # shapes the lexical inference misses
+        ("SELECT * FROM users WHERE password IN ($1, $2)", {1: "password", 2: "password"}),
+        ("SELECT * FROM users WHERE (username, password) = ($1, $2)", {1: "username", 2: "password"}),
+        ("INSERT INTO users (username, password) SELECT $1, $2", {1: "username", 2: "password"}),
+        ("INSERT INTO users (username, password) VALUES ($1, crypt($2, 'bf'))", {1: "username", 2: "password"}),
+        ("SELECT id FROM users WHERE id = (SELECT id FROM t WHERE password = $1)", {1: "password"}),
+        ('SELECT * FROM "Users" WHERE "Secret" = any($1)', {1: "Secret"}),
+    ],
+)
+def test_parameter_names_for_redaction(sql: str, names: dict[int, str]) -> None:
+    assert dict(StatementAnalyzer().analyze(sql).parameter_names) == names

@@ -79,6 +79,8 @@ class Analysis:
         source: parser or lexer.
         fallback: why the lexer was used, if it was.
         targets: every table (and called procedure) named, in text order, once each.
+        parameter_names: the column each ``$n`` is compared with, assigned to or
+            inserted into (for redaction by name); parameters with no column are absent.
         fields: the ``query`` record fields this analysis adds (read-only).
     """
 
@@ -91,6 +93,7 @@ class Analysis:
     source: Source
     fallback: FallbackReason | None = None
     targets: tuple[str, ...] = ()
+    parameter_names: Mapping[int, str] = field(default_factory=dict, compare=False)
     fields: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -105,6 +108,7 @@ class Analysis:
         source: Source,
         fallback: FallbackReason | None = None,
         targets: tuple[str, ...] = (),
+        parameter_names: Mapping[int, str] | None = None,
     ) -> Analysis:
         fields: dict[str, Any] = {"fingerprint": fingerprint}
         if summary:
@@ -123,6 +127,7 @@ class Analysis:
             source,
             fallback,
             targets,
+            MappingProxyType(dict(parameter_names or {})),
             MappingProxyType(fields),
         )
 
@@ -507,7 +512,9 @@ def _statement_children(node: str, body: Mapping[str, Any], op: str) -> list[Any
 _NOT_WALKED: Final = frozenset(("withClause", "sql_body"))
 
 
-def describe_tree(statements: list[Any], raw: bytes) -> tuple[str | None, list[str], list[str], str | None]:
+def describe_tree(
+    statements: list[Any], raw: bytes
+) -> tuple[str | None, list[str], list[str], str | None, dict[int, str]]:
     """Operations and targets of parsed statements, in text order.
 
     Args:
@@ -515,7 +522,8 @@ def describe_tree(statements: list[Any], raw: bytes) -> tuple[str | None, list[s
         raw: the statement text as UTF-8 (the tree's locations are byte offsets).
 
     Returns:
-        (first operation, summary parts, distinct targets, CALLed procedure).
+        (first operation, summary parts, distinct targets, CALLed procedure,
+        parameter number -> column name).
         Walks with an explicit stack: a deep expression cannot exhaust
         Python's recursion limit.
     """
@@ -524,6 +532,7 @@ def describe_tree(statements: list[Any], raw: bytes) -> tuple[str | None, list[s
     ctes: set[str] = set()
     first_op: str | None = None
     procedure: str | None = None
+    params: dict[int, str] = {}
     last_op_index = -1
     stack: list[Any] = []
     for s in reversed(statements):
@@ -579,18 +588,99 @@ def describe_tree(statements: list[Any], raw: bytes) -> tuple[str | None, list[s
                         continue
                     if first_op is None:
                         first_op = op
+                    if node == "InsertStmt":
+                        _name_inserted_parameters(body, params)
                     if node == "CallStmt" and procedure is None:
                         procedure = _names((body.get("funccall") or {}).get("funcname"))
                     _push(stack, _statement_children(node, body, op))
                     continue
                 if node in _LEAVES:
                     continue
+                if node in _NAMES_PARAMETERS:
+                    _name_parameters(node, body, params)
                 if node == "CommonTableExpr" and body.get("ctename"):
                     ctes.add(body["ctename"])
                 stack.append(body)
                 continue
         stack.extend([v for v in reversed(item.values()) if type(v) in _CONTAINERS])
-    return first_op, [p for p in parts if p], targets, procedure
+    return first_op, [p for p in parts if p], targets, procedure, params
+
+
+# --------------------------------------------------------------------------- parameter names
+
+_NAMES_PARAMETERS: Final = frozenset(("A_Expr", "ResTarget"))
+
+
+def _parameters_in(expr: Any) -> list[int]:
+    """Numbers of the ``$n`` inside an expression, not looking into subqueries (they name their own)."""
+    out: list[int] = []
+    stack = [expr]
+    while stack:
+        item = stack.pop()
+        if type(item) is dict:
+            ref = item.get("ParamRef")
+            if ref is not None:
+                out.append(int(ref.get("number", 0)))
+            elif "SubLink" not in item:
+                stack.extend(item.values())
+        elif type(item) is list:
+            stack.extend(item)
+    return out
+
+
+def _column_of(expr: Any) -> str | None:
+    """The column an expression is (``col``, ``t.col``, ``col::type``), else None."""
+    while type(expr) is dict:
+        if "ColumnRef" in expr:
+            fields = expr["ColumnRef"].get("fields") or []
+            last = fields[-1] if fields else None
+            return last["String"].get("sval") if isinstance(last, dict) and "String" in last else None
+        if "TypeCast" in expr:
+            expr = expr["TypeCast"].get("arg")
+            continue
+        return None
+    return None
+
+
+def _assign(names: dict[int, str], column: str | None, expr: Any) -> None:
+    if column:
+        for number in _parameters_in(expr):
+            names.setdefault(number, column)
+
+
+def _name_parameters(node: str, body: Mapping[str, Any], names: dict[int, str]) -> None:
+    """``col = $1``, ``$1 = col``, ``col IN ($1, $2)``, ``(a, b) = ($1, $2)``, ``SET col = $1``, ``$1 AS col``."""
+    if node == "A_Expr":
+        left, right = body.get("lexpr"), body.get("rexpr")
+        if type(left) is dict and type(right) is dict and "RowExpr" in left and "RowExpr" in right:
+            for a, b in zip(left["RowExpr"].get("args") or (), right["RowExpr"].get("args") or (), strict=False):
+                _assign(names, _column_of(a), b)
+                _assign(names, _column_of(b), a)
+            return
+        _assign(names, _column_of(left), right)
+        _assign(names, _column_of(right), left)
+    elif "name" in body and "val" in body:  # ResTarget: SET col = ..., ON CONFLICT ... SET, SELECT ... AS col
+        value = body["val"]
+        multi = value.get("MultiAssignRef") if type(value) is dict else None
+        if multi is not None:  # SET (a, b) = ($1, $2)
+            args = (multi.get("source") or {}).get("RowExpr", {}).get("args") or []
+            index = int(multi.get("colno", 0)) - 1
+            value = args[index] if 0 <= index < len(args) else None
+        _assign(names, body["name"], value)
+
+
+def _name_inserted_parameters(body: Mapping[str, Any], names: dict[int, str]) -> None:
+    """``INSERT INTO t (a, b) VALUES ($1, f($2)), ...`` or ``... SELECT $1, $2``: by position."""
+    columns = [c.get("ResTarget", {}).get("name") for c in body.get("cols") or () if isinstance(c, dict)]
+    select = (body.get("selectStmt") or {}).get("SelectStmt")
+    if not columns or not isinstance(select, dict):
+        return
+    rows = [row.get("List", {}).get("items") or [] for row in select.get("valuesLists") or () if isinstance(row, dict)]
+    if "targetList" in select:
+        rows.append([t.get("ResTarget", {}).get("val") for t in select["targetList"] if isinstance(t, dict)])
+    for row in rows:
+        for column, value in zip(columns, row, strict=False):
+            _assign(names, column, value)
 
 
 def _summary(parts: list[str]) -> str | None:
@@ -763,7 +853,7 @@ class StatementAnalyzer:
         if statements is None:
             operation = lexical.operation_name(sql)
             return Analysis.build(fingerprint, operation, operation, None, None, normalized, Source.PARSER)
-        operation, parts, targets, procedure = describe_tree(statements, sql.encode("utf-8", "surrogatepass"))
+        operation, parts, targets, procedure, params = describe_tree(statements, sql.encode("utf-8", "surrogatepass"))
         collection = targets[0] if len(targets) == 1 else None
         return Analysis.build(
             fingerprint,
@@ -774,6 +864,7 @@ class StatementAnalyzer:
             normalized,
             Source.PARSER,
             targets=tuple(targets),
+            parameter_names=params,
         )
 
     def _store(self, key: str, analysis: Analysis) -> None:
