@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from pgproxy import __version__
 from pgproxy.config import Config, ConfigError, load
@@ -22,7 +22,12 @@ _SUBCOMMANDS = ("run", "decode", "demo", "top")
 
 def _add_proxy_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="TOML configuration file (default: $PGPROXY_CONFIG)")
-    parser.add_argument("--listen", metavar="HOST:PORT", help="where clients connect (default 127.0.0.1:6432)")
+    parser.add_argument(
+        "--listen",
+        metavar="HOST:PORT|PATH",
+        action="append",
+        help="where clients connect (default 127.0.0.1:6432); repeat for several, a /path is a Unix socket",
+    )
     parser.add_argument(
         "--upstream", metavar="HOST:PORT|URL", help="the PostgreSQL server, host:port or postgres:// URL"
     )
@@ -32,6 +37,15 @@ def _add_proxy_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--log-file", metavar="PATH", help="also append JSON lines to PATH")
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), help="event loop (default uvloop)")
+    parser.add_argument(
+        "--admin-listen", metavar="HOST:PORT", help="serve /startup /livez /readyz /metrics here (default off)"
+    )
+    parser.add_argument(
+        "--min-sigterm-delay", metavar="SECONDS", help="keep accepting this long after SIGTERM (default 0)"
+    )
+    parser.add_argument(
+        "--max-sigterm-delay", metavar="SECONDS", help="time busy sessions get to finish on SIGTERM (default 10)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,28 +122,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return demo_command(build_demo_parser().parse_args(args))
         ns = build_parser().parse_args(args)
-        config = load(
-            ns.config,
-            overrides={
-                "proxy.listen": ns.listen,
-                "proxy.upstream": ns.upstream,
-                "log.format": ns.log_format,
-                "log.detail": ns.log_detail,
-                "log.file": ns.log_file,
-                "proxy.loop": ns.loop,
-            },
-        )
+        overrides = {
+            "proxy.listen": ",".join(ns.listen) if ns.listen else None,
+            "proxy.upstream": ns.upstream,
+            "log.format": ns.log_format,
+            "log.detail": ns.log_detail,
+            "log.file": ns.log_file,
+            "proxy.loop": ns.loop,
+            "admin.listen": ns.admin_listen,
+            "proxy.min_sigterm_delay": ns.min_sigterm_delay,
+            "proxy.max_sigterm_delay": ns.max_sigterm_delay,
+        }
+        config = load(ns.config, overrides=overrides)
     except ConfigError as exc:
         print(f"pgproxy: invalid configuration: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    return run_proxy(config)
+    return run_proxy(config, lambda: load(ns.config, overrides=overrides))
 
 
-def run_proxy(config: Config) -> int:
-    """Run the proxy until SIGINT/SIGTERM; returns the exit code (see :mod:`pgproxy.proxy.lifecycle`)."""
+def run_proxy(config: Config, reload: Callable[[], Config] | None = None) -> int:
+    """Run the proxy until it is stopped; returns the exit code (see :mod:`pgproxy.proxy.lifecycle`)."""
     from pgproxy.proxy.lifecycle import run_proxy as run
 
-    return run(config)
+    return run(config, reload)
 
 
 if __name__ == "__main__":

@@ -9,13 +9,14 @@ on stderr and exit code 2.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
 from pgproxy.protocol.framing import DEFAULT_MAX_FRAME, PROTOCOL_MAX_LENGTH
@@ -125,6 +126,24 @@ def _regex(value: Any) -> str:
     return text
 
 
+def _listen_list(value: Any) -> str:
+    """One address or several (a TOML list, or comma-separated); each ``host:port`` or a socket path."""
+    items = _string_list(value)
+    if not items:
+        raise ValueError("expected at least one address")
+    for item in items:
+        if not item.startswith("/"):
+            parse_hostport(item, 6432)
+    return ", ".join(items)
+
+
+def _address_or_empty(value: Any) -> str:
+    text = _text(value).strip()
+    if text:
+        parse_hostport(text, 9090)
+    return text
+
+
 def _text(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("expected a string")
@@ -140,7 +159,12 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("proxy.listen", "127.0.0.1:6432", _text, "address:port to accept clients on"),
+    Option(
+        "proxy.listen",
+        "127.0.0.1:6432",
+        _listen_list,
+        "host:port and/or Unix socket paths to accept clients on (a list, or comma-separated)",
+    ),
     Option("proxy.upstream", "127.0.0.1:5432", _text, "the PostgreSQL server: host:port or a postgres:// URL"),
     Option("proxy.connect_timeout", 5.0, _number(float, 0.1, 300), "seconds to wait for the upstream connection"),
     Option(
@@ -151,7 +175,19 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("proxy.loop", "uvloop", _choice("uvloop", "asyncio"), "event loop implementation"),
     Option("proxy.max_connections", 0, _number(int, 0), "client connections served at once (0 = no limit)"),
-    Option("proxy.shutdown_grace", 10.0, _number(float, 0, 3600), "seconds busy sessions get to finish on shutdown"),
+    Option(
+        "proxy.min_sigterm_delay",
+        0.0,
+        _number(float, 0, 3600),
+        "seconds to keep accepting after SIGTERM (for load balancers to notice)",
+    ),
+    Option(
+        "proxy.max_sigterm_delay",
+        10.0,
+        _number(float, 0, 3600),
+        "seconds busy sessions get to finish after the listeners close",
+    ),
+    Option("proxy.exit_zero_on_sigterm", True, _bool, "exit 0 after a graceful stop (false: 128 + signal number)"),
     Option(
         "proxy.write_buffer_high",
         1 << 20,
@@ -220,6 +256,15 @@ OPTIONS: tuple[Option, ...] = (
         _text,
         "HMAC key for parameters = hash (empty: a random key per process; never logged)",
     ),
+    Option(
+        "admin.listen", "", _address_or_empty, "host:port of the HTTP admin endpoint (probes, /metrics); empty = off"
+    ),
+    Option(
+        "admin.upstream_check_timeout",
+        1.0,
+        _number(float, 0.05, 60),
+        "seconds /readyz waits to reach the upstream before answering 503",
+    ),
 )
 OPTIONS_BY_KEY: dict[str, Option] = {o.key: o for o in OPTIONS}
 
@@ -229,19 +274,59 @@ def env_name(key: str) -> str:
     return ENV_PREFIX + key.replace(".", "_").upper()
 
 
+#: Reloaded on SIGHUP: what each session logs and how (sessions that start afterwards).
+RELOADABLE_PREFIXES: Final = ("log.detail", "log.level", "limits.", "query.", "redaction.")
+
+#: Variables Kubernetes injects for a Service named ``pgproxy`` (or ``pgproxy-*``) in the
+#: namespace ("Environment variables" under "Service discovery"): PGPROXY_SERVICE_HOST,
+#: PGPROXY_SERVICE_PORT[_NAME], PGPROXY_PORT, PGPROXY_PORT_6432_TCP[_PROTO|_PORT|_ADDR].
+_SERVICE_LINK = re.compile(
+    r"PGPROXY_(?:[A-Z0-9_]+_)?(?:SERVICE_HOST|SERVICE_PORT(?:_[A-Z0-9_]+)?|PORT(?:_\d+_(?:TCP|UDP|SCTP)(?:_(?:PROTO|PORT|ADDR))?)?)"
+)
+
+
+def is_service_link(name: str) -> bool:
+    """Whether an environment variable has the shape of a Kubernetes service link, not an option."""
+    return _SERVICE_LINK.fullmatch(name) is not None
+
+
+def reloadable(key: str) -> bool:
+    """Whether SIGHUP applies a new value of ``key`` without a restart."""
+    return key.startswith(RELOADABLE_PREFIXES)
+
+
 @dataclass(frozen=True)
 class Config:
-    """Validated settings, flat by dotted key, with typed accessors for the proxy."""
+    """Validated settings, flat by dotted key, with typed accessors for the proxy.
+
+    Attributes:
+        ignored_environment: PGPROXY_* variables skipped as Kubernetes service links.
+    """
 
     values: Mapping[str, Any]
     sources: Mapping[str, str] = field(default_factory=dict)
+    ignored_environment: tuple[str, ...] = ()
 
     def __getitem__(self, key: str) -> Any:
         return self.values[key]
 
     @property
     def listen(self) -> tuple[str, int]:
-        return parse_hostport(self["proxy.listen"], 6432)
+        """The first TCP listening address (127.0.0.1:6432 if only Unix sockets are configured)."""
+        tcp = [a for a in self.listen_addresses if isinstance(a, tuple)]
+        return tcp[0] if tcp else ("127.0.0.1", 6432)
+
+    @property
+    def listen_addresses(self) -> list[tuple[str, int] | str]:
+        """Every listening address: (host, port), or a Unix socket path."""
+        return [
+            item if item.startswith("/") else parse_hostport(item, 6432) for item in _string_list(self["proxy.listen"])
+        ]
+
+    @property
+    def admin_listen(self) -> tuple[str, int] | None:
+        text = self["admin.listen"]
+        return parse_hostport(text, 9090) if text else None
 
     @property
     def upstream(self) -> tuple[str, int]:
@@ -324,11 +409,17 @@ def load(
                 raise ConfigError(key, value, f"unknown option{_suggest(key)}", str(file))
             raw.append((key, value, str(file)))
     known_env = {env_name(o.key): o.key for o in OPTIONS}
+    ignored: list[str] = []
     for name, value in env.items():
         if name in known_env:
             raw.append((known_env[name], value, f"environment {name}"))
         elif name.startswith(ENV_PREFIX) and name != "PGPROXY_CONFIG":
-            raise ConfigError(name, value, "unknown environment variable (see config.example.toml)", "environment")
+            if is_service_link(name):
+                ignored.append(name)
+                continue
+            close = difflib.get_close_matches(name, [*known_env, "PGPROXY_CONFIG"], n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else " (see config.example.toml)"
+            raise ConfigError(name, value, f"unknown environment variable{hint}", "environment")
     for key, value in (overrides or {}).items():
         if value is not None:
             raw.append((key, value, f"--{key.rsplit('.', 1)[-1].replace('_', '-')}"))
@@ -339,8 +430,8 @@ def load(
         except ValueError as exc:
             raise ConfigError(key, value, str(exc), source) from None
         sources[key] = source
-    config = Config(values, sources)
-    for key, attr in (("proxy.listen", "listen"), ("proxy.upstream", "upstream")):
+    config = Config(values, sources, tuple(sorted(ignored)))
+    for key, attr in (("proxy.listen", "listen_addresses"), ("proxy.upstream", "upstream")):
         try:
             getattr(config, attr)
         except ValueError as exc:
@@ -353,4 +444,5 @@ def _suggest(key: str) -> str:
     for option in OPTIONS:
         if option.key.rsplit(".", 1)[-1] == leaf:
             return f" (did you mean {option.key}?)"
-    return ""
+    close = difflib.get_close_matches(key, list(OPTIONS_BY_KEY), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""

@@ -13,13 +13,13 @@ import io
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pgproxy.proxy.loop import loop_factory
 from pgproxy.proxy.server import ProxyServer, ProxySettings
-from pgproxy.sink import LogSink
+from pgproxy.sink import Fanout, LogSink, RecordConsumer, Sink
 from pgproxy.tracker.options import TrackerOptions
 
 
@@ -54,6 +54,7 @@ class ProxyHarness:
         upstream: (host, port) of the real server.
         options: tracker options (detail level, caps, redaction...).
         loop: "uvloop" or "asyncio".
+        consumers: sinks beside the log that get the same records (metrics).
         settings: overrides for :class:`ProxySettings` fields.
     """
 
@@ -62,6 +63,7 @@ class ProxyHarness:
         upstream: tuple[str, int],
         options: TrackerOptions | None = None,
         loop: str = "uvloop",
+        consumers: Sequence[RecordConsumer] = (),
         **settings: Any,
     ) -> None:
         self.stream = io.StringIO()
@@ -70,7 +72,8 @@ class ProxyHarness:
         self.settings = ProxySettings(
             listen_host="127.0.0.1", listen_port=0, upstream_host=upstream[0], upstream_port=upstream[1], **settings
         )
-        self.server = ProxyServer(self.settings, options or TrackerOptions(), self.sink)
+        sink: Sink = Fanout(self.sink, consumers) if consumers else self.sink
+        self.server = ProxyServer(self.settings, options or TrackerOptions(), sink)
         self._loop = _LoopThread(loop)
         self._loop.call(self.server.start())
         self.host, self.port = self.server.sockets[0]

@@ -694,3 +694,19 @@ def test_statements_interrupted_by_the_session_end_are_one_event_with_a_count() 
     recs = t.closed("client_closed", now=5.0)
     assert [(r.event, r.get("outcome")) for r in recs] == [("query", "interrupted"), ("session.ended", None)]
     assert recs[0]["db.query.text"] == "select pg_sleep(100)" and recs[0]["interrupted_statements"] == 101
+
+
+def test_between_messages_is_false_while_either_direction_has_half_a_message() -> None:
+    for detail in Detail:
+        t = _connected(detail)
+        t.backend(b.authentication_ok() + b.backend_key_data(4242) + b.ready_for_query("I"), now=0.001)
+        assert t.between_messages, detail
+        request = b.query("select 1")
+        t.frontend(request[:3], now=0.002)
+        assert not t.between_messages, detail
+        t.frontend(request[3:], now=0.003)
+        answer = b.data_row([b"1"]) + b.command_complete("SELECT 1") + b.ready_for_query("I")
+        t.backend(answer[:7], now=0.004)
+        assert not t.between_messages, detail
+        t.backend(answer[7:], now=0.005)
+        assert t.between_messages and not t.busy, detail

@@ -1,31 +1,61 @@
-"""The proxy process's life: start, serve, drain on a signal, stop.
+"""The proxy process's life: start, serve, reload on SIGHUP, drain on SIGTERM, stop.
 
-Moved out of the command line so that everything asyncio lives in
-``pgproxy/proxy/``; ``pgproxy.cli`` only parses arguments and configuration.
+Everything asyncio lives in ``pgproxy/proxy/``; ``pgproxy.cli`` only parses
+arguments and configuration and calls :func:`run_proxy`.
+
+Stopping (SIGTERM, SIGINT, ``POST /quitquitquit``) loses no work, the way
+PostgreSQL's own "smart" shutdown turned "fast" after a deadline:
+
+1. ``proxy.stopping`` is logged and ``/readyz`` answers 503; for
+   ``min_sigterm_delay`` seconds new clients are still accepted (a load
+   balancer or Kubernetes endpoint controller needs a moment to notice).
+2. The listeners close. Sessions idle outside a transaction receive
+   ``FATAL 57P01 terminating connection due to administrator command``, as
+   from PostgreSQL itself, and are closed; every other session ends the same
+   way the moment its statement or transaction is over.
+3. After ``max_sigterm_delay`` seconds the sessions still busy get the same
+   error (a running statement is cancelled first).
+4. ``proxy.stopped`` is logged, the log is flushed, and the exit code is 0
+   (or 128 + the signal number with ``exit_zero_on_sigterm = false``).
+
+A second SIGTERM/SIGINT ends everything at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import sys
+import time
+from collections.abc import Callable
+from typing import Any, Final
 
 from pgproxy import __version__
-from pgproxy.config import Config
+from pgproxy.config import Config, ConfigError, reloadable
 from pgproxy.proxy.loop import loop_factory
 from pgproxy.proxy.server import ProxyServer, ProxySettings
 from pgproxy.proxy.tls import TLSConfigError
-from pgproxy.sink import LogSink
+from pgproxy.sink import Fanout, LogSink, Sink
+from pgproxy.tracker.records import Record
 
-EXIT_USAGE = 2
+EXIT_USAGE: Final = 2
+#: Seconds closing sessions get to flush their last bytes before they are aborted.
+CLOSE_TIMEOUT: Final = 2.0
+#: How often log drops are turned into ``log.dropped`` records for the metrics.
+HOUSEKEEPING_INTERVAL: Final = 1.0
 
 
-def run_proxy(config: Config) -> int:
-    """Run the proxy until SIGINT/SIGTERM; returns the exit code."""
+def run_proxy(config: Config, reload: Callable[[], Config] | None = None) -> int:
+    """Run the proxy until it is stopped; returns the exit code.
+
+    Args:
+        config: the validated configuration.
+        reload: builds the configuration anew (same file, environment and
+            flags) on SIGHUP; without it SIGHUP only reopens the log file.
+    """
     factory, loop_name = loop_factory(config["proxy.loop"])
     with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(_serve(config, loop_name))
+        return runner.run(Lifecycle(config, loop_name, reload).run())
 
 
 def settings_from(config: Config) -> ProxySettings:
@@ -35,13 +65,14 @@ def settings_from(config: Config) -> ProxySettings:
     return ProxySettings(
         listen_host=listen_host,
         listen_port=listen_port,
+        listen_addresses=tuple(config.listen_addresses),
         upstream_host=upstream_host,
         upstream_port=upstream_port,
         connect_timeout=config["proxy.connect_timeout"],
         startup_timeout=config["proxy.startup_timeout"],
         tls_client_mode=config["tls.client_mode"],
         max_connections=config["proxy.max_connections"],
-        shutdown_grace=config["proxy.shutdown_grace"],
+        shutdown_grace=config["proxy.max_sigterm_delay"],
         write_buffer_high=config["proxy.write_buffer_high"],
         **{"tls_" + key.removeprefix("tls."): config[key] for key in TLS_FILE_KEYS},
     )
@@ -70,54 +101,232 @@ def sink_from(config: Config) -> LogSink:
     )
 
 
-async def _serve(config: Config, loop_name: str) -> int:
-    settings = settings_from(config)
-    try:
-        sink = sink_from(config)
-    except OSError as exc:
-        print(f"pgproxy: cannot open log file {config['log.file']!r}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        server = ProxyServer(settings, config.tracker_options(), sink)
-    except TLSConfigError as exc:
-        sink.close()
-        print(f"pgproxy: invalid configuration: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        await server.start()
-    except OSError as exc:
-        sink.log(
-            "error",
-            "proxy.failed",
-            reason=f"cannot listen on {settings.listen_host}:{settings.listen_port}: {exc.strerror or exc}",
+class Lifecycle:
+    """One run of the proxy process, from listening to the exit code."""
+
+    def __init__(self, config: Config, loop_name: str, reload: Callable[[], Config] | None = None) -> None:
+        self.config = config
+        self.loop_name = loop_name
+        self.reload = reload
+        self.stop_reason: str | None = None
+        self.signum: int | None = None
+        self.forced = False
+        self._stop = asyncio.Event()
+        self._force = asyncio.Event()
+        self.sink: Sink
+        self.log_sink: LogSink
+        self.server: ProxyServer
+        self.metrics: Any = None
+        self.admin: Any = None
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop_reason is not None
+
+    # ------------------------------------------------------------------ run
+
+    async def run(self) -> int:
+        config = self.config
+        settings = settings_from(config)
+        try:
+            self.log_sink = sink_from(config)
+        except OSError as exc:
+            print(f"pgproxy: cannot open log file {config['log.file']!r}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_USAGE
+        admin_address = config.admin_listen
+        if admin_address is not None:
+            from pgproxy.sink.metrics import MetricsSink  # prometheus-client only when asked for
+
+            self.metrics = MetricsSink(self.loop_name)
+            self.sink = Fanout(self.log_sink, [self.metrics])
+        else:
+            self.sink = self.log_sink
+        try:
+            self.server = ProxyServer(settings, config.tracker_options(), self.sink)
+        except TLSConfigError as exc:
+            self.sink.close()
+            print(f"pgproxy: invalid configuration: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            if admin_address is not None:
+                # The admin endpoint first, so /startup can say "not yet" while the proxy binds.
+                from pgproxy.proxy.admin import AdminServer
+
+                self.admin = AdminServer(
+                    self.server,
+                    self.metrics,
+                    self.sink,
+                    config["admin.upstream_check_timeout"],
+                    stopping=lambda: self.stopping,
+                    request_stop=self.request_stop,
+                )
+                await self.admin.start(*admin_address)
+            await self.server.start()
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            self.sink.log("error", "proxy.failed", reason=reason)
+            if self.admin is not None:
+                await self.admin.close()
+            self.server.stop_accepting()
+            self.sink.close()
+            print(f"pgproxy: {reason}", file=sys.stderr)
+            return 1
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._on_stop_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
+        started: dict[str, Any] = {
+            "listen": self.server.addresses,
+            "upstream": f"{settings.upstream_host}:{settings.upstream_port}",
+            "loop": self.loop_name,
+            "detail": config["log.detail"],
+            "tls_client_mode": settings.tls_client_mode,
+            "version": __version__,
+        }
+        if self.admin is not None:
+            started["admin"] = self.admin.address
+            self.admin.started = True
+        if config.ignored_environment:
+            started["ignored_environment"] = list(config.ignored_environment)
+        self.sink.log("info", "proxy.started", **started)
+        serve = loop.create_task(self.server.serve_forever())
+        housekeeping = loop.create_task(self._housekeeping())
+        try:
+            await self._stop.wait()
+            await self._drain(config["proxy.min_sigterm_delay"], config["proxy.max_sigterm_delay"])
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            housekeeping.cancel()
+            serve.cancel()
+            await asyncio.gather(serve, housekeeping, return_exceptions=True)
+        if self.admin is not None:
+            await self.admin.close()
+        self._report_drops()
+        self.sink.log(
+            "info", "proxy.stopped", reason=self.stop_reason, forced=self.forced, **dict(self.server.counters)
         )
-        sink.close()
-        print(
-            f"pgproxy: cannot listen on {settings.listen_host}:{settings.listen_port}: {exc.strerror or exc}",
-            file=sys.stderr,
+        self.sink.close()
+        if self.signum is not None and not config["proxy.exit_zero_on_sigterm"]:
+            return 128 + self.signum
+        return 0
+
+    # ------------------------------------------------------------------ stopping
+
+    def request_stop(self, reason: str, signum: int | None = None) -> None:
+        """Start the graceful stop; a second request (a second Ctrl-C) ends everything at once."""
+        if self.stop_reason is not None:
+            if not self._force.is_set():
+                self.forced = True
+                self.sink.log("warning", "proxy.forced", reason=reason, sessions=len(self.server.sessions))
+                self._force.set()
+            return
+        self.stop_reason = reason
+        self.signum = signum
+        self._stop.set()
+
+    def _on_stop_signal(self, signum: int) -> None:
+        self.request_stop(signal.Signals(signum).name, signum)
+
+    async def _wait_unless_forced(self, seconds: float) -> None:
+        if seconds > 0 and not self._force.is_set():
+            try:
+                await asyncio.wait_for(self._force.wait(), seconds)
+            except TimeoutError:
+                pass
+
+    async def _drain(self, min_delay: float, max_delay: float) -> None:
+        server = self.server
+        self.sink.log(
+            "info",
+            "proxy.stopping",
+            reason=self.stop_reason,
+            sessions=len(server.sessions),
+            min_sigterm_delay=min_delay,
+            max_sigterm_delay=max_delay,
         )
-        return 1
-    sink.log(
-        "info",
-        "proxy.started",
-        listen=[f"{h}:{p}" for h, p in server.sockets],
-        upstream=f"{settings.upstream_host}:{settings.upstream_port}",
-        loop=loop_name,
-        detail=config["log.detail"],
-        tls_client_mode=settings.tls_client_mode,
-        version=__version__,
-    )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    serve = loop.create_task(server.serve_forever())
-    await stop.wait()
-    sink.log("info", "proxy.stopping", sessions=len(server.sessions), grace_s=settings.shutdown_grace)
-    await server.close()
-    serve.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await serve
-    sink.log("info", "proxy.stopped", **dict(server.counters))
-    sink.close()
-    return 0
+        await self._wait_unless_forced(min_delay)  # still accepting: /readyz says 503 meanwhile
+        server.stop_accepting()
+        if not self._force.is_set():
+            server.begin_drain()
+            deadline = time.monotonic() + max_delay
+            while server.sessions and not self._force.is_set() and time.monotonic() < deadline:
+                waiter = asyncio.ensure_future(self._force.wait())
+                emptied = asyncio.ensure_future(server.wait_empty(deadline - time.monotonic()))
+                await asyncio.wait((waiter, emptied), return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                emptied.cancel()
+            if server.sessions and not self._force.is_set():
+                self.sink.log("warning", "proxy.deadline", sessions=len(server.sessions), max_sigterm_delay=max_delay)
+                server.shut_down_all()
+                deadline = time.monotonic() + CLOSE_TIMEOUT
+                while server.sessions and not self._force.is_set() and time.monotonic() < deadline:
+                    await server.wait_empty(0.05)
+        server.abort_all()
+        await server.finish()
+
+    # ------------------------------------------------------------------ SIGHUP
+
+    def _on_reload_signal(self) -> None:
+        reopened = self._reopen_log()
+        if self.reload is None:
+            return
+        try:
+            fresh = self.reload()
+        except ConfigError as exc:
+            self.sink.log("error", "config.reload_failed", reason=str(exc), action="kept the previous settings")
+            return
+        changed = sorted(k for k in fresh.values if fresh.values[k] != self.config.values[k])
+        applied = [k for k in changed if reloadable(k)]
+        needs_restart = [k for k in changed if not reloadable(k)]
+        if applied:
+            values = dict(self.config.values)
+            sources = dict(self.config.sources)
+            for key in applied:
+                values[key] = fresh.values[key]
+                sources[key] = fresh.sources[key]
+            self.config = Config(values, sources, self.config.ignored_environment)
+            self.server.tracker_options = self.config.tracker_options()
+            self.log_sink.set_level(self.config["log.level"])
+        self.sink.log(
+            "info",
+            "config.reloaded",
+            applied=applied,
+            restart_required=needs_restart,
+            log_file_reopened=reopened,
+            note="applies to sessions that start from now on",
+        )
+
+    def _reopen_log(self) -> bool:
+        try:
+            self.log_sink.reopen()
+        except OSError as exc:
+            self.sink.log(
+                "error",
+                "log.reopen_failed",
+                file=self.log_sink.file,
+                reason=exc.strerror or str(exc),
+                action="kept writing to the previous file",
+            )
+            return False
+        return bool(self.log_sink.file)
+
+    # ------------------------------------------------------------------ housekeeping
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_INTERVAL)
+            self._report_drops()
+
+    _reported_drops = 0
+
+    def _report_drops(self) -> None:
+        """Log drops become a record for the metrics (the writer logs its own line for people)."""
+        if self.metrics is None:
+            return
+        dropped = self.log_sink.dropped
+        if dropped != self._reported_drops:
+            since, self._reported_drops = dropped - self._reported_drops, dropped
+            self.metrics.emit(
+                Record("log.dropped", "warning", {"dropped_total": dropped, "dropped_since_last_report": since})
+            )

@@ -1,7 +1,8 @@
-"""Server-wide state: the listener, the set of sessions, counters, shutdown.
+"""Server-wide state: the listeners, the set of sessions, counters, the drain.
 
 One object owns everything that outlives a session (uvicorn's ``ServerState``
-habit): the connection limit, cancel forwarding, the graceful drain.
+habit): the connection limit, cancel forwarding, the graceful drain. When to
+drain (signals, delays, exit codes) is :mod:`pgproxy.proxy.lifecycle`'s call.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import resource
 import secrets
 import ssl
+import stat
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -20,8 +22,11 @@ from dataclasses import dataclass
 from pgproxy.protocol.build import error_response
 from pgproxy.proxy.session import ClientSession
 from pgproxy.proxy.tls import certificate_der, client_tls_context, upstream_tls
-from pgproxy.sink import LogSink
+from pgproxy.sink import Sink
 from pgproxy.tracker.options import TrackerOptions
+
+#: A listening address: (host, port) for TCP, or the path of a Unix-domain socket.
+ListenAddress = tuple[str, int] | str
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +51,12 @@ class ProxySettings:
     max_connections: int = 0
     shutdown_grace: float = 10.0
     write_buffer_high: int = 1 << 20
+    #: Every address to listen on; empty means (listen_host, listen_port) alone.
+    listen_addresses: tuple[ListenAddress, ...] = ()
+
+    @property
+    def addresses(self) -> tuple[ListenAddress, ...]:
+        return self.listen_addresses or ((self.listen_host, self.listen_port),)
 
     @property
     def write_buffer_low(self) -> int:
@@ -90,14 +101,17 @@ class ProxyServer:
         TLSConfigError: a TLS certificate, key or CA file cannot be used.
     """
 
-    def __init__(self, config: ProxySettings, tracker_options: TrackerOptions, sink: LogSink) -> None:
+    def __init__(self, config: ProxySettings, tracker_options: TrackerOptions, sink: Sink) -> None:
         self.config = config
         self.tracker_options = tracker_options
         self.sink = sink
         self.sessions: set[ClientSession] = set()
         self.counters: Counter[str] = Counter()
         self.started = time.monotonic()
-        self._server: asyncio.Server | None = None
+        #: Set once the listeners are closed: sessions end as soon as they are idle.
+        self.draining = False
+        self._servers: list[asyncio.Server] = []
+        self._unix_paths: list[str] = []
         self._ids = itertools.count(1)
         self._id_prefix = secrets.token_hex(2)
         self._cancel_tasks: set[asyncio.Task[None]] = set()
@@ -142,27 +156,58 @@ class ProxyServer:
 
     @property
     def sockets(self) -> list[tuple[str, int]]:
-        if self._server is None:
-            return []
-        return [s.getsockname()[:2] for s in self._server.sockets]
+        """(host, port) of every TCP listening socket (port 0 resolved)."""
+        return [
+            s.getsockname()[:2]
+            for server in self._servers
+            for s in server.sockets
+            if isinstance(s.getsockname(), tuple)
+        ]
+
+    @property
+    def addresses(self) -> list[str]:
+        """Every listening address as text: ``host:port`` or a socket path."""
+        out = []
+        for server in self._servers:
+            for sock in server.sockets:
+                name = sock.getsockname()
+                out.append(f"{name[0]}:{name[1]}" if isinstance(name, tuple) else str(name))
+        return out
+
+    @property
+    def at_connection_limit(self) -> bool:
+        """A new client would be refused now (max_connections, or the file-descriptor cap)."""
+        held, limit = len(self.sessions), self.config.max_connections
+        return bool(limit and held >= limit) or bool(self._fd_session_cap and held >= self._fd_session_cap)
 
     async def start(self) -> None:
+        """Listen on every configured address; OSError names the address that failed."""
         loop = asyncio.get_running_loop()
-        cfg = self.config
         self.fd_limit = raise_fd_limit()
         if self.fd_limit != resource.RLIM_INFINITY:
             self._fd_session_cap = max(1, (self.fd_limit - _open_fds() - _FD_RESERVE) // 2)
-        self._server = await loop.create_server(
-            lambda: ClientSession(self),
-            cfg.listen_host,
-            cfg.listen_port,
-            reuse_address=True,
-            backlog=1024,
-        )
+        try:
+            for address in self.config.addresses:
+                if isinstance(address, str):
+                    _remove_stale_socket(address)
+                    server = await loop.create_unix_server(lambda: ClientSession(self), address, backlog=1024)
+                    self._unix_paths.append(address)
+                    # Access is governed by the directory (a shared volume), as for
+                    # PostgreSQL's default unix_socket_permissions = 0777.
+                    os.chmod(address, 0o777)
+                else:
+                    host, port = address
+                    server = await loop.create_server(
+                        lambda: ClientSession(self), host, port, reuse_address=True, backlog=1024
+                    )
+                self._servers.append(server)
+        except OSError as exc:
+            self.stop_accepting()
+            where = address if isinstance(address, str) else f"{address[0]}:{address[1]}"
+            raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror or exc}") from exc
 
     async def serve_forever(self) -> None:
-        assert self._server is not None
-        await self._server.serve_forever()
+        await asyncio.gather(*(server.serve_forever() for server in self._servers))
 
     # ------------------------------------------------------------------ sessions
 
@@ -255,27 +300,74 @@ class ProxyServer:
 
     # ------------------------------------------------------------------ shutdown
 
-    async def close(self) -> None:
-        """Stop accepting, let busy sessions finish (up to the grace period), abort the rest."""
-        if self._server is not None:
-            self._server.close()
-        deadline = time.monotonic() + self.config.shutdown_grace
-        while self.sessions and time.monotonic() < deadline:
-            for session in list(self.sessions):
-                if session.idle:
-                    session.abort()
-            if not self.sessions:
-                break
+    def stop_accepting(self) -> None:
+        """Close every listener (and remove Unix sockets); sessions carry on."""
+        for server in self._servers:
+            server.close()
+        for path in self._unix_paths:
+            _remove_stale_socket(path)
+        self._unix_paths.clear()
+
+    def begin_drain(self) -> None:
+        """From now on sessions end as soon as they are idle; the idle ones end now."""
+        self.draining = True
+        for session in list(self.sessions):
+            if session.idle:
+                session.shut_down()
+
+    async def wait_empty(self, timeout: float) -> bool:
+        """Wait until every session has ended, at most ``timeout`` seconds; True if none is left."""
+        if self.sessions:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), 0.05)
+                await asyncio.wait_for(self._idle.wait(), max(timeout, 0.0))
+        return not self.sessions
+
+    def shut_down_all(self) -> None:
+        """Time is up: every remaining session gets the administrator-shutdown error and is closed."""
+        self.draining = True
+        for session in list(self.sessions):
+            session.shut_down()
+
+    def abort_all(self) -> None:
+        """End every session at once, without goodbyes (a second signal)."""
         for session in list(self.sessions):
             session.abort()
-        # Let the aborted transports run their connection_lost callbacks (and
-        # log session.ended) before the loop may be closed under them.
+
+    async def finish(self) -> None:
+        """Let closing transports run their callbacks, cancels go out and listeners wind down."""
+        # connection_lost callbacks log session.ended; the loop must not be closed under them.
         for _ in range(3):
             await asyncio.sleep(0)
         if self._cancel_tasks:
             await asyncio.gather(*self._cancel_tasks, return_exceptions=True)
-        if self._server is not None:
+        for server in self._servers:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+                await asyncio.wait_for(server.wait_closed(), 1.0)
+
+    async def close(self, grace: float | None = None) -> None:
+        """The whole graceful stop in one call: stop accepting, drain, end the rest.
+
+        Idle sessions end at once, busy ones (a statement running, a
+        transaction open) get up to ``grace`` seconds (default: the
+        configured ``shutdown_grace``) and then the same treatment; sessions
+        that still do not close (a client not reading) are aborted.
+        """
+        grace = self.config.shutdown_grace if grace is None else grace
+        self.stop_accepting()
+        self.begin_drain()
+        if not await self.wait_empty(grace):
+            self.shut_down_all()
+            if not await self.wait_empty(_CLOSE_TIMEOUT):
+                self.abort_all()
+        await self.finish()
+
+
+#: Seconds closing sessions get to flush their last bytes before they are aborted.
+_CLOSE_TIMEOUT = 2.0
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Remove a Unix socket left by an earlier run (never any other kind of file)."""
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            os.unlink(path)

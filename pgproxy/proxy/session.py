@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 _TLS_HANDSHAKE = 0x16
 _NEGOTIATION_NAMES = {SSL_REQUEST_CODE: "SSLRequest", GSSENC_REQUEST_CODE: "GSSENCRequest"}
 _SSL_REQUEST = struct.pack("!II", 8, SSL_REQUEST_CODE)
+_TERMINATE = b"X\x00\x00\x00\x04"  # Terminate ("Message Formats"): a clean goodbye to the server
 
 
 class State(enum.Enum):
@@ -693,6 +694,9 @@ class ClientSession(asyncio.Protocol):
             self._observe(data, False, now)
         if self._startup_timer is not None:
             self._startup_settled()
+        if self.server.draining and self.idle:
+            # Draining: the statement or transaction this session was waiting for is over.
+            self.shut_down()
 
     def _sasl_settled(self, sasl: SaslOfferFilter) -> None:
         if sasl.removed:
@@ -782,13 +786,53 @@ class ClientSession(asyncio.Protocol):
 
     @property
     def idle(self) -> bool:
-        """Between statements (ReadyForQuery seen, nothing pending): safe to close in a drain."""
+        """Safe to end now without losing work: ready, no request outstanding, outside a transaction.
+
+        Also requires both streams to sit between messages, so that the
+        administrator-shutdown error is a whole message of its own. Unknown
+        (decoding stopped, e.g. TLS passthrough) counts as not idle.
+        """
         tracker = self.tracker
-        if tracker is None or tracker.statements is None:
-            return self.state is not State.RELAY
-        return not tracker.statements.pending
+        if self.state is not State.RELAY:
+            return self.state is not State.CONNECTING
+        if tracker is None or not self.decoding:
+            return False
+        return not tracker.busy and tracker.between_messages
+
+    def shut_down(self) -> None:
+        """End the session the way PostgreSQL's own shutdown does.
+
+        The client receives ``FATAL 57P01 terminating connection due to
+        administrator command`` when it can be added as a whole message, the
+        server receives Terminate (so its backend exits cleanly instead of
+        logging an unexpected EOF), and both connections close after flushing.
+        A statement still running is cancelled first: closing the socket
+        alone would let it run to its end.
+        """
+        if self.state is State.CLOSED:
+            return
+        self.close_reason = self.close_reason or "proxy_shutdown"
+        tracker = self.tracker
+        client, upstream = self.client, self.upstream
+        relaying = self.state is State.RELAY and upstream is not None and upstream.transport is not None
+        if relaying and tracker is not None and tracker.request_outstanding:
+            pid, key = tracker.backend_pid, tracker.conv.backend_key
+            if pid is not None and key is not None:
+                self.server.forward_cancel(self, cancel_request(pid, key), reason="proxy_shutdown")
+        at_boundary = tracker is None or (self.decoding and tracker.between_messages)
+        if client is not None and not client.is_closing() and at_boundary:
+            reply = error_response("FATAL", "57P01", "terminating connection due to administrator command")
+            client.write(reply)
+            self.bytes_from_server += len(reply)
+            self._observe(reply, False, time.monotonic())
+        if relaying and upstream is not None and upstream.transport is not None and not upstream.transport.is_closing():
+            if tracker is not None and tracker.ready_at is not None and at_boundary:
+                upstream.transport.write(_TERMINATE)
+            upstream.transport.close()
+        self._close_client("proxy_shutdown")
 
     def abort(self) -> None:
+        """End at once, without goodbyes (a second signal)."""
         self.close_reason = self.close_reason or "proxy_shutdown"
         if self.client is not None:
             self.client.abort()

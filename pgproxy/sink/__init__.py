@@ -8,9 +8,9 @@ writing never blocks the event loop.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import structlog
 
@@ -83,6 +83,26 @@ class LogSink:
             self._add(handle, "json", handle)
         self._threshold = _LEVELS.get(self.min_level, 10)
 
+    def set_level(self, min_level: str) -> None:
+        """Drop events below ``min_level`` from now on (a configuration reload)."""
+        self.min_level = min_level
+        self._threshold = _LEVELS.get(min_level, 10)
+
+    def reopen(self) -> None:
+        """Reopen ``file`` by its path (after logrotate renamed it); lines queued meanwhile are kept.
+
+        Raises:
+            OSError: the file cannot be opened; the old handle stays in use.
+        """
+        if not self.file:
+            return
+        for dest in self._destinations:
+            if dest.owned_stream is not None:
+                handle = open(self.file, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+                old = dest.writer.replace_stream(handle)
+                dest.owned_stream = handle
+                old.close()
+
     def _add(self, stream: IO[str], fmt: str, owned: IO[str] | None) -> None:
         writer = QueueWriter(stream, self.max_queued)
         renderer: Any = (
@@ -144,6 +164,57 @@ class LogSink:
         self._others = []
 
 
+class Sink(Protocol):
+    """What the proxy writes records to: a :class:`LogSink`, or a :class:`Fanout` of it and others."""
+
+    def emit(self, record: Record) -> None: ...
+    def emit_all(self, records: list[Record]) -> None: ...
+    def log(self, level: str, event: str, **fields: Any) -> None: ...
+    def flush(self, timeout: float = 5.0) -> bool: ...
+    def close(self) -> None: ...
+    @property
+    def dropped(self) -> int: ...
+
+
+class RecordConsumer(Protocol):
+    """A sink beside the log (metrics): it sees every record, before level filtering."""
+
+    def emit_all(self, records: Sequence[Record]) -> None: ...
+
+
+class Fanout:
+    """The log sink plus consumers that must see the same records (metrics).
+
+    The proxy's own events (``sink.log(...)``) become :class:`Record` values
+    here, so a metric counts exactly what the log shows.
+    """
+
+    def __init__(self, log: LogSink, consumers: Sequence[RecordConsumer]) -> None:
+        self.log_sink = log
+        self.consumers = tuple(consumers)
+
+    def emit(self, record: Record) -> None:
+        self.emit_all([record])
+
+    def emit_all(self, records: list[Record]) -> None:
+        self.log_sink.emit_all(records)
+        for consumer in self.consumers:
+            consumer.emit_all(records)
+
+    def log(self, level: str, event: str, **fields: Any) -> None:
+        self.emit_all([Record(event, level, fields)])
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        return self.log_sink.flush(timeout)
+
+    def close(self) -> None:
+        self.log_sink.close()
+
+    @property
+    def dropped(self) -> int:
+        return self.log_sink.dropped
+
+
 def _isatty(stream: IO[str]) -> bool:
     try:
         return bool(stream.isatty())
@@ -151,4 +222,4 @@ def _isatty(stream: IO[str]) -> bool:
         return False
 
 
-__all__ = ["LogSink", "QueueWriter"]
+__all__ = ["Fanout", "LogSink", "QueueWriter", "RecordConsumer", "Sink"]

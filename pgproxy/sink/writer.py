@@ -58,6 +58,7 @@ class QueueWriter:
         self._reported_dropped = 0
         self._queue: deque[_Item] = deque()
         self._wake = threading.Event()
+        self._stream_lock = threading.Lock()  # taken per batch, and to swap the stream
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -110,13 +111,24 @@ class QueueWriter:
                 return
 
     def _emit(self, lines: list[str]) -> None:
-        try:
-            self.stream.write("\n".join(lines) + "\n")
-            self.stream.flush()
-            self.written += len(lines)
-        except (OSError, ValueError):
-            # A closed or broken log stream must not kill the proxy; count the loss.
-            self._count_dropped(len(lines))
+        with self._stream_lock:
+            try:
+                self.stream.write("\n".join(lines) + "\n")
+                self.stream.flush()
+                self.written += len(lines)
+            except (OSError, ValueError):
+                # A closed or broken log stream must not kill the proxy; count the loss.
+                self._count_dropped(len(lines))
+
+    def replace_stream(self, stream: IO[str]) -> IO[str]:
+        """Write to ``stream`` from the next batch on (log rotation); returns the old stream, flushed."""
+        with self._stream_lock:
+            old, self.stream = self.stream, stream
+            try:
+                old.flush()
+            except (OSError, ValueError):
+                pass
+        return old
 
     def _report_drops(self) -> None:
         dropped = self._dropped

@@ -397,6 +397,17 @@ class SessionTracker:
         return self._ready_due > 0 or self._unsynced
 
     @property
+    def between_messages(self) -> bool:
+        """Neither direction is in the middle of a message, so a whole one may be added to either.
+
+        False once decoding stopped (encrypted, desynchronized): the boundaries are unknown then.
+        """
+        conv = self.conv
+        if not conv.decoding:
+            return False
+        return not (conv.frontend.buffered or conv.frontend.skipping or conv.backend.buffered or conv.backend.skipping)
+
+    @property
     def busy(self) -> bool:
         """Closing the session now would cut something short.
 

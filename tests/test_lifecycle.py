@@ -1,0 +1,341 @@
+"""The process lifecycle, with pgproxy as a real subprocess: signals, reload, probes, sockets."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from pgproxy.demo.embedded import EmbeddedPostgres, free_port
+
+PGPROXY = [sys.executable, "-m", "pgproxy"]
+
+
+class ProxyProcess:
+    """``pgproxy`` run as users run it, logging JSON lines to a file we can read while it runs."""
+
+    def __init__(self, tmp: Path, *args: str, env: dict[str, str] | None = None, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.stdout = tmp / f"stdout-{self.port}.jsonl"
+        self.stderr = tmp / f"stderr-{self.port}.txt"
+        base = ["--log-format", "json"]
+        if not any(a.startswith("--listen") for a in args):
+            base += ["--listen", f"127.0.0.1:{self.port}"]
+        with open(self.stdout, "w") as out, open(self.stderr, "w") as err:
+            self.proc = subprocess.Popen(
+                [*PGPROXY, *base, *args], stdout=out, stderr=err, env={**os.environ, **(env or {})}
+            )
+        self.wait_for(lambda: self.events("proxy.started"), what="proxy.started")
+
+    def events(self, event: str | None = None, **match: Any) -> list[dict[str, Any]]:
+        out = []
+        for line in self.stdout.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line still being written
+            if (event is None or record["event"] == event) and all(record.get(k) == v for k, v in match.items()):
+                out.append(record)
+        return out
+
+    def wait_for(self, predicate: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            result = predicate()
+            if result:
+                return result
+            if self.proc.poll() is not None and not predicate():
+                raise AssertionError(f"pgproxy exited ({self.proc.returncode}) waiting for {what}: {self.tail()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {what} within {timeout}s: {self.tail()}")
+            time.sleep(0.02)
+
+    def tail(self) -> str:
+        return self.stderr.read_text()[-2000:] + self.stdout.read_text()[-3000:]
+
+    def dsn(self, **params: str) -> str:
+        query = "&".join(f"{k}={v}" for k, v in {"sslmode": "disable", **params}.items())
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres?{query}"
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 60.0) -> int:
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., ProxyProcess]]:
+    started: list[ProxyProcess] = []
+
+    def start(*args: str, **kwargs: Any) -> ProxyProcess:
+        process = ProxyProcess(tmp_path, *args, **kwargs)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()
+
+
+def http(port: int, path: str, method: str = "GET") -> tuple[int, str]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+# --------------------------------------------------------------------------- SIGTERM
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("detail", ["connection", "query"])
+def test_sigterm_lets_transactions_and_statements_finish(
+    pg: EmbeddedPostgres, spawn: Callable[..., ProxyProcess], detail: str
+) -> None:
+    table = f"lifecycle_{detail}"
+    with psycopg.connect(pg.dsn(), autocommit=True) as direct:
+        direct.execute(f"DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id int)")
+    proxy = spawn("--upstream", f"127.0.0.1:{pg.port}", "--log-detail", detail, "--max-sigterm-delay", "60")
+    idle = psycopg.connect(proxy.dsn(application_name="idle"), autocommit=True)
+    idle.execute("SELECT 1")
+    in_tx = psycopg.connect(proxy.dsn(application_name="in_tx"))
+    in_tx.execute(f"INSERT INTO {table} VALUES (1)")  # psycopg opened a transaction: idle in transaction now
+    running = psycopg.connect(proxy.dsn(application_name="running"), autocommit=True)
+    result: dict[str, Any] = {}
+
+    def run_statement() -> None:
+        try:
+            result["row"] = running.execute("SELECT 42 FROM pg_sleep(2)").fetchone()
+        except psycopg.Error as exc:
+            result["error"] = exc
+
+    worker = threading.Thread(target=run_statement)
+    worker.start()
+    proxy.wait_for(lambda: _backend_running(pg, "running"), what="the statement to run")
+    proxy.signal(signal.SIGTERM)
+    proxy.wait_for(lambda: proxy.events("session.ended", application_name="idle"), what="the idle session to end")
+    with pytest.raises(psycopg.OperationalError) as idle_error:
+        idle.execute("SELECT 1")
+    assert "terminating connection due to administrator command" in str(idle_error.value)
+    # The transaction is still open and commits.
+    in_tx.execute(f"INSERT INTO {table} VALUES (2)")
+    in_tx.commit()
+    worker.join(60)
+    assert result == {"row": (42,)}
+    assert proxy.wait() == 0
+    with psycopg.connect(pg.dsn()) as direct:
+        assert direct.execute(f"SELECT array_agg(id ORDER BY id) FROM {table}").fetchone() == ([1, 2],)
+    ended = {e["application_name"]: e for e in proxy.events("session.ended")}
+    assert {e["reason"] for e in ended.values()} == {"proxy_shutdown"}
+    names = [e["event"] for e in proxy.events()]
+    assert names[-1] == "proxy.stopped" and "proxy.stopping" in names and "proxy.deadline" not in names
+    for conn in (idle, in_tx, running):
+        conn.close()
+
+
+def _backend_running(pg: EmbeddedPostgres, application: str) -> bool:
+    with psycopg.connect(pg.dsn(), autocommit=True) as direct:
+        row = direct.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND state = 'active'", (application,)
+        ).fetchone()
+    return bool(row and row[0])
+
+
+@pytest.mark.slow
+def test_busy_session_gets_the_error_at_the_deadline_and_a_second_signal_ends_at_once(
+    pg: EmbeddedPostgres, spawn: Callable[..., ProxyProcess]
+) -> None:
+    proxy = spawn("--upstream", f"127.0.0.1:{pg.port}", "--max-sigterm-delay", "0.5")
+    stuck = psycopg.connect(proxy.dsn(application_name="stuck"))
+    stuck.execute("SELECT 1")  # idle in transaction, never committed
+    proxy.signal(signal.SIGTERM)
+    assert proxy.wait() == 0
+    assert proxy.events("proxy.deadline")
+    with pytest.raises(psycopg.OperationalError) as err:
+        stuck.execute("SELECT 1")
+    assert "administrator command" in str(err.value)
+    stuck.close()
+
+    second = spawn("--upstream", f"127.0.0.1:{pg.port}", "--max-sigterm-delay", "600")
+    sleeper = psycopg.connect(second.dsn(application_name="sleeper"), autocommit=True)
+    sleeper.pgconn.send_query(b"SELECT pg_sleep(600)")
+    second.wait_for(lambda: _backend_running(pg, "sleeper"), what="the statement to run")
+    second.signal(signal.SIGTERM)
+    second.wait_for(lambda: second.events("proxy.stopping"), what="proxy.stopping")
+    second.signal(signal.SIGINT)
+    assert second.wait(30) == 0
+    (stopped,) = second.events("proxy.stopped")
+    assert stopped["forced"] is True
+    sleeper.close()
+
+
+def test_exit_code_is_128_plus_signal_when_asked(pg: EmbeddedPostgres, spawn: Callable[..., ProxyProcess]) -> None:
+    proxy = spawn("--upstream", f"127.0.0.1:{pg.port}", env={"PGPROXY_PROXY_EXIT_ZERO_ON_SIGTERM": "false"})
+    proxy.signal(signal.SIGTERM)
+    assert proxy.wait() == 128 + signal.SIGTERM
+
+
+# --------------------------------------------------------------------------- SIGHUP
+
+
+@pytest.mark.slow
+def test_sighup_reloads_detail_and_reopens_a_renamed_log_file(
+    pg: EmbeddedPostgres, spawn: Callable[..., ProxyProcess], tmp_path: Path
+) -> None:
+    config = tmp_path / "pgproxy.toml"
+    config.write_text('[log]\ndetail = "connection"\n')
+    log_file = tmp_path / "pgproxy.log"
+    proxy = spawn("--upstream", f"127.0.0.1:{pg.port}", "--config", str(config), "--log-file", str(log_file))
+    kept = psycopg.connect(proxy.dsn(application_name="kept"), autocommit=True)
+    kept.execute("SELECT 'before'")
+    proxy.wait_for(lambda: proxy.events("session.ready", application_name="kept"), what="session.ready")
+    assert not proxy.events("query")
+    log_file.rename(tmp_path / "pgproxy.log.1")  # what logrotate does
+    config.write_text('[log]\ndetail = "message"\n')
+    proxy.signal(signal.SIGHUP)
+    (reloaded,) = proxy.wait_for(lambda: proxy.events("config.reloaded"), what="config.reloaded")
+    assert reloaded["applied"] == ["log.detail"] and reloaded["log_file_reopened"] is True
+    with psycopg.connect(proxy.dsn(application_name="after"), autocommit=True) as after:
+        after.execute("SELECT 'after'")
+    proxy.wait_for(lambda: proxy.events("query", application_name="after"), what="a query event")
+    assert proxy.events("message", type="DataRow")
+    assert kept.execute("SELECT 'still connected'").fetchone() == ("still connected",)
+    # An invalid file keeps the old settings and says why.
+    config.write_text('[log]\ndetail = "verbose"\n')
+    proxy.signal(signal.SIGHUP)
+    (failed,) = proxy.wait_for(lambda: proxy.events("config.reload_failed"), what="config.reload_failed")
+    assert "log.detail" in failed["reason"] and "verbose" in failed["reason"]
+    kept.close()
+    proxy.signal(signal.SIGTERM)
+    assert proxy.wait() == 0
+    rotated = [json.loads(line)["event"] for line in (tmp_path / "pgproxy.log.1").read_text().splitlines()]
+    fresh = [json.loads(line)["event"] for line in log_file.read_text().splitlines()]
+    assert rotated[0] == "proxy.started" and "config.reloaded" not in rotated
+    assert fresh[0] == "config.reloaded" and "query" in fresh and fresh[-1] == "proxy.stopped"
+
+
+# --------------------------------------------------------------------------- environment
+
+
+def test_kubernetes_service_links_are_ignored_and_typos_are_not(
+    pg: EmbeddedPostgres, spawn: Callable[..., ProxyProcess]
+) -> None:
+    links = {
+        "PGPROXY_PORT": "tcp://10.96.0.12:6432",
+        "PGPROXY_PORT_6432_TCP": "tcp://10.96.0.12:6432",
+        "PGPROXY_PORT_6432_TCP_ADDR": "10.96.0.12",
+        "PGPROXY_PORT_6432_TCP_PORT": "6432",
+        "PGPROXY_PORT_6432_TCP_PROTO": "tcp",
+        "PGPROXY_SERVICE_HOST": "10.96.0.12",
+        "PGPROXY_SERVICE_PORT": "6432",
+        "PGPROXY_SERVICE_PORT_ADMIN": "9090",
+    }
+    proxy = spawn("--upstream", f"127.0.0.1:{pg.port}", env=links)
+    (started,) = proxy.events("proxy.started")
+    assert started["ignored_environment"] == sorted(links)
+    with psycopg.connect(proxy.dsn()) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    proxy.signal(signal.SIGTERM)
+    assert proxy.wait() == 0
+    out = subprocess.run(
+        PGPROXY,
+        check=False,
+        env={**os.environ, **links, "PGPROXY_LOG_DETIAL": "message"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 2
+    assert "PGPROXY_LOG_DETIAL" in out.stderr and "did you mean PGPROXY_LOG_DETAIL?" in out.stderr
+
+
+# --------------------------------------------------------------------------- admin endpoint and listeners
+
+
+@pytest.mark.slow
+def test_admin_endpoint_probes_metrics_and_quitquitquit(spawn: Callable[..., ProxyProcess], tmp_path: Path) -> None:
+    upstream = EmbeddedPostgres().start()
+    port = upstream.port
+    admin = free_port()
+    try:
+        proxy = spawn("--upstream", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}")
+        assert http(admin, "/startup") == (200, "started\n")
+        assert http(admin, "/livez") == (200, "ok\n")
+        assert http(admin, "/readyz") == (200, "ready\n")
+        with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+            conn.execute("SELECT 1")
+        proxy.wait_for(lambda: proxy.events("session.ended"), what="session.ended")
+        status, text = http(admin, "/metrics")
+        assert status == 200
+        assert "pgproxy_sessions_total 1.0" in text
+        assert 'pgproxy_statements_total{db_operation_name="SELECT",outcome="ok"} 1.0' in text
+        assert (
+            'db_client_operation_duration_seconds_count{db_operation_name="SELECT",db_system_name="postgresql"} 1.0'
+            in text
+        )
+        assert "pgproxy_build_info{" in text
+        upstream.stop()
+        status, text = proxy.wait_for(lambda: (r := http(admin, "/readyz"))[0] == 503 and r, what="readyz 503")
+        assert "upstream unreachable" in text
+        upstream = EmbeddedPostgres(port=port).start()
+        proxy.wait_for(lambda: http(admin, "/readyz")[0] == 200, what="readyz 200 again")
+        changes = proxy.wait_for(lambda: len(e := proxy.events("readiness.changed")) == 3 and e, what="3 changes")
+        assert [e["ready"] for e in changes] == [True, False, True]
+        assert http(admin, "/quitquitquit")[0] == 405
+        assert http(admin, "/quitquitquit", method="POST") == (200, "stopping\n")
+        assert proxy.wait() == 0
+        assert proxy.events("proxy.stopped", reason="quitquitquit")
+    finally:
+        upstream.stop()
+
+
+def test_several_listeners_and_a_unix_socket(
+    pg: EmbeddedPostgres, spawn: Callable[..., ProxyProcess], tmp_path: Path
+) -> None:
+    sockdir = tmp_path / "run"
+    sockdir.mkdir()
+    tcp1, tcp2 = free_port(), free_port()
+    socket_path = sockdir / f".s.PGSQL.{tcp1}"
+    proxy = spawn(
+        "--upstream",
+        f"127.0.0.1:{pg.port}",
+        "--listen",
+        f"127.0.0.1:{tcp1}",
+        "--listen",
+        f"127.0.0.1:{tcp2}",
+        "--listen",
+        str(socket_path),
+        port=tcp1,
+    )
+    (started,) = proxy.events("proxy.started")
+    assert started["listen"] == [f"127.0.0.1:{tcp1}", f"127.0.0.1:{tcp2}", str(socket_path)]
+    # libpq's own convention: host is the directory, the port names the socket file.
+    with psycopg.connect(host=str(sockdir), port=tcp1, user="postgres", dbname="postgres") as conn:
+        assert conn.execute("SELECT 'via unix socket'").fetchone() == ("via unix socket",)
+    with psycopg.connect(f"postgresql://postgres@127.0.0.1:{tcp2}/postgres?sslmode=disable") as conn:
+        assert conn.execute("SELECT 2").fetchone() == (2,)
+    proxy.signal(signal.SIGTERM)
+    assert proxy.wait() == 0
+    assert not socket_path.exists()
+    ready = proxy.events("session.ready")
+    assert len(ready) == 2
