@@ -339,3 +339,49 @@ def test_several_listeners_and_a_unix_socket(
     assert not socket_path.exists()
     ready = proxy.events("session.ready")
     assert len(ready) == 2
+
+
+def test_admin_routes_answer_plain_http() -> None:
+    """Unknown paths, wrong methods, a garbled request and an extra JSON route, in process."""
+    import asyncio
+    import io
+
+    from pgproxy.proxy.admin import AdminServer
+    from pgproxy.proxy.server import ProxyServer, ProxySettings
+    from pgproxy.sink import LogSink
+    from pgproxy.sink.metrics import MetricsSink
+    from pgproxy.tracker.options import TrackerOptions
+
+    async def exchange(port: int, request: bytes) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request)
+        reply = await reader.read()
+        writer.close()
+        return reply
+
+    async def main() -> list[bytes]:
+        sink = LogSink(stream=io.StringIO(), fmt="json")
+        proxy = ProxyServer(ProxySettings(), TrackerOptions(), sink)
+        admin = AdminServer(proxy, MetricsSink(), sink, 1.0, stopping=lambda: False, request_stop=lambda _: None)
+        admin.add_json_route("/stats", lambda: {"statements": []})
+        await admin.start("127.0.0.1", 0)
+        port = int(admin.address.rsplit(":", 1)[1])
+        try:
+            return [
+                await exchange(port, b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n"),
+                await exchange(port, b"GET /nope HTTP/1.1\r\n\r\n"),
+                await exchange(port, b"DELETE /livez HTTP/1.1\r\n\r\n"),
+                await exchange(port, b"\xff\xfe\r\n\r\n"),
+                await exchange(port, b"GET /startup HTTP/1.1\r\n\r\n"),
+            ]
+        finally:
+            await admin.close()
+            sink.close()
+
+    stats, missing, method, garbled, startup = asyncio.run(main())
+    assert stats.startswith(b"HTTP/1.1 200 OK\r\n") and stats.endswith(b'\r\n\r\n{"statements":[]}\n')
+    assert b"Content-Type: application/json" in stats
+    assert missing.startswith(b"HTTP/1.1 404 ")
+    assert method.startswith(b"HTTP/1.1 405 ")
+    assert garbled.startswith(b"HTTP/1.1 400 ")
+    assert startup.startswith(b"HTTP/1.1 503 ")  # the proxy never started listening

@@ -24,7 +24,9 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
+
+import orjson
 
 from pgproxy.proxy.server import ProxyServer
 from pgproxy.sink import Sink
@@ -86,6 +88,11 @@ class AdminServer:
         self._upstream_error: str | None = None
         self._ready: bool | None = None
         self._check: asyncio.Task[None] | None = None
+        self._json_routes: dict[str, Callable[[], Any]] = {}
+
+    def add_json_route(self, path: str, produce: Callable[[], Any]) -> None:
+        """Serve ``GET path`` as the JSON of ``produce()`` (e.g. ``/stats`` from the statistics sink)."""
+        self._json_routes[path] = produce
 
     async def start(self, host: str, port: int) -> None:
         self._server = await asyncio.start_server(self._handle, host, port, reuse_address=True)
@@ -146,6 +153,9 @@ class AdminServer:
             return await self._readiness()
         if path == "/metrics":
             return Reply(200, self.metrics.render(), _PROMETHEUS_TEXT)
+        produce = self._json_routes.get(path)
+        if produce is not None:
+            return Reply(200, orjson.dumps(produce()) + b"\n", "application/json")
         return Reply(404, b"not found: try /startup, /livez, /readyz, /metrics, POST /quitquitquit\n")
 
     # ------------------------------------------------------------------ readiness

@@ -255,7 +255,9 @@ class ExpectFunction:
     kind: ClassVar[Expect] = Expect.FUNCTION
 
 
-Expected = ExpectQuery | ExpectParse | ExpectBind | ExpectDescribe | ExpectExecute | ExpectClose | ExpectSync | ExpectFunction
+Expected = (
+    ExpectQuery | ExpectParse | ExpectBind | ExpectDescribe | ExpectExecute | ExpectClose | ExpectSync | ExpectFunction
+)
 
 
 @lru_cache(maxsize=256)
