@@ -503,3 +503,24 @@ def test_client_tls_failures_and_reload(tls_server: TLSServer) -> None:
         proxy.server.reload_tls()
         with psycopg.connect(proxy.dsn(sslmode="verify-full", sslrootcert=other_ca_file)) as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_shutdown_error_travels_inside_tls_on_both_legs(tls_server: TLSServer) -> None:
+    """The drain's FATAL 57P01 is written through the client's TLS, Terminate through the server's."""
+    proxy = ProxyHarness(tls_server.upstream, TrackerOptions(), **_terminate(tls_server, "verify-full"))
+    conn = psycopg.connect(proxy.dsn(sslmode="verify-full", sslrootcert=tls_server.ca), autocommit=True)
+    try:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+        proxy.close()
+        with pytest.raises(psycopg.OperationalError, match="terminating connection due to administrator command"):
+            conn.execute("SELECT 1")
+        (ended,) = json_lines(proxy.stream.getvalue(), "session.ended")
+        assert ended["reason"] == "proxy_shutdown"
+    finally:
+        conn.close()
+
+
+def json_lines(text: str, event: str) -> list[dict[str, Any]]:
+    import json
+
+    return [e for e in map(json.loads, text.splitlines()) if e["event"] == event]

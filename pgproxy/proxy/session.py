@@ -822,12 +822,12 @@ class ClientSession(asyncio.Protocol):
         at_boundary = tracker is None or (self.decoding and tracker.between_messages)
         if client is not None and not client.is_closing() and at_boundary:
             reply = error_response("FATAL", "57P01", "terminating connection due to administrator command")
-            client.write(reply)
+            self._client_send(reply)  # through TLS when pgproxy terminates it
             self.bytes_from_server += len(reply)
             self._observe(reply, False, time.monotonic())
         if relaying and upstream is not None and upstream.transport is not None and not upstream.transport.is_closing():
             if tracker is not None and tracker.ready_at is not None and at_boundary:
-                upstream.transport.write(_TERMINATE)
+                upstream.send(_TERMINATE)  # through TLS when the upstream leg is encrypted
             upstream.transport.close()
         self._close_client("proxy_shutdown")
 
