@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 from pgproxy.protocol import messages as m
 from pgproxy.protocol.errors import DecodeError
@@ -432,37 +432,68 @@ def _copy_response(cls: type[m.CopyInResponse | m.CopyOutResponse | m.CopyBothRe
     return decode
 
 
-def data_row_values(buf: bytes, start: int, end: int) -> tuple[bytes | None, ...]:
-    """Cut a DataRow body into its column values (``None`` for NULL).
+#: Prefix of errors about a DataRow's shape (as opposed to one value's content).
+MALFORMED_DATA_ROW: Final = "malformed DataRow"
 
-    Kept as a plain function so that the row decoding hot path can call it
-    without building a :class:`DataRow` object first.
+
+def cut_data_row(
+    buf: bytes, start: int, end: int, columns: tuple[tuple[Any, Callable[[bytes], Any]], ...]
+) -> dict[Any, Any]:
+    """Cut a DataRow body and decode each value: ``{key: decode(value)}``, None for NULL.
+
+    The one DataRow walker (message decoding, row decoding and hex-dump masking
+    all cut rows here); cutting and decoding are fused in one loop because row
+    decoding is the hot path of message detail.
+
+    Args:
+        columns: (key, decoder) per column, as many as the row must have.
+
+    Raises:
+        DecodeError: the body is not a well-formed DataRow of ``len(columns)``
+            values (the message starts with :data:`MALFORMED_DATA_ROW`).
     """
-    if end - start < 2:
-        raise DecodeError("DataRow without a column count")
-    (n,) = _U16(buf, start)
+    if end - start < 2 or _U16(buf, start)[0] != len(columns):
+        count = _U16(buf, start)[0] if end - start >= 2 else 0
+        raise DecodeError(f"{MALFORMED_DATA_ROW}: {count} columns, {len(columns)} expected")
     pos = start + 2
-    out: list[bytes | None] = []
-    app = out.append
+    out: dict[Any, Any] = {}
     unpack = _I32
-    for _ in range(n):
+    for key, decode in columns:
         if pos + 4 > end:
-            raise DecodeError("DataRow truncated in a length word")
+            raise DecodeError(f"{MALFORMED_DATA_ROW}: truncated in a length word")
         (length,) = unpack(buf, pos)
         pos += 4
         if length < 0:
             if length != -1:
-                raise DecodeError(f"DataRow value length {length}")
-            app(None)
+                raise DecodeError(f"{MALFORMED_DATA_ROW}: value length {length}")
+            out[key] = None
             continue
         nxt = pos + length
         if nxt > end:
-            raise DecodeError("DataRow value runs past the message end")
-        app(buf[pos:nxt])
+            raise DecodeError(f"{MALFORMED_DATA_ROW}: a value runs past the message end")
+        out[key] = decode(buf[pos:nxt])
         pos = nxt
     if pos != end:
-        raise DecodeError(f"{end - pos} unexpected trailing bytes in DataRow")
-    return tuple(out)
+        raise DecodeError(f"{MALFORMED_DATA_ROW}: {end - pos} unexpected trailing bytes")
+    return out
+
+
+def _raw(value: bytes) -> bytes:
+    return value
+
+
+_RAW_COLUMNS: dict[int, tuple[tuple[int, Callable[[bytes], bytes]], ...]] = {}
+
+
+def data_row_values(buf: bytes, start: int, end: int) -> tuple[bytes | None, ...]:
+    """Cut a DataRow body into its raw column values (``None`` for NULL), with :func:`cut_data_row`."""
+    count = _U16(buf, start)[0] if end - start >= 2 else 0
+    columns = _RAW_COLUMNS.get(count)
+    if columns is None:
+        columns = tuple((i, _raw) for i in range(count))
+        if count <= 64:
+            _RAW_COLUMNS[count] = columns
+    return tuple(cut_data_row(buf, start, end, columns).values())
 
 
 def _data_row(buf: bytes, start: int, end: int, enc: str) -> m.Message:

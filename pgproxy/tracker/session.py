@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from pgproxy.protocol import messages as m
-from pgproxy.protocol.decoding import decode_tagged
+from pgproxy.protocol.decoding import data_row_values, decode_tagged
 from pgproxy.protocol.errors import DecodeError
 from pgproxy.protocol.framing import FRAMING_ERROR, TLS_RECORD, UNTAGGED, Frame
 from pgproxy.protocol.hexdump import hexdump, mask
@@ -693,15 +693,16 @@ class SessionTracker:
                 else:
                     policy = opts.redaction
                     limit = opts.max_value_chars
+                    columns: list[tuple[int, int]] | None = None
                     for index, name in enumerate(decoder.names):
                         if policy.is_sensitive(name):
                             if row[name] is not None:
                                 row[name] = REDACTED
-                            spans.append(_value_span(buf, start, end, index))
+                            if columns is None:
+                                columns = _value_spans(buf, start, end)
+                            spans.append(columns[index])
                         else:
-                            value = row[name]
-                            if isinstance(value, str) and len(value) > limit:
-                                row[name] = truncate(value, limit)
+                            row[name] = truncate(row[name], limit)
                     fields["row"] = row
         if self.detail >= Detail.WIRE and buf is not None:
             raw = buf[start - _HEADER_BYTES : end]
@@ -864,13 +865,16 @@ def _body_length(frame: Frame) -> int:
     return frame[3] - frame[2] if frame[1] is not None else frame[3]
 
 
-def _value_span(buf: bytes, start: int, end: int, column: int) -> tuple[int, int]:
-    """Absolute [start, end) of column ``column``'s value bytes in a DataRow body."""
+def _value_spans(buf: bytes, start: int, end: int) -> list[tuple[int, int]]:
+    """Absolute [start, end) of each column's value bytes in a DataRow body (empty for NULL).
+
+    Computed from the values the one DataRow walker cut, not by walking the row again.
+    """
+    spans: list[tuple[int, int]] = []
     pos = start + 2
-    for index in range(column + 1):
-        length = int.from_bytes(buf[pos : pos + 4], "big", signed=True)
+    for value in data_row_values(buf, start, end):
         pos += 4
-        if index == column:
-            return (pos, pos + max(length, 0))
-        pos += max(length, 0)
-    return (pos, pos)
+        size = len(value) if value is not None else 0
+        spans.append((pos, pos + size))
+        pos += size
+    return spans

@@ -1,0 +1,74 @@
+"""The query-detail hot loops and the general path must not drift apart.
+
+Every recorded conversation, cut into chunks several ways, gives the same
+``query``, ``session.*``, ``notice`` and ``notification`` records at query and
+at message detail (message detail only adds ``message`` events). A recorded
+chunk split into pieces keeps its arrival time, so durations agree too.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from pgproxy.tracker.options import TrackerOptions
+from pgproxy.tracker.records import Detail
+from pgproxy.tracker.session import SessionTracker
+from tests.golden import Chunks, recordings
+
+RECORDINGS = recordings()
+
+Splitter = Callable[[bytes, random.Random], list[bytes]]
+
+
+def _whole(data: bytes, rng: random.Random) -> list[bytes]:
+    return [data]
+
+
+def _bytewise(data: bytes, rng: random.Random) -> list[bytes]:
+    return [data[i : i + 1] for i in range(len(data))]
+
+
+def _random(data: bytes, rng: random.Random) -> list[bytes]:
+    pieces, pos = [], 0
+    while pos < len(data):
+        step = rng.randint(1, 64)
+        pieces.append(data[pos : pos + step])
+        pos += step
+    return pieces
+
+
+def _header_cuts(data: bytes, rng: random.Random) -> list[bytes]:
+    """Cut inside every 5-byte message header position in turn (tag | length)."""
+    cut = rng.randint(1, 4)
+    return [data[:cut], data[cut:]] if len(data) > cut else [data]
+
+
+SPLITTERS: dict[str, Splitter] = {"whole": _whole, "bytes": _bytewise, "random": _random, "headers": _header_cuts}
+
+
+def _records(conn: Chunks, detail: Detail, split: Splitter, seed: int) -> list[tuple[str, str, dict[str, Any]]]:
+    rng = random.Random(seed)
+    tracker = SessionTracker("s1", TrackerOptions(detail=detail), clock=lambda: 0.0)
+    out: list[Any] = []
+    for index, (frontend, data) in enumerate(conn):
+        now = float(index)  # every piece of a recorded chunk arrived when it did
+        for piece in split(data, rng):
+            out += tracker.frontend(piece, now) if frontend else tracker.backend(piece, now)
+    out += tracker.closed("end_of_recording", now=float(len(conn)))
+    return [(r.event, r.level, r.fields) for r in out if r.event != "message"]
+
+
+@pytest.mark.parametrize("scenario", sorted(RECORDINGS))
+@pytest.mark.parametrize("splitter", sorted(SPLITTERS))
+def test_query_and_message_detail_agree_on_every_chunking(scenario: str, splitter: str) -> None:
+    for number, conn in enumerate(RECORDINGS[scenario]):
+        reference = _records(conn, Detail.QUERY, _whole, 0)
+        assert any(event == "session.ended" for event, _, _ in reference)
+        for detail in (Detail.QUERY, Detail.MESSAGE):
+            for seed in range(3 if splitter in ("random", "headers") else 1):
+                got = _records(conn, detail, SPLITTERS[splitter], seed)
+                assert got == reference, (scenario, number, detail.name, seed)
