@@ -189,6 +189,12 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("proxy.exit_zero_on_sigterm", True, _bool, "exit 0 after a graceful stop (false: 128 + signal number)"),
     Option(
+        "proxy.workers",
+        1,
+        _number(int, 1, 256),
+        "processes sharing the listen port (SO_REUSEPORT), each with its own event loop and log writer",
+    ),
+    Option(
         "proxy.write_buffer_high",
         1 << 20,
         _number(int, 16384),

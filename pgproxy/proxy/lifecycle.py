@@ -35,6 +35,7 @@ from pgproxy.config import Config, ConfigError, reloadable
 from pgproxy.proxy.loop import loop_factory
 from pgproxy.proxy.server import ProxyServer, ProxySettings
 from pgproxy.proxy.tls import TLSConfigError
+from pgproxy.proxy.workers import current_worker, run_workers
 from pgproxy.sink import Fanout, LogSink, Sink
 from pgproxy.tracker.records import Record
 
@@ -53,6 +54,8 @@ def run_proxy(config: Config, reload: Callable[[], Config] | None = None) -> int
         reload: builds the configuration anew (same file, environment and
             flags) on SIGHUP; without it SIGHUP only reopens the log file.
     """
+    if config["proxy.workers"] > 1 and current_worker() is None:
+        return run_workers(config["proxy.workers"], lambda: run_proxy(config, reload))
     factory, loop_name = loop_factory(config["proxy.loop"])
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(Lifecycle(config, loop_name, reload).run())
@@ -98,6 +101,7 @@ def sink_from(config: Config) -> LogSink:
         file=config["log.file"] or None,
         min_level=config["log.level"],
         max_queued=config["log.max_queued_lines"],
+        lock=worker.log_lock if (worker := current_worker()) is not None else None,
     )
 
 
@@ -134,6 +138,9 @@ class Lifecycle:
             print(f"pgproxy: cannot open log file {config['log.file']!r}: {exc.strerror or exc}", file=sys.stderr)
             return EXIT_USAGE
         admin_address = config.admin_listen
+        worker = current_worker()
+        if worker is not None and worker.index:
+            admin_address = None  # one port: with proxy.workers, the first worker serves the admin endpoint
         if admin_address is not None:
             from pgproxy.sink.metrics import MetricsSink  # prometheus-client only when asked for
 
@@ -188,6 +195,8 @@ class Lifecycle:
             self.admin.started = True
         if config.ignored_environment:
             started["ignored_environment"] = list(config.ignored_environment)
+        if worker is not None:
+            started.update(worker=worker.index, workers=worker.count)
         self.sink.log("info", "proxy.started", **started)
         serve = loop.create_task(self.server.serve_forever())
         housekeeping = loop.create_task(self._housekeeping())

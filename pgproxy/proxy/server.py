@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pgproxy.protocol.build import error_response
 from pgproxy.proxy.session import ClientSession
 from pgproxy.proxy.tls import certificate_der, client_tls_context, upstream_tls
+from pgproxy.proxy.workers import current_worker
 from pgproxy.sink import Sink
 from pgproxy.tracker.options import TrackerOptions
 
@@ -113,7 +114,10 @@ class ProxyServer:
         self._servers: list[asyncio.Server] = []
         self._unix_paths: list[str] = []
         self._ids = itertools.count(1)
-        self._id_prefix = secrets.token_hex(2)
+        worker = current_worker()  # several processes: ids unique across them, and a shared port
+        self._id_prefix = worker.session_prefix if worker is not None else secrets.token_hex(2)
+        self._reuse_port = worker is not None
+        self._worker_index = worker.index if worker is not None else 0
         self._cancel_tasks: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -189,6 +193,8 @@ class ProxyServer:
         try:
             for address in self.config.addresses:
                 if isinstance(address, str):
+                    if self._worker_index:
+                        continue  # a Unix socket is one file: with proxy.workers, the first worker serves it
                     _remove_stale_socket(address)
                     server = await loop.create_unix_server(lambda: ClientSession(self), address, backlog=1024)
                     self._unix_paths.append(address)
@@ -198,7 +204,12 @@ class ProxyServer:
                 else:
                     host, port = address
                     server = await loop.create_server(
-                        lambda: ClientSession(self), host, port, reuse_address=True, backlog=1024
+                        lambda: ClientSession(self),
+                        host,
+                        port,
+                        reuse_address=True,
+                        reuse_port=self._reuse_port or None,
+                        backlog=1024,
                     )
                 self._servers.append(server)
         except OSError as exc:

@@ -58,6 +58,8 @@ class LogSink:
         file: optional path; JSON lines are appended there too.
         min_level: events below this level are dropped before rendering.
         max_queued: lines each writer holds before dropping (and counting) new ones.
+        lock: a lock shared with other processes writing the same streams
+            (``proxy.workers``), held per batch so lines never interleave.
     """
 
     stream: IO[str] = field(default_factory=lambda: sys.stdout)
@@ -65,6 +67,7 @@ class LogSink:
     file: str | None = None
     min_level: str = "debug"
     max_queued: int = DEFAULT_MAX_QUEUED
+    lock: Any = None
     _destinations: list[_Destination] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
@@ -104,7 +107,7 @@ class LogSink:
                 old.close()
 
     def _add(self, stream: IO[str], fmt: str, owned: IO[str] | None) -> None:
-        writer = QueueWriter(stream, self.max_queued)
+        writer = QueueWriter(stream, self.max_queued, lock=self.lock)
         renderer: Any = (
             ConsoleRenderer(colors=_isatty(stream)) if fmt == "console" else structlog.processors.JSONRenderer(dumps)
         )

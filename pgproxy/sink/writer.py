@@ -17,11 +17,12 @@ thread's), so it is kept under a lock.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
 from collections import deque
-from typing import IO, Final, TypeAlias
+from typing import IO, Any, Final, TypeAlias
 
 #: Lines held before dropping: at ~300 bytes a line, about 30 MB at most.
 DEFAULT_MAX_QUEUED: Final = 100_000
@@ -39,6 +40,8 @@ class QueueWriter:
         stream: a text stream; written and flushed only by the writer thread.
         max_queued: lines held before new ones are dropped.
         name: thread name, for debugging.
+        lock: held while a batch is written, when several processes share the
+            stream (``proxy.workers``): their lines then never interleave.
     """
 
     def __init__(
@@ -47,8 +50,10 @@ class QueueWriter:
         max_queued: int = DEFAULT_MAX_QUEUED,
         name: str = "pgproxy-log",
         flush_interval: float = 0.02,
+        lock: Any = None,
     ) -> None:
         self.stream = stream
+        self._process_lock = lock if lock is not None else contextlib.nullcontext()
         self.max_queued = max_queued
         self.flush_interval = flush_interval
         self.wake_threshold = max(1, min(1024, max_queued // 4))
@@ -113,8 +118,9 @@ class QueueWriter:
     def _emit(self, lines: list[str]) -> None:
         with self._stream_lock:
             try:
-                self.stream.write("\n".join(lines) + "\n")
-                self.stream.flush()
+                with self._process_lock:
+                    self.stream.write("\n".join(lines) + "\n")
+                    self.stream.flush()
                 self.written += len(lines)
             except (OSError, ValueError):
                 # A closed or broken log stream must not kill the proxy; count the loss.
@@ -144,8 +150,9 @@ class QueueWriter:
             )
             self._reported_dropped = dropped
             try:
-                self.stream.write(line + "\n")
-                self.stream.flush()
+                with self._process_lock:
+                    self.stream.write(line + "\n")
+                    self.stream.flush()
             except (OSError, ValueError):
                 pass
 
