@@ -105,23 +105,24 @@ def run_workers(count: int, run_one: Callable[[], int]) -> int:
     lock = _SharedLock(multiprocessing.get_context("fork").Lock())
     token = secrets.token_hex(2)
     children: dict[int, int] = {}  # pid -> index
+    parent = os.getpid()
     for index in range(count):
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child (covered by tests/test_workers.py)
-            os._exit(_child(Worker(index, count, f"{token}{index:02x}", lock), run_one))
+            os._exit(_child(Worker(index, count, f"{token}{index:02x}", lock), run_one, parent))
         children[pid] = index
     return _supervise(children)
 
 
-def _child(worker: Worker, run_one: Callable[[], int]) -> int:  # pragma: no cover - in the child
+def _child(worker: Worker, run_one: Callable[[], int], parent: int) -> int:  # pragma: no cover - in the child
     global _current
     _current = worker
     os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the parent, which forwards it once
     with contextlib.suppress(OSError, AttributeError):  # Linux: end with the parent even if it is killed
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() == 1:  # the parent died before prctl
+    if os.getppid() != parent:  # the parent died before prctl
         return 1
     try:
         code = run_one()
