@@ -34,6 +34,14 @@ def _wait_listening(port: int, proc: subprocess.Popen[str]) -> None:
             time.sleep(0.05)
 
 
+def _wait_started(log_file: Path, workers: int, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 30
+    while log_file.exists() is False or log_file.read_text().count('"proxy.started"') < workers:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert time.monotonic() < deadline, "the workers did not all start"
+        time.sleep(0.05)
+
+
 async def _clients(port: int, count: int) -> None:
     async def one(i: int) -> None:
         conn = await asyncpg.connect(host="127.0.0.1", port=port, user="postgres", database="postgres", ssl=False)
@@ -62,6 +70,7 @@ def test_two_workers_share_the_port_and_the_log(pg: EmbeddedPostgres, tmp_path: 
     sessions = 32
     try:
         _wait_listening(port, proc)
+        _wait_started(log_file, 2, proc)  # both listening, or the kernel gives every client to the first
         asyncio.run(_clients(port, sessions))
     finally:
         proc.send_signal(signal.SIGTERM)
