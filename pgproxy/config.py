@@ -20,7 +20,8 @@ from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
 from pgproxy.protocol.framing import DEFAULT_MAX_FRAME, PROTOCOL_MAX_LENGTH
-from pgproxy.tracker.options import QueryFilter, TrackerOptions
+from pgproxy.tracker.fingerprint import shared_analyzer
+from pgproxy.tracker.options import QueryFilter, TextMode, TrackerOptions
 from pgproxy.tracker.records import Detail
 from pgproxy.tracker.redaction import DEFAULT_SENSITIVE_NAMES, ParameterMode, RedactionPolicy
 
@@ -240,12 +241,27 @@ OPTIONS: tuple[Option, ...] = (
     Option("limits.max_hexdump_bytes", 4096, _number(int, 16), "bytes of one message in a hex dump"),
     Option("limits.max_prepared_statements", 1000, _number(int, 1), "named statements remembered per session"),
     Option("query.slow_ms", 1000.0, _number(float, 0), "statements at least this slow are logged at warning"),
+    Option(
+        "query.fingerprints",
+        True,
+        _bool,
+        "describe statements with PostgreSQL's parser: fingerprint, db.query.summary, db.collection.name",
+    ),
+    Option(
+        "query.text_mode",
+        "raw",
+        _choice(*(m.value for m in TextMode)),
+        "db.query.text as sent (raw) or with every literal replaced by $n (normalized)",
+    ),
     Option("query.filter.users", (), _string_list, "log statements of these users only (empty: all)"),
     Option("query.filter.databases", (), _string_list, "log statements in these databases only"),
     Option("query.filter.applications", (), _string_list, "log statements of these application_names only"),
     Option("query.filter.sql_pattern", "", _regex, "log statements whose SQL matches this regex only"),
     Option("query.filter.min_duration_ms", 0.0, _number(float, 0), "do not log successful statements faster than this"),
     Option("query.filter.sample_rate", 1.0, _number(float, 0, 1), "fraction of successful, non-slow statements logged"),
+    Option("stats.enabled", True, _bool, "keep per-fingerprint statement statistics (statement.stats events)"),
+    Option("stats.interval", 60.0, _number(float, 0), "seconds between statement.stats reports (0: at shutdown only)"),
+    Option("stats.max_entries", 5000, _number(int, 1), "fingerprint/database/user/application keys kept (LRU)"),
     Option(
         "redaction.parameters",
         "show",
@@ -363,6 +379,8 @@ class Config:
                 min_duration_ms=v["query.filter.min_duration_ms"],
                 sample_rate=v["query.filter.sample_rate"],
             ),
+            analyzer=shared_analyzer() if v["query.fingerprints"] else None,
+            text_mode=TextMode(v["query.text_mode"]),
         )
 
 
@@ -437,6 +455,13 @@ def load(
             raise ConfigError(key, value, str(exc), source) from None
         sources[key] = source
     config = Config(values, sources, tuple(sorted(ignored)))
+    if values["query.text_mode"] == TextMode.NORMALIZED.value and not values["query.fingerprints"]:
+        raise ConfigError(
+            "query.text_mode",
+            values["query.text_mode"],
+            "needs query.fingerprints = true (the parser normalises the text)",
+            sources["query.text_mode"],
+        )
     for key, attr in (("proxy.listen", "listen_addresses"), ("proxy.upstream", "upstream")):
         try:
             getattr(config, attr)

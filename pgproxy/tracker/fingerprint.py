@@ -806,6 +806,18 @@ class StatementAnalyzer:
         self.counters[f"split_fallback.{reason.value}"] += 1
         return lexical.split_statements(sql)
 
+    def parameter_names(self, sql: str) -> Mapping[int, str]:
+        """The column each ``$n`` of a prepared statement belongs to, for redaction by name.
+
+        From the parse tree when the text parses (it sees ``IN`` lists, row
+        comparisons, ``INSERT ... SELECT``, expressions around a parameter);
+        from the lexical inference otherwise.
+        """
+        analysis = self.analyze(sql)
+        if analysis.source is Source.PARSER:
+            return analysis.parameter_names
+        return lexical.parameter_names(sql)
+
     @property
     def entries(self) -> int:
         return len(self._cache)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import enum
 import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pgproxy.protocol.framing import DEFAULT_MAX_FRAME
+from pgproxy.tracker.fingerprint import StatementAnalyzer, shared_analyzer
 from pgproxy.tracker.records import Detail
 from pgproxy.tracker.redaction import RedactionPolicy
 
@@ -60,6 +62,15 @@ class QueryFilter:
         return self.sample_rate >= 1.0 or draw() < self.sample_rate
 
 
+class TextMode(enum.Enum):
+    """What ``db.query.text`` shows."""
+
+    RAW = "raw"
+    """The statement as sent (redaction still applies)."""
+    NORMALIZED = "normalized"
+    """Every literal replaced by ``$n`` (PostgreSQL's parser) or ``?`` (lexer fallback)."""
+
+
 @dataclass(frozen=True, slots=True)
 class TrackerOptions:
     """Everything a :class:`~pgproxy.tracker.session.SessionTracker` is told.
@@ -76,6 +87,9 @@ class TrackerOptions:
         redaction: what is withheld.
         query_filter: which query events are logged.
         draw: random source for sampling (injected for tests).
+        analyzer: describes statements (fingerprint, summary...); None leaves
+            those fields out. Shared by every session of the process.
+        text_mode: raw or normalised ``db.query.text``.
     """
 
     detail: Detail = Detail.QUERY
@@ -89,3 +103,5 @@ class TrackerOptions:
     redaction: RedactionPolicy = field(default_factory=RedactionPolicy)
     query_filter: QueryFilter = field(default_factory=QueryFilter)
     draw: Callable[[], float] = random.random
+    analyzer: StatementAnalyzer | None = field(default_factory=shared_analyzer, compare=False)
+    text_mode: TextMode = TextMode.RAW

@@ -37,7 +37,8 @@ from typing import Any, ClassVar, Final
 from pgproxy.protocol import messages as m
 from pgproxy.protocol.rows import RowDecoder
 from pgproxy.protocol.values import ValueContext, ValueDecoder, decoder_for
-from pgproxy.tracker.options import TrackerOptions
+from pgproxy.tracker.fingerprint import annotate
+from pgproxy.tracker.options import TextMode, TrackerOptions
 from pgproxy.tracker.records import NOTICE, NOTIFICATION, QUERY, SESSION_ANOMALY, Record, truncate
 from pgproxy.tracker.sql import operation_name, parameter_names, split_statements
 
@@ -413,7 +414,8 @@ class StatementTracker:
         if self.untracked is not None:
             self._expect(_SYNC)  # counted as one request
             return
-        parts = split_statements(msg.query)
+        analyzer = self.options.analyzer
+        parts = analyzer.split(msg.query) if analyzer is not None else split_statements(msg.query)
         self._expect(ExpectQuery(SimpleQuery(msg.query, parts, now, _offsets(msg.query, parts))))
 
     def _on_parse(self, msg: m.Parse, now: float) -> None:
@@ -505,7 +507,8 @@ class StatementTracker:
             self.statements.move_to_end(msg.statement)
         sql = stmt.sql if stmt else None
         types = stmt.parameter_types if stmt else ()
-        names = parameter_names(sql) if sql and msg.parameters else {}
+        analyzer = self.options.analyzer
+        names = (analyzer.parameter_names(sql) if analyzer else parameter_names(sql)) if sql and msg.parameters else {}
         params = [
             self._loggable_param(
                 raw,
@@ -914,6 +917,8 @@ class StatementTracker:
         operation = tag.command if tag is not None else (operation_name(sql) if sql else None)
         fields["db.query.text"] = shown_sql
         fields["db.operation.name"] = operation
+        if opts.analyzer is not None and sql and sql[0] != "<":  # "<function call ...>" etc. are not SQL
+            annotate(fields, opts.analyzer.analyze(sql), opts.text_mode is TextMode.NORMALIZED, opts.max_sql_chars)
         fields["protocol"] = exe.protocol
         if exe.statement:
             fields["statement"] = exe.statement
