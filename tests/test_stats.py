@@ -120,6 +120,16 @@ def test_entry_bound_evicts_least_recently_seen_and_counts() -> None:
     assert hot["calls"] == 100_000
 
 
+def test_statements_without_their_own_time_are_counted_not_timed() -> None:
+    stats = StatementStats(interval=0)
+    batch = query("a", 0.0)
+    del batch.fields["duration_ms"]
+    stats.emit_all([batch, query("a", 4.0)])
+    (row,) = stats.snapshot()["statements"]
+    assert (row["calls"], row["untimed_calls"], row["total_ms"], row["mean_ms"]) == (2, 1, 4.0, 4.0)
+    assert row["duration_buckets"] == {"0.005": 1}
+
+
 def test_records_without_fingerprint_are_counted_not_grouped() -> None:
     stats = StatementStats(interval=0)
     stats.observe(Record(QUERY, "info", {"outcome": "ok", "duration_ms": 1.0, "rows": 0}))

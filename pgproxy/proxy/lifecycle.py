@@ -37,6 +37,8 @@ from pgproxy.proxy.server import ProxyServer, ProxySettings
 from pgproxy.proxy.tls import TLSConfigError
 from pgproxy.proxy.workers import current_worker, run_workers
 from pgproxy.sink import Fanout, LogSink, Sink
+from pgproxy.sink.stats import StatementStats
+from pgproxy.tracker.fingerprint import shared_analyzer
 from pgproxy.tracker.records import Record
 
 EXIT_USAGE: Final = 2
@@ -105,6 +107,18 @@ def sink_from(config: Config) -> LogSink:
     )
 
 
+def stats_from(config: Config, output: Callable[[list[Record]], None]) -> StatementStats | None:
+    """The statement-statistics sink, when enabled and fed (it needs query events with fingerprints)."""
+    if not (config["stats.enabled"] and config["query.fingerprints"]) or config["log.detail"] == "connection":
+        return None
+    return StatementStats(
+        output=output,
+        interval=config["stats.interval"],
+        max_entries=config["stats.max_entries"],
+        extra=shared_analyzer().snapshot,
+    )
+
+
 class Lifecycle:
     """One run of the proxy process, from listening to the exit code."""
 
@@ -122,6 +136,7 @@ class Lifecycle:
         self.server: ProxyServer
         self.metrics: Any = None
         self.admin: Any = None
+        self.stats: StatementStats | None = None
 
     @property
     def stopping(self) -> bool:
@@ -141,13 +156,20 @@ class Lifecycle:
         worker = current_worker()
         if worker is not None and worker.index:
             admin_address = None  # one port: with proxy.workers, the first worker serves the admin endpoint
+        consumers: list[Any] = []
         if admin_address is not None:
             from pgproxy.sink.metrics import MetricsSink  # prometheus-client only when asked for
 
             self.metrics = MetricsSink(self.loop_name)
-            self.sink = Fanout(self.log_sink, [self.metrics])
-        else:
-            self.sink = self.log_sink
+            consumers.append(self.metrics)
+        self.stats = stats_from(config, self.log_sink.emit_all)
+        if self.stats is not None:
+            consumers.append(self.stats)
+            if self.metrics is not None:
+                from pgproxy.sink.stats_metrics import TopStatementsCollector
+
+                self.metrics.registry.register(TopStatementsCollector(self.stats))
+        self.sink = Fanout(self.log_sink, consumers) if consumers else self.log_sink
         try:
             self.server = ProxyServer(settings, config.tracker_options(), self.sink)
         except TLSConfigError as exc:
@@ -167,6 +189,8 @@ class Lifecycle:
                     stopping=lambda: self.stopping,
                     request_stop=self.request_stop,
                 )
+                if self.stats is not None:
+                    self.admin.add_json_route("/stats", self.stats.snapshot)
                 await self.admin.start(*admin_address)
             await self.server.start()
         except OSError as exc:
@@ -212,6 +236,8 @@ class Lifecycle:
         if self.admin is not None:
             await self.admin.close()
         self._report_drops()
+        if self.stats is not None:
+            self.stats.close()  # what ran since the last statement.stats report
         self.sink.log(
             "info", "proxy.stopped", reason=self.stop_reason, forced=self.forced, **dict(self.server.counters)
         )
@@ -326,6 +352,8 @@ class Lifecycle:
         while True:
             await asyncio.sleep(HOUSEKEEPING_INTERVAL)
             self._report_drops()
+            if self.stats is not None:
+                self.stats.tick()  # statement.stats every stats.interval, with or without traffic
 
     _reported_drops = 0
 

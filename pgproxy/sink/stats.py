@@ -45,6 +45,7 @@ class Aggregate:
     """Counts for one key over some span of time (mergeable: ``pgproxy top`` sums interval records)."""
 
     calls: int = 0
+    untimed: int = 0
     rows: int = 0
     total_ms: float = 0.0
     min_ms: float = math.inf
@@ -52,20 +53,26 @@ class Aggregate:
     errors: dict[str, int] = field(default_factory=dict)
     buckets: list[int] = field(default_factory=lambda: [0] * (len(_BUCKETS_MS) + 1))
 
-    def add(self, duration_ms: float, rows: int, sqlstate: str | None) -> None:
+    def add(self, duration_ms: float | None, rows: int, sqlstate: str | None) -> None:
+        """Count one statement; ``duration_ms`` None for a statement with no time of its own
+        (inside a multi-statement Query, whose time is the batch's; a capture without times)."""
         self.calls += 1
         self.rows += rows
+        if sqlstate:
+            cls = sqlstate[:2]
+            self.errors[cls] = self.errors.get(cls, 0) + 1
+        if duration_ms is None:
+            self.untimed += 1
+            return
         self.total_ms += duration_ms
         self.min_ms = min(self.min_ms, duration_ms)
         self.max_ms = max(self.max_ms, duration_ms)
         # bisect_left: a duration equal to a bound belongs to that bound's bucket (le semantics).
         self.buckets[bisect.bisect_left(_BUCKETS_MS, duration_ms)] += 1
-        if sqlstate:
-            cls = sqlstate[:2]
-            self.errors[cls] = self.errors.get(cls, 0) + 1
 
     def merge(self, other: Aggregate) -> None:
         self.calls += other.calls
+        self.untimed += other.untimed
         self.rows += other.rows
         self.total_ms += other.total_ms
         self.min_ms = min(self.min_ms, other.min_ms)
@@ -76,9 +83,10 @@ class Aggregate:
 
     def quantile(self, q: float) -> float | None:
         """Estimated q-quantile in ms: linear within the histogram bucket, clamped to min/max."""
-        if not self.calls:
+        timed = self.calls - self.untimed
+        if not timed:
             return None
-        rank = q * self.calls
+        rank = q * timed
         seen = 0
         for index, count in enumerate(self.buckets):
             if count and seen + count >= rank:
@@ -91,19 +99,22 @@ class Aggregate:
 
     def fields(self) -> dict[str, Any]:
         """The numbers as record fields."""
+        timed = self.calls - self.untimed
         out: dict[str, Any] = {
             "calls": self.calls,
             "errors": dict(sorted(self.errors.items())),
             "rows": self.rows,
             "total_ms": round(self.total_ms, 3),
-            "min_ms": round(self.min_ms, 3) if self.calls else None,
-            "max_ms": round(self.max_ms, 3) if self.calls else None,
-            "mean_ms": round(self.total_ms / self.calls, 3) if self.calls else None,
+            "min_ms": round(self.min_ms, 3) if timed else None,
+            "max_ms": round(self.max_ms, 3) if timed else None,
+            "mean_ms": round(self.total_ms / timed, 3) if timed else None,
             "p50_ms": self.quantile(0.50),
             "p95_ms": self.quantile(0.95),
             "p99_ms": self.quantile(0.99),
             "duration_buckets": bucket_fields(self.buckets),
         }
+        if self.untimed:
+            out["untimed_calls"] = self.untimed
         return out
 
     @classmethod
@@ -111,6 +122,7 @@ class Aggregate:
         """Rebuild an aggregate from a ``statement.stats`` record (what ``pgproxy top`` reads)."""
         agg = cls(
             calls=int(fields.get("calls") or 0),
+            untimed=int(fields.get("untimed_calls") or 0),
             rows=int(fields.get("rows") or 0),
             total_ms=float(fields.get("total_ms") or 0.0),
             min_ms=float(fields["min_ms"]) if fields.get("min_ms") is not None else math.inf,
@@ -217,7 +229,7 @@ class StatementStats:
                 self._evict()
         else:
             entries.move_to_end(key)
-        duration = float(fields.get("duration_ms") or 0.0)
+        duration = fields.get("duration_ms")  # absent inside a multi-statement Query (batch_duration_ms)
         rows = int(fields.get("rows") or 0)
         sqlstate = fields.get("db.response.status_code")
         entry.total.add(duration, rows, sqlstate)
