@@ -169,6 +169,7 @@ def _decode_cli(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("interface", ["lo", "any"], ids=["ethernet", "linux-cooked"])
 def test_tcpdump_w_file_decodes_with_real_durations(pg: EmbeddedPostgres, tmp_path: Path, interface: str) -> None:
     """A ``tcpdump -w`` file, as pcap and as pcapng, with the server port recognised from the conversation."""

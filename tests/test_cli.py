@@ -194,6 +194,7 @@ def test_decode_missing_file_is_a_clear_error() -> None:
     assert out.returncode == 2 and "cannot read /nonexistent.bin" in out.stderr
 
 
+@pytest.mark.slow
 def test_demo_command_shows_the_decoded_conversation() -> None:
     """The README's first command: the Wireshark view of the ORM's SELECT, then cleanup."""
     out = subprocess.run(

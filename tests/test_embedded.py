@@ -17,6 +17,7 @@ def _traversable_by_others(path: Path) -> bool:
     return all(p.stat().st_mode & stat.S_IXOTH for p in [path, *path.parents])
 
 
+@pytest.mark.slow
 def test_server_starts_from_a_world_readable_copy_of_a_private_installation(tmp_path: Path) -> None:
     """The wheel installed under a 0700 directory, copied where an unprivileged account can run it.
 

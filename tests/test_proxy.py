@@ -94,6 +94,7 @@ def test_transparency_psql_psycopg_asyncpg(any_pg: EmbeddedPostgres) -> None:
         assert not proxy.events("session.anomaly")
 
 
+@pytest.mark.slow
 def test_transparency_pgbench_all_modes(pg: EmbeddedPostgres) -> None:
     subprocess.run(
         [pg.tool("pgbench"), "-i", "-q", "-s", "1", "-d", pg.dsn()], capture_output=True, check=True, timeout=120
@@ -124,6 +125,7 @@ def test_transparency_pgbench_all_modes(pg: EmbeddedPostgres) -> None:
         assert not [q for q in queries if q["outcome"] == "error"]
 
 
+@pytest.mark.slow
 def test_large_result_is_forwarded_intact(pg: EmbeddedPostgres) -> None:
     """A 100 MB result through the proxy: identical bytes, rows counted, a bounded log."""
     with chain(("127.0.0.1", pg.port), MESSAGE) as (near_client, proxy, near_server):
@@ -352,6 +354,7 @@ def test_sslmode_require_is_refused_and_prefer_is_decoded(pg: EmbeddedPostgres) 
 SLOW_READER_SQL = "SELECT repeat('x', 2000) FROM generate_series(1, 100000)"
 
 
+@pytest.mark.slow
 def test_slow_reader_keeps_proxy_memory_bounded(pg: EmbeddedPostgres) -> None:
     """A client that stops reading a 200 MB result must not make the proxy buffer it."""
     code = f"""

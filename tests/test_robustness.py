@@ -8,6 +8,7 @@ import threading
 import time
 
 import psycopg
+import pytest
 
 from pgproxy.demo.embedded import EmbeddedPostgres
 from pgproxy.protocol.build import startup_message
@@ -151,6 +152,7 @@ def test_oversized_messages_are_forwarded_and_logged_header_only(pg: EmbeddedPos
         assert "z" * 5000 not in proxy.text()
 
 
+@pytest.mark.slow
 def test_two_hundred_concurrent_sessions(pg: EmbeddedPostgres) -> None:
     """Many clients at once, each checking its own answers: sessions never mix."""
     import asyncio

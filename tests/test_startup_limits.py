@@ -188,6 +188,7 @@ def test_client_requiring_tls_is_told_what_to_change(proxy: ProxyHarness) -> Non
     assert ended["reason"] == "tls_refused"
 
 
+@pytest.mark.slow
 def test_descriptor_limit_refuses_clearly_and_logs_once(pg: EmbeddedPostgres) -> None:
     """Near the fd limit pgproxy refuses with FATAL 53300 (not a reset), logs it once, and raised its soft limit."""
     port = free_port()
