@@ -19,12 +19,14 @@ import pytest
 import trustme
 
 from pgproxy.demo.embedded import EmbeddedPostgres, Installation, installations
-from pgproxy.protocol.build import startup_message
+from pgproxy.protocol.build import startup_message, startup_packet
+from pgproxy.protocol.decoding import GSSENC_REQUEST_CODE, SSL_REQUEST_CODE
 from pgproxy.tracker.options import TrackerOptions
 from pgproxy.tracker.records import Detail
 from tests import pgbinaries
 from tests.conftest import _HBA, PASSWORDS, SETUP_SQL
 from tests.harness import ProxyHarness
+from tests.test_protocol32 import cancel_running_statement
 
 
 def _ssl_installation() -> Installation:
@@ -524,3 +526,93 @@ def json_lines(text: str, event: str) -> list[dict[str, Any]]:
     import json
 
     return [e for e in map(json.loads, text.splitlines()) if e["event"] == event]
+
+
+# --------------------------------------------------------------------------- start-up edges with TLS terminated
+
+
+def test_protocol_32_cancel_through_tls_on_both_legs(tls_server: TLSServer) -> None:
+    """libpq 18's cancel connection negotiates TLS too; its 32-byte key reaches the server."""
+    if psycopg.pq.version() < 180000 or tls_server.pg.major < 18:
+        pytest.skip("SKIPPED LOUDLY: protocol 3.2 needs libpq 18 and PostgreSQL 18 with OpenSSL")
+    with ProxyHarness(
+        tls_server.upstream, TrackerOptions(detail=Detail.MESSAGE), **_terminate(tls_server, "verify-full")
+    ) as proxy:
+        dsn = proxy.dsn(sslmode="verify-full", sslrootcert=tls_server.ca, max_protocol_version="3.2")
+        cancel_running_statement(proxy, dsn).close()
+        proxy.wait_idle()
+        ready = proxy.events("session.ready")
+        assert [r["protocol_version"] for r in ready] == ["3.2"]
+        (cancel,) = proxy.events("cancel.forwarded")
+        assert cancel["backend_pid"] == ready[0]["backend_pid"]
+        # The cancel connection itself came over TLS (SSLRequest, then CancelRequest inside).
+        assert len(proxy.events("tls.established", leg="client")) == 2
+
+
+def test_gssenc_then_ssl_then_terminated_tls(tls_server: TLSServer) -> None:
+    """libpq with gssencmode=prefer asks for GSS first: 'N', then SSLRequest is terminated."""
+    context = ssl.create_default_context(cafile=tls_server.ca)
+    with ProxyHarness(
+        tls_server.upstream, TrackerOptions(detail=Detail.MESSAGE), **_terminate(tls_server, "require")
+    ) as proxy:
+        with socket.create_connection((proxy.host, proxy.port), timeout=10) as raw:
+            raw.sendall(startup_packet(GSSENC_REQUEST_CODE))
+            assert raw.recv(1) == b"N"
+            raw.sendall(startup_packet(SSL_REQUEST_CODE))
+            assert raw.recv(1) == b"S"
+            with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                tls.sendall(startup_message({"user": "postgres", "database": "postgres"}))
+                data = b""
+                while not data.endswith(b"Z\x00\x00\x00\x05I"):
+                    chunk = tls.recv(65536)
+                    assert chunk, data
+                    data += chunk
+                tls.sendall(b"X\x00\x00\x00\x04")
+        proxy.wait_idle()
+        kinds = [e["type"] for e in proxy.events("message", direction="frontend")]
+        assert kinds[:3] == ["GSSENCRequest", "SSLRequest", "StartupMessage"]
+        assert [e["answer"] for e in proxy.events("message", type="GSSENCResponse")] == ["N"]
+        assert proxy.events("session.ready")
+
+
+def test_startup_parameters_through_tls(tls_server: TLSServer) -> None:
+    """options=-c ..., an empty application_name and a start-up packet near PostgreSQL's 10,000-byte limit."""
+    long_value = "x" * 9000
+    with ProxyHarness(tls_server.upstream, TrackerOptions(), **_terminate(tls_server, "require")) as proxy:
+        with psycopg.connect(
+            proxy.dsn(sslmode="require"),
+            options=f"-c search_path=pg_catalog -c application_name=set_by_options -c pgproxy.long={long_value}",
+        ) as conn:
+            assert conn.execute("SHOW search_path").fetchone() == ("pg_catalog",)
+            assert conn.execute("SELECT current_setting('pgproxy.long')").fetchone() == (long_value,)
+        with psycopg.connect(proxy.dsn(sslmode="require", application_name="")) as conn:
+            assert conn.execute("SHOW application_name").fetchone() == ("",)
+        proxy.wait_idle()
+        first, second = proxy.events("session.started")
+        assert first["parameters"]["options"].startswith("-c search_path=pg_catalog")
+        assert len(first["parameters"]["options"]) > 9000
+        assert second.get("application_name", "") == ""  # libpq leaves an empty one out (the raw test sends it)
+        assert len(proxy.events("session.ready")) == 2
+
+
+def test_client_leaving_or_stalling_mid_handshake(tls_server: TLSServer) -> None:
+    """A client that vanishes inside the TLS handshake, and one that stalls there (proxy.startup_timeout)."""
+    with ProxyHarness(
+        tls_server.upstream, TrackerOptions(), **_terminate(tls_server, "require", startup_timeout=0.5)
+    ) as proxy:
+        with socket.create_connection((proxy.host, proxy.port), timeout=10) as raw:
+            raw.sendall(startup_packet(SSL_REQUEST_CODE))
+            assert raw.recv(1) == b"S"
+            raw.sendall(b"\x16\x03\x01\x02\x00\x01")  # the first bytes of a ClientHello, then goodbye
+        with socket.create_connection((proxy.host, proxy.port), timeout=10) as stalled:
+            stalled.sendall(startup_packet(SSL_REQUEST_CODE))
+            assert stalled.recv(1) == b"S"
+            assert stalled.recv(1) == b""  # closed by the proxy, without a plaintext message
+        proxy.wait_idle()
+        ended = proxy.events("session.ended")
+        assert sorted(e["reason"] for e in ended) == ["client_closed", "startup_timeout"]
+        (timed_out,) = proxy.events("session.timed_out")
+        assert timed_out["awaiting"] == "the TLS handshake"
+        # and the proxy still serves
+        with psycopg.connect(proxy.dsn(sslmode="require")) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)

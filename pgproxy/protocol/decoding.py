@@ -529,7 +529,9 @@ def _function_call_response(buf: bytes, start: int, end: int, enc: str) -> m.Mes
 
 def _negotiate_protocol_version(buf: bytes, start: int, end: int, enc: str) -> m.Message:
     r = _Reader(buf, start, end, enc)
-    newest = r.int32()
+    # Documented as the newest minor version, but PostgreSQL sends the whole
+    # version code (PG_PROTOCOL(3, n) = 3 << 16 | n): keep the minor part.
+    newest = r.int32() & 0xFFFF
     n = r.int32()
     if n < 0:
         raise DecodeError(f"negative option count {n}")

@@ -78,6 +78,7 @@ _BACKEND_NOTABLE: Final = frozenset(
     (
         m.ParameterStatus,
         m.BackendKeyData,
+        m.NegotiateProtocolVersion,
         m.ReadyForQuery,
         m.ErrorResponse,
         m.SSLResponse,
@@ -175,6 +176,8 @@ class SessionTracker:
         self.encrypted: str | None = None
         #: TLS protocol version per leg ("client", "upstream") where pgproxy itself runs TLS.
         self.tls: dict[str, str] = {}
+        #: The server's NegotiateProtocolVersion, if it sent one (older minor version, unknown ``_pq_.`` options).
+        self.negotiated: m.NegotiateProtocolVersion | None = None
         self.auth_failed = False
         self.terminated = False
         # Connection detail only (query detail asks the statement tracker): how
@@ -601,6 +604,8 @@ class SessionTracker:
             self._parameter_status(msg)
         elif isinstance(msg, m.BackendKeyData):
             self.context["backend_pid"] = msg.process_id
+        elif isinstance(msg, m.NegotiateProtocolVersion):
+            self.negotiated = msg
         elif isinstance(msg, m.ReadyForQuery) and self.ready_at is None:
             self._status = msg.status
             self.ready_at = now
@@ -643,6 +648,16 @@ class SessionTracker:
         fields["parameters"] = params
         if self.tls:
             fields["tls"] = dict(self.tls)
+        startup = self.conv.startup
+        if startup is not None:
+            # The version in use: what the client asked for, or the newest
+            # the server offered in NegotiateProtocolVersion ("Protocol versions").
+            minor = startup.protocol_minor
+            if self.negotiated is not None:
+                minor = min(minor, self.negotiated.newest_minor)
+                if self.negotiated.unrecognized_options:
+                    fields["protocol_options_unsupported"] = list(self.negotiated.unrecognized_options)
+            fields["protocol_version"] = f"{startup.protocol_major}.{minor}"
         fields["setup_ms"] = round((now - self.started_at) * 1000.0, 3)
         return Record(SESSION_READY, "info", fields)
 
