@@ -23,8 +23,12 @@ def _libpq_18() -> None:
         pytest.skip(f"SKIPPED LOUDLY: psycopg's libpq {psycopg.pq.version()} cannot ask for protocol 3.2")
 
 
-def cancel_running_statement(proxy: ProxyHarness, dsn: str) -> psycopg.Connection:  # type: ignore[type-arg]
-    """Run pg_sleep through the proxy and cancel it with libpq's cancel API; returns the connection."""
+def cancel_running_statement(proxy: ProxyHarness, dsn: str, server: EmbeddedPostgres) -> psycopg.Connection:  # type: ignore[type-arg]
+    """Run pg_sleep through the proxy and cancel it with libpq's cancel API; returns the connection.
+
+    The cancel is sent once the server shows the statement running: a cancel
+    that arrives before the backend has read the query is (rightly) ignored.
+    """
     conn = psycopg.connect(dsn, autocommit=True)
     failure: list[BaseException] = []
 
@@ -36,7 +40,15 @@ def cancel_running_statement(proxy: ProxyHarness, dsn: str) -> psycopg.Connectio
 
     worker = threading.Thread(target=sleep)
     worker.start()
-    proxy.wait_for(lambda: proxy.events("message", type="Query", query="SELECT pg_sleep(60)"))
+    with psycopg.connect(server.dsn(), autocommit=True) as watcher:
+        proxy.wait_for(
+            lambda: (
+                watcher.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' AND state = 'active'"
+                ).fetchone()
+                == (1,)
+            )
+        )
     conn.cancel_safe(timeout=10)
     worker.join(30)
     assert not worker.is_alive()
@@ -50,7 +62,7 @@ def test_protocol_32_session_and_cancel(pg: EmbeddedPostgres) -> None:
     if pg.major < 18:
         pytest.skip(f"SKIPPED LOUDLY: protocol 3.2 needs PostgreSQL 18, the primary server is {pg.major}")
     with ProxyHarness(("127.0.0.1", pg.port), MESSAGE) as proxy:
-        conn = cancel_running_statement(proxy, proxy.dsn(max_protocol_version="3.2"))
+        conn = cancel_running_statement(proxy, proxy.dsn(max_protocol_version="3.2"), pg)
         assert conn.info.pgconn.protocol_version == 3 and conn.execute("SELECT 1").fetchone() == (1,)
         conn.close()
         proxy.wait_idle()

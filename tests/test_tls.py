@@ -539,7 +539,7 @@ def test_protocol_32_cancel_through_tls_on_both_legs(tls_server: TLSServer) -> N
         tls_server.upstream, TrackerOptions(detail=Detail.MESSAGE), **_terminate(tls_server, "verify-full")
     ) as proxy:
         dsn = proxy.dsn(sslmode="verify-full", sslrootcert=tls_server.ca, max_protocol_version="3.2")
-        cancel_running_statement(proxy, dsn).close()
+        cancel_running_statement(proxy, dsn, tls_server.pg).close()
         proxy.wait_idle()
         ready = proxy.events("session.ready")
         assert [r["protocol_version"] for r in ready] == ["3.2"]

@@ -67,6 +67,7 @@ def test_session_started_and_ready_records() -> None:
         "auth_method": "trust",
         "server_version": "18.4",
         "parameters": {"server_version": "18.4"},
+        "protocol_version": "3.0",
         "setup_ms": 12.5,
     }
     (ended,) = t.closed("client_closed", now=1.0)
