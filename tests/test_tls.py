@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import ssl
 import subprocess
@@ -616,3 +617,40 @@ def test_client_leaving_or_stalling_mid_handshake(tls_server: TLSServer) -> None
         # and the proxy still serves
         with psycopg.connect(proxy.dsn(sslmode="require")) as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_sighup_rereads_the_certificate(tls_server: TLSServer, tmp_path: Path) -> None:
+    """Certificate rotation: the files are read again on SIGHUP; a broken pair keeps the old one."""
+    from tests.test_lifecycle import ProxyProcess
+
+    cert, key = tmp_path / "proxy.crt", tmp_path / "proxy.key"
+    cert.write_bytes(Path(tls_server.proxy_cert).read_bytes())
+    key.write_bytes(Path(tls_server.proxy_key).read_bytes())
+    env = {
+        "PGPROXY_TLS_CLIENT_MODE": "terminate",
+        "PGPROXY_TLS_CLIENT_CERT_FILE": str(cert),
+        "PGPROXY_TLS_CLIENT_KEY_FILE": str(key),
+    }
+    proxy = ProxyProcess(tmp_path, "--upstream", f"127.0.0.1:{tls_server.pg.port}", env=env)
+    try:
+        with psycopg.connect(proxy.dsn(sslmode="verify-full", sslrootcert=tls_server.ca)) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        new_ca = trustme.CA()
+        new_ca_file = _write(tmp_path / "new-ca.pem", new_ca.cert_pem.bytes())
+        replacement = new_ca.issue_cert("127.0.0.1", "localhost")
+        cert.write_bytes(replacement.cert_chain_pems[0].bytes())
+        key.write_bytes(replacement.private_key_pem.bytes())
+        proxy.signal(signal.SIGHUP)
+        proxy.wait_for(lambda: proxy.events("tls.reloaded"), what="tls.reloaded")
+        with psycopg.connect(proxy.dsn(sslmode="verify-full", sslrootcert=new_ca_file)) as conn:
+            assert conn.execute("SELECT 2").fetchone() == (2,)
+        key.write_bytes(tls_server.files.joinpath("server.key").read_bytes())  # does not match the certificate
+        proxy.signal(signal.SIGHUP)
+        (failed,) = proxy.wait_for(lambda: proxy.events("tls.reload_failed"), what="tls.reload_failed")
+        assert "tls.client_cert_file" in failed["reason"]
+        with psycopg.connect(proxy.dsn(sslmode="verify-full", sslrootcert=new_ca_file)) as conn:
+            assert conn.execute("SELECT 3").fetchone() == (3,)
+        proxy.signal(signal.SIGTERM)
+        assert proxy.wait() == 0
+    finally:
+        proxy.kill()

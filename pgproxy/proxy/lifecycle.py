@@ -304,6 +304,7 @@ class Lifecycle:
 
     def _on_reload_signal(self) -> None:
         reopened = self._reopen_log()
+        self._reload_tls()
         if self.reload is None:
             return
         try:
@@ -331,6 +332,17 @@ class Lifecycle:
             log_file_reopened=reopened,
             note="applies to sessions that start from now on",
         )
+
+    def _reload_tls(self) -> None:
+        """Re-read pgproxy's own certificate and key (terminate mode): rotated files apply to new sessions."""
+        if self.server.config.tls_client_mode != "terminate":
+            return
+        try:
+            self.server.reload_tls()
+        except TLSConfigError as exc:
+            self.sink.log("error", "tls.reload_failed", reason=str(exc), action="kept the previous certificate")
+            return
+        self.sink.log("info", "tls.reloaded", certificate=self.server.config.tls_client_cert_file)
 
     def _reopen_log(self) -> bool:
         try:
