@@ -197,3 +197,57 @@ def test_timestamps_are_taken_when_bytes_arrive_before_forwarding(
     assert len(relayed) >= 8
     for now, data in relayed:
         assert now is not None and now <= write_times[data], data[:20]
+
+
+def test_real_clients_statements_as_the_server_ran_them(pg: EmbeddedPostgres, proxy: ProxyHarness) -> None:
+    """Bind failures are one event, fetchrow is ok, multi-statement Queries are batches (issue 7 items 2-5)."""
+
+    async def with_asyncpg() -> None:
+        conn = await asyncpg.connect(proxy.dsn(application_name="truth-asyncpg"))
+        with pytest.raises(asyncpg.DivisionByZeroError):
+            await conn.fetchval("select 1/$1::int", 0)
+        assert await conn.fetchrow("select g from generate_series(1, 3) g") == (1,)
+        await conn.close()
+
+    asyncio.run(with_asyncpg())
+    with (
+        psycopg.connect(proxy.dsn(sslmode="disable", application_name="truth-psycopg"), autocommit=True) as conn,
+        pytest.raises(psycopg.errors.InvalidTextRepresentation),
+    ):
+        conn.execute("select %s::int", ("abc",))
+    psql = [pg.tool("psql"), "-X", "-q", "-d", proxy.dsn(sslmode="disable", application_name="truth-psql")]
+    for script in (
+        "select pg_sleep(0.02); select pg_sleep(0.03); select 1",
+        "create temp table rb (i int); insert into rb values (1); select 1/0; select 3",
+        "select 1 as s1; selec 2; select 3 as s3",
+    ):
+        subprocess.run([*psql, "-c", script], capture_output=True, timeout=60, check=False)
+    proxy.wait_idle()
+
+    asyncpg_events = proxy.events("query", application_name="truth-asyncpg")
+    (failed,) = [e for e in asyncpg_events if "1/$1" in e["db.query.text"]]
+    assert (failed["outcome"], failed["db.response.status_code"], failed["parameters"]) == ("error", "22012", [0])
+    assert failed["statement"].startswith("__asyncpg_stmt")
+    (fetchrow,) = [e for e in asyncpg_events if "generate_series" in e["db.query.text"]]
+    assert (fetchrow["outcome"], fetchrow["rows"], fetchrow["portal_suspended"]) == ("ok", 1, True)
+
+    (bad,) = proxy.events("query", application_name="truth-psycopg")
+    assert (bad["outcome"], bad["db.response.status_code"], bad["parameters"]) == ("error", "22P02", ["abc"])
+
+    batches = proxy.events("query", application_name="truth-psql")
+    shape = [(e["db.query.text"], e["outcome"], e.get("rolled_back"), "duration_ms" in e) for e in batches]
+    assert shape == [
+        ("select pg_sleep(0.02)", "ok", None, False),
+        ("select pg_sleep(0.03)", "ok", None, False),
+        ("select 1", "ok", None, False),
+        ("create temp table rb (i int)", "ok", True, False),
+        ("insert into rb values (1)", "ok", True, False),
+        ("select 1/0", "error", None, False),
+        ("select 3", "skipped", None, False),
+        ("select 1 as s1", "skipped", None, False),
+        ("selec 2", "error", None, False),
+        ("select 3 as s3", "skipped", None, False),
+    ]
+    # The server slept 50 ms in the first Query: its one duration cannot be shorter.
+    assert batches[2]["batch_duration_ms"] >= 50.0
+    assert [e["db.operation.batch.size"] for e in batches] == [3] * 3 + [4] * 4 + [3] * 3
