@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import time
 from typing import Any
@@ -13,6 +14,8 @@ import pytest
 
 from pgproxy.demo.embedded import EmbeddedPostgres
 from pgproxy.demo.scenario import run_scenario
+from pgproxy.protocol.build import query as query_message
+from pgproxy.protocol.build import ready_for_query, startup_message
 from pgproxy.proxy.session import ClientSession, UpstreamSide
 from pgproxy.tracker.options import TrackerOptions
 from pgproxy.tracker.session import SessionTracker
@@ -251,3 +254,26 @@ def test_real_clients_statements_as_the_server_ran_them(pg: EmbeddedPostgres, pr
     # The server slept 50 ms in the first Query: its one duration cannot be shorter.
     assert batches[2]["batch_duration_ms"] >= 50.0
     assert [e["db.operation.batch.size"] for e in batches] == [3] * 3 + [4] * 4 + [3] * 3
+
+
+def test_a_client_that_sends_without_reading_costs_a_bounded_queue_and_one_summary(
+    pg: EmbeddedPostgres, proxy: ProxyHarness
+) -> None:
+    """Issue 8 item 7: a flood of empty queries, never read, then a vanished client."""
+    with socket.create_connection((proxy.host, proxy.port)) as sock:
+        sock.sendall(startup_message({"user": "postgres", "database": "postgres", "application_name": "flood"}))
+        reply = b""
+        while not reply.endswith(ready_for_query("I")):
+            reply += sock.recv(65536)
+        sock.sendall(query_message("") * 60_000)
+    proxy.wait_idle(timeout=60)
+    anomalies = proxy.events("session.anomaly", kind="pending_limit")
+    assert len(anomalies) == 1
+    interrupted = proxy.events("query", application_name="flood", outcome="interrupted")
+    assert len(interrupted) <= 1
+    (ended,) = proxy.events("session.ended", application_name="flood")
+    assert ended["level"] == "info"
+    # What was logged plus what was only counted is what the server ran.
+    logged = proxy.events("query", application_name="flood")
+    assert len(logged) + ended.get("unlogged_statements", 0) == ended["statements"]
+    assert len(logged) <= 10_001

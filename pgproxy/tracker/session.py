@@ -493,6 +493,11 @@ class SessionTracker:
         if self.statements is not None:
             end["statements"] = self.statements.executed
             end["transaction_status"] = self.statements.transaction_status
+            # Beyond the pending bound statements were counted, not logged.
+            if self.statements.unlogged:
+                end["unlogged_statements"] = self.statements.unlogged
+            if self.statements.untracked:
+                end["unanswered_requests"] = self.statements.untracked
         elif self._status is not None:
             end["transaction_status"] = TRANSACTION_STATUS.get(self._status, self._status)
         if self.encrypted:
