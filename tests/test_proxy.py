@@ -295,9 +295,13 @@ def test_client_killed_mid_query_ends_its_backend(pg: EmbeddedPostgres, detail: 
         )
 
         def active() -> int:
-            return int(pg.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'victim'").strip())
+            return int(
+                pg.psql(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'victim' AND state = 'active'"
+                ).strip()
+            )
 
-        proxy.wait_for(lambda: active() == 1)
+        proxy.wait_for(lambda: active() == 1)  # the statement runs (not merely the login)
         proc.kill()
         proc.wait()
         proxy.wait_for(lambda: active() == 0, timeout=15)
