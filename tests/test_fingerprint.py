@@ -244,3 +244,19 @@ def test_huge_texts_are_not_cached() -> None:
 )
 def test_parameter_names_for_redaction(sql: str, names: dict[int, str]) -> None:
     assert dict(StatementAnalyzer().analyze(sql).parameter_names) == names
+
+
+def test_fast_paths_for_plain_text_agree_with_the_general_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Text with no quote, dollar or comment skips the scanner loop and (one statement) the parser's split."""
+    from pglast import parser
+
+    from tests.sql_corpus import STATEMENTS
+
+    plain = [s for s in STATEMENTS if fp._plain(s)]
+    assert len(plain) >= 30
+    analyzer = StatementAnalyzer()
+    fast_keys = [literal_key(s) for s in plain]
+    for sql in plain:
+        assert analyzer.split(f"  {sql} ;\n") == [p.strip() for p in parser.split(f"  {sql} ;\n")], sql
+    monkeypatch.setattr(fp, "_plain", lambda sql: False)
+    assert [literal_key(s) for s in plain] == fast_keys

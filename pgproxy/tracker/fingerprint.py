@@ -146,6 +146,15 @@ _NUMBER = re.compile(
 _COMMENT_EDGE = re.compile(r"/\*|\*/")
 _DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_\x80-\uffff][A-Za-z0-9_\x80-\uffff]*)?\$")
 _IDENT_CHAR = re.compile(r"[\w$]")
+_BARE_NUMBER = re.compile(r"(?<![\w$])(?=\d|\.\d)(?:" + _NUMBER.pattern + ")")
+_QUOTING = re.compile(r"['\"$]|--|/\*")
+
+
+def _plain(sql: str) -> bool:
+    """No quote, dollar sign or comment anywhere: the text's structure is plain code."""
+    return _QUOTING.search(sql) is None
+
+
 _STRING_MARK: Final = "\x00s"  # NUL never occurs in a protocol string, so keys cannot collide with real text
 _NUMBER_MARK: Final = "\x00n"
 
@@ -159,6 +168,10 @@ def literal_key(sql: str) -> tuple[str, int] | None:
     are not literals the parser normalises). None when a quote or comment is
     left open (the text is then used as is).
     """
+    if _plain(sql):
+        # Nothing quoted or commented: every number is a literal (the common case, done in C).
+        key, count = _BARE_NUMBER.subn(_NUMBER_MARK, sql)
+        return key, count
     out: list[str] = []
     n = len(sql)
     pos = 0  # copied up to here
@@ -797,6 +810,10 @@ class StatementAnalyzer:
         """
         if ";" not in sql:
             return lexical.split_statements(sql)
+        if sql.count(";") == 1 and sql.rstrip().endswith(";") and _plain(sql):
+            # One statement and its terminator (pgbench -M simple, psql): no parse needed.
+            only = sql.rstrip()[:-1].strip()
+            return [only] if only else []
         reason = self._parse_refusal(sql)
         if reason is None:
             try:
