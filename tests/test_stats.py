@@ -165,3 +165,46 @@ def test_top_sums_interval_records_from_a_log_and_renders(tmp_path: Any) -> None
     args = argparse.Namespace(log=str(log), url=None, sort="calls", limit=5, refresh=1.0, once=True)
     assert top_command(args, out) == 0
     assert out.getvalue().splitlines()[3].split()[2] == "6"  # sorted by calls: fast first
+
+
+def test_top_redraws_as_the_log_grows_and_ctrl_c_ends_it(tmp_path: Any) -> None:
+    """The live view, run as a user would (no terminal needed): a redraw per refresh, new lines picked up."""
+    import signal
+    import subprocess
+    import sys
+
+    log = tmp_path / "pgproxy.json"
+    first = {
+        "event": STATEMENT_STATS,
+        "fingerprint": "aaaa",
+        "db.query.summary": "SELECT first",
+        "calls": 1,
+        "total_ms": 1.0,
+    }
+    log.write_text(json.dumps(first) + "\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pgproxy", "top", "--log", str(log), "--refresh", "0.05"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    seen = ""
+    try:
+        while "SELECT first" not in seen:
+            seen += proc.stdout.readline()
+        second = {**first, "fingerprint": "bbbb", "db.query.summary": "SELECT second", "total_ms": 5.0}
+        with log.open("a") as handle:
+            handle.write(json.dumps(second) + "\n")
+        while "SELECT second" not in seen:
+            seen += proc.stdout.readline()
+        seen += proc.stdout.readline()  # the row below it
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        proc.stdout.close()
+    screens = seen.split("\x1b[H\x1b[2J")
+    last = next(s for s in reversed(screens) if "SELECT second" in s).splitlines()
+    assert "SELECT second" in last[3] and "SELECT first" in last[4]  # heaviest first
