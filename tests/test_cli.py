@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -23,6 +25,8 @@ from tests.golden import recordings
 
 ROOT = Path(__file__).resolve().parent.parent
 PGPROXY = [sys.executable, "-m", "pgproxy"]
+#: proxy.started's fields, as the README's table lists them.
+PROXY_STARTED_FIELDS = {"listen", "upstream", "loop", "detail", "tls_client_mode", "version"}
 
 
 def _flatten(table: dict, prefix: str = "") -> dict:  # type: ignore[type-arg]
@@ -219,6 +223,54 @@ def test_demo_command_shows_the_decoded_conversation() -> None:
     assert ready["type"] == "ReadyForQuery"
     assert "pbkdf2" not in out.stdout
     assert events[-1]["event"] == "demo.finished"
+    (started,) = [e for e in events if e["event"] == "proxy.started"]
+    assert set(started) - {"event", "level", "timestamp"} == PROXY_STARTED_FIELDS  # the README's table
+    assert started["listen"] == [f"127.0.0.1:{started['listen'][0].rsplit(':', 1)[1]}"]
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def test_started_event_names_addresses_as_configured_and_the_hash_key_source(pg: EmbeddedPostgres) -> None:
+    """proxy.started: the README's fields, IPv6 in brackets, and which hash key is in use (never the key)."""
+    if not _ipv6_loopback():
+        pytest.skip("no IPv6 loopback on this machine: bracketed IPv6 addresses NOT tested")
+    port = free_port()
+    key = "k3y-that-must-never-be-logged"
+    env = {**os.environ, "PGPROXY_REDACTION_PARAMETERS": "hash", "PGPROXY_REDACTION_HASH_KEY": key}
+    proc = subprocess.Popen(
+        [*PGPROXY, "--listen", f"[::1]:{port}", "--upstream", f"127.0.0.1:{pg.port}", "--log-format", "json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        started = json.loads(proc.stdout.readline())
+        assert started["event"] == "proxy.started", started
+        with psycopg.connect(f"postgresql://postgres@[::1]:{port}/postgres?sslmode=disable") as conn:
+            conn.execute("SELECT email FROM users WHERE username = %s", ("Demo",)).fetchall()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    assert set(started) >= PROXY_STARTED_FIELDS
+    assert started["listen"] == [f"[::1]:{port}"]
+    assert started["upstream"] == f"127.0.0.1:{pg.port}"
+    assert started["redaction.hash_key"] == "configured"
+    (query,) = [
+        e for e in map(json.loads, stdout.splitlines()) if e["event"] == "query" and "users" in e["db.query.text"]
+    ]
+    assert query["parameters"] == ["hmac-sha256:" + hmac.new(key.encode(), b"Demo", hashlib.sha256).hexdigest()[:16]]
+    assert query["client.address"] == "::1"
+    assert key not in stdout + stderr + json.dumps(started)
 
 
 def test_sink_stamps_levels_timestamps_and_withholds_secret_keys() -> None:

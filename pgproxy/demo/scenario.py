@@ -16,7 +16,9 @@ import os
 import sys
 from typing import Any
 
+from pgproxy import __version__
 from pgproxy.demo.embedded import EmbeddedPostgres, EmbeddedPostgresError, find_installation
+from pgproxy.proxy.address import host_port
 from pgproxy.proxy.loop import loop_factory
 from pgproxy.proxy.server import ProxyServer, ProxySettings
 from pgproxy.sink import LogSink
@@ -59,23 +61,23 @@ def run_scenario(dsn: str) -> dict[str, Any]:
         engine.dispose()
 
 
-async def _demo(pg: EmbeddedPostgres, sink: LogSink, detail: Detail) -> dict[str, Any]:
-    server = ProxyServer(
-        ProxySettings(
-            listen_host="127.0.0.1", listen_port=0, upstream_host="127.0.0.1", upstream_port=pg.port, shutdown_grace=2.0
-        ),
-        TrackerOptions(detail=detail),
-        sink,
+async def _demo(pg: EmbeddedPostgres, sink: LogSink, detail: Detail, loop_name: str) -> dict[str, Any]:
+    settings = ProxySettings(
+        listen_host="127.0.0.1", listen_port=0, upstream_host="127.0.0.1", upstream_port=pg.port, shutdown_grace=2.0
     )
+    server = ProxyServer(settings, TrackerOptions(detail=detail), sink)
     await server.start()
     host, port = server.sockets[0]
+    # The same fields as the proxy's own proxy.started (README, "Events and fields").
     sink.log(
         "info",
         "proxy.started",
-        listen=[f"{host}:{port}"],
-        upstream=f"127.0.0.1:{pg.port}",
+        listen=server.addresses,
+        upstream=host_port(settings.upstream_host, settings.upstream_port),
+        loop=loop_name,
         detail=detail.name.lower(),
-        postgres=pg.major,
+        tls_client_mode=settings.tls_client_mode,
+        version=__version__,
     )
     try:
         return await asyncio.to_thread(run_scenario, f"postgresql+psycopg://postgres@{host}:{port}/postgres")
@@ -95,13 +97,14 @@ def demo_command(args: argparse.Namespace) -> int:
     sink = LogSink(fmt=args.log_format)
     try:
         with EmbeddedPostgres(find_installation(args.postgres)) as pg:
-            factory, _ = loop_factory(args.loop)
+            factory, loop_name = loop_factory(args.loop)
             with asyncio.Runner(loop_factory=factory) as runner:
-                user = runner.run(_demo(pg, sink, Detail.parse(args.log_detail)))
+                user = runner.run(_demo(pg, sink, Detail.parse(args.log_detail), loop_name))
+            postgres = pg.major
     except EmbeddedPostgresError as exc:
         sink.close()
         print(f"pgproxy demo: {exc}", file=sys.stderr)
         return 1
-    sink.log("info", "demo.finished", user=user, note="embedded server stopped and removed")
+    sink.log("info", "demo.finished", user=user, postgres=postgres, note="embedded server stopped and removed")
     sink.close()
     return 0

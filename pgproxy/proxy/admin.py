@@ -28,6 +28,7 @@ from typing import Any, Final
 
 import orjson
 
+from pgproxy.proxy.address import socket_address
 from pgproxy.proxy.server import ProxyServer
 from pgproxy.sink import Sink
 from pgproxy.sink.metrics import MetricsSink
@@ -100,8 +101,7 @@ class AdminServer:
     @property
     def address(self) -> str:
         assert self._server is not None
-        host, port = self._server.sockets[0].getsockname()[:2]
-        return f"{host}:{port}"
+        return socket_address(self._server.sockets[0].getsockname())
 
     async def close(self) -> None:
         if self._server is not None:

@@ -32,6 +32,7 @@ from typing import Any, Final
 
 from pgproxy import __version__
 from pgproxy.config import Config, ConfigError, reloadable
+from pgproxy.proxy.address import host_port
 from pgproxy.proxy.loop import loop_factory
 from pgproxy.proxy.server import ProxyServer, ProxySettings
 from pgproxy.proxy.tls import TLSConfigError
@@ -40,6 +41,7 @@ from pgproxy.sink import Fanout, LogSink, Sink
 from pgproxy.sink.stats import StatementStats
 from pgproxy.tracker.fingerprint import shared_analyzer
 from pgproxy.tracker.records import Record
+from pgproxy.tracker.redaction import HashKeySource, ParameterMode
 
 EXIT_USAGE: Final = 2
 #: Seconds closing sessions get to flush their last bytes before they are aborted.
@@ -208,12 +210,17 @@ class Lifecycle:
         loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
         started: dict[str, Any] = {
             "listen": self.server.addresses,
-            "upstream": f"{settings.upstream_host}:{settings.upstream_port}",
+            "upstream": host_port(settings.upstream_host, settings.upstream_port),
             "loop": self.loop_name,
             "detail": config["log.detail"],
             "tls_client_mode": settings.tls_client_mode,
             "version": __version__,
         }
+        if config["redaction.parameters"] == ParameterMode.HASH.value:
+            # Say which key hashes parameters (never the key): a random one means
+            # hashes do not correlate across restarts or instances.
+            source = HashKeySource.CONFIGURED if config["redaction.hash_key"] else HashKeySource.RANDOM
+            started["redaction.hash_key"] = source.value
         if self.admin is not None:
             started["admin"] = self.admin.address
             self.admin.started = True

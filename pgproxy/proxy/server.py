@@ -20,6 +20,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from pgproxy.protocol.build import error_response
+from pgproxy.proxy.address import host_port, socket_address
 from pgproxy.proxy.session import ClientSession
 from pgproxy.proxy.tls import certificate_der, client_tls_context, upstream_tls
 from pgproxy.proxy.workers import current_worker
@@ -170,13 +171,8 @@ class ProxyServer:
 
     @property
     def addresses(self) -> list[str]:
-        """Every listening address as text: ``host:port`` or a socket path."""
-        out = []
-        for server in self._servers:
-            for sock in server.sockets:
-                name = sock.getsockname()
-                out.append(f"{name[0]}:{name[1]}" if isinstance(name, tuple) else str(name))
-        return out
+        """Every listening address as text: ``host:port`` (``[v6]:port``) or a socket path."""
+        return [socket_address(sock.getsockname()) for server in self._servers for sock in server.sockets]
 
     @property
     def at_connection_limit(self) -> bool:
@@ -214,7 +210,7 @@ class ProxyServer:
                 self._servers.append(server)
         except OSError as exc:
             self.stop_accepting()
-            where = address if isinstance(address, str) else f"{address[0]}:{address[1]}"
+            where = address if isinstance(address, str) else host_port(*address)
             raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror or exc}") from exc
 
     async def serve_forever(self) -> None:

@@ -27,6 +27,7 @@ from pgproxy.protocol.build import cancel_request, error_response
 from pgproxy.protocol.decoding import CANCEL_REQUEST_CODE, GSSENC_REQUEST_CODE, SSL_REQUEST_CODE
 from pgproxy.protocol.framing import MAX_STARTUP_PACKET
 from pgproxy.protocol.sasl import SCRAM_PLUS, NeedMoreData, SaslOfferFilter, sasl_initial_mechanism
+from pgproxy.proxy.address import host_port
 from pgproxy.proxy.tls import ALPN_POSTGRESQL, HandshakeState, TLSChannel, describe_error
 from pgproxy.tracker.session import SessionTracker, Side
 
@@ -379,7 +380,7 @@ class ClientSession(asyncio.Protocol):
             )
             close_reason = "startup_timeout"
         else:
-            target = f"{self.config.upstream_host}:{self.config.upstream_port}"
+            target = host_port(self.config.upstream_host, self.config.upstream_port)
             self.server.counters["upstream_failures"] += 1
             self.sink.log(
                 "error",
@@ -532,7 +533,7 @@ class ClientSession(asyncio.Protocol):
 
     def _upstream_unreachable(self, reason: str, tls: bool = False) -> None:
         cfg = self.config
-        target = f"{cfg.upstream_host}:{cfg.upstream_port}"
+        target = host_port(cfg.upstream_host, cfg.upstream_port)
         self.server.counters["upstream_failures"] += 1
         self.sink.log(
             "error",
