@@ -130,6 +130,8 @@ class TLSServer:
     server_key: str
     proxy_cert: str
     proxy_key: str
+    client_cert: str
+    client_key: str
 
     @property
     def upstream(self) -> tuple[str, int]:
@@ -156,7 +158,8 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSServer]:
     ca = trustme.CA()
     server = ca.issue_cert("127.0.0.1", "localhost")
     proxy = ca.issue_cert("127.0.0.1", "localhost", "pgproxy.test")
-    hba = [line.replace("host ", "hostssl ", 1) for line in _HBA]
+    client = ca.issue_cert("cert-user.test", common_name="cert_user")  # certificate authentication
+    hba = [line.replace("host ", "hostssl ", 1) for line in _HBA] + ["hostssl all cert_user 127.0.0.1/32 cert"]
     pg = EmbeddedPostgres(
         _newest_ssl_installation(),
         hba=hba,
@@ -164,12 +167,17 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSServer]:
             "ssl": "on",
             "ssl_cert_file": "'server.crt'",
             "ssl_key_file": "'server.key'",
+            "ssl_ca_file": "'ca.crt'",
             "password_encryption": "'scram-sha-256'",
         },
-        files={"server.crt": server.cert_chain_pems[0].bytes(), "server.key": server.private_key_pem.bytes()},
+        files={
+            "server.crt": server.cert_chain_pems[0].bytes(),
+            "server.key": server.private_key_pem.bytes(),
+            "ca.crt": ca.cert_pem.bytes(),
+        },
     )
     pg.start()
-    pg.psql(SETUP_SQL)
+    pg.psql(SETUP_SQL + "CREATE ROLE cert_user LOGIN;")
     try:
         yield TLSServer(
             pg=pg,
@@ -179,6 +187,8 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSServer]:
             server_key=_write(files / "server.key", server.private_key_pem.bytes()),
             proxy_cert=_write(files / "proxy.crt", proxy.cert_chain_pems[0].bytes()),
             proxy_key=_write(files / "proxy.key", proxy.private_key_pem.bytes()),
+            client_cert=_write(files / "client.crt", client.cert_chain_pems[0].bytes()),
+            client_key=_write(files / "client.key", client.private_key_pem.bytes()),
         )
     finally:
         pg.stop()
@@ -240,7 +250,10 @@ def test_verify_ca_with_an_unknown_ca_fails_clearly(tls_server: TLSServer) -> No
         ProxyHarness(
             tls_server.upstream, TrackerOptions(), tls_upstream_mode="verify-ca", tls_upstream_ca_file=other_ca
         ) as proxy,
-        pytest.raises(psycopg.OperationalError, match="certificate verify failed: unable to get local issuer"),
+        pytest.raises(
+            psycopg.OperationalError,
+            match=r"certificate verify failed: (unable to get local issuer|self-signed certificate in certificate chain)",
+        ),
     ):
         psycopg.connect(proxy.dsn(sslmode="disable"))
 
@@ -654,3 +667,79 @@ def test_sighup_rereads_the_certificate(tls_server: TLSServer, tmp_path: Path) -
         assert proxy.wait() == 0
     finally:
         proxy.kill()
+
+
+# --------------------------------------------------------------------------- every combination, every client
+
+#: What a client asks of pgproxy in each client mode, so that the session is decoded.
+_CLIENT_SSLMODE = {"refuse": "prefer", "passthrough": "disable", "terminate": "verify-full"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("client_mode", ["refuse", "passthrough", "terminate"])
+@pytest.mark.parametrize("upstream_mode", ["disable", "prefer", "require", "verify-ca", "verify-full"])
+def test_every_mode_combination_with_psql_psycopg_asyncpg(
+    tls_server: TLSServer, client_mode: str, upstream_mode: str
+) -> None:
+    """Each client reaches the server, and pgproxy decodes its statement and row, whatever the two legs are."""
+    settings: dict[str, Any] = {"tls_client_mode": client_mode, "tls_upstream_mode": upstream_mode}
+    if client_mode == "terminate":
+        settings |= {"tls_client_cert_file": tls_server.proxy_cert, "tls_client_key_file": tls_server.proxy_key}
+    if upstream_mode.startswith("verify"):
+        settings["tls_upstream_ca_file"] = tls_server.ca
+    sslmode = _CLIENT_SSLMODE[client_mode]
+    client_tls = client_mode == "terminate"
+    upstream_tls = upstream_mode != "disable"
+    with ProxyHarness(tls_server.upstream, TrackerOptions(detail=Detail.MESSAGE), **settings) as proxy:
+        dsn = proxy.dsn(sslmode=sslmode, sslrootcert=tls_server.ca, application_name="matrix")
+        with psycopg.connect(dsn) as conn:
+            assert conn.info.pgconn.ssl_in_use is client_tls
+            assert _ssl_in_use(conn) is upstream_tls
+            assert conn.execute("SELECT %s::text AS via", ("psycopg",)).fetchone() == ("psycopg",)
+        done = _psql(tls_server, dsn, "SELECT 'psql' AS via", psql=_psql_binary(tls_server))
+        assert done.returncode == 0, done.stderr
+        asyncio.run(_asyncpg_via(proxy, ssl.create_default_context(cafile=tls_server.ca) if client_tls else False))
+        proxy.wait_idle()
+        rows = {e["row"]["via"] for e in proxy.events("message", type="DataRow") if "via" in e["row"]}
+        assert rows == {"psycopg", "psql", "asyncpg"}
+        ready = proxy.events("session.ready")
+        assert len(ready) == 3
+        for event in ready:
+            legs = event.get("tls", {})
+            assert ("client" in legs) is client_tls and ("upstream" in legs) is upstream_tls
+        assert not proxy.events("session.encrypted")
+
+
+async def _asyncpg_via(proxy: ProxyHarness, context: ssl.SSLContext | bool) -> None:
+    conn = await asyncpg.connect(host="localhost", port=proxy.port, user="postgres", database="postgres", ssl=context)
+    try:
+        assert await conn.fetchval("SELECT 'asyncpg' AS via") == "asyncpg"
+    finally:
+        await conn.close()
+
+
+def test_certificates_on_both_legs(tls_server: TLSServer) -> None:
+    """pgproxy presents a client certificate upstream (cert authentication) and can demand one from clients."""
+    with ProxyHarness(
+        tls_server.upstream,
+        TrackerOptions(),
+        **_terminate(
+            tls_server,
+            "verify-full",
+            tls_client_ca_file=tls_server.ca,
+            tls_upstream_cert_file=tls_server.client_cert,
+            tls_upstream_key_file=tls_server.client_key,
+        ),
+    ) as proxy:
+        verify = {"sslmode": "verify-full", "sslrootcert": tls_server.ca}
+        with psycopg.connect(
+            proxy.dsn(user="cert_user", sslcert=tls_server.client_cert, sslkey=tls_server.client_key, **verify)
+        ) as conn:
+            assert conn.execute("SELECT current_user").fetchone() == ("cert_user",)
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(proxy.dsn(user="cert_user", **verify), connect_timeout=10)  # no client certificate
+        proxy.wait_idle()
+        (ready,) = proxy.events("session.ready")
+        assert ready["user"] == "cert_user"
+        (failed,) = proxy.events("tls.failed")
+        assert failed["leg"] == "client" and failed["reason"] == "peer did not return a certificate"

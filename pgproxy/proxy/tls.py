@@ -214,7 +214,9 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"certificate verify failed: {exc.verify_message}"
     if isinstance(exc, ssl.SSLError):
-        return exc.reason or str(exc)
+        if exc.reason:  # OpenSSL's reason code, e.g. PEER_DID_NOT_RETURN_A_CERTIFICATE
+            return exc.reason.replace("_", " ").lower()
+        return str(exc)
     return str(exc) or type(exc).__name__
 
 
