@@ -776,7 +776,7 @@ class StatementAnalyzer:
         cache = self._cache
         hit = cache.get(sql)
         if hit is not None:
-            cache.move_to_end(sql)
+            _touch(cache, sql)
             self.counters["cache_hits"] += 1
             return hit
         keyed = literal_key(sql) if len(sql) <= self.max_cached_chars else None
@@ -784,7 +784,7 @@ class StatementAnalyzer:
             key = keyed[0]
             hit = cache.get(key)
             if hit is not None:
-                cache.move_to_end(key)
+                _touch(cache, key)
                 self.counters["cache_hits"] += 1
                 self.counters["literal_key_hits"] += 1
                 return hit
@@ -907,6 +907,16 @@ class StatementAnalyzer:
             evicted_key, evicted = cache.popitem(last=False)
             self._bytes -= evicted.weight + len(evicted_key)
             self.counters["cache_evictions"] += 1
+
+
+def _touch(cache: OrderedDict[str, Analysis], key: str) -> None:
+    """Mark ``key`` recently used. Each process's event loop is the analyzer's only user, but
+    proxies run in threads (tests, embedding) may share it: an entry another thread evicted
+    between the lookup and this call is simply not moved."""
+    try:
+        cache.move_to_end(key)
+    except KeyError:
+        pass
 
 
 def _new_placeholders(sql: str, normalized: str) -> int:
