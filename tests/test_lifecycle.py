@@ -387,3 +387,25 @@ def test_admin_routes_answer_plain_http() -> None:
     assert method.startswith(b"HTTP/1.1 405 ")
     assert garbled.startswith(b"HTTP/1.1 400 ")
     assert startup.startswith(b"HTTP/1.1 503 ")  # the proxy never started listening
+
+
+def test_an_address_in_use_stops_the_start_with_one_clear_line(pg: EmbeddedPostgres, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for flags in (["--listen", f"127.0.0.1:{port}"], ["--admin-listen", f"127.0.0.1:{port}"]):
+            out = subprocess.run(
+                [*PGPROXY, "--upstream", f"127.0.0.1:{pg.port}", "--log-format", "json", *flags],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            assert out.returncode == 1
+            assert (
+                f"cannot listen on {'the admin address ' if 'admin' in flags[0] else ''}127.0.0.1:{port}" in out.stderr
+            )
+            assert json.loads(out.stdout.splitlines()[-1])["event"] == "proxy.failed"

@@ -96,7 +96,13 @@ class AdminServer:
         self._json_routes[path] = produce
 
     async def start(self, host: str, port: int) -> None:
-        self._server = await asyncio.start_server(self._handle, host, port, reuse_address=True)
+        """Listen on ``host:port``; OSError names the admin address when that fails."""
+        try:
+            self._server = await asyncio.start_server(self._handle, host, port, reuse_address=True)
+        except OSError as exc:
+            raise OSError(
+                exc.errno, f"cannot listen on the admin address {host}:{port}: {exc.strerror or exc}"
+            ) from exc
 
     @property
     def address(self) -> str:
