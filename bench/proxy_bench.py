@@ -157,8 +157,10 @@ def start_proxy(
     cpus: str | None = None,
     name: str | None = None,
     source: Path | None = None,
+    settings: dict[str, str] | None = None,
 ) -> Target:
-    """pgproxy at ``detail``; ``source`` runs another checkout of it (``--targets query@REF``)."""
+    """pgproxy at ``detail``; ``source`` runs another checkout of it (``--targets query@REF``);
+    ``settings`` are options by dotted key (``--targets query+query.fingerprints=false``)."""
     port = free_port()
     label = name or f"pgproxy {detail}"
     log = tmp / (re.sub(r"\W+", "-", label) + ".jsonl")
@@ -169,6 +171,8 @@ def start_proxy(
     env = dict(os.environ)
     if workers != 1:
         env["PGPROXY_PROXY_WORKERS"] = str(workers)
+    for key, value in (settings or {}).items():
+        env["PGPROXY_" + key.replace(".", "_").upper()] = value
     if source is not None:
         env["PYTHONPATH"] = str(source)
     proc = subprocess.Popen(
@@ -247,6 +251,10 @@ def start_targets(names: list[str], pg: EmbeddedPostgres, tmp: Path, pool_size: 
                 targets.append(bouncer)
         elif name == "forwarder":
             targets.append(start_forwarder(pg.port))
+        elif "+" in name:  # query+query.fingerprints=false+stats.enabled=false
+            detail, *assignments = name.split("+")
+            pairs = dict(a.split("=", 1) for a in assignments)
+            targets.append(start_proxy(pg.port, detail, tmp, name=f"pgproxy {name}", settings=pairs))
         elif "@" in name:
             detail, ref = name.split("@", 1)
             targets.append(
@@ -635,7 +643,8 @@ def main() -> None:
     parser.add_argument(
         "--targets",
         default="direct,pgbouncer,forwarder,connection,query,message",
-        help=f"among {','.join(ALL_TARGETS)}",
+        help=f"among {','.join(ALL_TARGETS)}; DETAIL@REF runs another git ref, "
+        "DETAIL+KEY=VALUE sets options (e.g. query+query.fingerprints=false)",
     )
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help=f"among {','.join(WORKLOADS)}")
     parser.add_argument("--skip-bulk", action="store_true")
@@ -648,7 +657,7 @@ def main() -> None:
     names = [n for n in args.targets.split(",") if n]
     workloads = [w for w in args.workloads.split(",") if w]
     for name in names:
-        if name.split("@")[0] not in ALL_TARGETS:
+        if name.split("@")[0].split("+")[0] not in ALL_TARGETS:
             parser.error(f"unknown target {name!r}")
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 1,000 connections need 2,000+ descriptors
