@@ -260,3 +260,13 @@ def test_fast_paths_for_plain_text_agree_with_the_general_ones(monkeypatch: pyte
         assert analyzer.split(f"  {sql} ;\n") == [p.strip() for p in parser.split(f"  {sql} ;\n")], sql
     monkeypatch.setattr(fp, "_plain", lambda sql: False)
     assert [literal_key(s) for s in plain] == fast_keys
+
+
+def test_deeply_nested_subqueries_skip_the_quadratic_normalisation() -> None:
+    analyzer = StatementAnalyzer()
+    deep = "SELECT " + "(SELECT " * 200 + "'secret'" + ")" * 200
+    a = analyzer.analyze(deep)
+    assert a.source is Source.PARSER and a.operation == "SELECT"
+    assert "secret" not in a.normalized and analyzer.counters["normalize_skipped.deep"] == 1
+    shallow = analyzer.analyze("SELECT (SELECT (SELECT 'x'))")
+    assert shallow.normalized == "SELECT (SELECT (SELECT $1))"

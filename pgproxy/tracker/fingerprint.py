@@ -39,9 +39,12 @@ from pgproxy.tracker import sql as lexical
 MAX_SUMMARY_CHARS: Final = 255
 #: Texts longer than this are not parsed (a multi-megabyte script would stall
 #: the event loop for milliseconds on every execution); the lexer describes them.
-DEFAULT_MAX_PARSE_CHARS: Final = 64 * 1024
+DEFAULT_MAX_PARSE_CHARS: Final = 32 * 1024
 #: Texts longer than this are analysed but not cached (they would evict many small ones).
-DEFAULT_MAX_CACHED_CHARS: Final = 16 * 1024
+DEFAULT_MAX_CACHED_CHARS: Final = 32 * 1024
+#: libpg_query's normalisation takes time quadratic in the depth of nested subqueries
+#: (200 levels, 1.8 KB of text: ~40 ms). Deeper texts get the lexer's ``?`` normalisation.
+MAX_NESTED_SELECTS: Final = 32
 DEFAULT_CACHE_ENTRIES: Final = 10_000
 DEFAULT_CACHE_BYTES: Final = 32 * 1024 * 1024
 #: Rough fixed cost of one cache entry beyond its strings (dict slot, dataclass, fields mapping).
@@ -862,7 +865,11 @@ class StatementAnalyzer:
             parser = self._parser
             try:
                 fingerprint = parser.fingerprint(sql)
-                normalized = parser.normalize(sql)
+                if _nested_selects(sql) > MAX_NESTED_SELECTS:
+                    self.counters["normalize_skipped.deep"] += 1
+                    normalized = lexical.mask_sql(sql, None, True)
+                else:
+                    normalized = parser.normalize(sql)
                 tree = parser.parse_json(sql)
             except parser.error:
                 reason = FallbackReason.SYNTAX_ERROR
@@ -907,6 +914,30 @@ class StatementAnalyzer:
             evicted_key, evicted = cache.popitem(last=False)
             self._bytes -= evicted.weight + len(evicted_key)
             self.counters["cache_evictions"] += 1
+
+
+_SELECT_OR_PAREN = re.compile(r"[()]|\b[sS][eE][lL][eE][cC][tT]\b")
+
+
+def _nested_selects(sql: str) -> int:
+    """How deep ``SELECT``s nest inside parentheses (an over-estimate: quotes and comments are not skipped)."""
+    if sql.count("(") < MAX_NESTED_SELECTS:
+        return 0
+    deepest = 0
+    stack: list[bool] = [False]  # per open parenthesis: did a SELECT start directly inside it?
+    nested = 0
+    for m in _SELECT_OR_PAREN.finditer(sql):
+        token = m.group(0)
+        if token == "(":
+            stack.append(False)
+        elif token == ")":
+            if len(stack) > 1 and stack.pop():
+                nested -= 1
+        elif not stack[-1]:
+            stack[-1] = True
+            nested += 1
+            deepest = max(deepest, nested)
+    return deepest
 
 
 def _touch(cache: OrderedDict[str, Analysis], key: str) -> None:
