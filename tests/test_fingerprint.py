@@ -270,3 +270,29 @@ def test_deeply_nested_subqueries_skip_the_quadratic_normalisation() -> None:
     assert "secret" not in a.normalized and analyzer.counters["normalize_skipped.deep"] == 1
     shallow = analyzer.analyze("SELECT (SELECT (SELECT 'x'))")
     assert shallow.normalized == "SELECT (SELECT (SELECT $1))"
+
+
+def test_where_the_parser_does_better_than_the_lexer() -> None:
+    """Shapes the lexical splitter and the regex parameter-name inference of tracker/sql.py get wrong
+    (at the time of writing: the splitter cut SQL-standard function bodies and multi-action rules at
+    their inner semicolons; the regexes attributed none of these parameters, so a password passed
+    this way was logged)."""
+    analyzer = StatementAnalyzer()
+    assert analyzer.split(
+        "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; SELECT 2; END; SELECT 3"
+    ) == [
+        "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; SELECT 2; END",
+        "SELECT 3",
+    ]
+    assert analyzer.split("CREATE RULE r AS ON INSERT TO t DO ALSO (INSERT INTO u VALUES (1); NOTIFY t); SELECT 1") == [
+        "CREATE RULE r AS ON INSERT TO t DO ALSO (INSERT INTO u VALUES (1); NOTIFY t)",
+        "SELECT 1",
+    ]
+    assert analyzer.parameter_names("SELECT * FROM users WHERE password IN ($1, $2)") == {1: "password", 2: "password"}
+    assert analyzer.parameter_names("INSERT INTO users (username, password) SELECT $1, $2") == {
+        1: "username",
+        2: "password",
+    }
+    assert analyzer.parameter_names("INSERT INTO users (username, password) VALUES ($1, crypt($2, 'bf'))")[2] == (
+        "password"
+    )

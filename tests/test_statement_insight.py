@@ -239,3 +239,20 @@ def test_statistics_of_the_last_interval_are_written_at_shutdown(
     assert report["reason"] == "shutdown"
     events = [e["event"] for e in proxy.events()]
     assert events.index("stats.reported") < events.index("proxy.stopped")
+
+
+def test_parameters_named_by_the_parser_are_redacted_through_the_proxy(pg: EmbeddedPostgres) -> None:
+    """A password bound in shapes the regex inference missed is masked in the query event."""
+    with ProxyHarness(("127.0.0.1", pg.port), TrackerOptions(analyzer=StatementAnalyzer())) as proxy:
+        with psycopg.connect(proxy.dsn(sslmode="disable", application_name="redact"), autocommit=True) as conn:
+            conn.execute("CREATE TEMP TABLE accounts_tmp (username text, password text)")
+            conn.execute("INSERT INTO accounts_tmp (username, password) SELECT %s, %s", ("ann", "Hunter2-Secret"))
+            conn.execute("SELECT count(*) FROM accounts_tmp WHERE password IN (%s, %s)", ("Hunter2-Secret", "x"))
+        proxy.wait_idle()
+        text = proxy.text()
+        events = proxy.events("query", application_name="redact")
+    assert "Hunter2-Secret" not in text
+    insert = next(e for e in events if e["db.operation.name"] == "INSERT")
+    assert insert["parameters"] == ["ann", "[redacted]"]
+    select = next(e for e in events if "IN (" in e["db.query.text"])
+    assert select["parameters"] == ["[redacted]", "[redacted]"]
