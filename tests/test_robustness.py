@@ -200,21 +200,47 @@ def test_max_connections_rejects_extra_clients_clearly(pg: EmbeddedPostgres) -> 
         assert rejected["limit"] == 2
 
 
+@pytest.mark.slow
 def test_shutdown_drains_idle_sessions_and_aborts_busy_ones(pg: EmbeddedPostgres) -> None:
-    proxy = ProxyHarness(("127.0.0.1", pg.port), TrackerOptions(), shutdown_grace=1.0)
+    """Idle sessions end at once, a statement that finishes within the grace finishes, a stuck one is cancelled."""
+    proxy = ProxyHarness(("127.0.0.1", pg.port), TrackerOptions(), shutdown_grace=3.0)
     idle = psycopg.connect(proxy.dsn(sslmode="disable", application_name="idle"), autocommit=True)
     idle.execute("SELECT 1")
-    busy = psycopg.connect(proxy.dsn(sslmode="disable", application_name="busy"), autocommit=True)
-    busy.pgconn.send_query(b"SELECT pg_sleep(30)")
-    time.sleep(0.3)
-    started = time.perf_counter()
+    finishing = psycopg.connect(proxy.dsn(sslmode="disable", application_name="finishing"), autocommit=True)
+    stuck = psycopg.connect(proxy.dsn(sslmode="disable", application_name="stuck"), autocommit=True)
+    stuck.pgconn.send_query(b"SELECT pg_sleep(60)")
+    finishing.pgconn.send_query(b"SELECT pg_sleep(1)")
+    _wait_running(pg, "SELECT pg_sleep(60)")
+    _wait_running(pg, "SELECT pg_sleep(1)")
     proxy.close()
-    assert time.perf_counter() - started < 10
-    ended = {e["application_name"]: e for e in json_lines(proxy.stream.getvalue()) if e["event"] == "session.ended"}
-    assert ended["idle"]["reason"] == "proxy_shutdown"
-    assert ended["busy"]["reason"] == "proxy_shutdown"
-    idle.close()
-    busy.close()
+    events = json_lines(proxy.stream.getvalue())
+    order = [(e["event"], e.get("application_name")) for e in events if e["event"] in ("session.ended", "query")]
+    ended = {e["application_name"]: e for e in events if e["event"] == "session.ended"}
+    assert {name: e["reason"] for name, e in ended.items()} == dict.fromkeys(
+        ("idle", "finishing", "stuck"), "proxy_shutdown"
+    )
+    # Draining: the idle session went first; the finishing statement ran to its end, then its session closed.
+    (done,) = [e for e in events if e["event"] == "query" and e["db.query.text"] == "SELECT pg_sleep(1)"]
+    assert done["outcome"] == "ok"
+    assert order.index(("session.ended", "idle")) < order.index(("query", "finishing"))
+    assert order.index(("query", "finishing")) < order.index(("session.ended", "finishing"))
+    # Aborting: at the end of the grace the stuck statement was cancelled, not left running.
+    (cancel,) = [e for e in events if e["event"] == "cancel.forwarded"]
+    assert cancel["reason"] == "proxy_shutdown" and cancel["target_session"] == ended["stuck"]["session"]
+    (stuck_query,) = [e for e in events if e["event"] == "query" and e["db.query.text"] == "SELECT pg_sleep(60)"]
+    assert stuck_query["outcome"] in ("interrupted", "error")
+    assert order.index(("session.ended", "finishing")) < order.index(("session.ended", "stuck"))
+    with pytest.raises(psycopg.OperationalError, match="administrator command"):
+        idle.execute("SELECT 1")
+    for conn in (idle, finishing, stuck):
+        conn.close()
+
+
+def _wait_running(pg: EmbeddedPostgres, sql: str) -> None:
+    deadline = time.monotonic() + 60
+    while pg.psql(f"SELECT count(*) FROM pg_stat_activity WHERE query = '{sql}' AND state = 'active'").strip() != "1":
+        assert time.monotonic() < deadline, f"the server never ran {sql}"
+        time.sleep(0.05)
 
 
 def json_lines(text: str) -> list[dict]:  # type: ignore[type-arg]
