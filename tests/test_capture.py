@@ -198,6 +198,7 @@ def test_tcpdump_w_file_decodes_with_real_durations(pg: EmbeddedPostgres, tmp_pa
         assert ended["duration_ms"] >= sleep["duration_ms"] + query["duration_ms"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flag", ["-XX", "-X"], ids=["with-link-layer", "from-ip-header"])
 def test_tcpdump_text_dump_decodes_with_capture_times(pg: EmbeddedPostgres, tmp_path: Path, flag: str) -> None:
     """``tcpdump -X``/``-XX`` text (here: of a real capture, read back with ``-r``) keeps the header lines' times."""
@@ -215,6 +216,7 @@ def test_tcpdump_text_dump_decodes_with_capture_times(pg: EmbeddedPostgres, tmp_
     assert sleep["duration_ms"] >= 50
 
 
+@pytest.mark.slow
 def test_capture_that_starts_mid_session_reports_only_what_it_saw(pg: EmbeddedPostgres, tmp_path: Path) -> None:
     """Packets from the first query on: the queries decode, the unseen start-up is not reported."""
     pcap = tmp_path / "capture.pcap"

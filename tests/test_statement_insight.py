@@ -164,6 +164,7 @@ def proxy_process(tmp_path: Path) -> Iterator[Callable[..., ProxyProcess]]:
         process.kill()
 
 
+@pytest.mark.slow
 def test_the_proxy_reports_statistics_serves_them_and_top_shows_them(
     pg: EmbeddedPostgres, proxy_process: Callable[..., ProxyProcess]
 ) -> None:
