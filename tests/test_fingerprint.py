@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-import resource
+from pathlib import Path
 
 import pytest
 
@@ -201,23 +201,35 @@ def test_hostile_texts_take_linear_time(hostile: str, monkeypatch: pytest.Monkey
     analyzer.split(hostile + ";")
 
 
+def rss_mib() -> float:
+    """Resident memory now (not the peak), from /proc."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 @pytest.mark.slow
 def test_cache_bounds_hold_under_100k_distinct_texts() -> None:
-    analyzer = StatementAnalyzer(max_entries=2_000, max_bytes=4 * 1024 * 1024)
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    analyzer = StatementAnalyzer()  # the defaults: 10,000 entries, 32 MiB
+    before = rss_mib()
     for i in range(100_000):
         analyzer.analyze(f"SELECT c{i % 50_000}, '{i}' FROM table_{i} WHERE id = $1")
-    rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    assert analyzer.entries <= 2_000 and analyzer.cached_bytes <= 4 * 1024 * 1024
+    after = rss_mib()
+    assert analyzer.entries <= 10_000 and analyzer.cached_bytes <= 32 * 1024 * 1024
     assert analyzer.counters["cache_evictions"] == analyzer.counters["cache_misses"] - analyzer.entries
     print(
-        f"\n100k distinct texts: {analyzer.entries} entries, {analyzer.cached_bytes} bytes; "
-        f"max RSS {rss_before // 1024} -> {rss_after // 1024} MiB"
+        f"\n100k distinct texts: {analyzer.entries} entries, {analyzer.cached_bytes / 2**20:.1f} MiB by the cache's count;"
+        f" RSS {before:.0f} -> {after:.0f} MiB"
     )
     small = StatementAnalyzer(max_entries=10, max_bytes=10_000)
     for i in range(50):
         small.analyze(f"SELECT * FROM t{i}")
     assert small.cached_bytes <= 10_000 and small.entries <= 10
+    tight = StatementAnalyzer(max_entries=100_000, max_bytes=1024 * 1024)
+    for i in range(20_000):
+        tight.analyze(f"SELECT c{i} FROM table_{i}")
+    assert tight.cached_bytes <= 1024 * 1024 and tight.entries < 20_000  # the byte bound binds first
 
 
 def test_huge_texts_are_not_cached() -> None:

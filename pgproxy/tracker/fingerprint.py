@@ -47,8 +47,9 @@ DEFAULT_MAX_CACHED_CHARS: Final = 32 * 1024
 MAX_NESTED_SELECTS: Final = 32
 DEFAULT_CACHE_ENTRIES: Final = 10_000
 DEFAULT_CACHE_BYTES: Final = 32 * 1024 * 1024
-#: Rough fixed cost of one cache entry beyond its strings (dict slot, dataclass, fields mapping).
-_ENTRY_OVERHEAD: Final = 600
+#: Measured cost of one cache entry beyond its strings (dict slot, dataclass, field mappings): 100k distinct
+#: texts grew RSS by 14 MiB for 10,000 entries.
+_ENTRY_OVERHEAD: Final = 1300
 
 
 class Source(enum.Enum):
