@@ -266,6 +266,15 @@ def test_no_postgres_traffic_is_an_error_naming_the_ports_seen(tmp_path: Path) -
     assert out.returncode == 1 and "port 5499" in out.stderr and "8080" in out.stderr
 
 
+def test_bytes_that_are_not_postgres_are_an_error(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.bin"
+    for content in (bytes(range(256)) * 4, bytes(range(99, 256)) * 4):
+        garbage.write_bytes(content)
+        out = _decode_cli(garbage)
+        assert out.returncode == 1 and "no PostgreSQL messages found" in out.stderr
+        assert '"event":"session.anomaly"' in out.stdout  # what the decoder saw is still shown
+
+
 def test_server_port_is_recognised_from_the_conversation() -> None:
     """A capture of a server on 5499 decodes without --server-port (startup packet, 'R' and 'Z' tell)."""
     (conn,) = recordings()["psql"]

@@ -40,6 +40,9 @@ from pgproxy.tracker.options import TrackerOptions
 from pgproxy.tracker.records import Detail, Record
 from pgproxy.tracker.session import SessionTracker
 
+#: Pseudo messages the decoder reports for bytes it could not frame or decode.
+_NOT_MESSAGES = frozenset(("Desynchronized", "Oversized", "Malformed"))
+
 #: Backend message tags a server sends only while a session starts: 'R' Authentication.
 _STARTUP_BACKEND_TAG = 0x52
 
@@ -145,6 +148,11 @@ def decode_bytes(
     return decode_stream(stream, "capture-1", detail)
 
 
+def _is_protocol_message(record: Record) -> bool:
+    """A decoded message or statement; the decoder's pseudo messages for bytes that do not frame do not count."""
+    return record.event == "query" or (record.event == "message" and record.get("type") not in _NOT_MESSAGES)
+
+
 def decode_command(args: argparse.Namespace, out: IO[str] | None = None) -> int:
     out = out or sys.stdout
     try:
@@ -172,7 +180,7 @@ def decode_command(args: argparse.Namespace, out: IO[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
-    if not any(record.event == "message" or record.event == "query" for record in records):
+    if not any(_is_protocol_message(record) for record in records):
         print(f"pgproxy decode: {args.file}: no PostgreSQL messages found", file=sys.stderr)
         return 1
     return 0
