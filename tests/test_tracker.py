@@ -711,3 +711,28 @@ def test_between_messages_is_false_while_either_direction_has_half_a_message() -
         assert not t.between_messages, detail
         t.backend(answer[7:], now=0.005)
         assert t.between_messages and not t.busy, detail
+
+
+def test_transaction_blocks_are_followed_even_when_their_events_are_filtered_out() -> None:
+    t = session(query_filter=QueryFilter(sql_pattern="insert"))
+    steps = b"".join(
+        b.parse("", sql) + b.bind("", "") + b.execute() for sql in ("begin", "insert into t values (1)", "select 1/0")
+    )
+    t.frontend(steps + b.sync(), now=0)
+    recs = t.backend(
+        b.message(b"1")
+        + b.message(b"2")
+        + b.command_complete("BEGIN")
+        + b.message(b"1")
+        + b.message(b"2")
+        + b.command_complete("INSERT 0 1")
+        + b.message(b"1")
+        + b.message(b"2")
+        + _error("22012", "division by zero")
+        + b.ready_for_query("E"),
+        now=0.001,
+    )
+    # The block is failed, not rolled back yet: the client's ROLLBACK will do that.
+    assert [(r["db.query.text"], r["outcome"], r.get("rolled_back")) for r in recs] == [
+        ("insert into t values (1)", "ok", None),
+    ]

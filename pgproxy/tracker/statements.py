@@ -894,6 +894,22 @@ class StatementTracker:
         Statements of a multi-statement Query (``batch``) are judged by the
         Query's duration; only the last one shows it.
         """
+        record = self._record(exe, now, outcome, tag, error, portal_suspended, batch)
+        if exe.protocol == "extended" and outcome is Outcome.OK and not portal_suspended:
+            # Kept up to date whether or not the event is logged (filters, scope).
+            self.transaction.completed(tag.command if tag else None, exe.sql, record.fields if record else None)
+        return record
+
+    def _record(
+        self,
+        exe: Execution,
+        now: float,
+        outcome: Outcome,
+        tag: m.CommandComplete | None,
+        error: m.ErrorResponse | None,
+        portal_suspended: bool,
+        batch: Batch | None,
+    ) -> Record | None:
         if outcome is not Outcome.SKIPPED:
             self.executed += 1
         if not self.in_scope:
@@ -959,8 +975,6 @@ class StatementTracker:
             fields["slow"] = True
         fields["transaction_status"] = None
         record = Record(QUERY, level, fields)
-        if exe.protocol == "extended" and outcome is Outcome.OK and not portal_suspended:
-            self.transaction.completed(tag.command if tag else None, sql, fields)
         self.held.append(record)
         if len(self.held) > MAX_HELD_EVENTS:
             self.outbox += self.held
