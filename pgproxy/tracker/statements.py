@@ -80,6 +80,7 @@ class Outcome(enum.StrEnum):
 #: Command tags that open and close explicit transaction blocks.
 _BEGIN: Final = frozenset(("BEGIN", "START TRANSACTION"))
 _END: Final = frozenset(("COMMIT", "ROLLBACK", "PREPARE TRANSACTION"))
+_CONTROL: Final = _BEGIN | _END
 #: ``ROLLBACK TO SAVEPOINT`` completes with the tag ROLLBACK but keeps the block open.
 _ROLLBACK_TO: Final = re.compile(r"\s*rollback\s+(?:work\s+|transaction\s+)?to\b", re.IGNORECASE)
 
@@ -306,14 +307,15 @@ class ImplicitTransaction:
     uncommitted: list[dict[str, Any]] = field(default_factory=list)
 
     def completed(self, command: str | None, sql: str | None, fields: dict[str, Any] | None) -> None:
-        if command in _BEGIN:
+        if command not in _CONTROL:
+            if not self.explicit and fields is not None:
+                self.uncommitted.append(fields)
+        elif command in _BEGIN:
             self.explicit = True
             self.uncommitted.clear()
         elif command in _END and not (command == "ROLLBACK" and sql and _ROLLBACK_TO.match(sql)):
             self.explicit = False
             self.uncommitted.clear()
-        elif not self.explicit and fields is not None:
-            self.uncommitted.append(fields)
 
     def failed(self) -> None:
         if not self.explicit:
@@ -814,15 +816,16 @@ class StatementTracker:
         answered = False
         while self.pending:
             item = self.pending.popleft()
-            if isinstance(item, ExpectExecute):
-                self._finish(item.exe, now, Outcome.SKIPPED)
-            elif isinstance(item, ExpectQuery):
+            kind = item.kind
+            if kind is Expect.SYNC or kind is Expect.FUNCTION:
+                answered = True
+                break
+            if isinstance(item, ExpectQuery):
                 self._release_query(item.query, now)
                 answered = True
                 break
-            elif isinstance(item, ExpectSync | ExpectFunction):
-                answered = True
-                break
+            if isinstance(item, ExpectExecute):
+                self._finish(item.exe, now, Outcome.SKIPPED)
         if not answered and self.untracked is not None:
             self.untracked -= 1
             if self.untracked <= 0 and not self.pending:
