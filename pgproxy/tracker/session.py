@@ -25,6 +25,7 @@ from pgproxy.protocol.errors import DecodeError
 from pgproxy.protocol.framing import FRAMING_ERROR, TLS_RECORD, UNTAGGED, Frame
 from pgproxy.protocol.hexdump import hexdump, mask
 from pgproxy.protocol.oids import type_name
+from pgproxy.protocol.replication import is_replication_connection
 from pgproxy.protocol.values import ValueContext
 from pgproxy.protocol.wire import Conversation, Phase
 from pgproxy.tracker.options import TrackerOptions
@@ -42,6 +43,7 @@ from pgproxy.tracker.records import (
     truncate,
 )
 from pgproxy.tracker.redaction import REDACTED, ParameterMode
+from pgproxy.tracker.replication import ReplicationStreams
 from pgproxy.tracker.statements import (
     BACKEND_HANDLERS,
     FRONTEND_HANDLERS,
@@ -174,6 +176,8 @@ class SessionTracker:
             StatementTracker(self.options, self.context) if self.detail >= Detail.QUERY else None
         )
         self.encrypted: str | None = None
+        #: Replication stream summaries, on walsender connections (``replication`` start-up parameter).
+        self.replication: ReplicationStreams | None = None
         #: TLS protocol version per leg ("client", "upstream") where pgproxy itself runs TLS.
         self.tls: dict[str, str] = {}
         #: The server's NegotiateProtocolVersion, if it sent one (older minor version, unknown ``_pq_.`` options).
@@ -219,6 +223,8 @@ class SessionTracker:
         self.messages_from_client += len(frames)
         now = self.clock() if now is None else now
         out: list[Record] = []
+        if self.replication is not None:
+            out += self.replication.feed(frames, False, now)
         statements = self.statements
         if self.ready_at is not None:
             if statements is None:
@@ -293,6 +299,8 @@ class SessionTracker:
         self.messages_from_server += len(frames)
         now = self.clock() if now is None else now
         out: list[Record] = []
+        if self.replication is not None:
+            out += self.replication.feed(frames, True, now)
         statements = self.statements
         message_level = self._message_level
         # At connection detail, once the session is ready only errors and
@@ -472,6 +480,8 @@ class SessionTracker:
         self._ended = True
         now = self.clock() if now is None else now
         out: list[Record] = []
+        if self.replication is not None:
+            out += self.replication.closed(now)
         if self.statements is not None:
             out += self.statements.interrupted(now)
         if self.terminated and reason in _ENDED_BY_TERMINATE:
@@ -514,7 +524,13 @@ class SessionTracker:
     # ------------------------------------------------------------------ frontend
 
     def _copy_capped(self, statements: StatementTracker) -> bool:
-        """COPY data beyond the per-result cap is counted, not decoded or logged (as DataRows are)."""
+        """COPY data beyond the per-result cap is counted, not decoded or logged (as DataRows are).
+
+        A replication stream's CopyData are summarised (``replication.streamed``)
+        and logged one by one only at wire detail.
+        """
+        if self.replication is not None and self.replication.streaming and self.detail < Detail.WIRE:
+            return True
         exe = statements.current_execution()
         return exe is not None and exe.copy_messages >= self.options.max_rows_per_result
 
@@ -565,6 +581,8 @@ class SessionTracker:
         ctx["db.namespace"] = params.get("database") or params.get("user")
         if "application_name" in params:
             ctx["application_name"] = params["application_name"]
+        if is_replication_connection(params.get("replication")):
+            self.replication = ReplicationStreams(ctx)
         if self.statements is not None:
             self.statements.in_scope = self.options.query_filter.in_scope(
                 ctx.get("user"), ctx.get("db.namespace"), ctx.get("application_name")
