@@ -34,6 +34,7 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from pgproxy.tracker import sql as lexical
+from pgproxy.tracker.records import truncate
 
 #: OpenTelemetry: "SHOULD truncate the summary to 255 characters".
 MAX_SUMMARY_CHARS: Final = 255
@@ -988,7 +989,4 @@ def annotate(fields: dict[str, Any], analysis: Analysis, normalized_text: bool, 
     if fields.get("db.operation.name") is None:
         fields["db.operation.name"] = analysis.operation
     if normalized_text:
-        text = analysis.normalized
-        if len(text) > max_chars:
-            text = f"{text[:max_chars]}…[+{len(text) - max_chars} chars]"
-        fields["db.query.text"] = text
+        fields["db.query.text"] = truncate(analysis.normalized, max_chars)
