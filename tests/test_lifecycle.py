@@ -219,7 +219,10 @@ def test_sighup_reloads_detail_and_reopens_a_renamed_log_file(
         after.execute("SELECT 'after'")
     proxy.wait_for(lambda: proxy.events("query", application_name="after"), what="a query event")
     assert proxy.events("message", type="DataRow")
+    # The connection opened before the reload was not dropped, and logs by the new detail too.
     assert kept.execute("SELECT 'still connected'").fetchone() == ("still connected",)
+    proxy.wait_for(lambda: proxy.events("query", application_name="kept"), what="the kept session's query event")
+    assert proxy.events("message", type="DataRow", row={"?column?": "still connected"})
     # An invalid file keeps the old settings and says why.
     config.write_text('[log]\ndetail = "verbose"\n')
     proxy.signal(signal.SIGHUP)

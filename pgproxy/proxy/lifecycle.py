@@ -329,7 +329,7 @@ class Lifecycle:
                 values[key] = fresh.values[key]
                 sources[key] = fresh.sources[key]
             self.config = Config(values, sources, self.config.ignored_environment)
-            self.server.tracker_options = self.config.tracker_options()
+            self.server.reconfigure(self.config.tracker_options())
             self.log_sink.set_level(self.config["log.level"])
         self.sink.log(
             "info",
@@ -337,7 +337,7 @@ class Lifecycle:
             applied=applied,
             restart_required=needs_restart,
             log_file_reopened=reopened,
-            note="applies to sessions that start from now on",
+            note="open sessions adopt it once their current request is answered",
         )
 
     def _reload_tls(self) -> None:

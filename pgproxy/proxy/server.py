@@ -307,6 +307,12 @@ class ProxyServer:
 
     # ------------------------------------------------------------------ shutdown
 
+    def reconfigure(self, tracker_options: TrackerOptions) -> None:
+        """New options for what sessions log (a reload): sessions to come, and open ones at a quiet point."""
+        self.tracker_options = tracker_options
+        for session in self.sessions:
+            session.adopt(tracker_options)
+
     def stop_accepting(self) -> None:
         """Close every listener (and remove Unix sockets); sessions carry on."""
         for server in self._servers:

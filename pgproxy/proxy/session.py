@@ -29,6 +29,7 @@ from pgproxy.protocol.framing import MAX_STARTUP_PACKET
 from pgproxy.protocol.sasl import SCRAM_PLUS, NeedMoreData, SaslOfferFilter, sasl_initial_mechanism
 from pgproxy.proxy.address import host_port
 from pgproxy.proxy.tls import ALPN_POSTGRESQL, HandshakeState, TLSChannel, describe_error
+from pgproxy.tracker.options import TrackerOptions
 from pgproxy.tracker.session import SessionTracker, Side
 
 if TYPE_CHECKING:
@@ -100,6 +101,8 @@ class ClientSession(asyncio.Protocol):
         self.pending = bytearray()  # client bytes not yet forwarded (start-up only)
         self.pending_since = 0.0  # when the oldest of them arrived
         self.tracker: SessionTracker | None = None
+        #: Options from a reload, adopted at the session's next quiet point (see adopt()).
+        self.pending_options: TrackerOptions | None = None
         self.decoding = True  # False after a tracker failure: opaque passthrough
         self.bytes_from_client = 0
         self.bytes_from_server = 0
@@ -695,6 +698,13 @@ class ClientSession(asyncio.Protocol):
             self._observe(data, False, now)
         if self._startup_timer is not None:
             self._startup_settled()
+        # A reload waits for the request under way to be answered (or the login to finish).
+        if (
+            self.pending_options is not None
+            and self.tracker is not None
+            and self.tracker.reconfigure(self.pending_options)
+        ):
+            self.pending_options = None
         if self.server.draining and self.idle:
             # Draining: the statement or transaction this session was waiting for is over.
             self.shut_down()
@@ -799,6 +809,14 @@ class ClientSession(asyncio.Protocol):
         if tracker is None or not self.decoding:
             return False
         return not tracker.busy and tracker.between_messages
+
+    def adopt(self, options: TrackerOptions) -> None:
+        """Log by new options (a reload): now if no request is outstanding, else after its answer.
+
+        A session still logging in adopts them once it is ready.
+        """
+        tracker = self.tracker
+        self.pending_options = None if tracker is None or tracker.reconfigure(options) else options
 
     def shut_down(self) -> None:
         """End the session the way PostgreSQL's own shutdown does.

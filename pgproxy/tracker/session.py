@@ -437,6 +437,43 @@ class SessionTracker:
         """The first ReadyForQuery has been seen: start-up and authentication are complete."""
         return self.ready_at is not None
 
+    def reconfigure(self, options: TrackerOptions) -> bool:
+        """Adopt new options (a configuration reload) now if the session is at a quiet point.
+
+        Quiet means ready, decoding, and no request outstanding, so no
+        statement is half-tracked under the old rules. Returns False when not
+        quiet; the caller asks again after the next response.
+
+        Going from connection detail to query detail or above starts the
+        statement tracker here: statements prepared before are unknown to it,
+        so their later executions are logged without SQL text (never guessed).
+        Going down to connection detail drops it, keeping the transaction status.
+        """
+        if self.ready_at is None or not self.conv.decoding or self.request_outstanding:
+            return False
+        self.options = options
+        self.detail = options.detail
+        self._message_level = self.detail >= Detail.MESSAGE
+        statements = self.statements
+        if self.detail < Detail.QUERY:
+            if statements is not None:
+                self._status = statements.status
+                self._ready_due, self._unsynced = 0, False
+                self.statements = None
+            return True
+        if statements is None:
+            statements = self.statements = StatementTracker(options, self.context)
+            statements.status = self._status
+            statements.transaction_status = TRANSACTION_STATUS.get(self._status or "", self._status)
+        statements.options = options
+        # Caps and redaction may have changed: decoders are rebuilt with the new ones.
+        statements.set_value_context(ValueContext(self.conv.encoding, self.conv.parameters.get("TimeZone", "UTC")))
+        ctx = self.context
+        statements.in_scope = options.query_filter.in_scope(
+            ctx.get("user"), ctx.get("db.namespace"), ctx.get("application_name")
+        )
+        return True
+
     def startup_wait(self) -> StartupWait | None:
         """Who the unfinished start-up waits for, so a timeout can blame the right side.
 
