@@ -65,3 +65,16 @@ def test_a_session_still_logging_in_is_not_reconfigured() -> None:
     t = SessionTracker("s1", TrackerOptions(detail=Detail.CONNECTION), clock=lambda: 0.0)
     assert not t.reconfigure(TrackerOptions(detail=Detail.QUERY))
     assert t.statements is None
+
+
+def test_a_statement_prepared_before_the_switch_is_logged_without_sql_text() -> None:
+    t = session(detail=Detail.CONNECTION)
+    t.frontend(b.parse("s1", "select $1::int") + b.sync(), now=1.0)
+    t.backend(b.message(b"1") + b.ready_for_query("I"), now=1.001)
+    assert t.reconfigure(TrackerOptions(detail=Detail.QUERY))
+    t.frontend(b.bind("", "s1", (b"7",)) + b.execute() + b.sync(), now=2.0)
+    records = t.backend(
+        b.message(b"2") + b.data_row([b"7"]) + b.command_complete("SELECT 1") + b.ready_for_query("I"), now=2.002
+    )
+    (query,) = [r for r in records if r.event == "query"]
+    assert query["db.query.text"] is None and query["rows"] == 1 and query["outcome"] == "ok"
