@@ -412,3 +412,35 @@ def test_an_address_in_use_stops_the_start_with_one_clear_line(pg: EmbeddedPostg
                 f"cannot listen on {'the admin address ' if 'admin' in flags[0] else ''}127.0.0.1:{port}" in out.stderr
             )
             assert json.loads(out.stdout.splitlines()[-1])["event"] == "proxy.failed"
+
+
+@pytest.mark.slow
+def test_readyz_at_the_limit_and_accepting_during_min_sigterm_delay(
+    pg: EmbeddedPostgres, spawn: Callable[..., ProxyProcess]
+) -> None:
+    admin = free_port()
+    proxy = spawn(
+        "--upstream",
+        f"127.0.0.1:{pg.port}",
+        "--admin-listen",
+        f"127.0.0.1:{admin}",
+        "--min-sigterm-delay",
+        "5",
+        env={"PGPROXY_PROXY_MAX_CONNECTIONS": "1"},
+    )
+    first = psycopg.connect(proxy.dsn(application_name="first"), autocommit=True)
+    assert http(admin, "/readyz") == (503, "at the connection limit\n")
+    first.close()
+    proxy.wait_for(lambda: http(admin, "/readyz")[0] == 200, what="readyz 200 below the limit")
+    proxy.signal(signal.SIGTERM)
+    proxy.wait_for(lambda: proxy.events("proxy.stopping"), what="proxy.stopping")
+    assert http(admin, "/readyz") == (503, "stopping\n")
+    # Still accepting for min_sigterm_delay: a load balancer may not have noticed yet.
+    late = psycopg.connect(proxy.dsn(application_name="late"), autocommit=True)
+    assert late.execute("SELECT 'served while stopping'").fetchone() == ("served while stopping",)
+    assert proxy.wait() == 0
+    with pytest.raises(psycopg.OperationalError, match="administrator command"):
+        late.execute("SELECT 1")
+    late.close()
+    (ended,) = proxy.events("session.ended", application_name="late")
+    assert ended["reason"] == "proxy_shutdown"
