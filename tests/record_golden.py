@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -94,6 +95,50 @@ def _scram(pg: EmbeddedPostgres, port: int) -> None:
         conn.execute("SELECT current_user").fetchall()
 
 
+def _outcomes(pg: EmbeddedPostgres, port: int) -> None:
+    """What the server did, told apart: Bind failures, suspended portals, multi-statement Queries."""
+    dsn = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+    async def run() -> None:
+        conn = await asyncpg.connect(dsn, ssl=False)
+        try:
+            await conn.fetchval("select 1/$1::int", 0)
+        except asyncpg.DivisionByZeroError:
+            pass
+        await conn.fetchrow("select g from generate_series(1, 3) g")
+        async with conn.transaction():
+            await conn.fetchrow("select g from generate_series(1, 3) g")
+            await conn.fetchval("select 2")
+        await conn.execute("select 1; select 2")
+        await conn.close()
+
+    asyncio.run(run())
+    for script in (
+        "create temp table rb (i int); insert into rb values (1); select 1/0; select 3",
+        "select 1 as s1; selec 2; select 3 as s3",
+        "begin; select 1; commit; select 1/0",
+    ):
+        subprocess.run(
+            [pg.tool("psql"), "-X", "-d", f"{dsn}?sslmode=disable", "-c", script],
+            capture_output=True,
+            check=False,
+            timeout=60,
+        )
+    with psycopg.connect(f"{dsn}?sslmode=disable", autocommit=True) as conn:
+        try:
+            conn.execute("select %s::int", ("abc",))
+        except psycopg.errors.InvalidTextRepresentation:
+            pass
+        try:
+            with conn.pipeline():
+                for i in range(3):
+                    conn.execute("select %s::int", (i,))
+                conn.execute("select 1 / %s::int", (0,))
+                conn.execute("select %s::int + 100", (1,))
+        except psycopg.errors.DivisionByZero:
+            pass
+
+
 SCENARIOS: dict[str, Callable[[EmbeddedPostgres, int], None]] = {
     "psql": _psql,
     "asyncpg": _asyncpg,
@@ -102,6 +147,7 @@ SCENARIOS: dict[str, Callable[[EmbeddedPostgres, int], None]] = {
     "copy": _copy,
     "notify": _notify,
     "scram": _scram,
+    "outcomes": _outcomes,
 }
 
 
@@ -120,11 +166,13 @@ def record(pg: EmbeddedPostgres, name: str) -> Path:
 
 
 def main() -> None:
+    """Record every scenario, or those named on the command line."""
+    names = sys.argv[1:] or list(SCENARIOS)
     DATA.mkdir(exist_ok=True)
     with EmbeddedPostgres(find_installation(), hba=list(_HBA)) as pg:
         pg.psql(SETUP_SQL)
         subprocess.run([pg.tool("pgbench"), "-i", "-q", "-s", "1", "-d", pg.dsn()], capture_output=True, check=True)
-        for name in SCENARIOS:
+        for name in names:
             print(record(pg, name))
 
 

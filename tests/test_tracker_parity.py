@@ -72,3 +72,21 @@ def test_query_and_message_detail_agree_on_every_chunking(scenario: str, splitte
             for seed in range(3 if splitter in ("random", "headers") else 1):
                 got = _records(conn, detail, SPLITTERS[splitter], seed)
                 assert got == reference, (scenario, number, detail.name, seed)
+
+
+def test_outcomes_recording_shows_what_the_server_did() -> None:
+    """The recording of Bind failures, suspended portals and multi-statement Queries, at query detail."""
+    events = [
+        fields
+        for conn in RECORDINGS["outcomes"]
+        for event, _, fields in _records(conn, Detail.QUERY, _whole, 0)
+        if event == "query"
+    ]
+    shape = [(e["db.query.text"], e["outcome"], e.get("rolled_back"), e.get("portal_suspended")) for e in events]
+    assert ("select 1/$1::int", "error", None, None) in shape
+    assert shape.count(("select g from generate_series(1, 3) g", "ok", None, True)) == 2
+    assert ("insert into rb values (1)", "ok", True, None) in shape
+    assert ("select 3", "skipped", None, None) in shape
+    assert [s[1] for s in shape if s[0].endswith(("s1", "selec 2", "s3"))] == ["skipped", "error", "skipped"]
+    assert ("select $1::int", "error", None, None) in shape  # psycopg's "abc", at Bind: one event
+    assert [s[1] for s in shape if s[0] == "select $1::int + 100"] == ["skipped"]
