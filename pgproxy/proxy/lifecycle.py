@@ -28,7 +28,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from pgproxy import __version__
 from pgproxy.config import Config, ConfigError, reloadable
@@ -42,6 +42,10 @@ from pgproxy.sink.stats import StatementStats
 from pgproxy.tracker.fingerprint import shared_analyzer
 from pgproxy.tracker.records import Record
 from pgproxy.tracker.redaction import HashKeySource, ParameterMode
+
+if TYPE_CHECKING:  # imported at run time only when the admin endpoint is on (prometheus-client)
+    from pgproxy.proxy.admin import AdminServer
+    from pgproxy.sink.metrics import MetricsSink
 
 EXIT_USAGE: Final = 2
 #: Seconds closing sessions get to flush their last bytes before they are aborted.
@@ -136,8 +140,9 @@ class Lifecycle:
         self.sink: Sink
         self.log_sink: LogSink
         self.server: ProxyServer
-        self.metrics: Any = None
-        self.admin: Any = None
+        self.metrics: MetricsSink | None = None
+        self.admin: AdminServer | None = None
+        self._reported_drops = 0
         self.stats: StatementStats | None = None
 
     @property
@@ -179,7 +184,7 @@ class Lifecycle:
             print(f"pgproxy: invalid configuration: {exc}", file=sys.stderr)
             return EXIT_USAGE
         try:
-            if admin_address is not None:
+            if admin_address is not None and self.metrics is not None:
                 # The admin endpoint first, so /startup can say "not yet" while the proxy binds.
                 from pgproxy.proxy.admin import AdminServer
 
@@ -373,8 +378,6 @@ class Lifecycle:
             self._report_drops()
             if self.stats is not None:
                 self.stats.tick()  # statement.stats every stats.interval, with or without traffic
-
-    _reported_drops = 0
 
     def _report_drops(self) -> None:
         """Log drops become a record for the metrics (the writer logs its own line for people)."""
