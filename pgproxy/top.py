@@ -79,7 +79,7 @@ class LogFollower:
         out = []
         for entry in self.entries.values():
             fields = entry.identity()
-            fields.update(entry.total.fields())
+            fields.update(entry.cumulative().fields())
             out.append(fields)
         return out
 

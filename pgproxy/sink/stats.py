@@ -145,7 +145,7 @@ def bucket_fields(buckets: Sequence[int]) -> dict[str, int]:
 
 @dataclass(slots=True)
 class Entry:
-    """One key's statistics: cumulative since first seen, and since the last report."""
+    """One key's statistics: up to the last report (``total``) and since then (``period``)."""
 
     key: StatsKey
     summary: str | None
@@ -153,6 +153,13 @@ class Entry:
     text: str | None
     total: Aggregate = field(default_factory=Aggregate)
     period: Aggregate = field(default_factory=Aggregate)
+
+    def cumulative(self) -> Aggregate:
+        """Everything since the key was first seen."""
+        both = Aggregate()
+        both.merge(self.total)
+        both.merge(self.period)
+        return both
 
     def identity(self) -> dict[str, Any]:
         fingerprint, database, user, application = self.key
@@ -232,8 +239,7 @@ class StatementStats:
         duration = fields.get("duration_ms")  # absent inside a multi-statement Query (batch_duration_ms)
         rows = int(fields.get("rows") or 0)
         sqlstate = fields.get("db.response.status_code")
-        entry.total.add(duration, rows, sqlstate)
-        entry.period.add(duration, rows, sqlstate)
+        entry.period.add(duration, rows, sqlstate)  # folded into entry.total when reported
         self._changed[key] = entry
 
     def _evict(self) -> None:
@@ -275,6 +281,7 @@ class StatementStats:
             fields["interval_s"] = interval_s
             fields.update(entry.period.fields())
             out.append(Record(STATEMENT_STATS, "info", fields))
+            entry.total.merge(entry.period)
             entry.period = Aggregate()
         summary: dict[str, Any] = {
             "reason": reason,
@@ -305,7 +312,7 @@ class StatementStats:
         rows = []
         for entry in self.entries.values():
             fields = entry.identity()
-            fields.update(entry.total.fields())
+            fields.update(entry.cumulative().fields())
             rows.append(fields)
         rows.sort(key=lambda r: r.get(sort) or 0, reverse=True)
         return {

@@ -63,6 +63,8 @@ class Source(enum.Enum):
 
 
 class FallbackReason(enum.Enum):
+    """Why the lexer described a statement (counted as ``fallback.<reason>``)."""
+
     SYNTAX_ERROR = "syntax_error"
     TOO_LONG = "too_long"
     PARSER_UNAVAILABLE = "parser_unavailable"
@@ -151,7 +153,13 @@ _NUMBER = re.compile(
 _COMMENT_EDGE = re.compile(r"/\*|\*/")
 _DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_\x80-\uffff][A-Za-z0-9_\x80-\uffff]*)?\$")
 _IDENT_CHAR = re.compile(r"[\w$]")
-_BARE_NUMBER = re.compile(r"(?<![\w$])(?=\d|\.\d)(?:" + _NUMBER.pattern + ")")
+#: _NUMBER where no identifier character precedes it; each branch starts with a plain character (the
+#: look-behind follows it) so the regex engine can skip to candidate characters instead of trying every position.
+_BARE_NUMBER = re.compile(
+    r"0(?<![\w$]0)(?:[xX][0-9a-fA-F_]+|[oO][0-7_]+|[bB][01_]+)"
+    r"|\d(?<![\w$]\d)[\d_]*(?:\.[\d_]*)?(?:[eE][-+]?\d+)?"
+    r"|\.(?<![\w$]\.)\d[\d_]*(?:[eE][-+]?\d+)?"
+)
 _QUOTING = re.compile(r"['\"$]|--|/\*")
 
 
@@ -342,8 +350,6 @@ _FIXED_OPERATIONS: Final = {
     "AlterTSDictionaryStmt": "ALTER TEXT SEARCH DICTIONARY",
     "ReassignOwnedStmt": "REASSIGN OWNED",
     "DropOwnedStmt": "DROP OWNED",
-    "ReturnStmt": "RETURN",
-    "PLAssignStmt": "SELECT",
 }
 _OBJECT_TYPES: Final = {
     "OBJECT_MATVIEW": "MATERIALIZED VIEW",
