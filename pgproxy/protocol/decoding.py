@@ -100,25 +100,23 @@ class _Reader:
         self.pos = nul + 1
         return s
 
+    def count(self) -> int:
+        """An Int16 count: unsigned on the wire (PostgreSQL reads it with pq_getmsgint(.., 2))."""
+        return int(_U16(self.buf, self._need(2))[0])
+
     def int16_array(self) -> tuple[int, ...]:
-        n = self.int16()
-        if n < 0:
-            raise DecodeError(f"negative count {n}")
+        n = self.count()
         p = self._need(2 * n)
         return struct.unpack_from(f"!{n}h", self.buf, p)
 
     def int32_array(self, unsigned: bool = False) -> tuple[int, ...]:
-        n = self.int16()
-        if n < 0:
-            raise DecodeError(f"negative count {n}")
+        n = self.count()
         p = self._need(4 * n)
         return struct.unpack_from(f"!{n}{'I' if unsigned else 'i'}", self.buf, p)
 
     def values(self) -> tuple[bytes | None, ...]:
         """Int16 count, then per value an Int32 length (-1 = NULL) and the bytes."""
-        n = self.int16()
-        if n < 0:
-            raise DecodeError(f"negative count {n}")
+        n = self.count()
         return tuple(self.value() for _ in range(n))
 
     def value(self) -> bytes | None:

@@ -31,6 +31,7 @@ import datetime as _dt
 import ipaddress
 import math
 import operator
+import re
 import struct
 import uuid
 import zoneinfo
@@ -78,10 +79,17 @@ class ValueContext:
         encoding: Python codec of the session's ``client_encoding``.
         timezone: the session's ``TimeZone`` (binary timestamptz values are
             rendered in it, as the server would print them in text).
+        max_value_chars: how much of a value will be shown (``None``: all).
+            Arrays and records stop decoding once about this many characters
+            of them have been rendered, and end with a marker saying how much
+            was left out; strings inside them are cut at this length. A
+            proxy shows values capped anyway, so decoding the rest of a
+            megabyte array would only cost loop time (issue 8).
     """
 
     encoding: str = "utf-8"
     timezone: str = "UTC"
+    max_value_chars: int | None = None
 
 
 DEFAULT_CONTEXT: Final = ValueContext()
@@ -482,12 +490,46 @@ def _float_text(s: str) -> JSONValue:
 
 # --------------------------------------------------------------------------- arrays
 
+#: PostgreSQL's MAXDIM: no array has more dimensions, so deeper text is malformed.
+MAX_ARRAY_DIMENSIONS: Final = 6
+_QUOTED_RUN = re.compile(r'[^"\\]+')
+_SPACES = re.compile(r"\s+")
 
-def parse_array_text(s: str, element: TextDecoder | None, delimiter: str = ",") -> JSONValue:
+
+@lru_cache(maxsize=8)
+def _unquoted_run(delimiter: str) -> re.Pattern[str]:
+    return re.compile(r"[^\\{}" + re.escape(delimiter) + r"]+")
+
+
+def cap_text(text: str, limit: int | None) -> str:
+    """``text`` cut at ``limit`` characters, saying how many were left out."""
+    if limit is not None and len(text) > limit:
+        return f"{text[:limit]}…[+{len(text) - limit} chars]"
+    return text
+
+
+def _omitted(count: int, unit: str) -> str:
+    return f"…[+{count} {unit}]"
+
+
+def parse_array_text(s: str, element: TextDecoder | None, delimiter: str = ",", limit: int | None = None) -> JSONValue:
     """Parse PostgreSQL's array text form (``{1,2,NULL}``, ``[0:1]={a,b}``, nested).
 
     Elements are decoded with ``element`` (``None`` keeps them as strings);
-    an unquoted ``NULL`` is ``None``. Raises DecodeError on malformed input.
+    an unquoted ``NULL`` is ``None``. Runs of ordinary characters are
+    scanned by regular expressions, so the cost per byte is flat and mostly
+    in C.
+
+    Args:
+        s: the array's text.
+        element: decoder of one element's text.
+        delimiter: ``,`` (``;`` for ``box``).
+        limit: stop after about this many characters of the text and end the
+            innermost list with ``"…[+N chars]"`` (N characters not parsed);
+            strings inside are cut at this length. ``None`` parses it all.
+
+    Raises:
+        DecodeError: malformed text, or nested deeper than PostgreSQL allows.
     """
     pos = 0
     n = len(s)
@@ -498,12 +540,19 @@ def parse_array_text(s: str, element: TextDecoder | None, delimiter: str = ",") 
         pos = eq + 1
     if pos >= n or s[pos] != "{":
         raise DecodeError("array text does not start with '{'")
+    stop = n if limit is None else pos + limit
+    unquoted = _unquoted_run(delimiter)
     stack: list[list[Any]] = []
     root: list[Any] | None = None
     expecting_value = True
     while pos < n:
+        if pos >= stop and stack:
+            stack[-1].append(_omitted(n - pos, "chars"))
+            return stack[0]
         ch = s[pos]
         if ch == "{":
+            if len(stack) >= MAX_ARRAY_DIMENSIONS:
+                raise DecodeError(f"array text nested deeper than {MAX_ARRAY_DIMENSIONS} dimensions")
             new: list[Any] = []
             if stack:
                 stack[-1].append(new)
@@ -523,49 +572,70 @@ def parse_array_text(s: str, element: TextDecoder | None, delimiter: str = ",") 
             pos += 1
             expecting_value = True
         elif ch.isspace():
-            pos += 1
+            m = _SPACES.match(s, pos)
+            pos = m.end() if m else pos + 1
         elif ch == '"':
-            pos += 1
-            buf: list[str] = []
-            while True:
-                if pos >= n:
-                    raise DecodeError("unterminated quoted array element")
-                c = s[pos]
-                if c == "\\":
-                    pos += 1
-                    if pos >= n:
-                        raise DecodeError("dangling backslash in array")
-                    buf.append(s[pos])
-                elif c == '"':
-                    pos += 1
-                    break
-                else:
-                    buf.append(c)
-                pos += 1
             if not stack or not expecting_value:
                 raise DecodeError("misplaced array element")
-            text = "".join(buf)
-            stack[-1].append(element(text) if element else text)
+            text, pos, complete = _quoted_element(s, pos + 1, stop)
+            if not complete:
+                stack[-1].append(cap_text(text, limit))
+                stack[-1].append(_omitted(n - pos, "chars"))
+                return stack[0]
+            stack[-1].append(element(text) if element else cap_text(text, limit))
             expecting_value = False
         else:
             start = pos
-            buf2: list[str] = []
-            while pos < n and s[pos] not in (delimiter, "}", "{"):
-                if s[pos] == "\\" and pos + 1 < n:
-                    pos += 1
-                buf2.append(s[pos])
-                pos += 1
-            raw = "".join(buf2).strip()
             if not stack or not expecting_value:
                 raise DecodeError(f"misplaced array element at {start}")
+            parts: list[str] = []
+            while pos < n:
+                m = unquoted.match(s, pos)
+                if m is not None:
+                    parts.append(m.group())
+                    pos = m.end()
+                elif s[pos] == "\\" and pos + 1 < n:
+                    parts.append(s[pos + 1])
+                    pos += 2
+                else:
+                    break
+                if pos > stop:
+                    break
+            raw = "".join(parts).strip()
             if raw.upper() == "NULL" and s[start:pos].strip().upper() == "NULL":
                 stack[-1].append(None)
             else:
-                stack[-1].append(element(raw) if element else raw)
+                stack[-1].append(element(raw) if element else cap_text(raw, limit))
             expecting_value = False
     if root is None or s[pos:].strip():
         raise DecodeError("array text is not one balanced {...}")
     return root
+
+
+def _quoted_element(s: str, pos: int, stop: int) -> tuple[str, int, bool]:
+    """The body of a quoted array element starting at ``pos``; the position after it; whether it ended.
+
+    Stops early (``False``) once past ``stop``: what follows will not be shown.
+    """
+    n = len(s)
+    parts: list[str] = []
+    while True:
+        if pos >= n:
+            raise DecodeError("unterminated quoted array element")
+        if pos > stop:
+            return "".join(parts), pos, False
+        m = _QUOTED_RUN.match(s, pos)
+        if m is not None:
+            parts.append(m.group())
+            pos = m.end()
+            continue
+        if s[pos] == "\\":
+            if pos + 1 >= n:
+                raise DecodeError("dangling backslash in array")
+            parts.append(s[pos + 1])
+            pos += 2
+            continue
+        return "".join(parts), pos + 1, True  # the closing quote
 
 
 def _array_bin(ctx: ValueContext) -> ValueDecoder:
@@ -588,19 +658,29 @@ def _array_bin(ctx: ValueContext) -> ValueDecoder:
             dims.append(dim)
             pos += 8  # dimension size, lower bound (not shown)
         element = decoder_for(element_oid, 1, ctx, safe=False)
+        limit = ctx.max_value_chars
+        budget = len(data) if limit is None else limit
         total = math.prod(dims)
         flat: list[JSONValue] = []
-        for _ in range(total):
+        shown = 0
+        for done in range(total):
+            if shown > budget:  # the rest would not be shown: do not decode it
+                out = _nest(flat, dims)
+                out.append(_omitted(total - done, "elements"))
+                return out
             if pos + 4 > len(data):
                 raise DecodeError("array element truncated")
             (length,) = _I32(data, pos)
             pos += 4
             if length == -1:
                 flat.append(None)
+                shown += 5
                 continue
             if length < 0 or pos + length > len(data):
                 raise DecodeError("array element runs past the value")
-            flat.append(element(data[pos : pos + length]))
+            value = element(data[pos : pos + length])
+            flat.append(cap_text(value, limit) if isinstance(value, str) else value)
+            shown += length + 2
             pos += length
         if pos != len(data):
             raise DecodeError("trailing bytes after array elements")
@@ -615,16 +695,37 @@ def _nest(flat: list[JSONValue], dims: list[int]) -> list[JSONValue]:
     return flat
 
 
+#: Records inside records (binary ``record`` fields of type ``record``) nest
+#: no deeper than this: each level costs a Python frame, and the rendered
+#: event must stay well inside any JSON encoder's nesting limit.
+MAX_RECORD_NESTING: Final = 16
+_record_depth = [0]
+
+
 def _record_bin(ctx: ValueContext) -> ValueDecoder:
     """Anonymous composite (``record``): Int32 count, then (oid, length, bytes) each."""
 
     def decode(data: bytes) -> JSONValue:
+        if _record_depth[0] >= MAX_RECORD_NESTING:
+            raise DecodeError(f"records nested deeper than {MAX_RECORD_NESTING}")
+        _record_depth[0] += 1
+        try:
+            return decode_fields(data)
+        finally:
+            _record_depth[0] -= 1
+
+    def decode_fields(data: bytes) -> JSONValue:
         if len(data) < 4:
             raise DecodeError("record header truncated")
         (count,) = _I32(data, 0)
         pos = 4
         out: list[JSONValue] = []
-        for _ in range(count):
+        limit = ctx.max_value_chars
+        budget = len(data) if limit is None else limit
+        for done in range(count):
+            if pos - 4 - 8 * done > budget:  # the rest would not be shown: do not decode it
+                out.append(_omitted(count - done, "fields"))
+                return out
             if pos + 8 > len(data):
                 raise DecodeError("record field truncated")
             (oid,) = _U32(data, pos)
@@ -635,7 +736,8 @@ def _record_bin(ctx: ValueContext) -> ValueDecoder:
                 continue
             if length < 0 or pos + length > len(data):
                 raise DecodeError("record field runs past the value")
-            out.append(decoder_for(oid, 1, ctx)(data[pos : pos + length]))
+            value = decoder_for(oid, 1, ctx)(data[pos : pos + length])
+            out.append(cap_text(value, limit) if isinstance(value, str) else value)
             pos += length
         return out
 
@@ -723,9 +825,11 @@ def _raw_decoder(oid: int, fmt: int, ctx: ValueContext) -> ValueDecoder:
         element = oids.ARRAY_ELEMENT.get(oid)
         if element is not None:
             inner = _TEXT.get(element)
+            limit = ctx.max_value_chars
 
             def decode_array(data: bytes) -> JSONValue:
-                return parse_array_text(data.decode(encoding, "backslashreplace"), inner)
+                # Decoding the bytes is C-speed; parsing stops where showing stops.
+                return parse_array_text(data.decode(encoding, "backslashreplace"), inner, ",", limit)
 
             return decode_array
         if oid in _TEXT_INTEGERS:
@@ -785,7 +889,7 @@ def decoder_for(oid: int, fmt: int, ctx: ValueContext = DEFAULT_CONTEXT, safe: b
     def guarded(data: bytes) -> JSONValue:
         try:
             return raw(data)
-        except (DecodeError, ValueError, struct.error, OverflowError, IndexError) as exc:
+        except Exception as exc:  # a value must never break its message (RecursionError included)
             return placeholder(oid, data, str(exc) or type(exc).__name__)
 
     return guarded

@@ -36,7 +36,22 @@ def _default(value: Any) -> Any:
 
 
 def _dumps_stdlib(obj: Any, **_kw: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=_default)
+    try:
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=_default)
+    except (RecursionError, ValueError, TypeError) as exc:
+        # Too deep or otherwise unrenderable: render field by field, replacing
+        # what cannot be rendered, so the event itself is never lost.
+        if not isinstance(obj, dict):
+            return json.dumps({"unrenderable": f"{type(exc).__name__}: {exc}"})
+        out: dict[str, Any] = {}
+        for key, value in obj.items():
+            try:
+                json.dumps(value, default=_default)
+            except (RecursionError, ValueError, TypeError) as err:
+                out[str(key)] = f"[unrenderable {type(value).__name__}: {type(err).__name__}]"
+            else:
+                out[str(key)] = value
+        return json.dumps(out, ensure_ascii=False, separators=(",", ":"), default=_default)
 
 
 def _dumps_orjson(obj: Any, **_kw: Any) -> str:

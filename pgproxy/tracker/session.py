@@ -173,7 +173,9 @@ class SessionTracker:
         if client is not None:
             self.context["client.address"], self.context["client.port"] = client
         self.statements: StatementTracker | None = (
-            StatementTracker(self.options, self.context) if self.detail >= Detail.QUERY else None
+            StatementTracker(self.options, self.context, ValueContext(max_value_chars=self.options.max_value_chars))
+            if self.detail >= Detail.QUERY
+            else None
         )
         self.encrypted: str | None = None
         #: Replication stream summaries, on walsender connections (``replication`` start-up parameter).
@@ -693,7 +695,9 @@ class SessionTracker:
     def _parameter_status(self, msg: m.ParameterStatus) -> None:
         if msg.name in ("client_encoding", "TimeZone") and self.statements is not None:
             self.statements.set_value_context(
-                ValueContext(self.conv.encoding, self.conv.parameters.get("TimeZone", "UTC"))
+                ValueContext(
+                    self.conv.encoding, self.conv.parameters.get("TimeZone", "UTC"), self.options.max_value_chars
+                )
             )
 
     def _ready(self, now: float) -> Record:

@@ -5,16 +5,93 @@ Not a parser: a single-pass scanner that knows where string literals
 and end, which is what splitting at semicolons and masking literals need.
 When it cannot be sure (unterminated quote), callers fall back to the whole
 text.
+
+Every function here is fed text a client chose, so each does work
+proportional to the text's length (issue 8: a 20 KB comment once cost 11 s
+of quadratic backtracking, freezing every session). The rules that keep it so:
+the scanner jumps between interesting characters with regular expressions
+(C speed) instead of stepping through every character in Python; patterns
+never let two unbounded quantifiers compete for the same characters
+(possessive quantifiers, a look-behind so a match cannot start inside a
+word, bounded repeats for table names and column lists); positions are
+passed around instead of slicing the rest of the text; and results are
+cached only for texts of at most :data:`CACHED_TEXT_CHARS`, within a byte
+budget. ``tests/test_bounded_work.py`` checks that the work per byte stays
+flat as hostile inputs grow tenfold.
 """
 
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import wraps
+from typing import Any, TypeVar
 
-_DOLLAR_TAG = re.compile(r"\$([A-Za-z_\x80-\uffff][A-Za-z0-9_\x80-\uffff]*)?\$")
+_DOLLAR_TAG = re.compile(r"\$([A-Za-z_\x80-\uffff][A-Za-z0-9_\x80-\uffff]*+)?\$")
 _IDENT_CHARS = re.compile(r"[A-Za-z0-9_$\x80-\uffff]")
+#: Where the scanner must look: quotes, dollar signs, comment openers.
+_INTERESTING = re.compile(r"['\"$]|--|/\*")
+_COMMENT_EDGE = re.compile(r"/\*|\*/")
+
+#: Texts longer than this are analysed every time rather than cached: a cache
+#: of whole megabyte statements is what grew RSS by a gigabyte (issue 8).
+CACHED_TEXT_CHARS = 4096
+#: Characters of text (keys and results together) one analysis cache may hold.
+CACHE_BUDGET_CHARS = 4 << 20
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def text_cache(max_entries: int, max_chars: int = CACHE_BUDGET_CHARS) -> Callable[[_F], _F]:
+    """An LRU cache for functions of a text, bounded by entries *and* characters.
+
+    Only calls whose first argument is a ``str`` of at most
+    :data:`CACHED_TEXT_CHARS` are cached (a result is assumed to be about as
+    large as its text, so each entry counts twice its length). Like
+    ``functools.lru_cache`` the cached results are shared: callers must not
+    mutate them. Single-threaded use (one event loop) is assumed.
+    """
+
+    def decorate(fn: _F) -> _F:
+        cache: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        held = [0]
+
+        @wraps(fn)
+        def cached(text: str, *args: Any) -> Any:
+            if len(text) > CACHED_TEXT_CHARS:
+                return fn(text, *args)
+            key = (text, *args)
+            try:
+                value = cache[key]
+            except KeyError:
+                pass
+            else:
+                cache.move_to_end(key)
+                return value
+            value = fn(text, *args)
+            cache[key] = value
+            held[0] += 2 * len(text)
+            while len(cache) > max_entries or held[0] > max_chars:
+                old, _ = cache.popitem(last=False)
+                held[0] -= 2 * len(old[0])
+            return value
+
+        def cache_clear() -> None:
+            cache.clear()
+            held[0] = 0
+
+        def cache_chars() -> int:
+            return held[0]
+
+        cached.cache_clear = cache_clear  # type: ignore[attr-defined]
+        cached.cache_chars = cache_chars  # type: ignore[attr-defined]
+        cached.cache_len = cache.__len__  # type: ignore[attr-defined]
+        return cached  # type: ignore[return-value]
+
+    return decorate
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +119,10 @@ def scan(sql: str) -> list[Token] | None:
             out.append(Token("code", code_start, end))
 
     while i < n:
+        found = _INTERESTING.search(sql, i)
+        if found is None:
+            break
+        i = found.start()
         ch = sql[i]
         if ch == "'":
             flush(i)
@@ -68,30 +149,25 @@ def scan(sql: str) -> list[Token] | None:
             i = end
             out.append(Token("ident", start, i))
             code_start = i
-        elif ch == "-" and sql.startswith("--", i):
+        elif ch == "-":  # "--", as _INTERESTING matched
             flush(i)
             start = i
             end = sql.find("\n", i)
             i = n if end < 0 else end + 1
             out.append(Token("comment", start, i))
             code_start = i
-        elif ch == "/" and sql.startswith("/*", i):
+        elif ch == "/":  # "/*": comments nest in PostgreSQL
             flush(i)
             start = i
             depth = 0
-            while i < n:
-                if sql.startswith("/*", i):
-                    depth += 1
-                    i += 2
-                elif sql.startswith("*/", i):
-                    depth -= 1
-                    i += 2
-                    if depth == 0:
-                        break
-                else:
-                    i += 1
-            if depth:
-                return None
+            while True:
+                edge = _COMMENT_EDGE.search(sql, i)
+                if edge is None:
+                    return None
+                i = edge.end()
+                depth += 1 if edge.group() == "/*" else -1
+                if depth == 0:
+                    break
             out.append(Token("comment", start, i))
             code_start = i
         elif ch == "$" and (i == 0 or not _IDENT_CHARS.match(sql[i - 1])):
@@ -107,7 +183,7 @@ def scan(sql: str) -> list[Token] | None:
             i = close + len(tag)
             out.append(Token("dollar", m.start(), i))
             code_start = i
-        else:
+        else:  # a dollar sign inside an identifier: plain code
             i += 1
     flush(n)
     return out
@@ -137,7 +213,7 @@ def _after_closing_quote(sql: str, pos: int, quote: str, backslash_escapes: bool
         return j + 1
 
 
-@lru_cache(maxsize=2048)
+@text_cache(2048)
 def split_statements(sql: str) -> list[str] | None:
     """Split a simple-query string at top-level semicolons.
 
@@ -172,7 +248,7 @@ _OPERATION = re.compile(r"\s*([A-Za-z]+)(?:\s+([A-Za-z]+))?")
 _TWO_WORD = {"CREATE", "DROP", "ALTER", "START", "REFRESH"}
 
 
-@lru_cache(maxsize=2048)
+@text_cache(2048)
 def operation_name(sql: str) -> str | None:
     """The statement's leading keyword(s): ``SELECT``, ``CREATE TABLE``..."""
     tokens = scan(sql)
@@ -192,45 +268,66 @@ def operation_name(sql: str) -> str | None:
 
 # --------------------------------------------------------------------------- parameter names
 
-_PARAM = r"\$(\d+)(?:\s*::\s*[\w\s\[\]\".]+?)?"
+# A match may not start inside a word (the look-behind), and no two unbounded
+# quantifiers compete for the same characters (possessive ``*+``/``++``):
+# without both, a long word or run of spaces costs quadratic backtracking.
+_PARAM = r"\$(\d++)(?:\s*+::\s*+[\w\s\[\]\".]+?)?"
 _COMPARE = re.compile(
-    r"(?:\"?([A-Za-z_][\w$]*)\"?)\s*(?:=|<>|!=|<=|>=|<|>|\bLIKE\b|\bILIKE\b)\s*\(?\s*"
+    r"(?<![\w$])(?:\"?([A-Za-z_][\w$]*+)\"?)\s*+(?:=|<>|!=|<=|>=|<|>|\bLIKE\b|\bILIKE\b)\s*+\(?\s*+"
     + _PARAM
-    + r"(?=\s*[\),;]|\s+|$)",
+    + r"(?=\s*+[\),;]|\s|$)",
     re.IGNORECASE,
 )
 _COMPARE_REVERSED = re.compile(
-    r"\$(\d+)\s*(?:=|<>|!=)\s*\"?([A-Za-z_][\w$]*)\"?",
+    r"\$(\d++)\s*+(?:=|<>|!=)\s*+\"?([A-Za-z_][\w$]*+)\"?",
     re.IGNORECASE,
 )
-_INSERT = re.compile(r"\bINSERT\s+INTO\s+[^\(]+\(([^\)]*)\)\s*(?:OVERRIDING\s+\w+\s+VALUE\s+)?VALUES\s*", re.IGNORECASE)
-_PARAM_ONLY = re.compile(r"^\s*\(?\s*\$(\d+)\s*(?:::\s*[\w\s\[\]\".]+)?\)?\s*$")
+#: Table names up to 512 characters, column lists up to 64 KB: bounded, so a
+#: text of many ``INSERT INTO`` without a parenthesis costs linear time.
+_INSERT = re.compile(
+    r"\bINSERT\s++INTO\s++[^\(]{1,512}+\(([^\)]{0,65536}+)\)\s*+(?:OVERRIDING\s++\w++\s++VALUE\s++)?VALUES\s*+",
+    re.IGNORECASE,
+)
+_PARAM_ONLY = re.compile(r"\s*+\(?\s*+\$(\d++)\s*+(?:::\s*+[\w\s\[\]\".]++)?\)?\s*+$")
+_LIST_EDGE = re.compile(r"['\"(),]")
+_SPACE_OR_COMMA = re.compile(r"[ \t\r\n,]*+")
 
 
-def _split_top_level(text: str) -> tuple[list[str], int]:
-    """Items of a parenthesised list starting at text[0] == '('; and the end offset."""
+def _split_top_level(text: str, start: int = 0) -> tuple[list[tuple[int, int]], int]:
+    """Spans of the items of a parenthesised list at ``text[start] == '('``, and the offset after it.
+
+    Jumps between quotes, parentheses and commas, so the cost is the list's
+    length, not the rest of the text's.
+    """
     depth = 0
-    items: list[str] = []
-    start = 1
-    quote = ""
-    for i, ch in enumerate(text):
-        if quote:
-            if ch == quote:
-                quote = ""
-            continue
+    items: list[tuple[int, int]] = []
+    item_start = start + 1
+    i = start
+    n = len(text)
+    while i < n:
+        m = _LIST_EDGE.search(text, i)
+        if m is None:
+            break
+        i = m.start()
+        ch = text[i]
         if ch in "'\"":
-            quote = ch
-        elif ch == "(":
+            close = text.find(ch, i + 1)
+            if close < 0:
+                break
+            i = close + 1
+            continue
+        if ch == "(":
             depth += 1
         elif ch == ")":
             depth -= 1
             if depth == 0:
-                items.append(text[start:i])
+                items.append((item_start, i))
                 return items, i + 1
-        elif ch == "," and depth == 1:
-            items.append(text[start:i])
-            start = i + 1
-    return items, len(text)
+        elif depth == 1:  # a top-level comma
+            items.append((item_start, i))
+            item_start = i + 1
+        i += 1
+    return items, n
 
 
 def _ident(name: str) -> str:
@@ -240,7 +337,7 @@ def _ident(name: str) -> str:
     return name.lower().rsplit(".", 1)[-1]
 
 
-@lru_cache(maxsize=2048)
+@text_cache(2048)
 def parameter_names(sql: str) -> dict[int, str]:
     """Guess the column each ``$n`` parameter belongs to, for redaction by name.
 
@@ -255,28 +352,29 @@ def parameter_names(sql: str) -> dict[int, str]:
         names.setdefault(int(m.group(1)), _ident(m.group(2)))
     for m in _INSERT.finditer(sql):
         columns = [_ident(c) for c in m.group(1).split(",")]
-        rest = sql[m.end() :]
-        while rest.startswith("("):
-            items, end = _split_top_level(rest)
-            for col, item in zip(columns, items, strict=False):
-                pm = _PARAM_ONLY.match(item)
+        pos = m.end()
+        while pos < len(sql) and sql[pos] == "(":
+            items, pos = _split_top_level(sql, pos)
+            for col, (a, b) in zip(columns, items, strict=False):
+                pm = _PARAM_ONLY.match(sql, a, b)
                 if pm:
                     names[int(pm.group(1))] = col
-            rest = rest[end:].lstrip()
-            if not rest.startswith(","):
-                break
-            rest = rest[1:].lstrip()
+            pos = _SPACE_OR_COMMA.match(sql, pos).end()  # type: ignore[union-attr]
     return names
 
 
 # --------------------------------------------------------------------------- masking
 
 
-_PASSWORD_LITERAL = re.compile(r"(?i)\b(PASSWORD)\s+$")
+_PASSWORD_LITERAL = re.compile(r"(?i)\b(PASSWORD)\s++$")
+_NUMBER = re.compile(r"(?<![\w$])-?\d++(?:\.\d++)?(?:[eE][-+]?\d++)?(?![\w$])")
+_COMPARED_COLUMN = re.compile(r"(?<![\w$])\"?([A-Za-z_][\w$]*+)\"?\s*+(?:=|<>|!=|\bLIKE\b)\s*+$", re.IGNORECASE)
 _MASK = "'[redacted]'"
+#: How far before a literal ``PASSWORD`` or a column comparison is looked for.
+_LOOK_BEHIND = 120
 
 
-@lru_cache(maxsize=4096)
+@text_cache(4096)
 def mask_sql(sql: str, sensitive: re.Pattern[str] | None, all_literals: bool = False) -> str:
     """Mask literals that must not be logged.
 
@@ -295,12 +393,12 @@ def mask_sql(sql: str, sensitive: re.Pattern[str] | None, all_literals: bool = F
     for index, tok in enumerate(tokens):
         text = sql[tok.start : tok.end]
         if tok.kind in ("string", "dollar"):
-            before = "".join(out[-3:])
+            before = "".join(out[-3:])[-_LOOK_BEHIND:]
             if all_literals or index in masked_cols or _PASSWORD_LITERAL.search(before):
                 out.append(_MASK if not all_literals else "?")
                 continue
         elif tok.kind == "code" and all_literals:
-            text = re.sub(r"(?<![\w$])-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w$])", "?", text)
+            text = _NUMBER.sub("?", text)
         out.append(text)
     return "".join(out)
 
@@ -308,26 +406,22 @@ def mask_sql(sql: str, sensitive: re.Pattern[str] | None, all_literals: bool = F
 def _sensitive_literal_targets(sql: str, tokens: list[Token], sensitive: re.Pattern[str]) -> set[int]:
     """Indexes of literal tokens that belong to a sensitive column."""
     targets: set[int] = set()
-    for index, tok in enumerate(tokens):
-        if tok.kind not in ("string", "dollar"):
-            continue
-        before = sql[max(0, tok.start - 120) : tok.start]
-        m = re.search(r"\"?([A-Za-z_][\w$]*)\"?\s*(?:=|<>|!=|\bLIKE\b)\s*$", before, re.IGNORECASE)
+    literals = [(tok.start, index) for index, tok in enumerate(tokens) if tok.kind in ("string", "dollar")]
+    for start, index in literals:
+        m = _COMPARED_COLUMN.search(sql, max(0, start - _LOOK_BEHIND), start)
         if m and sensitive.search(m.group(1)):
             targets.add(index)
+    starts = [start for start, _ in literals]
     for m in _INSERT.finditer(sql):
         columns = [_ident(c) for c in m.group(1).split(",")]
         pos = m.end()
         while pos < len(sql) and sql[pos] == "(":
-            items, end = _split_top_level(sql[pos:])
-            offset = pos + 1
-            for col, item in zip(columns, items, strict=False):
+            items, pos = _split_top_level(sql, pos)
+            for col, (a, b) in zip(columns, items, strict=False):
                 if sensitive.search(col):
-                    for index, tok in enumerate(tokens):
-                        if tok.kind in ("string", "dollar") and offset <= tok.start < offset + len(item):
-                            targets.add(index)
-                offset += len(item) + 1
-            pos += end
-            while pos < len(sql) and sql[pos] in " \t\r\n,":
-                pos += 1
+                    k = bisect_left(starts, a)
+                    while k < len(starts) and starts[k] < b:
+                        targets.add(literals[k][1])
+                        k += 1
+            pos = _SPACE_OR_COMMA.match(sql, pos).end()  # type: ignore[union-attr]
     return targets
