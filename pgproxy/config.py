@@ -240,6 +240,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("limits.max_sql_chars", 8192, _number(int, 16), "logged SQL text is cut beyond this"),
     Option("limits.max_hexdump_bytes", 4096, _number(int, 16), "bytes of one message in a hex dump"),
     Option("limits.max_prepared_statements", 1000, _number(int, 1), "named statements remembered per session"),
+    Option(
+        "limits.max_prepared_bytes",
+        16 << 20,
+        _number(int, 1024),
+        "characters of SQL text of named statements remembered per session",
+    ),
     Option("query.slow_ms", 1000.0, _number(float, 0), "statements at least this slow are logged at warning"),
     Option(
         "query.fingerprints",
@@ -365,6 +371,7 @@ class Config:
             max_hexdump_bytes=v["limits.max_hexdump_bytes"],
             slow_query_ms=v["query.slow_ms"],
             max_prepared_statements=v["limits.max_prepared_statements"],
+            max_prepared_bytes=v["limits.max_prepared_bytes"],
             redaction=RedactionPolicy(
                 parameters=ParameterMode(v["redaction.parameters"]),
                 sensitive_names=v["redaction.sensitive_names"],

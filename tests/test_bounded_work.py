@@ -28,16 +28,25 @@ from pgproxy.protocol.values import ValueContext, decoder_for, parse_array_text
 from pgproxy.tracker.options import TrackerOptions
 from pgproxy.tracker.records import Detail
 from pgproxy.tracker.session import SessionTracker
-from pgproxy.tracker.sql import CACHED_TEXT_CHARS, mask_sql, operation_name, parameter_names, scan, split_statements
+from pgproxy.tracker.sql import (
+    CACHE_BUDGET_CHARS,
+    CACHED_TEXT_CHARS,
+    mask_sql,
+    mask_sql_prefix,
+    operation_name,
+    parameter_names,
+    scan,
+    split_statements,
+)
 
-BASE = 20_000  # characters: above the analysis caches' size limit, so every call does the work
+BASE = 5_000  # characters: above the analysis caches' size limit, so every call does the work
 GROWTH = 10
 MAX_RATIO = 30.0
 SENSITIVE = re.compile("pass|secret", re.IGNORECASE)
 
 
-def _cpu_seconds(fn: Callable[[], object], min_total: float = 0.004) -> float:
-    """Best-of-5 CPU seconds of one call (repeated until measurable)."""
+def _cpu_seconds(fn: Callable[[], object], min_total: float = 0.002) -> float:
+    """Best-of-3 CPU seconds of one call (repeated until measurable)."""
     repeats = 1
     while True:
         start = time.thread_time()
@@ -48,7 +57,7 @@ def _cpu_seconds(fn: Callable[[], object], min_total: float = 0.004) -> float:
             break
         repeats *= 4
     best = spent
-    for _ in range(4):
+    for _ in range(2):
         start = time.thread_time()
         for _ in range(repeats):
             fn()
@@ -75,7 +84,7 @@ HOSTILE_SQL: dict[str, Callable[[int], str]] = {
     "many string literals": lambda n: "SELECT " + "'a', " * (n // 5) + "1",
     "many rows of values": lambda n: "INSERT INTO t (password) VALUES " + ", ".join(["('x')"] * (n // 7)),
     "many sensitive columns": lambda n: (
-        "INSERT INTO t (" + ", ".join(["password"] * (n // 22)) + ") VALUES (" + ", ".join(["'x'"] * (n // 22)) + ")"
+        "INSERT INTO t (" + ", ".join(["password"] * (n // 15)) + ") VALUES (" + ", ".join(["'x'"] * (n // 15)) + ")"
     ),
     "nested comment openers": lambda n: "/*" * (n // 2),
     "dollar signs": lambda n: "$" * n,
@@ -93,6 +102,7 @@ SQL_ANALYSES: dict[str, Callable[[str], object]] = {
     "parameter_names": parameter_names,
     "mask_sql sensitive": lambda sql: mask_sql(sql, SENSITIVE),
     "mask_sql all literals": lambda sql: mask_sql(sql, SENSITIVE, True),
+    "mask_sql_prefix": lambda sql: mask_sql_prefix(sql, 8192, SENSITIVE),
 }
 
 
@@ -267,3 +277,30 @@ def test_megabyte_array_parameter_costs_what_its_shown_part_costs() -> None:
     large = _cpu_seconds(bind_of(1 << 20))
     # 100x the bytes; copying them is linear (C speed), parsing them is not done.
     assert large / small < 30
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def test_analysis_caches_are_bounded_by_size_and_skip_large_texts() -> None:
+    split_statements.cache_clear()  # type: ignore[attr-defined]
+    large = "SELECT 1; " + "x" * CACHED_TEXT_CHARS
+    split_statements(large)
+    assert split_statements.cache_len() == 0  # type: ignore[attr-defined]
+    for i in range(3000):  # 3,000 distinct 3 KB statements
+        split_statements(f"SELECT {i}; " + "y" * 3000)
+    assert split_statements.cache_chars() <= CACHE_BUDGET_CHARS  # type: ignore[attr-defined]
+    assert 0 < split_statements.cache_len() < 3000  # type: ignore[attr-defined]
+    split_statements.cache_clear()  # type: ignore[attr-defined]
+
+
+def test_prepared_statements_are_bounded_by_size() -> None:
+    t = SessionTracker("s", TrackerOptions(max_prepared_bytes=50_000), clock=lambda: 0.0)
+    t.frontend(startup_message({"user": "u", "database": "d"}))
+    t.backend(b.authentication_ok() + b.backend_key_data(1) + b.ready_for_query("I"))
+    for i in range(100):  # 100 named statements of 10 KB each
+        t.frontend(b.parse(f"s{i}", f"SELECT {i} AS /* {'z' * 10_000} */ a"))
+    assert t.statements is not None
+    held = t.statements.statements
+    assert sum(len(s.sql) for s in held.values()) <= 50_000
+    assert "s99" in held and "s0" not in held  # the least recently used went first

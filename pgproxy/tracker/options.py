@@ -84,6 +84,8 @@ class TrackerOptions:
         max_hexdump_bytes: bytes of one message shown in a hex dump.
         slow_query_ms: statements at least this slow are logged at warning.
         max_prepared_statements: per-session cache of named statements (LRU).
+        max_prepared_bytes: characters of SQL text that cache may hold; the
+            least recently used statements are forgotten beyond it.
         redaction: what is withheld.
         query_filter: which query events are logged.
         draw: random source for sampling (injected for tests).
@@ -100,6 +102,7 @@ class TrackerOptions:
     max_hexdump_bytes: int = 4096
     slow_query_ms: float = 1000.0
     max_prepared_statements: int = 1000
+    max_prepared_bytes: int = 16 << 20
     redaction: RedactionPolicy = field(default_factory=RedactionPolicy)
     query_filter: QueryFilter = field(default_factory=QueryFilter)
     draw: Callable[[], float] = random.random

@@ -15,7 +15,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from pgproxy.tracker.sql import mask_sql
+from pgproxy.tracker.sql import mask_sql, mask_sql_prefix
 
 #: Shown instead of a withheld value.
 REDACTED: Final = "[redacted]"
@@ -104,6 +104,12 @@ class RedactionPolicy:
             return self.hash_value(raw)
         return REDACTED
 
-    def sql(self, text: str) -> str:
-        """SQL text with password and sensitive-column literals masked."""
+    def sql(self, text: str, limit: int | None = None) -> str:
+        """SQL text with password and sensitive-column literals masked.
+
+        With ``limit``, only the first ``limit`` characters are analysed and
+        shown, ending with how many were cut (``…[+N chars]``).
+        """
+        if limit is not None:
+            return mask_sql_prefix(text, limit, self._pattern, self.mask_sql_literals)
         return mask_sql(text, self._pattern, self.mask_sql_literals)

@@ -841,12 +841,13 @@ class SessionTracker:
         return False
 
     def _describe_sql(self, msg: m.Query | m.Parse, fields: dict[str, Any]) -> bool:
-        shown = self.options.redaction.sql(msg.query)
-        fields["query"] = truncate(shown, self.options.max_sql_chars)
+        limit = self.options.max_sql_chars
+        shown = fields["query"] = self.options.redaction.sql(msg.query, limit)
         if isinstance(msg, m.Parse):
             fields["statement"] = msg.statement
             fields["parameter_types"] = [type_name(t) if t else "unspecified" for t in msg.parameter_types]
-        return shown != msg.query
+        # Beyond the shown part nothing was analysed: a dump of it is masked.
+        return len(msg.query) > limit or shown != msg.query
 
     def _describe_bind(self, msg: m.Bind, fields: dict[str, Any]) -> bool:
         fields["portal"] = msg.portal

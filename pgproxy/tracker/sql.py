@@ -36,6 +36,10 @@ _IDENT_CHARS = re.compile(r"[A-Za-z0-9_$\x80-\uffff]")
 _INTERESTING = re.compile(r"['\"$]|--|/\*")
 _COMMENT_EDGE = re.compile(r"/\*|\*/")
 
+#: Analysis reads at most this much of one text (parameter names, splitting):
+#: the work is linear, but its constant is Python's, and one statement must
+#: not hold the event loop for long. Masking reads what will be logged.
+MAX_ANALYZED_CHARS = 65536
 #: Texts longer than this are analysed every time rather than cached: a cache
 #: of whole megabyte statements is what grew RSS by a gigabyte (issue 8).
 CACHED_TEXT_CHARS = 4096
@@ -103,11 +107,12 @@ class Token:
     end: int
 
 
-def scan(sql: str) -> list[Token] | None:
+def scan(sql: str, partial: bool = False) -> list[Token] | None:
     """Cut SQL into code, literal, quoted-identifier and comment spans.
 
     Returns None when a quote or comment is left open (the text is then not
-    reliably splittable).
+    reliably splittable) -- unless ``partial``: the text is the beginning of
+    a longer one, and what is open at its end runs to the end.
     """
     out: list[Token] = []
     i = 0
@@ -136,7 +141,7 @@ def scan(sql: str) -> list[Token] | None:
                 start = i - 1
             end = _after_closing_quote(sql, i + 1, "'", escape)
             if end is None:
-                return None
+                return [*out, Token("string", start, n)] if partial else None
             i = end
             out.append(Token("string", start, i))
             code_start = i
@@ -145,7 +150,7 @@ def scan(sql: str) -> list[Token] | None:
             start = i
             end = _after_closing_quote(sql, i + 1, '"', False)
             if end is None:
-                return None
+                return [*out, Token("ident", start, n)] if partial else None
             i = end
             out.append(Token("ident", start, i))
             code_start = i
@@ -163,7 +168,7 @@ def scan(sql: str) -> list[Token] | None:
             while True:
                 edge = _COMMENT_EDGE.search(sql, i)
                 if edge is None:
-                    return None
+                    return [*out, Token("comment", start, n)] if partial else None
                 i = edge.end()
                 depth += 1 if edge.group() == "/*" else -1
                 if depth == 0:
@@ -179,7 +184,7 @@ def scan(sql: str) -> list[Token] | None:
             tag = m.group(0)
             close = sql.find(tag, m.end())
             if close < 0:
-                return None
+                return [*out, Token("dollar", m.start(), n)] if partial else None
             i = close + len(tag)
             out.append(Token("dollar", m.start(), i))
             code_start = i
@@ -218,8 +223,12 @@ def split_statements(sql: str) -> list[str] | None:
     """Split a simple-query string at top-level semicolons.
 
     Empty statements are dropped (the server ignores them too). Returns None
-    when the text cannot be split reliably.
+    when the text cannot be split reliably, or is longer than
+    :data:`MAX_ANALYZED_CHARS` and holds a semicolon (bounded work: the whole
+    text is then logged with each statement's index).
     """
+    if len(sql) > MAX_ANALYZED_CHARS:
+        return None if ";" in sql else [sql.strip()]
     tokens = scan(sql)
     if tokens is None:
         return None
@@ -244,20 +253,48 @@ def _has_code(text: str) -> bool:
     return any(t.kind != "comment" and text[t.start : t.end].strip() for t in tokens)
 
 
-_OPERATION = re.compile(r"\s*([A-Za-z]+)(?:\s+([A-Za-z]+))?")
+_OPERATION = re.compile(r"\s*+([A-Za-z]++)(?:\s++([A-Za-z]++))?")
+_SPACES = re.compile(r"\s*+")
+
+
+def _after_leading_comments(sql: str) -> int | None:
+    """Offset of the first character that is neither white space nor in a comment (None: an open comment)."""
+    pos = 0
+    n = len(sql)
+    while True:
+        pos = _SPACES.match(sql, pos).end()  # type: ignore[union-attr]
+        if sql.startswith("--", pos):
+            newline = sql.find("\n", pos)
+            if newline < 0:
+                return n
+            pos = newline + 1
+        elif sql.startswith("/*", pos):
+            depth = 0
+            while True:
+                edge = _COMMENT_EDGE.search(sql, pos, MAX_ANALYZED_CHARS)
+                if edge is None:
+                    return None  # open, or longer than what is analysed
+                pos = edge.end()
+                depth += 1 if edge.group() == "/*" else -1
+                if depth == 0:
+                    break
+        else:
+            return pos
+
+
 _TWO_WORD = {"CREATE", "DROP", "ALTER", "START", "REFRESH"}
 
 
 @text_cache(2048)
 def operation_name(sql: str) -> str | None:
-    """The statement's leading keyword(s): ``SELECT``, ``CREATE TABLE``..."""
-    tokens = scan(sql)
-    text = sql
-    if tokens:
-        first = next((t for t in tokens if t.kind not in ("comment",) and sql[t.start : t.end].strip()), None)
-        if first is not None:
-            text = sql[first.start :]
-    m = _OPERATION.match(text)
+    """The statement's leading keyword(s): ``SELECT``, ``CREATE TABLE``...
+
+    Reads past leading white space and comments only, not the whole text.
+    """
+    pos = _after_leading_comments(sql)
+    if pos is None:
+        return None
+    m = _OPERATION.match(sql, pos)
     if not m:
         return None
     word = m.group(1).upper()
@@ -343,8 +380,11 @@ def parameter_names(sql: str) -> dict[int, str]:
 
     Recognises ``INSERT INTO t (a, b) VALUES ($1, $2)`` (casts allowed,
     multi-row lists too) and comparisons such as ``col = $1`` or
-    ``SET col = $2``. Parameters it cannot attribute are simply absent.
+    ``SET col = $2``. Parameters it cannot attribute are simply absent, and
+    so are those beyond the first :data:`MAX_ANALYZED_CHARS` of the text.
     """
+    if len(sql) > MAX_ANALYZED_CHARS:
+        sql = sql[:MAX_ANALYZED_CHARS]
     names: dict[int, str] = {}
     for m in _COMPARE.finditer(sql):
         names.setdefault(int(m.group(2)), _ident(m.group(1)))
@@ -375,17 +415,19 @@ _LOOK_BEHIND = 120
 
 
 @text_cache(4096)
-def mask_sql(sql: str, sensitive: re.Pattern[str] | None, all_literals: bool = False) -> str:
+def mask_sql(sql: str, sensitive: re.Pattern[str] | None, all_literals: bool = False, partial: bool = False) -> str:
     """Mask literals that must not be logged.
 
     Always masks the literal after ``PASSWORD`` (``CREATE ROLE ... PASSWORD
     '...'``). With a ``sensitive`` column pattern, masks literals compared
     with or inserted into matching columns. With ``all_literals``, masks every
     string and numeric literal (``?``), for PII-sensitive deployments.
+    With ``partial`` the text is the beginning of a longer one: a literal
+    open at its end is masked as a literal (see :func:`mask_sql_prefix`).
     """
     if "'" not in sql and "$" not in sql and not all_literals:
         return sql
-    tokens = scan(sql)
+    tokens = scan(sql, partial)
     if tokens is None:
         return sql
     masked_cols = _sensitive_literal_targets(sql, tokens, sensitive) if sensitive is not None else set()
@@ -393,8 +435,7 @@ def mask_sql(sql: str, sensitive: re.Pattern[str] | None, all_literals: bool = F
     for index, tok in enumerate(tokens):
         text = sql[tok.start : tok.end]
         if tok.kind in ("string", "dollar"):
-            before = "".join(out[-3:])[-_LOOK_BEHIND:]
-            if all_literals or index in masked_cols or _PASSWORD_LITERAL.search(before):
+            if all_literals or index in masked_cols or _after_password(sql, tok.start):
                 out.append(_MASK if not all_literals else "?")
                 continue
         elif tok.kind == "code" and all_literals:
@@ -403,11 +444,36 @@ def mask_sql(sql: str, sensitive: re.Pattern[str] | None, all_literals: bool = F
     return "".join(out)
 
 
+def _after_password(sql: str, start: int) -> bool:
+    """The literal at ``start`` follows the keyword ``PASSWORD`` (and white space)."""
+    window = sql[max(0, start - _LOOK_BEHIND) : start]
+    stripped = window.rstrip()
+    if len(stripped) == len(window) or stripped[-8:].upper() != "PASSWORD":
+        return False
+    return _PASSWORD_LITERAL.search(window) is not None
+
+
+def mask_sql_prefix(sql: str, limit: int, sensitive: re.Pattern[str] | None, all_literals: bool = False) -> str:
+    """The first ``limit`` characters of ``sql``, masked, ending with how many were cut.
+
+    Only what is shown is analysed, so a megabyte statement costs what its
+    logged part costs; a literal cut at the limit is masked like any other.
+    """
+    if len(sql) <= limit:
+        masked = mask_sql(sql, sensitive, all_literals)
+        return masked if len(masked) <= limit else f"{masked[:limit]}…[+{len(masked) - limit} chars]"
+    masked = mask_sql(sql[:limit], sensitive, all_literals, True)
+    return f"{masked[:limit]}…[+{len(sql) - limit} chars]"
+
+
 def _sensitive_literal_targets(sql: str, tokens: list[Token], sensitive: re.Pattern[str]) -> set[int]:
     """Indexes of literal tokens that belong to a sensitive column."""
     targets: set[int] = set()
     literals = [(tok.start, index) for index, tok in enumerate(tokens) if tok.kind in ("string", "dollar")]
     for start, index in literals:
+        operator_end = sql[max(0, start - _LOOK_BEHIND) : start].rstrip()[-1:]
+        if operator_end not in ("=", ">", "e", "E"):  # "=", "<>", "!=", "LIKE": cheap pre-check
+            continue
         m = _COMPARED_COLUMN.search(sql, max(0, start - _LOOK_BEHIND), start)
         if m and sensitive.search(m.group(1)):
             targets.add(index)

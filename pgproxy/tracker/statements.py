@@ -363,6 +363,7 @@ class StatementTracker:
     transaction: ImplicitTransaction = field(default_factory=ImplicitTransaction)
     _group_start: float | None = None
     _decoders: dict[tuple[int, int], ValueDecoder] = field(default_factory=dict)
+    _statement_chars: int = 0  # SQL held by ``statements``; an upper bound (Close is not subtracted)
 
     def set_value_context(self, ctx: ValueContext) -> None:
         """The session's encoding or time zone changed: decode with the new settings."""
@@ -502,6 +503,14 @@ class StatementTracker:
         statements[stmt.name] = stmt
         while len(statements) > self.options.max_prepared_statements:
             statements.popitem(last=False)
+        self._statement_chars += len(stmt.sql)
+        if self._statement_chars > self.options.max_prepared_bytes:
+            # Bounded by size too (issue 8): recount exactly, then forget the least recently used.
+            held = sum(len(s.sql) for s in statements.values())
+            while held > self.options.max_prepared_bytes and len(statements) > 1:
+                _name, old = statements.popitem(last=False)
+                held -= len(old.sql)
+            self._statement_chars = held
 
     def _bind(self, msg: m.Bind) -> Portal:
         stmt = self.statements.get(msg.statement)
@@ -931,7 +940,7 @@ class StatementTracker:
         sql = exe.sql
         if not opts.query_filter.keep(sql, duration_ms, failed, slow, opts.draw):
             return None
-        shown_sql = truncate(opts.redaction.sql(sql), opts.max_sql_chars) if sql is not None else None
+        shown_sql = opts.redaction.sql(sql, opts.max_sql_chars) if sql is not None else None
         fields: dict[str, Any] = dict(self.context)
         operation = tag.command if tag is not None else (operation_name(sql) if sql else None)
         fields["db.query.text"] = shown_sql
