@@ -25,6 +25,7 @@ from pgproxy.protocol.decoding import decode_tagged
 from pgproxy.protocol.messages import Bind, FieldDescription, Parse
 from pgproxy.protocol.rows import RowDecoder
 from pgproxy.protocol.values import ValueContext, decoder_for, parse_array_text
+from pgproxy.tracker.fingerprint import StatementAnalyzer
 from pgproxy.tracker.options import TrackerOptions
 from pgproxy.tracker.records import Detail
 from pgproxy.tracker.session import SessionTracker
@@ -87,6 +88,9 @@ HOSTILE_SQL: dict[str, Callable[[int], str]] = {
         "INSERT INTO t (" + ", ".join(["password"] * (n // 15)) + ") VALUES (" + ", ".join(["'x'"] * (n // 15)) + ")"
     ),
     "nested comment openers": lambda n: "/*" * (n // 2),
+    "nested comments closed": lambda n: "/*" * (n // 4) + "*/" * (n // 4) + " SELECT 1",
+    "operator run": lambda n: "SELECT 1 " + "+" * n + " 1",
+    "operator runs just short of the parser's refusal": lambda n: "SELECT 1 " + ("+" * 63 + " 1 ") * (n // 66),
     "dollar signs": lambda n: "$" * n,
     "dollar tags": lambda n: "$a" * (n // 2),
     "escaped backslashes": lambda n: "SELECT E'" + "\\\\" * (n // 2) + "'",
@@ -103,6 +107,9 @@ SQL_ANALYSES: dict[str, Callable[[str], object]] = {
     "mask_sql sensitive": lambda sql: mask_sql(sql, SENSITIVE),
     "mask_sql all literals": lambda sql: mask_sql(sql, SENSITIVE, True),
     "mask_sql_prefix": lambda sql: mask_sql_prefix(sql, 8192, SENSITIVE),
+    # PostgreSQL's grammar (pglast), with its lexical fallback; uncached for the measure
+    "parser analyze": lambda sql: StatementAnalyzer(max_cached_chars=0).analyze(sql),
+    "parser split": lambda sql: StatementAnalyzer(max_cached_chars=0).split(sql),
 }
 
 

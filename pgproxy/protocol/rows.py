@@ -7,7 +7,6 @@ so the per-row cost is cutting the row plus one decoder call per column.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Sequence
 from typing import Any
 

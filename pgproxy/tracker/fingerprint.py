@@ -62,11 +62,20 @@ class Source(enum.Enum):
     """The lexical fallback: the parser rejected the text, it was too long, or pglast is missing."""
 
 
+#: PostgreSQL's scanner matches a run of operator characters whole and then
+#: backs off (``{operator}``, and ``xcstart`` = ``/*{op_chars}*`` with
+#: ``yyless(2)``), so its time grows with the square of the run: 40 KB of
+#: ``+`` or ``/*`` took libpg_query seconds, holding the event loop. Such
+#: texts are described by the (linear) lexer instead.
+_LONG_OPERATOR_RUN = re.compile(r"[-+*/<>=~!@#%^&|`?]{64}")
+
+
 class FallbackReason(enum.Enum):
     """Why the lexer described a statement (counted as ``fallback.<reason>``)."""
 
     SYNTAX_ERROR = "syntax_error"
     TOO_LONG = "too_long"
+    OPERATOR_RUN = "operator_run"
     PARSER_UNAVAILABLE = "parser_unavailable"
 
 
@@ -865,6 +874,8 @@ class StatementAnalyzer:
             return FallbackReason.PARSER_UNAVAILABLE
         if len(sql) > self.max_parse_chars:
             return FallbackReason.TOO_LONG
+        if _LONG_OPERATOR_RUN.search(sql) is not None:
+            return FallbackReason.OPERATOR_RUN
         return None
 
     def _analyze(self, sql: str) -> Analysis:
