@@ -195,9 +195,12 @@ def world_readable_copy(inst: Installation, under: Path | None = None) -> Instal
             must itself be world-traversable.
     """
     parent = under or Path(tempfile.gettempdir())
-    key = hashlib.sha1(f"{_COPY_LAYOUT}:{inst.bindir}".encode()).hexdigest()[:10]
-    target = parent / f"pgproxy-postgresql-{inst.major}-{key}"
     anchor, _ = _layout(inst)
+    # Keyed by content, not by path: every clone with the same wheel shares one copy.
+    postgres = hashlib.sha1((inst.bindir / "postgres").read_bytes()).hexdigest()
+    where = inst.bindir.relative_to(anchor)
+    key = hashlib.sha1(f"{_COPY_LAYOUT}:{where}:{postgres}".encode()).hexdigest()[:10]
+    target = parent / f"pgproxy-postgresql-{inst.major}-{key}"
     copied = Installation(target / inst.bindir.relative_to(anchor), inst.major, inst.source)
     if (target / ".complete").exists():
         return copied
