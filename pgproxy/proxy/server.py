@@ -265,11 +265,7 @@ class ProxyServer:
         """Send a CancelRequest to the upstream on a connection of its own."""
         pid = int.from_bytes(packet[8:12], "big") if len(packet) >= 12 else None
         target = next(
-            (
-                s.session_id
-                for s in self.sessions
-                if s.tracker is not None and s.tracker.context.get("backend_pid") == pid
-            ),
+            (s.session_id for s in self.sessions if s.tracker is not None and s.tracker.backend_pid == pid),
             None,
         )
         if reason != "client_request":

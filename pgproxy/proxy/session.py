@@ -219,7 +219,7 @@ class ClientSession(asyncio.Protocol):
         tracker = self.tracker
         if tracker is None or self.state is not State.RELAY or self.close_reason == "client_terminated":
             return
-        pid, key = tracker.backend_pid, tracker.conv.backend_key
+        pid, key = tracker.backend_pid, tracker.cancel_key
         if tracker.request_outstanding and not tracker.terminated and pid is not None and key is not None:
             packet = cancel_request(pid, key)
             self.server.forward_cancel(self, packet, reason="client_vanished")
@@ -835,7 +835,7 @@ class ClientSession(asyncio.Protocol):
         client, upstream = self.client, self.upstream
         relaying = self.state is State.RELAY and upstream is not None and upstream.transport is not None
         if relaying and tracker is not None and tracker.request_outstanding:
-            pid, key = tracker.backend_pid, tracker.conv.backend_key
+            pid, key = tracker.backend_pid, tracker.cancel_key
             if pid is not None and key is not None:
                 self.server.forward_cancel(self, cancel_request(pid, key), reason="proxy_shutdown")
         at_boundary = tracker is None or (self.decoding and tracker.between_messages)

@@ -385,6 +385,11 @@ class SessionTracker:
     # ------------------------------------------------------------------ narrow questions (for the proxy)
 
     @property
+    def cancel_key(self) -> bytes | None:
+        """The session's cancellation secret (BackendKeyData), for a CancelRequest pgproxy sends itself; never logged."""
+        return self.conv.backend_key
+
+    @property
     def backend_pid(self) -> int | None:
         """The server process serving this session (from BackendKeyData), if it said."""
         return self.conv.backend_pid
