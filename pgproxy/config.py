@@ -402,6 +402,16 @@ def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+#: Option names whose values an error message must not repeat (a mistyped
+#: PGPROXY_REDACTION_HASHKEY still holds the key).
+_SECRET_NAME = re.compile(r"key|secret|password|token", re.IGNORECASE)
+
+
+def _shown(name: str, value: Any) -> Any:
+    """``value`` as an error message may show it: withheld when the name suggests a secret."""
+    return "[redacted]" if _SECRET_NAME.search(name) else value
+
+
 def load(
     path: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
@@ -437,7 +447,7 @@ def load(
             raise ConfigError("config", str(file), "not UTF-8 text") from None
         for key, value in _flatten(table).items():
             if key not in OPTIONS_BY_KEY:
-                raise ConfigError(key, value, f"unknown option{_suggest(key)}", str(file))
+                raise ConfigError(key, _shown(key, value), f"unknown option{_suggest(key)}", str(file))
             raw.append((key, value, str(file)))
     known_env = {env_name(o.key): o.key for o in OPTIONS}
     ignored: list[str] = []
@@ -450,7 +460,7 @@ def load(
                 continue
             close = difflib.get_close_matches(name, [*known_env, "PGPROXY_CONFIG"], n=1, cutoff=0.6)
             hint = f"; did you mean {close[0]}?" if close else " (see config.example.toml)"
-            raise ConfigError(name, value, f"unknown environment variable{hint}", "environment")
+            raise ConfigError(name, _shown(name, value), f"unknown environment variable{hint}", "environment")
     for key, value in (overrides or {}).items():
         if value is not None:
             raw.append((key, value, f"--{key.rsplit('.', 1)[-1].replace('_', '-')}"))
@@ -459,7 +469,7 @@ def load(
         try:
             values[key] = option.parse(value)
         except ValueError as exc:
-            raise ConfigError(key, value, str(exc), source) from None
+            raise ConfigError(key, _shown(key, value), str(exc), source) from None
         sources[key] = source
     config = Config(values, sources, tuple(sorted(ignored)))
     if values["query.text_mode"] == TextMode.NORMALIZED.value and not values["query.fingerprints"]:

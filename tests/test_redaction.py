@@ -7,7 +7,9 @@ import hmac
 import subprocess
 import sys
 
-from pgproxy.config import load
+import pytest
+
+from pgproxy.config import ConfigError, load
 from pgproxy.tracker.redaction import HashKeySource, ParameterMode, RedactionPolicy
 
 EMAIL = b"demo@aa.io"
@@ -49,3 +51,14 @@ def test_key_comes_from_configuration_or_environment() -> None:
     policy = config.tracker_options().redaction
     assert policy.hash_key == b"from-env" and policy.parameters is ParameterMode.HASH
     assert load(env={}).tracker_options().redaction.hash_key_source is HashKeySource.RANDOM
+
+
+def test_configuration_errors_do_not_repeat_a_key() -> None:
+    """A mistyped variable or a bad value names the option, never the secret it holds."""
+    for env in ({"PGPROXY_REDACTION_HASHKEY": "s3cret-value"}, {"PGPROXY_REDACTION_HASH_KEYS": "s3cret-value"}):
+        with pytest.raises(ConfigError) as err:
+            load(env=env)
+        assert "s3cret-value" not in str(err.value) and "PGPROXY_REDACTION_HASH" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        load(overrides={"redaction.hash_key": 1234567})
+    assert "1234567" not in str(err.value) and "redaction.hash_key" in str(err.value)
