@@ -266,6 +266,25 @@ def test_no_postgres_traffic_is_an_error_naming_the_ports_seen(tmp_path: Path) -
     assert out.returncode == 1 and "port 5499" in out.stderr and "8080" in out.stderr
 
 
+def test_bad_capture_files_are_clear_errors(tmp_path: Path) -> None:
+    (conn,) = recordings()["psql"]
+    frame = _checksum_free_frames(conn, 5432)[0]
+    record = struct.pack("<IIII", 1_700_000_000, 0, len(frame), len(frame)) + frame
+    cases = {
+        "link type 147 is not supported": struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 147) + record,
+        "packet 1 is truncated": struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1) + record[:-10],
+    }
+    for expected, content in cases.items():
+        path = tmp_path / "bad.pcap"
+        path.write_bytes(content)
+        out = _decode_cli(path)
+        assert out.returncode == 1 and expected in out.stderr, (expected, out.stderr)
+    good = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1) + record
+    (packet,) = read_capture(good)
+    assert packet.link_type is LinkType.ETHERNET and packet.time == 1_700_000_000
+    assert parse_frame(packet.data, packet.link_type.header_length) is not None
+
+
 def test_bytes_that_are_not_postgres_are_an_error(tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.bin"
     for content in (bytes(range(256)) * 4, bytes(range(99, 256)) * 4):
