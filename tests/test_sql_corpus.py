@@ -35,7 +35,7 @@ TAG_DIFFERENCES = {
 
 
 def recorded_statements() -> list[str]:
-    """Statements of the suite's recorded conversations (asyncpg, psycopg, psql, pgbench...)."""
+    """Statements the server ran successfully in the suite's recorded conversations (asyncpg, psycopg, psql, pgbench...)."""
     texts: list[str] = []
     for path in sorted(DATA.glob("*.json")):
         for connection in json.loads(path.read_text())["connections"]:
@@ -43,7 +43,11 @@ def recorded_statements() -> list[str]:
             for chunk in connection:
                 data = bytes.fromhex(chunk["hex"])
                 records = tracker.frontend(data, 0.0) if chunk["dir"] == "F" else tracker.backend(data, 0.0)
-                texts += [r["db.query.text"] for r in records if r.event == "query" and r["db.query.text"]]
+                texts += [
+                    r["db.query.text"]
+                    for r in records
+                    if r.event == "query" and r["db.query.text"] and r["outcome"] == "ok" and not r.get("rolled_back")
+                ]
     return list(dict.fromkeys(texts))
 
 
