@@ -39,8 +39,6 @@ from pgproxy.tracker.options import TrackerOptions
 from tests.conftest import INSTALLS
 from tests.harness import ProxyHarness
 
-pytestmark = pytest.mark.slow
-
 _MARKER = "select 'oracle: end of workload'"
 #: "duration: 0.123 ms  statement: ..." / "execute <unnamed>: ..." / "execute fetch from s/p: ..."
 _DURATION = re.compile(
