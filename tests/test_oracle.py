@@ -36,10 +36,11 @@ import pytest
 from pgproxy.demo.embedded import EmbeddedPostgres
 from pgproxy.demo.scenario import run_scenario
 from pgproxy.tracker.options import TrackerOptions
+from pgproxy.tracker.records import Detail
 from tests.conftest import INSTALLS
 from tests.harness import ProxyHarness
 
-_MARKER = "select 'oracle: end of workload'"
+_MARKER = "oracle: end of workload"
 #: "duration: 0.123 ms  statement: ..." / "execute <unnamed>: ..." / "execute fetch from s/p: ..."
 _DURATION = re.compile(
     r"duration: (?P<ms>[0-9.]+) ms  (?:(?P<simple>statement)|(?P<kind>parse|bind|execute fetch from|execute) (?P<name>[^:]*)): (?P<sql>.*)",
@@ -76,7 +77,8 @@ class ServerUnit:
     fetches: list[float] = field(default_factory=list)
 
 
-def _server_log(pg: EmbeddedPostgres) -> list[dict[str, Any]]:
+def _server_log(pg: EmbeddedPostgres, marker: str) -> list[dict[str, Any]]:
+    """The server's log lines up to ``marker`` (a statement run last) and since the previous marker."""
     assert pg.datadir is not None
     logdir = pg.datadir / "log"
 
@@ -89,12 +91,14 @@ def _server_log(pg: EmbeddedPostgres) -> list[dict[str, Any]]:
         return lines
 
     with psycopg.connect(pg.dsn(), autocommit=True) as conn:
-        conn.execute(_MARKER)
+        conn.execute(marker)
     deadline = time.monotonic() + 30
     while True:  # the logging collector writes asynchronously: wait for the marker
         lines = read()
-        if any(_MARKER in (e.get("message") or "") for e in lines):
-            return lines
+        ends = [i for i, e in enumerate(lines) if _MARKER in (e.get("message") or "")]
+        if ends and marker in (lines[ends[-1]].get("message") or ""):
+            start = ends[-2] + 1 if len(ends) > 1 else 0
+            return lines[start : ends[-1]]
         if time.monotonic() > deadline:
             raise AssertionError("the server's log never showed the end marker")
         time.sleep(0.05)
@@ -279,16 +283,19 @@ def _check_session(pid: int, events: list[dict[str, Any]], server: list[ServerUn
     return problems
 
 
+@pytest.mark.parametrize("detail", [Detail.QUERY, Detail.MESSAGE], ids=["query", "message"])
 def test_every_statement_the_server_ran_is_logged_once_with_its_outcome_and_duration(
-    logged_pg: EmbeddedPostgres,
+    logged_pg: EmbeddedPostgres, detail: Detail
 ) -> None:
-    with ProxyHarness(("127.0.0.1", logged_pg.port), TrackerOptions(slow_query_ms=1e9)) as proxy:
+    options = TrackerOptions(detail=detail, slow_query_ms=1e9)
+    with ProxyHarness(("127.0.0.1", logged_pg.port), options) as proxy:
         _run_workload(logged_pg, proxy)
         events = proxy.events("query")
     by_pid: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for event in events:
         by_pid[event["backend_pid"]].append(event)
-    units = _server_units(_server_log(logged_pg), set(by_pid))
+    marker = f"select '{_MARKER} {detail.name}'"
+    units = _server_units(_server_log(logged_pg, marker), set(by_pid))
     problems: list[str] = []
     for pid, session_events in by_pid.items():
         problems += _check_session(pid, session_events, units.get(pid, []))
