@@ -237,7 +237,7 @@ class StatementStats:
         else:
             entries.move_to_end(key)
         duration = fields.get("duration_ms")  # absent inside a multi-statement Query (batch_duration_ms)
-        rows = int(fields.get("rows") or 0)
+        rows = fields.get("rows") or 0
         sqlstate = fields.get("db.response.status_code")
         entry.period.add(duration, rows, sqlstate)  # folded into entry.total when reported
         self._changed[key] = entry

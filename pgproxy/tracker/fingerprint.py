@@ -111,6 +111,8 @@ class Analysis:
     targets: tuple[str, ...] = ()
     parameter_names: Mapping[int, str] = field(default_factory=dict, compare=False)
     fields: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    #: The same fields as a plain dict: ``dict.update`` from it is twice as fast as from a mapping proxy.
+    _record_fields: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def build(
@@ -145,6 +147,7 @@ class Analysis:
             targets,
             MappingProxyType(dict(parameter_names or {})),
             MappingProxyType(fields),
+            fields,
         )
 
     @property
@@ -1002,7 +1005,7 @@ def annotate(fields: dict[str, Any], analysis: Analysis, normalized_text: bool, 
     when the server's command tag did not (a failed statement); with
     ``normalized_text`` replaces ``db.query.text`` by the normalised text.
     """
-    fields.update(analysis.fields)
+    fields.update(analysis._record_fields)
     if fields.get("db.operation.name") is None:
         fields["db.operation.name"] = analysis.operation
     if normalized_text:
