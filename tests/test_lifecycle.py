@@ -444,3 +444,12 @@ def test_readyz_at_the_limit_and_accepting_during_min_sigterm_delay(
     late.close()
     (ended,) = proxy.events("session.ended", application_name="late")
     assert ended["reason"] == "proxy_shutdown"
+
+
+def test_quitquitquit_is_honoured_from_loopback_only() -> None:
+    from pgproxy.proxy.admin import _from_loopback
+
+    assert _from_loopback(("127.0.0.1", 5000)) and _from_loopback(("127.8.9.1", 1))
+    assert _from_loopback(("::1", 5000, 0, 0)) and _from_loopback(("::ffff:127.0.0.1", 5000, 0, 0))
+    assert not _from_loopback(("10.1.2.3", 5000)) and not _from_loopback(("fe80::1%eth0", 5000, 0, 2))
+    assert not _from_loopback("/var/run/x.sock") and not _from_loopback(None)

@@ -14,13 +14,16 @@ Endpoints (Cloud SQL Auth Proxy and Kubernetes conventions):
 * ``GET /readyz``: 503 while stopping, at the connection limit, or when the
   upstream cannot be reached within ``admin.upstream_check_timeout``.
 * ``GET /metrics``: Prometheus text exposition from the metrics sink.
-* ``POST /quitquitquit``: starts the graceful stop (for preStop hooks).
+* ``POST /quitquitquit``: starts the graceful stop (for preStop hooks), from a
+  loopback address only: the endpoint listens on the pod network for probes
+  and scrapes, and nobody else in the cluster should be able to stop the proxy.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +46,7 @@ _PROMETHEUS_TEXT: Final = "text/plain; version=0.0.4; charset=utf-8"
 _REASONS: Final = {
     200: "OK",
     400: "Bad Request",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     503: "Service Unavailable",
@@ -126,7 +130,7 @@ class AdminServer:
             if len(head) > MAX_REQUEST_HEAD:
                 reply = Reply(400, b"request head too long\n")
             else:
-                reply = await self._route(head)
+                reply = await self._route(head, _from_loopback(writer.get_extra_info("peername")))
             writer.write(
                 f"HTTP/1.1 {reply.status} {_REASONS.get(reply.status, '')}\r\n"
                 f"Content-Type: {reply.content_type}\r\nContent-Length: {len(reply.body)}\r\n"
@@ -138,7 +142,7 @@ class AdminServer:
         finally:
             writer.close()
 
-    async def _route(self, head: bytes) -> Reply:
+    async def _route(self, head: bytes, local: bool) -> Reply:
         try:
             method, target, _version = head.split(b"\r\n", 1)[0].decode("ascii").split(" ", 2)
         except (UnicodeDecodeError, ValueError):
@@ -147,6 +151,8 @@ class AdminServer:
         if path == "/quitquitquit":
             if method != "POST":
                 return Reply(405, b"use POST\n")
+            if not local:
+                return Reply(403, b"only from a loopback address (a preStop hook in the pod)\n")
             self.request_stop("quitquitquit")
             return Reply(200, b"stopping\n")
         if method not in ("GET", "HEAD"):
@@ -215,3 +221,16 @@ class AdminServer:
                 await writer.wait_closed()
         self._upstream_error = error
         self._checked_at = time.monotonic()
+
+
+def _from_loopback(peer: object) -> bool:
+    """Whether a TCP peer address is loopback (IPv4-mapped IPv6 included)."""
+    if not isinstance(peer, tuple) or not peer:
+        return False
+    try:
+        address = ipaddress.ip_address(str(peer[0]).split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
