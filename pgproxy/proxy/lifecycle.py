@@ -113,6 +113,11 @@ def sink_from(config: Config) -> LogSink:
     )
 
 
+#: Statements ``/stats`` lists (the heaviest by total time): rendering all 5,000 entries
+#: would hold the event loop for tens of milliseconds per request.
+STATS_ROUTE_LIMIT: Final = 200
+
+
 def stats_from(config: Config, output: Callable[[list[Record]], None]) -> StatementStats | None:
     """The statement-statistics sink, when enabled and fed (it needs query events with fingerprints)."""
     if not (config["stats.enabled"] and config["query.fingerprints"]) or config["log.detail"] == "connection":
@@ -197,7 +202,8 @@ class Lifecycle:
                     request_stop=self.request_stop,
                 )
                 if self.stats is not None:
-                    self.admin.add_json_route("/stats", self.stats.snapshot)
+                    stats = self.stats
+                    self.admin.add_json_route("/stats", lambda: stats.snapshot(limit=STATS_ROUTE_LIMIT))
                 await self.admin.start(*admin_address)
             await self.server.start()
         except OSError as exc:

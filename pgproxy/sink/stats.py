@@ -307,17 +307,22 @@ class StatementStats:
 
     # ------------------------------------------------------------------ on demand
 
-    def snapshot(self, limit: int | None = None, sort: str = "total_ms") -> dict[str, Any]:
-        """Cumulative numbers per entry, heaviest first (for ``/stats`` and ``pgproxy top``)."""
+    def snapshot(self, limit: int | None = None) -> dict[str, Any]:
+        """Cumulative numbers per entry, heaviest (most total time) first, for ``/stats`` and ``/metrics``.
+
+        Entries are ranked on their total time before any is rendered, so the
+        top ``limit`` (what ``/metrics`` asks for on every scrape) costs little
+        however many entries there are.
+        """
+        ranked = sorted(self.entries.values(), key=lambda e: e.total.total_ms + e.period.total_ms, reverse=True)
         rows = []
-        for entry in self.entries.values():
+        for entry in ranked[:limit] if limit else ranked:
             fields = entry.identity()
             fields.update(entry.cumulative().fields())
             rows.append(fields)
-        rows.sort(key=lambda r: r.get(sort) or 0, reverse=True)
         return {
             "entries": len(self.entries),
             "max_entries": self.max_entries,
             "evicted_total": self.evicted,
-            "statements": rows[:limit] if limit else rows,
+            "statements": rows,
         }
