@@ -116,6 +116,7 @@ SQL_ANALYSES: dict[str, Callable[[str], object]] = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", sorted(HOSTILE_SQL))
 def test_sql_analysis_work_per_byte_is_flat(shape: str) -> None:
     make = HOSTILE_SQL[shape]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 import socket
@@ -15,9 +17,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from pgproxy.cli import build_decode_parser
 from pgproxy.demo.embedded import EmbeddedPostgres
 from pgproxy.offline.capture import CaptureError, parse_frame, parse_hexdump, read_hexdump
-from pgproxy.offline.decode import decode_bytes
+from pgproxy.offline.decode import decode_bytes, decode_command
 from pgproxy.offline.pcap import LinkType, Packet, read_capture
 from tests.golden import recordings
 
@@ -160,6 +163,7 @@ def _pcapng_from_pcap(pcap: bytes) -> bytes:
 
 
 def _decode_cli(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``pgproxy decode`` as a user runs it: a process, its exit code, stdout and stderr."""
     return subprocess.run(
         [sys.executable, "-m", "pgproxy", "decode", str(path), *args],
         capture_output=True,
@@ -167,6 +171,14 @@ def _decode_cli(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
         timeout=60,
         check=False,
     )
+
+
+def _decode_in_process(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The same command's entry point without a new interpreter (the error paths, many times over)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = decode_command(build_decode_parser().parse_args([str(path), *args]), out=out)
+    return subprocess.CompletedProcess(["pgproxy", "decode", str(path), *args], code, out.getvalue(), err.getvalue())
 
 
 @pytest.mark.slow
@@ -259,10 +271,10 @@ def test_no_postgres_traffic_is_an_error_naming_the_ports_seen(tmp_path: Path) -
     frames = _checksum_free_frames([(True, b"GET / HTTP/1.1\r\n\r\n"), (False, b"HTTP/1.1 200 OK\r\n\r\n")], 8080)
     dump = tmp_path / "http.txt"
     dump.write_text(_wireshark_dump(frames))
-    out = _decode_cli(dump)
+    out = _decode_in_process(dump)
     assert out.returncode == 1 and out.stdout == ""
     assert "no PostgreSQL traffic" in out.stderr and "8080" in out.stderr and "50000" in out.stderr
-    out = _decode_cli(dump, "--server-port", "5499")
+    out = _decode_in_process(dump, "--server-port", "5499")
     assert out.returncode == 1 and "port 5499" in out.stderr and "8080" in out.stderr
 
 
@@ -277,7 +289,7 @@ def test_bad_capture_files_are_clear_errors(tmp_path: Path) -> None:
     for expected, content in cases.items():
         path = tmp_path / "bad.pcap"
         path.write_bytes(content)
-        out = _decode_cli(path)
+        out = _decode_in_process(path)
         assert out.returncode == 1 and expected in out.stderr, (expected, out.stderr)
     good = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1) + record
     (packet,) = read_capture(good)
@@ -289,7 +301,7 @@ def test_bytes_that_are_not_postgres_are_an_error(tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.bin"
     for content in (bytes(range(256)) * 4, bytes(range(99, 256)) * 4):
         garbage.write_bytes(content)
-        out = _decode_cli(garbage)
+        out = _decode_in_process(garbage)
         assert out.returncode == 1 and "no PostgreSQL messages found" in out.stderr
         assert '"event":"session.anomaly"' in out.stdout  # what the decoder saw is still shown
 
