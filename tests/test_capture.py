@@ -304,6 +304,8 @@ def test_bytes_that_are_not_postgres_are_an_error(tmp_path: Path) -> None:
         out = _decode_in_process(garbage)
         assert out.returncode == 1 and "no PostgreSQL messages found" in out.stderr
         assert '"event":"session.anomaly"' in out.stdout  # what the decoder saw is still shown
+    out = _decode_in_process(garbage, "--input", "hex")
+    assert out.returncode == 1 and "not a text hex dump" in out.stderr
 
 
 def test_server_port_is_recognised_from_the_conversation() -> None:

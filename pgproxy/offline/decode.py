@@ -62,6 +62,13 @@ def _is_text_dump(data: bytes) -> bool:
     return any(line.strip() for line in text.splitlines()) and all(ch.isprintable() or ch in "\r\n\t" for ch in text)
 
 
+def _text(data: bytes) -> str:
+    try:
+        return data.decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise CaptureError(f"not a text hex dump: byte {exc.start} is not ASCII (use --input raw for bytes)") from None
+
+
 def _starts_mid_session(stream: Stream) -> bool:
     """Whether the capture missed the start of the session.
 
@@ -114,7 +121,7 @@ def _streams(data: bytes, fmt: str, server_port: int | None) -> list[Stream] | N
         if not segments:
             raise NoPostgresTraffic(f"no TCP segments among {len(packets)} captured packets", [])
         return group_streams(segments, server_port)
-    dumped = read_hexdump(data.decode("ascii"))
+    dumped = read_hexdump(_text(data))
     frames = frames_to_segments([p.data for p in dumped], [p.time for p in dumped])
     return None if frames is None else group_streams(frames, server_port)
 
@@ -140,7 +147,7 @@ def decode_bytes(
             for index, stream in enumerate(streams, 1):
                 records += decode_stream(stream, f"capture-{index}", detail)
             return records
-        data = b"".join(p.data for p in read_hexdump(data.decode("ascii")))
+        data = b"".join(p.data for p in read_hexdump(_text(data)))
     if direction is None:
         direction = "frontend" if looks_like_startup(data) else "backend"
     port = server_port or DEFAULT_SERVER_PORT
