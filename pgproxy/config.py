@@ -197,9 +197,15 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "proxy.write_buffer_high",
-        1 << 20,
+        64 << 10,
         _number(int, 16384),
         "bytes queued to a peer before reading the other side pauses",
+    ),
+    Option(
+        "proxy.socket_buffer",
+        128 << 10,
+        _number(int, 0),
+        "kernel send/receive buffer of each proxy socket (0 = autotuned)",
     ),
     Option(
         "tls.client_mode",

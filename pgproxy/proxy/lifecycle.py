@@ -85,6 +85,7 @@ def settings_from(config: Config) -> ProxySettings:
         max_connections=config["proxy.max_connections"],
         shutdown_grace=config["proxy.max_sigterm_delay"],
         write_buffer_high=config["proxy.write_buffer_high"],
+        socket_buffer=config["proxy.socket_buffer"],
         **{"tls_" + key.removeprefix("tls."): config[key] for key in TLS_FILE_KEYS},
     )
 

@@ -52,7 +52,12 @@ class ProxySettings:
     tls_upstream_server_name: str = ""
     max_connections: int = 0
     shutdown_grace: float = 10.0
-    write_buffer_high: int = 1 << 20
+    #: asyncio's own default (64 KiB, resuming at 16 KiB): a transparent proxy
+    #: must not let the server run further ahead of a slow client than a
+    #: direct connection would (a COPY cancelled after one row, issue 7).
+    write_buffer_high: int = 64 << 10
+    #: SO_SNDBUF/SO_RCVBUF of the proxy's sockets (0 = the kernel's autotuning).
+    socket_buffer: int = 128 << 10
     #: Every address to listen on; empty means (listen_host, listen_port) alone.
     listen_addresses: tuple[ListenAddress, ...] = ()
 

@@ -85,6 +85,22 @@ def _set_nodelay(transport: asyncio.BaseTransport) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def _limit_socket_buffers(transport: asyncio.BaseTransport, size: int) -> None:
+    """Cap the kernel buffers of one of the proxy's sockets (``proxy.socket_buffer``).
+
+    A proxy adds a second socket pair between client and server; with the
+    kernel's autotuned buffers (megabytes on loopback) the server can run
+    megabytes further ahead of a client that stopped reading than it could
+    direct, and a cancelled COPY then finishes before its cancel arrives
+    (issue 7). Capped, the path holds about what a direct connection holds.
+    """
+    sock = transport.get_extra_info("socket")
+    if size and sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
 class ClientSession(asyncio.Protocol):
     """The client-facing protocol, owner of the whole session."""
 
@@ -125,6 +141,7 @@ class ClientSession(asyncio.Protocol):
         self.client = transport
         self.client_reads.transport = transport
         _set_nodelay(transport)
+        _limit_socket_buffers(transport, self.config.socket_buffer)
         transport.set_write_buffer_limits(high=self.config.write_buffer_high, low=self.config.write_buffer_low)
         peer = transport.get_extra_info("peername")
         self.peer = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
@@ -217,7 +234,13 @@ class ClientSession(asyncio.Protocol):
         noticing the closed socket (unless client_connection_check_interval is set).
         """
         tracker = self.tracker
-        if tracker is None or self.state is not State.RELAY or self.close_reason == "client_terminated":
+        if (
+            tracker is None
+            or self.state is not State.RELAY
+            or self.close_reason not in ("client_closed", "client_error")
+        ):
+            # Only a client that vanished first: when the server dropped the
+            # session (a restart, pg_terminate_backend) there is nothing to cancel.
             return
         pid, key = tracker.backend_pid, tracker.cancel_key
         if tracker.request_outstanding and not tracker.terminated and pid is not None and key is not None:
@@ -880,6 +903,7 @@ class UpstreamSide(asyncio.Protocol):
         self.transport = transport
         _set_nodelay(transport)
         cfg = self.session.config
+        _limit_socket_buffers(transport, cfg.socket_buffer)
         transport.set_write_buffer_limits(high=cfg.write_buffer_high, low=cfg.write_buffer_low)
         self.session.upstream_reads.transport = transport
 

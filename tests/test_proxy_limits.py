@@ -1,0 +1,94 @@
+"""The proxy changes nothing a client or server would notice: buffering as a plain forwarder, cancels only for vanished clients."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import psycopg
+import pytest
+
+from pgproxy.demo.embedded import EmbeddedPostgres
+from pgproxy.proxy.server import ProxySettings
+from pgproxy.tracker.options import TrackerOptions
+from pgproxy.tracker.records import Detail
+from tests.harness import ProxyHarness
+
+COPY_OUT = "COPY (SELECT generate_series(1, 1000000)) TO STDOUT"
+
+
+def _cancelled_copy_statuses(dsn: str, runs: int = 6) -> list[str]:
+    """Start a big COPY OUT, read one chunk, leave the block with an exception (psycopg cancels)."""
+    statuses = []
+    with psycopg.connect(dsn) as conn:
+        for _ in range(runs):
+            cur = conn.cursor()
+            with pytest.raises(RuntimeError), cur.copy(COPY_OUT) as copy:
+                assert copy.read()
+                raise RuntimeError("the application gives up after one row")
+            statuses.append(conn.info.transaction_status.name)
+            conn.rollback()
+    return statuses
+
+
+def test_buffers_default_to_what_a_plain_forwarder_holds() -> None:
+    assert ProxySettings().write_buffer_high == 64 * 1024  # asyncio's defaults
+    assert ProxySettings().write_buffer_low == 16 * 1024
+    assert ProxySettings().socket_buffer == 128 * 1024
+
+
+def test_proxy_sockets_have_capped_kernel_buffers(pg: EmbeddedPostgres) -> None:
+    with (
+        ProxyHarness(("127.0.0.1", pg.port), TrackerOptions()) as proxy,
+        psycopg.connect(proxy.dsn(sslmode="disable")),
+    ):
+        (session,) = proxy.server.sessions
+        assert session.client is not None and session.upstream is not None
+        for transport in (session.client, session.upstream.transport):
+            sock = transport.get_extra_info("socket")
+            # Linux doubles the value set, for its bookkeeping
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) <= 2 * 128 * 1024
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) <= 2 * 128 * 1024
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("detail", [Detail.CONNECTION, Detail.QUERY, Detail.MESSAGE], ids=lambda d: d.name.lower())
+def test_cancelled_copy_out_behaves_as_direct(pg: EmbeddedPostgres, detail: Detail) -> None:
+    """The cancel reaches the server while it is still copying, as it does direct: the transaction is in error."""
+    direct = _cancelled_copy_statuses(pg.dsn())
+    with ProxyHarness(("127.0.0.1", pg.port), TrackerOptions(detail=detail)) as proxy:
+        proxied = _cancelled_copy_statuses(proxy.dsn(sslmode="disable"))
+    assert direct == ["INERROR"] * 6
+    assert proxied == direct
+
+
+@pytest.mark.parametrize("detail", [Detail.CONNECTION, Detail.QUERY], ids=["connection", "query"])
+def test_server_dropping_a_busy_session_sends_no_cancel(pg: EmbeddedPostgres, detail: Detail) -> None:
+    """pg_terminate_backend (or a restart) ends the session from the server's side: nothing to cancel."""
+    with ProxyHarness(("127.0.0.1", pg.port), TrackerOptions(detail=detail)) as proxy:
+        conn = psycopg.connect(proxy.dsn(sslmode="disable", application_name="dropped"), autocommit=True)
+        pid = conn.info.backend_pid
+        errors: list[BaseException] = []
+
+        def sleep() -> None:
+            try:
+                conn.execute("SELECT pg_sleep(30)")
+            except psycopg.Error as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=sleep)
+        thread.start()
+        proxy.wait_for(
+            lambda: (
+                pg.psql(f"SELECT count(*) FROM pg_stat_activity WHERE pid = {pid} AND state = 'active'").strip() == "1"
+            )
+        )
+        pg.psql(f"SELECT pg_terminate_backend({pid})")
+        thread.join(30)
+        conn.close()
+        assert errors  # the client saw the server's FATAL
+        proxy.wait_idle()
+        (ended,) = proxy.events("session.ended", application_name="dropped")
+        assert ended["reason"] in ("server_closed", "server_error")
+        assert not proxy.server._cancel_tasks  # scheduled before session.ended, had there been one
+        assert not proxy.events("cancel.forwarded") and not proxy.events("cancel.failed")
