@@ -8,6 +8,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import psycopg
 import pytest
 import trustme
 
-from pgproxy.demo.embedded import EmbeddedPostgres, Installation, installations
+from pgproxy.demo.embedded import EmbeddedPostgres, Installation, free_port, installations
 from pgproxy.protocol.build import startup_message, startup_packet
 from pgproxy.protocol.decoding import GSSENC_REQUEST_CODE, SSL_REQUEST_CODE
 from pgproxy.tracker.options import TrackerOptions
@@ -749,3 +750,56 @@ def test_certificates_on_both_legs(tls_server: TLSServer) -> None:
         assert ready["user"] == "cert_user"
         (failed,) = proxy.events("tls.failed")
         assert failed["leg"] == "client" and failed["reason"] == "peer did not return a certificate"
+
+
+def test_passthrough_never_lets_a_required_upstream_go_plaintext(tls_server: TLSServer, pg: EmbeddedPostgres) -> None:
+    """passthrough + upstream_mode=require: the client's own TLS goes end to end; a server's N is an error."""
+    with ProxyHarness(
+        tls_server.upstream, TrackerOptions(), tls_client_mode="passthrough", tls_upstream_mode="require"
+    ) as proxy:
+        with psycopg.connect(proxy.dsn(sslmode="require")) as conn:  # the client's TLS, to the server
+            assert conn.info.pgconn.ssl_in_use and _ssl_in_use(conn)
+        with psycopg.connect(proxy.dsn(sslmode="disable")) as conn:  # plaintext client: pgproxy's TLS
+            assert not conn.info.pgconn.ssl_in_use and _ssl_in_use(conn)
+        proxy.wait_idle()
+        assert [e["method"] for e in proxy.events("session.encrypted")] == ["tls"]
+        assert len(proxy.events("tls.established", leg="upstream")) == 1
+    with ProxyHarness(
+        ("127.0.0.1", pg.port), TrackerOptions(), tls_client_mode="passthrough", tls_upstream_mode="require"
+    ) as proxy:
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(proxy.dsn(sslmode="prefer", gssencmode="disable"), connect_timeout=10)
+        with socket.create_connection((proxy.host, proxy.port), timeout=10) as raw:
+            raw.sendall(startup_packet(GSSENC_REQUEST_CODE))  # GSS cannot cross a TLS leg: pgproxy says N
+            assert raw.recv(1) == b"N"
+        proxy.wait_idle()
+        (failed,) = proxy.events("upstream.tls_failed")
+        assert "answered N to SSLRequest" in failed["reason"]
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"PGPROXY_TLS_CLIENT_MODE": "terminate"}, "terminate needs tls.client_cert_file and tls.client_key_file"),
+        (
+            {
+                "PGPROXY_TLS_CLIENT_MODE": "terminate",
+                "PGPROXY_TLS_CLIENT_CERT_FILE": "/nonexistent/proxy.crt",
+                "PGPROXY_TLS_CLIENT_KEY_FILE": "/nonexistent/proxy.key",
+            },
+            "tls.client_cert_file '/nonexistent/proxy.crt': file not found",
+        ),
+        (
+            {"PGPROXY_TLS_UPSTREAM_MODE": "verify-full", "PGPROXY_TLS_UPSTREAM_CA_FILE": "/nonexistent/ca.pem"},
+            "tls.upstream_ca_file '/nonexistent/ca.pem'",
+        ),
+        ({"PGPROXY_TLS_UPSTREAM_MODE": "verify-everything"}, "tls.upstream_mode = 'verify-everything'"),
+    ],
+)
+def test_unusable_tls_settings_stop_pgproxy_with_one_line(env: dict[str, str], message: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "pgproxy", "--listen", f"127.0.0.1:{free_port()}", "--upstream", "127.0.0.1:9"],
+        capture_output=True, text=True, timeout=60, check=False, env={**os.environ, **env},
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and done.stderr.startswith("pgproxy: invalid configuration")

@@ -226,6 +226,7 @@ class Lifecycle:
             "loop": self.loop_name,
             "detail": config["log.detail"],
             "tls_client_mode": settings.tls_client_mode,
+            "tls_upstream_mode": settings.tls_upstream_mode,
             "version": __version__,
         }
         if config["redaction.parameters"] == ParameterMode.HASH.value:

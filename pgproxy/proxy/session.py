@@ -133,6 +133,7 @@ class ClientSession(asyncio.Protocol):
         self._sasl_filter: SaslOfferFilter | None = None  # backend bytes during authentication
         self._binding_check = False  # hold the client's SASL choice until it is judged (TLS -> TLS)
         self._binding_end_to_end = False  # pgproxy presents the server's own certificate
+        self._guard_ssl_answer = False  # passthrough: the server's answer to the client's SSLRequest is judged
 
     # ------------------------------------------------------------------ client side
 
@@ -299,7 +300,10 @@ class ClientSession(asyncio.Protocol):
                 self._accept_client_tls(b"", direct=False)
                 return
             if code in (SSL_REQUEST_CODE, GSSENC_REQUEST_CODE) and (
-                self.config.tls_client_mode != "passthrough" or self.client_tls is not None
+                self.config.tls_client_mode != "passthrough"
+                or self.client_tls is not None
+                # GSS encryption cannot be passed through a TLS upstream leg.
+                or (code == GSSENC_REQUEST_CODE and self.server.upstream_tls.mode.asks)
             ):
                 packet = bytes(buf[:length])
                 del buf[:length]
@@ -496,7 +500,12 @@ class ClientSession(asyncio.Protocol):
         self.client_reads.resume("connecting")
 
     def _wants_upstream_tls(self) -> bool:
-        """False when the first packet is the client's own SSLRequest or TLS (passthrough): it goes through."""
+        """False when the first packet is the client's own SSLRequest or TLS (passthrough): it goes through.
+
+        The client's TLS then runs end to end; should the server answer its
+        SSLRequest with ``N`` while ``tls.upstream_mode`` insists on TLS, the
+        client gets an error instead (see :meth:`upstream_data`).
+        """
         buf = self.pending
         if not buf:
             return True
@@ -504,7 +513,9 @@ class ClientSession(asyncio.Protocol):
             return False
         if len(buf) >= 8:
             (code,) = struct.unpack_from("!I", buf, 4)
-            return code not in (SSL_REQUEST_CODE, GSSENC_REQUEST_CODE)
+            if code == SSL_REQUEST_CODE:
+                self._guard_ssl_answer = self.server.upstream_tls.mode.insists
+                return False
         return True
 
     async def _negotiate_upstream_tls(self, side: UpstreamSide) -> str | None:
@@ -704,6 +715,15 @@ class ClientSession(asyncio.Protocol):
         client = self.client
         if client is None or client.is_closing():
             return
+        if self._guard_ssl_answer:
+            self._guard_ssl_answer = False
+            if data[:1] == b"N":  # the client would continue in plaintext to the server
+                mode = self.server.upstream_tls.mode.value
+                self._upstream_unreachable(
+                    f"the server does not support SSL (it answered N to SSLRequest) and tls.upstream_mode is {mode}",
+                    tls=True,
+                )
+                return
         sasl = self._sasl_filter
         if sasl is not None:
             data = sasl.feed(data)
