@@ -63,6 +63,7 @@ def test_aggregates_per_key_and_reports_interval_deltas() -> None:
     assert (a["calls"], a["rows"], a["errors"]) == (3, 4, {"23": 1})
     assert (a["total_ms"], a["min_ms"], a["max_ms"]) == (9.5, 0.5, 7.0)
     assert a["duration_buckets"] == {"0.001": 1, "0.005": 1, "0.01": 1}
+    assert a["latency_buckets_ms"] == {"0.5": 1, "2": 1, "10": 1}
     assert a["interval_s"] == 60.0 and a["db.query.summary"] == "SELECT a"
     b = by_fp[("b", "alice")]
     assert (b["calls"], b["rows"], b["duration_buckets"]) == (2, 15, {"1": 1, "5": 1})
@@ -102,6 +103,21 @@ def test_quantiles_interpolate_within_buckets_and_respect_min_max() -> None:
     single.add(12.5, 0, None)
     assert single.quantile(0.5) == single.quantile(0.99) == 12.5
     assert Aggregate().quantile(0.5) is None
+
+
+def test_sub_millisecond_percentiles_come_from_the_finer_buckets() -> None:
+    """OpenTelemetry's first bucket is 0-1 ms; a proxy's statements mostly live there."""
+    agg = Aggregate()
+    for ms in [0.15] * 90 + [0.4] * 9 + [30.0]:
+        agg.add(ms, 1, None)
+    fields = agg.fields()
+    assert fields["duration_buckets"] == {"0.001": 99, "0.05": 1}
+    assert fields["latency_buckets_ms"] == {"0.2": 90, "0.5": 9, "50": 1}
+    assert 0.15 <= fields["p50_ms"] <= 0.2 and 0.2 <= fields["p95_ms"] <= 0.5
+    again = Aggregate.from_fields(fields)
+    assert again.fields() == fields
+    coarse = Aggregate.from_fields({k: v for k, v in fields.items() if k != "latency_buckets_ms"})
+    assert coarse.fields()["duration_buckets"] == fields["duration_buckets"]
 
 
 def test_entry_bound_evicts_least_recently_seen_and_counts() -> None:

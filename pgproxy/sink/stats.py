@@ -31,7 +31,22 @@ STATS_REPORTED: Final = "stats.reported"
 
 #: OpenTelemetry's explicit bucket boundaries for ``db.client.operation.duration`` (seconds).
 DURATION_BUCKETS_S: Final = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
-_BUCKETS_MS: Final = tuple(b * 1000.0 for b in DURATION_BUCKETS_S)
+#: The histogram kept: OpenTelemetry's bounds plus 1-2-5 steps between them and below 1 ms (ms).
+#: A proxy's statements mostly take well under 1 ms, where OpenTelemetry's first bucket would
+#: leave every percentile a guess between 0 and 1 ms.
+LATENCY_BUCKETS_MS: Final[tuple[float, ...]] = (
+    *(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0),
+    *(20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0),
+)
+_LATENCY_LABELS: Final = (*(f"{b:g}" for b in LATENCY_BUCKETS_MS), "+Inf")
+#: For each OpenTelemetry bucket (and +Inf), the fine buckets it is the sum of.
+_OTEL_SLICES: Final = tuple(
+    range(
+        LATENCY_BUCKETS_MS.index(low * 1000.0) + 1 if low else 0,
+        LATENCY_BUCKETS_MS.index(high * 1000.0) + 1 if high else len(LATENCY_BUCKETS_MS) + 1,
+    )
+    for low, high in zip((0.0, *DURATION_BUCKETS_S), (*DURATION_BUCKETS_S, 0.0), strict=True)
+)
 #: Outcomes that ran on the server (``skipped`` and ``empty`` did not).
 _COUNTED: Final = frozenset(("ok", "error", "suspended", "interrupted"))
 DEFAULT_MAX_ENTRIES: Final = 5000
@@ -51,7 +66,7 @@ class Aggregate:
     min_ms: float = math.inf
     max_ms: float = 0.0
     errors: dict[str, int] = field(default_factory=dict)
-    buckets: list[int] = field(default_factory=lambda: [0] * (len(_BUCKETS_MS) + 1))
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_MS) + 1))
 
     def add(self, duration_ms: float | None, rows: int, sqlstate: str | None) -> None:
         """Count one statement; ``duration_ms`` None for a statement with no time of its own
@@ -68,7 +83,7 @@ class Aggregate:
         self.min_ms = min(self.min_ms, duration_ms)
         self.max_ms = max(self.max_ms, duration_ms)
         # bisect_left: a duration equal to a bound belongs to that bound's bucket (le semantics).
-        self.buckets[bisect.bisect_left(_BUCKETS_MS, duration_ms)] += 1
+        self.buckets[bisect.bisect_left(LATENCY_BUCKETS_MS, duration_ms)] += 1
 
     def merge(self, other: Aggregate) -> None:
         self.calls += other.calls
@@ -90,8 +105,8 @@ class Aggregate:
         seen = 0
         for index, count in enumerate(self.buckets):
             if count and seen + count >= rank:
-                low = _BUCKETS_MS[index - 1] if index else 0.0
-                high = _BUCKETS_MS[index] if index < len(_BUCKETS_MS) else self.max_ms
+                low = LATENCY_BUCKETS_MS[index - 1] if index else 0.0
+                high = LATENCY_BUCKETS_MS[index] if index < len(LATENCY_BUCKETS_MS) else self.max_ms
                 low, high = max(low, self.min_ms), min(high, self.max_ms)
                 return round(low + (high - low) * (rank - seen) / count, 3)
             seen += count
@@ -112,6 +127,7 @@ class Aggregate:
             "p95_ms": self.quantile(0.95),
             "p99_ms": self.quantile(0.99),
             "duration_buckets": bucket_fields(self.buckets),
+            "latency_buckets_ms": {label: n for label, n in zip(_LATENCY_LABELS, self.buckets, strict=True) if n},
         }
         if self.untimed:
             out["untimed_calls"] = self.untimed
@@ -129,9 +145,14 @@ class Aggregate:
             max_ms=float(fields.get("max_ms") or 0.0),
             errors={str(k): int(v) for k, v in (fields.get("errors") or {}).items()},
         )
-        buckets = fields.get("duration_buckets") or {}
-        for index, label in enumerate(_BUCKET_LABELS):
-            agg.buckets[index] = int(buckets.get(label, 0))
+        fine = fields.get("latency_buckets_ms")
+        if fine is not None:
+            for index, label in enumerate(_LATENCY_LABELS):
+                agg.buckets[index] = int(fine.get(label, 0))
+        else:  # only OpenTelemetry's buckets: each count goes to the top of its range
+            coarse = fields.get("duration_buckets") or {}
+            for label, fine_range in zip(_BUCKET_LABELS, _OTEL_SLICES, strict=True):
+                agg.buckets[fine_range[-1]] += int(coarse.get(label, 0))
         return agg
 
 
@@ -139,8 +160,13 @@ _BUCKET_LABELS: Final = (*(f"{b:g}" for b in DURATION_BUCKETS_S), "+Inf")
 
 
 def bucket_fields(buckets: Sequence[int]) -> dict[str, int]:
-    """Non-empty histogram buckets by upper bound in seconds (``"0.005": 12``; counts not cumulative)."""
-    return {label: n for label, n in zip(_BUCKET_LABELS, buckets, strict=True) if n}
+    """Non-empty OpenTelemetry buckets by upper bound in seconds (``"0.005": 12``; not cumulative)."""
+    out = {}
+    for label, fine_range in zip(_BUCKET_LABELS, _OTEL_SLICES, strict=True):
+        n = sum(buckets[i] for i in fine_range)
+        if n:
+            out[label] = n
+    return out
 
 
 @dataclass(slots=True)
