@@ -297,6 +297,21 @@ def test_bad_capture_files_are_clear_errors(tmp_path: Path) -> None:
     assert parse_frame(packet.data, packet.link_type.header_length) is not None
 
 
+def test_bytes_missing_from_a_capture_stop_decoding_with_an_anomaly() -> None:
+    (conn,) = recordings()["psql"]
+    frames = _checksum_free_frames(conn, 5432)
+    lost = next(i for i, (frontend, data) in enumerate(conn) if frontend and data[:1] == b"Q")
+    records = decode_bytes(_wireshark_dump(frames[:lost] + frames[lost + 1 :]).encode())
+    (gap,) = [r for r in records if r.event == "session.anomaly"]
+    assert gap["kind"] == "capture_gap" and gap["direction"] == "frontend"
+    assert f"{len(conn[lost][1])} bytes" in gap["reason"]
+    assert records[-1].event == "session.ended"
+    # Nothing from the gap on is guessed at: only messages before it were decoded.
+    assert records.index(gap) == len(records) - 2
+    lost_sql = conn[lost][1][5:-1].decode()
+    assert not [r for r in records if r.event == "query" and r["db.query.text"] == lost_sql]
+
+
 def test_bytes_that_are_not_postgres_are_an_error(tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.bin"
     for content in (bytes(range(256)) * 4, bytes(range(99, 256)) * 4):

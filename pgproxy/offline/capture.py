@@ -173,6 +173,7 @@ class Segment:
     seq: int
     payload: bytes
     time: float | None = None
+    syn: bool = False  # a SYN takes one sequence number and carries no data
 
 
 def _ip_tcp(packet: bytes, offset: int) -> Segment | None:
@@ -209,7 +210,8 @@ def _ip_tcp(packet: bytes, offset: int) -> Segment | None:
     data_offset = (packet[tcp + 12] >> 4) * 4
     if data_offset < 20 or tcp + data_offset > end:
         return None
-    return Segment((src, sport), (dst, dport), seq, packet[tcp + data_offset : end])
+    syn = bool(packet[tcp + 13] & 0x02)
+    return Segment((src, sport), (dst, dport), seq, packet[tcp + data_offset : end], syn=syn)
 
 
 def parse_frame(packet: bytes, link_offset: int | None = None, time: float | None = None) -> Segment | None:
@@ -240,7 +242,7 @@ def parse_frame(packet: bytes, link_offset: int | None = None, time: float | Non
     for offset in candidates:
         seg = _ip_tcp(packet, offset)
         if seg is not None:
-            return seg if time is None else Segment(seg.src, seg.dst, seg.seq, seg.payload, time)
+            return seg if time is None else Segment(seg.src, seg.dst, seg.seq, seg.payload, time, seg.syn)
     return None
 
 
@@ -251,6 +253,7 @@ class Chunk:
     frontend: bool
     data: bytes
     time: float | None  # capture time; None when the capture carries none
+    missing: int = 0  # bytes of this side the capture lost just before this chunk
 
 
 @dataclass
@@ -263,10 +266,15 @@ class Stream:
     opened_at: float | None = None  # time of the connection's first captured segment (its SYN, if captured)
     _next_seq: dict[bool, int] = field(default_factory=dict)
 
-    def add(self, frontend: bool, seq: int, payload: bytes, time: float | None = None) -> None:
+    def add(self, frontend: bool, seq: int, payload: bytes, time: float | None = None, syn: bool = False) -> None:
+        """Append a segment's new bytes: retransmitted ones are dropped, lost ones noted in ``Chunk.missing``."""
         if self.opened_at is None:
             self.opened_at = time
+        if syn:
+            self._next_seq[frontend] = (seq + 1) & 0xFFFFFFFF
+            return
         expected = self._next_seq.get(frontend)
+        missing = 0
         if expected is not None:
             delta = (expected - seq) & 0xFFFFFFFF
             if delta and delta < 0x80000000:  # starts before what we have: retransmission
@@ -274,9 +282,11 @@ class Stream:
                     return
                 payload = payload[delta:]
                 seq = expected
+            elif delta and payload:  # starts after what we have: the capture lost bytes
+                missing = (seq - expected) & 0xFFFFFFFF
         self._next_seq[frontend] = (seq + len(payload)) & 0xFFFFFFFF
         if payload:
-            self.chunks.append(Chunk(frontend, payload, time))
+            self.chunks.append(Chunk(frontend, payload, time, missing))
 
     @property
     def timed(self) -> bool:
@@ -341,7 +351,7 @@ def group_streams(segments: list[Segment], server_port: int | None = None) -> li
         else:
             continue
         stream = streams.setdefault((client, server), Stream(client, server))
-        stream.add(frontend, seg.seq, seg.payload, seg.time)
+        stream.add(frontend, seg.seq, seg.payload, seg.time, seg.syn)
     streams = {key: stream for key, stream in streams.items() if stream.chunks}
     if not streams:
         seen = sorted({seg.src[1] for seg in segments} | {seg.dst[1] for seg in segments})

@@ -100,6 +100,18 @@ def decode_stream(stream: Stream, name: str, detail: Detail) -> list[Record]:
     for chunk in stream.chunks:
         if timed and chunk.time is not None:
             clock_now = chunk.time
+        if chunk.missing:
+            # Framing cannot resume in the middle of unknown bytes: say so and stop.
+            side = "frontend" if chunk.frontend else "backend"
+            out.append(
+                tracker.anomaly(
+                    "capture_gap",
+                    f"{chunk.missing} bytes the {side} sent are missing from the capture",
+                    direction=side,
+                    action="stopped decoding this connection",
+                )
+            )
+            break
         out += tracker.frontend(chunk.data) if chunk.frontend else tracker.backend(chunk.data)
     out += tracker.closed("end_of_capture")
     if not timed:
