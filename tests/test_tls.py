@@ -748,6 +748,8 @@ def test_certificates_on_both_legs(tls_server: TLSServer) -> None:
         proxy.wait_idle()
         (ready,) = proxy.events("session.ready")
         assert ready["user"] == "cert_user"
+        (client_leg,) = proxy.events("tls.established", leg="client")
+        assert client_leg["tls.client.subject"].endswith(",CN=cert_user")
         (failed,) = proxy.events("tls.failed")
         assert failed["leg"] == "client" and failed["reason"] == "peer did not return a certificate"
 
@@ -803,3 +805,23 @@ def test_unusable_tls_settings_stop_pgproxy_with_one_line(env: dict[str, str], m
     )  # fmt: skip
     assert done.returncode == 2, done.stderr
     assert message in done.stderr and done.stderr.startswith("pgproxy: invalid configuration")
+
+
+@pytest.mark.slow
+def test_bulk_both_ways_through_tls_on_both_legs(tls_server: TLSServer) -> None:
+    """Tens of megabytes out (SELECT) and in (COPY FROM STDIN) across two TLS sessions, counted exactly."""
+    with ProxyHarness(tls_server.upstream, TrackerOptions(), **_terminate(tls_server, "verify-full")) as proxy:
+        with psycopg.connect(proxy.dsn(sslmode="verify-full", sslrootcert=tls_server.ca)) as conn:
+            rows = conn.execute("SELECT g, repeat('x', 1000) FROM generate_series(1, 20000) g").fetchall()
+            assert len(rows) == 20000 and rows[-1][0] == 20000 and len(rows[-1][1]) == 1000
+            conn.execute("CREATE TEMP TABLE sink (id int, pad text)")
+            with conn.cursor() as cur, cur.copy("COPY sink FROM STDIN") as copy:
+                for i in range(20000):
+                    copy.write_row((i, "y" * 1000))
+            assert conn.execute("SELECT count(*), sum(length(pad)) FROM sink").fetchone() == (20000, 20_000_000)
+        proxy.wait_idle()
+        select = proxy.events("query", rows=20000, command_tag="SELECT 20000")
+        copy_in = proxy.events("query", command_tag="COPY 20000")
+        assert len(select) == 1 and len(copy_in) == 1 and copy_in[0]["copy"]["direction"] == "in"
+        (ended,) = proxy.events("session.ended")
+        assert ended["bytes_from_server"] > 20_000_000 and ended["bytes_from_client"] > 20_000_000

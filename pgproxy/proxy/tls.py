@@ -220,6 +220,13 @@ def describe_error(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _distinguished_name(subject: Any) -> str:
+    """``CN=cert_user,O=...`` from the nested tuples :meth:`ssl.SSLObject.getpeercert` returns."""
+    names = {"commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU", "countryName": "C"}
+    parts = [f"{names.get(key, key)}={value}" for rdn in subject for key, value in rdn]
+    return ",".join(parts)
+
+
 class HandshakeState(enum.Enum):
     HANDSHAKING = "handshaking"
     ESTABLISHED = "established"
@@ -325,6 +332,9 @@ class TLSChannel:
             sni = getattr(obj, "sni", None)
             if sni:
                 fields["tls.client.server_name"] = sni
+            peer = obj.getpeercert()  # verified client certificates only (tls.client_ca_file)
+            if peer:
+                fields["tls.client.subject"] = _distinguished_name(peer.get("subject", ()))
         return fields
 
     def selected_alpn(self) -> str | None:
