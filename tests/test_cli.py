@@ -271,6 +271,12 @@ def test_started_event_names_addresses_as_configured_and_the_hash_key_source(pg:
     assert query["parameters"] == ["hmac-sha256:" + hmac.new(key.encode(), b"Demo", hashlib.sha256).hexdigest()[:16]]
     assert query["client.address"] == "::1"
     assert key not in stdout + stderr + json.dumps(started)
+    # The README's rule: events about a connection carry its session, the proxy's own do not.
+    events = [started, *(json.loads(line) for line in stdout.splitlines())]
+    per_connection = {"session", "query", "message", "notice", "notification", "tls", "upstream", "auth"}
+    assert {e["event"] for e in events} >= {"proxy.started", "session.started", "query", "session.ended"}
+    for e in events:
+        assert ("session" in e) == (e["event"].split(".")[0] in per_connection), e
 
 
 def test_sink_stamps_levels_timestamps_and_withholds_secret_keys() -> None:
