@@ -566,6 +566,7 @@ def test_protocol_32_cancel_through_tls_on_both_legs(tls_server: TLSServer) -> N
         assert [r["protocol_version"] for r in ready] == ["3.2"]
         (cancel,) = proxy.events("cancel.forwarded")
         assert cancel["backend_pid"] == ready[0]["backend_pid"]
+        assert cancel["tls.protocol.version"] == "1.3"  # pgproxy's cancel connection uses the upstream leg's TLS
         # The cancel connection itself came over TLS (SSLRequest, then CancelRequest inside).
         assert len(proxy.events("tls.established", leg="client")) == 2
 

@@ -22,7 +22,13 @@ from dataclasses import dataclass
 from pgproxy.protocol.build import error_response
 from pgproxy.proxy.address import host_port, socket_address
 from pgproxy.proxy.session import ClientSession
-from pgproxy.proxy.tls import certificate_der, client_tls_context, upstream_tls
+from pgproxy.proxy.tls import (
+    certificate_der,
+    client_tls_context,
+    describe_error,
+    open_upstream_stream,
+    upstream_tls,
+)
 from pgproxy.proxy.workers import current_worker
 from pgproxy.sink import Sink
 from pgproxy.tracker.options import TrackerOptions
@@ -290,12 +296,15 @@ class ProxyServer:
             "reason": reason,
         }
         try:
-            _reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(cfg.upstream_host, cfg.upstream_port), cfg.connect_timeout
+            _reader, writer, tls_version = await asyncio.wait_for(
+                open_upstream_stream(cfg.upstream_host, cfg.upstream_port, self.upstream_tls), cfg.connect_timeout
             )
-        except (OSError, TimeoutError) as exc:
-            self.sink.log("error", "cancel.failed", reason=str(exc) or type(exc).__name__, **fields)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:  # ssl.SSLError is an OSError
+            reason = describe_error(exc) if isinstance(exc, ssl.SSLError) else str(exc) or type(exc).__name__
+            self.sink.log("error", "cancel.failed", reason=reason, **fields)
             return
+        if tls_version is not None:
+            fields["tls.protocol.version"] = tls_version
         try:
             writer.write(packet)  # the secret key travels, unlogged
             await writer.drain()

@@ -19,8 +19,10 @@ when ``tls.upstream_ca_file`` is set), ``verify-ca`` verifies the chain,
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import ssl
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -364,3 +366,44 @@ class TLSChannel:
         out = self._out
         if out.pending:
             self._write(out.read())
+
+
+class UpstreamRefusedTLS(ConnectionError):
+    """The server answered the SSLRequest with something other than ``S`` while the mode insists."""
+
+
+_SSL_REQUEST = struct.pack("!II", 8, 80877103)
+
+
+async def open_upstream_stream(
+    host: str, port: int, tls: UpstreamTLS
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str | None]:
+    """A stream connection to the server with the upstream leg's TLS (for CancelRequests).
+
+    Returns the streams and the TLS version in use (None when plaintext,
+    e.g. ``prefer`` against a server without TLS).
+
+    Raises:
+        OSError, ssl.SSLError: the connection or the handshake failed.
+        UpstreamRefusedTLS: the server refused TLS and the mode insists.
+    """
+    reader, writer = await asyncio.open_connection(host, port)
+    if not tls.mode.asks or tls.context is None:
+        return reader, writer, None
+    try:
+        writer.write(_SSL_REQUEST)
+        await writer.drain()
+        answer = await reader.readexactly(1)
+        if answer != b"S":
+            if tls.mode.insists:
+                raise UpstreamRefusedTLS(
+                    f"the server answered {answer!r} to SSLRequest and tls.upstream_mode is {tls.mode.value}"
+                )
+            return reader, writer, None
+        await writer.start_tls(tls.context, server_hostname=tls.server_name)
+    except BaseException:
+        writer.close()
+        raise
+    ssl_object = writer.get_extra_info("ssl_object")
+    version = ssl_object.version() if ssl_object is not None else None
+    return reader, writer, (version or "").removeprefix("TLSv") or None
