@@ -65,7 +65,7 @@ WORKLOADS: dict[str, tuple[str, list[str]]] = {
     ONE: ("-S simple, 1 client", ["-S", "-M", "simple", "-c", "1", "-j", "1"]),
     CHURN: ("-S -C (new connection per tx), 4 clients", ["-S", "-M", "simple", "-C", "-c", "4", "-j", "2"]),
 }
-ALL_TARGETS = ("direct", "pgbouncer", "forwarder", "connection", "query", "message", "wire")
+ALL_TARGETS = ("direct", "pgbouncer", "pgbouncer-tls", "forwarder", "connection", "query", "message", "wire")
 
 
 @dataclass
@@ -193,7 +193,7 @@ def start_forwarder(upstream: int) -> Target:
     return Target("bare uvloop forwarder", port, proc)
 
 
-def start_pgbouncer(upstream: int, tmp: Path, pool_size: int = 50) -> Target | None:
+def start_pgbouncer(upstream: int, tmp: Path, pool_size: int = 50, server_tls: bool = False) -> Target | None:
     exe = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").exists() else None)
     if exe is None:
         return None
@@ -205,7 +205,7 @@ def start_pgbouncer(upstream: int, tmp: Path, pool_size: int = 50) -> Target | N
         f"[databases]\n* = host=127.0.0.1 port={upstream}\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n"
         f"auth_type = trust\nauth_file = {home / 'users.txt'}\npool_mode = session\n"
         f"max_client_conn = {pool_size + 100}\ndefault_pool_size = {pool_size}\nlogfile = {home / 'pgbouncer.log'}\n"
-        "unix_socket_dir =\n"
+        "unix_socket_dir =\n" + ("server_tls_sslmode = require\n" if server_tls else "")
     )
     cmd = [exe, str(ini)]
     if os.geteuid() == 0:  # PgBouncer refuses to run as root
@@ -220,7 +220,7 @@ def start_pgbouncer(upstream: int, tmp: Path, pool_size: int = 50) -> Target | N
     except RuntimeError:
         proc.kill()
         return None
-    return Target("PgBouncer (session)", port, proc)
+    return Target("PgBouncer (session, server TLS)" if server_tls else "PgBouncer (session)", port, proc)
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 20.0) -> None:
@@ -243,8 +243,8 @@ def start_targets(names: list[str], pg: EmbeddedPostgres, tmp: Path, pool_size: 
     for name in names:
         if name == "direct":
             targets.append(Target("direct", pg.port))
-        elif name == "pgbouncer":
-            bouncer = start_pgbouncer(pg.port, tmp, pool_size)
+        elif name in ("pgbouncer", "pgbouncer-tls"):
+            bouncer = start_pgbouncer(pg.port, tmp, pool_size, server_tls=name == "pgbouncer-tls")
             if bouncer is None:
                 print("  (PgBouncer not installed or failed to start: skipped)", flush=True)
             else:
@@ -613,6 +613,21 @@ def _prepare(pg: EmbeddedPostgres, scale: int, bulk: bool) -> None:
         pg.psql("VACUUM ANALYZE bulk_select")
 
 
+def _tls_server(settings: dict[str, str]) -> tuple[Any, dict[str, bytes]]:
+    """The newest OpenSSL-enabled installation, and a throw-away certificate for ssl=on."""
+    import trustme  # the test extra brings it
+
+    from pgproxy.demo.embedded import installations
+
+    found = [i for i in installations() if i.has_ssl]
+    if not found:
+        sys.exit("--tls needs a PostgreSQL built with OpenSSL (e.g. Debian's postgresql package)")
+    cert = trustme.CA().issue_cert("127.0.0.1", "localhost")
+    settings.update(ssl="on", ssl_cert_file="'server.crt'", ssl_key_file="'server.key'")
+    files = {"server.crt": cert.cert_chain_pems[0].bytes(), "server.key": cert.private_key_pem.bytes()}
+    return max(found, key=lambda i: i.major), files
+
+
 def _meta(args: argparse.Namespace, pg: EmbeddedPostgres) -> dict[str, Any]:
     commit = subprocess.run(
         ["git", "-C", str(BENCH_DIR), "describe", "--always", "--dirty"], capture_output=True, text=True, check=False
@@ -653,6 +668,12 @@ def main() -> None:
         "--workers-scaling", action="store_true", help="pgproxy query with 1 and 2 workers, 1 and 2 cores"
     )
     parser.add_argument("--no-save", action="store_true", help="print only; do not write bench/results or RESULTS.md")
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve TLS (an OpenSSL build, ssl=on; 'direct' is then TLS end to end): compare "
+        "query with query+tls.upstream_mode=require and pgbouncer with pgbouncer-tls",
+    )
     args = parser.parse_args()
     names = [n for n in args.targets.split(",") if n]
     workloads = [w for w in args.workloads.split(",") if w]
@@ -670,7 +691,10 @@ def main() -> None:
     bulk: dict[str, dict[str, float]] = {}
     sizes: dict[str, float] = {}
     memory: dict[str, Memory] = {}
-    with EmbeddedPostgres(find_installation(), settings=settings) as pg:
+    installation, files = find_installation(), {}
+    if args.tls:
+        installation, files = _tls_server(settings)
+    with EmbeddedPostgres(installation, settings=settings, files=files) as pg:
         meta = _meta(args, pg)
         print(f"preparing: PostgreSQL {pg.major}, pgbench scale {args.scale}", flush=True)
         _prepare(pg, args.scale, not args.skip_bulk)
