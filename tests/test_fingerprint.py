@@ -308,3 +308,12 @@ def test_where_the_parser_does_better_than_the_lexer() -> None:
     assert analyzer.parameter_names("INSERT INTO users (username, password) VALUES ($1, crypt($2, 'bf'))")[2] == (
         "password"
     )
+
+
+def test_text_the_library_cannot_take_falls_back_instead_of_raising() -> None:
+    """A lone surrogate (no UTF-8 for it) makes pglast raise UnicodeEncodeError: counted, described by the lexer."""
+    analyzer = StatementAnalyzer()
+    a = analyzer.analyze("SELECT '\udcff' FROM t")
+    assert (a.source, a.fallback, a.operation) == (Source.LEXER, FallbackReason.PARSER_ERROR, "SELECT")
+    assert analyzer.split("SELECT 1; SELECT '\udcff'") == ["SELECT 1", "SELECT '\udcff'"]
+    assert analyzer.counters["fallback.parser_error"] == 1 and analyzer.counters["split_fallback.parser_error"] == 1

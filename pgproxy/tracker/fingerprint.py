@@ -77,6 +77,8 @@ class FallbackReason(enum.Enum):
     TOO_LONG = "too_long"
     OPERATOR_RUN = "operator_run"
     PARSER_UNAVAILABLE = "parser_unavailable"
+    PARSER_ERROR = "parser_error"
+    """The library failed otherwise (text it cannot encode...)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -843,6 +845,8 @@ class StatementAnalyzer:
                 return [part.strip() for part in self._parser.split(sql)]
             except self._parser.error:
                 reason = FallbackReason.SYNTAX_ERROR
+            except Exception:  # anything else the library raises must not end the session's decoding
+                reason = FallbackReason.PARSER_ERROR
         self.counters[f"split_fallback.{reason.value}"] += 1
         return lexical.split_statements(sql)
 
@@ -895,6 +899,8 @@ class StatementAnalyzer:
                 tree = parser.parse_json(sql)
             except parser.error:
                 reason = FallbackReason.SYNTAX_ERROR
+            except Exception:  # e.g. text the library cannot encode: describe it lexically, keep decoding
+                reason = FallbackReason.PARSER_ERROR
             else:
                 self.counters["parsed"] += 1
                 return self._from_tree(sql, fingerprint, normalized, tree)
