@@ -130,6 +130,7 @@ class Analysis:
         targets: tuple[str, ...] = (),
         parameter_names: Mapping[int, str] | None = None,
     ) -> Analysis:
+        """An analysis with its ``query`` record fields prepared once (absent values left out)."""
         fields: dict[str, Any] = {"fingerprint": fingerprint}
         if summary:
             fields["db.query.summary"] = summary
