@@ -346,7 +346,9 @@ class StatementStats:
             fields = entry.identity()
             fields.update(entry.cumulative().fields())
             rows.append(fields)
+        extra = dict(self.extra()) if self.extra is not None else {}
         return {
+            **({"parser": extra} if extra else {}),
             "entries": len(self.entries),
             "max_entries": self.max_entries,
             "evicted_total": self.evicted,
