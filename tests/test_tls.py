@@ -826,3 +826,16 @@ def test_bulk_both_ways_through_tls_on_both_legs(tls_server: TLSServer) -> None:
         assert len(select) == 1 and len(copy_in) == 1 and copy_in[0]["copy"]["direction"] == "in"
         (ended,) = proxy.events("session.ended")
         assert ended["bytes_from_server"] > 20_000_000 and ended["bytes_from_client"] > 20_000_000
+
+
+def test_tls_on_both_legs_with_the_asyncio_loop(tls_server: TLSServer) -> None:
+    """proxy.loop = asyncio: the memory-BIO TLS and the cancel connection's start_tls work there too."""
+    with ProxyHarness(
+        tls_server.upstream, TrackerOptions(), loop="asyncio", **_terminate(tls_server, "verify-full")
+    ) as proxy:
+        dsn = proxy.dsn(sslmode="verify-full", sslrootcert=tls_server.ca)
+        cancel_running_statement(proxy, dsn, tls_server.pg).close()
+        proxy.wait_idle()
+        (cancel,) = proxy.events("cancel.forwarded")
+        assert cancel["tls.protocol.version"] == "1.3"
+        assert len(proxy.events("tls.established", leg="upstream")) == 1
