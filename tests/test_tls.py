@@ -620,7 +620,7 @@ def test_startup_parameters_through_tls(tls_server: TLSServer) -> None:
 def test_client_leaving_or_stalling_mid_handshake(tls_server: TLSServer) -> None:
     """A client that vanishes inside the TLS handshake, and one that stalls there (proxy.startup_timeout)."""
     with ProxyHarness(
-        tls_server.upstream, TrackerOptions(), **_terminate(tls_server, "require", startup_timeout=0.5)
+        tls_server.upstream, TrackerOptions(), **_terminate(tls_server, "require", startup_timeout=2.0)
     ) as proxy:
         with socket.create_connection((proxy.host, proxy.port), timeout=10) as raw:
             raw.sendall(startup_packet(SSL_REQUEST_CODE))
