@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import socket
 import threading
+from typing import Any
 
 import psycopg
 import pytest
 
 from pgproxy.demo.embedded import EmbeddedPostgres
+from pgproxy.protocol.build import query as query_message
+from pgproxy.protocol.build import startup_message
 from pgproxy.proxy.server import ProxySettings
+from pgproxy.proxy.session import OBSERVE_SLICE
 from pgproxy.tracker.options import TrackerOptions
 from pgproxy.tracker.records import Detail
+from pgproxy.tracker.session import SessionTracker
 from tests.harness import ProxyHarness
 
 COPY_OUT = "COPY (SELECT generate_series(1, 1000000)) TO STDOUT"
@@ -92,3 +97,31 @@ def test_server_dropping_a_busy_session_sends_no_cancel(pg: EmbeddedPostgres, de
         assert ended["reason"] in ("server_closed", "server_error")
         assert not proxy.server._cancel_tasks  # scheduled before session.ended, had there been one
         assert not proxy.events("cancel.forwarded") and not proxy.events("cancel.failed")
+
+
+def test_a_flood_is_shown_to_the_tracker_in_slices(pg: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read can bring 256 KiB of tiny messages: the tracker sees it a slice at a time, with every byte counted."""
+    seen: list[int] = []
+    original = SessionTracker.frontend
+
+    def recording(self: SessionTracker, data: bytes, now: float | None = None) -> Any:
+        seen.append(len(data))
+        return original(self, data, now)
+
+    monkeypatch.setattr(SessionTracker, "frontend", recording)
+    with ProxyHarness(("127.0.0.1", pg.port), TrackerOptions()) as proxy:
+        with socket.create_connection((proxy.host, proxy.port)) as sock:
+            sock.sendall(startup_message({"user": "postgres", "database": "postgres", "application_name": "flood"}))
+            reply = b""
+            while not reply.endswith(b"Z\x00\x00\x00\x05I"):
+                reply += sock.recv(65536)
+            flood = query_message("SELECT 1") * 40_000
+            sock.sendall(flood)
+            sock.shutdown(socket.SHUT_WR)
+            while sock.recv(1 << 20):  # read every answer: the server runs all of them
+                pass
+        proxy.wait_idle(timeout=120)
+        (ended,) = proxy.events("session.ended", application_name="flood")
+    assert max(seen) <= OBSERVE_SLICE
+    assert sum(seen) == ended["bytes_from_client"]
+    assert ended.get("undecoded_bytes", 0) == 0

@@ -15,6 +15,7 @@ with an ErrorResponse when the upstream cannot be reached.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import enum
 import socket
@@ -36,6 +37,10 @@ if TYPE_CHECKING:
     from pgproxy.proxy.server import ProxyServer
 
 _TLS_HANDSHAKE = 0x16
+#: Bytes shown to the tracker in one step; a larger chunk is shown in slices.
+OBSERVE_SLICE = 4096
+#: Bytes waiting for the tracker beyond which reading the session pauses.
+OBSERVE_BACKLOG_PAUSE = 1 << 20
 _NEGOTIATION_NAMES = {SSL_REQUEST_CODE: "SSLRequest", GSSENC_REQUEST_CODE: "GSSENCRequest"}
 _SSL_REQUEST = struct.pack("!II", 8, SSL_REQUEST_CODE)
 _TERMINATE = b"X\x00\x00\x00\x04"  # Terminate ("Message Formats"): a clean goodbye to the server
@@ -120,6 +125,12 @@ class ClientSession(asyncio.Protocol):
         #: Options from a reload, adopted at the session's next quiet point (see adopt()).
         self.pending_options: TrackerOptions | None = None
         self.decoding = True  # False after a tracker failure: opaque passthrough
+        # Bytes forwarded but not yet shown to the tracker (see _observe): chunk, offset, direction, arrival.
+        self._backlog: collections.deque[tuple[bytes, int, bool, float]] = collections.deque()
+        self._backlog_bytes = 0
+        self._draining = False
+        self._after_drain: Any = None  # the session's end, waiting for the tracker to catch up
+        self.undecoded_bytes = 0
         self.bytes_from_client = 0
         self.bytes_from_server = 0
         self.close_reason: str | None = None
@@ -784,7 +795,60 @@ class ClientSession(asyncio.Protocol):
     # ------------------------------------------------------------------ observation
 
     def _observe(self, data: bytes, frontend: bool, now: float) -> None:
-        """Show forwarded bytes to the tracker, stamped with when they reached the proxy."""
+        """Show forwarded bytes to the tracker, stamped with when they reached the proxy.
+
+        A small chunk is shown at once. A large one (a read can bring 256 KiB:
+        tens of thousands of tiny messages) is shown in slices, a few
+        milliseconds of tracker work per turn of the event loop, so that one
+        session's flood cannot hold every other session's bytes; while more
+        than :data:`OBSERVE_BACKLOG_PAUSE` bytes wait, reading that session
+        pauses. Order and arrival times are kept.
+        """
+        if self.tracker is None or not self.decoding:
+            return
+        if not self._backlog and len(data) <= OBSERVE_SLICE:
+            self._show(data, frontend, now)
+            return
+        self._backlog.append((data, 0, frontend, now))
+        self._backlog_bytes += len(data)
+        if self._backlog_bytes > OBSERVE_BACKLOG_PAUSE:
+            self.client_reads.pause("decoder_behind")
+            self.upstream_reads.pause("decoder_behind")
+        if not self._draining:
+            self._draining = True
+            self._drain_backlog()
+
+    def _drain_backlog(self, budget: float = 0.002) -> None:
+        """Show queued bytes slice by slice for up to ``budget`` seconds; continue on the next loop turn."""
+        backlog = self._backlog
+        deadline = time.perf_counter() + budget
+        while backlog and self.decoding:
+            data, offset, frontend, now = backlog[0]
+            piece = data[offset : offset + OBSERVE_SLICE]
+            if offset + OBSERVE_SLICE < len(data):
+                backlog[0] = (data, offset + OBSERVE_SLICE, frontend, now)
+            else:
+                backlog.popleft()
+            self._backlog_bytes -= len(piece)
+            self._show(piece, frontend, now)
+            if time.perf_counter() > deadline:
+                break
+        if not self.decoding:
+            self.undecoded_bytes += self._backlog_bytes
+            backlog.clear()
+            self._backlog_bytes = 0
+        if self._backlog_bytes <= OBSERVE_BACKLOG_PAUSE // 2:
+            self.client_reads.resume("decoder_behind")
+            self.upstream_reads.resume("decoder_behind")
+        if backlog:
+            asyncio.get_running_loop().call_soon(self._drain_backlog)
+            return
+        self._draining = False
+        if self._after_drain is not None:
+            end, self._after_drain = self._after_drain, None
+            end()
+
+    def _show(self, data: bytes, frontend: bool, now: float) -> None:
         tracker = self.tracker
         if tracker is None or not self.decoding:
             return
@@ -812,6 +876,14 @@ class ClientSession(asyncio.Protocol):
         if self._startup_timer is not None:
             self._startup_timer.cancel()
             self._startup_timer = None
+        if self._backlog:
+            # The tracker has not caught up: end the session (and log it) once it
+            # has, still a slice per loop turn, so the events stay complete.
+            self._after_drain = lambda: self._end(exc)
+            return
+        self._end(exc)
+
+    def _end(self, exc: Exception | None) -> None:
         self.server.session_closed(self)
         if self._cancel_connection:
             return
@@ -823,6 +895,8 @@ class ClientSession(asyncio.Protocol):
             "bytes_from_client": self.bytes_from_client,
             "bytes_from_server": self.bytes_from_server,
         }
+        if self.undecoded_bytes:
+            extra["undecoded_bytes"] = self.undecoded_bytes
         if exc is not None:
             extra["error"] = f"{type(exc).__name__}: {exc}"
         if not self.decoding:
@@ -849,7 +923,7 @@ class ClientSession(asyncio.Protocol):
         tracker = self.tracker
         if self.state is not State.RELAY:
             return self.state is not State.CONNECTING
-        if tracker is None or not self.decoding:
+        if tracker is None or not self.decoding or self._backlog:
             return False
         return not tracker.busy and tracker.between_messages
 
