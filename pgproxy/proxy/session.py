@@ -884,7 +884,14 @@ class ClientSession(asyncio.Protocol):
         self._end(exc)
 
     def _end(self, exc: Exception | None) -> None:
-        self.server.session_closed(self)
+        try:
+            self._log_end(exc)
+        finally:
+            # After session.ended is queued: whoever waits for the session set
+            # to empty (a drain, a test) then finds the event.
+            self.server.session_closed(self)
+
+    def _log_end(self, exc: Exception | None) -> None:
         if self._cancel_connection:
             return
         tracker = self.tracker
