@@ -116,6 +116,20 @@ def test_literals_that_matter_are_not_shared() -> None:
     assert analyzer.analyze("SELECT 1::varchar(10)").normalized != analyzer.analyze("SELECT 1::varchar(20)").normalized
 
 
+def test_a_kept_literal_and_an_unmarked_constant_do_not_make_texts_share_an_entry() -> None:
+    """Counting replacements is not enough: the type modifier is kept and ``true`` replaced (one each),
+    so a count would match and the second text would be shown as ``varchar(10)``."""
+    analyzer = StatementAnalyzer()
+    first = analyzer.analyze("SELECT 'x'::varchar(10), true FROM t")
+    second = analyzer.analyze("SELECT 'y'::varchar(20), true FROM t")
+    assert first.normalized == "SELECT $1::varchar(10), $2 FROM t"
+    assert second.normalized == "SELECT $1::varchar(20), $2 FROM t"
+    assert analyzer.counters["literal_key_hits"] == 0
+    # a shape with a marked literal the parser keeps is never shared: each text is cached by itself
+    assert analyzer.analyze("SELECT 'z'::varchar(10), true FROM t").normalized == first.normalized
+    assert analyzer.counters["literal_key_hits"] == 0 and analyzer.counters["parsed"] == 3
+
+
 def test_normalized_text_keeps_parameters_and_masks_every_literal() -> None:
     a = StatementAnalyzer().analyze(
         "SELECT $1, 'secret', E'it\\'s', 42, 4.2e1, B'0101', X'1F', interval '1 day' FROM t WHERE x = $2"

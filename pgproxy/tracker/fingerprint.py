@@ -299,7 +299,8 @@ def _after_comment(sql: str, start: int) -> int | None:
             return i
 
 
-_PARAM_REF = re.compile(r"\$\d+")
+_PARAM_NUMBER = re.compile(r"\$(\d+)")
+_MARKER = re.compile(r"-?\x00n|\x00s")
 
 
 # --------------------------------------------------------------------------- operations and targets
@@ -821,7 +822,7 @@ class StatementAnalyzer:
                 keyed is not None
                 and keyed[1]
                 and analysis.source is Source.PARSER
-                and _new_placeholders(sql, analysis.normalized) == keyed[1]
+                and _same_shape(keyed[0], sql, analysis.normalized)
             )
             self._store(keyed[0] if shareable and keyed is not None else sql, analysis)
         return analysis
@@ -979,9 +980,20 @@ def _touch(cache: OrderedDict[str, Analysis], key: str) -> None:
         pass
 
 
-def _new_placeholders(sql: str, normalized: str) -> int:
-    """How many ``$n`` the parser's normalisation added (literals it replaced)."""
-    return len(_PARAM_REF.findall(normalized)) - len(_PARAM_REF.findall(sql))
+def _same_shape(key: str, sql: str, normalized: str) -> bool:
+    """Whether the parser replaced exactly the literals the stripping pass marked, and nothing else.
+
+    Then no literal value can change the analysis, and every text with the same
+    key may share it. Compared with each marker (a minus sign folded into a
+    number, as the grammar does) and each ``$n`` the normalisation added made
+    one placeholder; anything else (a literal the parser keeps, such as a type
+    modifier or a COPY file name; a constant the pass does not mark, such as
+    ``true``) makes the shapes differ, and the text is cached by itself.
+    """
+    existing = max((int(n) for n in _PARAM_NUMBER.findall(sql)), default=0)
+    marked = _MARKER.sub("\x00", key)
+    replaced = _PARAM_NUMBER.sub(lambda m: "\x00" if int(m.group(1)) > existing else m.group(0), normalized)
+    return marked == replaced
 
 
 def _lexical_analysis(sql: str, reason: FallbackReason) -> Analysis:
