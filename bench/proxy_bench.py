@@ -41,6 +41,7 @@ import json
 import os
 import re
 import resource
+import runpy
 import shutil
 import statistics
 import subprocess
@@ -251,10 +252,11 @@ def start_targets(names: list[str], pg: EmbeddedPostgres, tmp: Path, pool_size: 
                 targets.append(bouncer)
         elif name == "forwarder":
             targets.append(start_forwarder(pg.port))
-        elif "+" in name:  # query+query.fingerprints=false+stats.enabled=false
-            detail, *assignments = name.split("+")
-            pairs = dict(a.split("=", 1) for a in assignments)
-            targets.append(start_proxy(pg.port, detail, tmp, name=f"pgproxy {name}", settings=pairs))
+        elif "+" in name:  # query+query.fingerprints=false+stats.enabled=false, query+mypyc
+            detail, *extras = name.split("+")
+            pairs = dict(a.split("=", 1) for a in extras if a != "mypyc")
+            source = compiled(tmp) if "mypyc" in extras else None
+            targets.append(start_proxy(pg.port, detail, tmp, name=f"pgproxy {name}", settings=pairs, source=source))
         elif "@" in name:
             detail, ref = name.split("@", 1)
             targets.append(
@@ -263,6 +265,19 @@ def start_targets(names: list[str], pg: EmbeddedPostgres, tmp: Path, pool_size: 
         else:
             targets.append(start_proxy(pg.port, name, tmp))
     return targets
+
+
+def compiled(tmp: Path) -> Path:
+    """A copy of this checkout's package with setup.py's modules compiled by mypyc (``PGPROXY_COMPILE=1``)."""
+    path = tmp / "src-mypyc"
+    if not path.exists():
+        root = BENCH_DIR.parent
+        shutil.copytree(root / "pgproxy", path / "pgproxy", ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+        modules = runpy.run_path(str(root / "setup.py"), run_name="setup")["COMPILED"]
+        print(f"compiling {len(modules)} modules with mypyc...", flush=True)
+        mypyc = Path(sys.executable).parent / "mypyc"
+        subprocess.run([str(mypyc), *modules], cwd=path, check=True, capture_output=True)
+    return path
 
 
 def checkout(ref: str, tmp: Path) -> Path:
@@ -659,7 +674,7 @@ def main() -> None:
         "--targets",
         default="direct,pgbouncer,forwarder,connection,query,message",
         help=f"among {','.join(ALL_TARGETS)}; DETAIL@REF runs another git ref, "
-        "DETAIL+KEY=VALUE sets options (e.g. query+query.fingerprints=false)",
+        "DETAIL+KEY=VALUE sets options (e.g. query+query.fingerprints=false), DETAIL+mypyc runs the compiled build",
     )
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help=f"among {','.join(WORKLOADS)}")
     parser.add_argument("--skip-bulk", action="store_true")

@@ -12,7 +12,7 @@ standard library (a test enforces it). The pieces:
   column and parameter values by type OID.
 """
 
-from pgproxy.protocol import messages
+from pgproxy.protocol import framing, messages
 from pgproxy.protocol.decoding import decode_frame, decode_tagged, split_command_tag, type_name
 from pgproxy.protocol.errors import DecodeError, FramingError, ProtocolError
 from pgproxy.protocol.framing import DEFAULT_MAX_FRAME, Frame, Framer, FramingMode
@@ -20,7 +20,13 @@ from pgproxy.protocol.rows import RowDecoder
 from pgproxy.protocol.values import ValueContext, decode_value, decoder_for
 from pgproxy.protocol.wire import Conversation, Phase
 
+#: True when the mypyc-compiled build of this package is in use (installed
+#: with ``PGPROXY_COMPILE=1``; see setup.py): the extension modules take
+#: precedence over their ``.py`` sources at import.
+COMPILED: bool = not str(framing.__file__).endswith(".py")
+
 __all__ = [
+    "COMPILED",
     "DEFAULT_MAX_FRAME",
     "Conversation",
     "DecodeError",

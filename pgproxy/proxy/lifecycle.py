@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from pgproxy import __version__
 from pgproxy.config import Config, ConfigError, reloadable
+from pgproxy.protocol import COMPILED
 from pgproxy.proxy.address import host_port
 from pgproxy.proxy.loop import loop_factory
 from pgproxy.proxy.server import ProxyServer, ProxySettings
@@ -228,6 +229,7 @@ class Lifecycle:
             "tls_client_mode": settings.tls_client_mode,
             "tls_upstream_mode": settings.tls_upstream_mode,
             "version": __version__,
+            "compiled": COMPILED,
         }
         if config["redaction.parameters"] == ParameterMode.HASH.value:
             # Say which key hashes parameters (never the key): a random one means
