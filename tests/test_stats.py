@@ -226,3 +226,27 @@ def test_top_redraws_as_the_log_grows_and_ctrl_c_ends_it(tmp_path: Any) -> None:
     screens = seen.split("\x1b[H\x1b[2J")
     last = next(s for s in reversed(screens) if "SELECT second" in s).splitlines()
     assert "SELECT second" in last[3] and "SELECT first" in last[4]  # heaviest first
+
+
+def test_configuration_of_fingerprints_text_mode_and_statistics() -> None:
+    import pytest
+
+    from pgproxy.config import ConfigError, load
+    from pgproxy.proxy.lifecycle import stats_from
+    from pgproxy.tracker.fingerprint import shared_analyzer
+    from pgproxy.tracker.options import TextMode
+
+    default = load(env={})
+    assert default.tracker_options().analyzer is shared_analyzer()
+    assert default.tracker_options().text_mode is TextMode.RAW
+    stats = stats_from(default, lambda records: None)
+    assert stats is not None and (stats.interval, stats.max_entries) == (60.0, 5000)
+    off = load(env={"PGPROXY_QUERY_FINGERPRINTS": "false"})
+    assert off.tracker_options().analyzer is None and stats_from(off, lambda records: None) is None
+    assert stats_from(load(env={"PGPROXY_LOG_DETAIL": "connection"}), lambda records: None) is None
+    assert stats_from(load(env={"PGPROXY_STATS_ENABLED": "false"}), lambda records: None) is None
+    normalized = load(env={"PGPROXY_QUERY_TEXT_MODE": "normalized", "PGPROXY_STATS_INTERVAL": "5"})
+    assert normalized.tracker_options().text_mode is TextMode.NORMALIZED
+    assert stats_from(normalized, lambda records: None).interval == 5.0  # type: ignore[union-attr]
+    with pytest.raises(ConfigError, match=r"query\.text_mode .* needs query\.fingerprints"):
+        load(env={"PGPROXY_QUERY_TEXT_MODE": "normalized", "PGPROXY_QUERY_FINGERPRINTS": "false"})
