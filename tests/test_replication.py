@@ -177,3 +177,23 @@ def test_pg_recvlogical_through_pgproxy(primary: EmbeddedPostgres) -> None:
         assert streamed["start_lsn"] and streamed["last_lsn"]
         # At wire detail each CopyData is a message event, with its hex dump (the row data masked or not, by policy).
         assert len(proxy.events("message", type="CopyData")) >= streamed["xlog_data_messages"]
+
+
+@pytest.mark.slow
+def test_pg_basebackup_through_pgproxy(primary: EmbeddedPostgres) -> None:
+    """BASE_BACKUP streams the cluster as COPY OUT results: counted, never shown, and the backup is whole."""
+    with ProxyHarness(("127.0.0.1", primary.port), TrackerOptions()) as proxy:
+        target = tempfile.mkdtemp(prefix="pgproxy-basebackup-")
+        done = subprocess.run(
+            [primary.tool("pg_basebackup"), "-d", f"host=127.0.0.1 port={proxy.port} user=postgres",
+             "-D", target, "-Ft", "-X", "none", "-c", "fast", "--no-manifest"],
+            capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        tar_size = os.path.getsize(os.path.join(target, "base.tar"))
+        assert tar_size > 1_000_000
+        proxy.wait_idle()
+        backups = [q for q in proxy.events("query") if str(q["db.query.text"]).startswith("BASE_BACKUP")]
+        copied = sum(q["copy"]["bytes"] for q in backups if "copy" in q)
+        assert copied >= tar_size  # the archive arrives as CopyData (with a little framing of its own)
+        assert all(q["outcome"] == "ok" for q in backups)
