@@ -90,3 +90,43 @@ def test_two_workers_share_the_port_and_the_log(pg: EmbeddedPostgres, tmp_path: 
         assert len({i[:4] for i in ids}) == 1 and {i[4:6] for i in ids} == {"00", "01"}
         assert max(len(line) for line in text.splitlines()) > 4096
         assert kinds["message"] > 0
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def test_a_dead_worker_stops_the_others(pg: EmbeddedPostgres, tmp_path: Path) -> None:
+    """A worker killed from outside: the parent stops the rest and exits with the worker's status."""
+    port = free_port()
+    log_file = tmp_path / "pgproxy.jsonl"
+    proc = subprocess.Popen(
+        [*PGPROXY, "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{pg.port}", "--log-file", str(log_file)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PGPROXY_PROXY_WORKERS": "2"},
+    )
+    try:
+        _wait_listening(port, proc)
+        _wait_started(log_file, 2, proc)
+        workers = _children(proc.pid)
+        assert len(workers) == 2
+        os.kill(workers[0], signal.SIGKILL)
+        assert proc.wait(timeout=60) == 128 + signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=30)
+    events = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert [e["event"] for e in events].count("proxy.stopped") == 1  # the survivor stopped cleanly
+    assert not _children(proc.pid)
