@@ -159,17 +159,17 @@ class Probe:
         self.failures = 0
         self._task = asyncio.get_running_loop().create_task(self._run())
 
-    async def stop(self) -> dict[str, Any]:
+    async def stop(self, prefix: str = "probe") -> dict[str, Any]:
         assert self._task is not None
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         lat = sorted(self.latencies)
         return {
-            "probe_queries": len(lat),
-            "probe_failures": self.failures,
-            "probe_p50_ms": round(lat[len(lat) // 2] * 1000, 2) if lat else None,
-            "probe_worst_ms": round(lat[-1] * 1000, 2) if lat else None,
+            f"{prefix}_queries": len(lat),
+            f"{prefix}_failures": self.failures,
+            f"{prefix}_p50_ms": round(lat[len(lat) // 2] * 1000, 2) if lat else None,
+            f"{prefix}_worst_ms": round(lat[-1] * 1000, 2) if lat else None,
         }
 
 
@@ -341,18 +341,27 @@ async def phase_slowloris(port: int, sockets: int) -> dict[str, Any]:
     }
 
 
-async def phase_hostile(port: int, repeats: int) -> dict[str, Any]:
+async def phase_hostile(port: int, repeats: int, probes: tuple[Probe, Probe]) -> dict[str, Any]:
     timings: dict[str, float] = {}
+    worst: dict[str, tuple[float, float]] = {}
     errors: dict[str, str] = {}
     for name, action in hostile_actions(port).items():
+        marks = [len(p.latencies) for p in probes]
         start = time.perf_counter()
         for _ in range(repeats):
             try:
                 await action()
             except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
                 errors[name] = f"{type(exc).__name__}: {exc}"
+        await asyncio.sleep(0.2)  # let the probes see the tail of it
         timings[name] = round((time.perf_counter() - start) / repeats * 1000, 1)
-    return {"hostile_ms_each": timings, "hostile_client_errors": errors}
+        proxied, direct = (max(p.latencies[m:], default=0.0) * 1000 for p, m in zip(probes, marks, strict=True))
+        worst[name] = (round(proxied, 1), round(direct, 1))
+    return {
+        "hostile_ms_each": timings,
+        "probe_worst_ms_through_proxy_vs_direct": worst,
+        "hostile_client_errors": errors,
+    }
 
 
 async def phase_mixed(pg: EmbeddedPostgres, port: int, dsn: str, pid: int, duration: int) -> dict[str, Any]:
@@ -439,6 +448,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     proxy = start_proxy(pg, port, log)
     dsn = f"postgresql://postgres@127.0.0.1:{port}/postgres"
     probe = Probe(dsn)
+    # The same probe straight to the server: what the server's own load costs
+    # (hostile inputs make PostgreSQL work too), as opposed to what the proxy adds.
+    direct = Probe(pg.dsn())
     try:
         print(f"pgproxy pid {proxy.pid}, PostgreSQL {pg.major} on {pg.port}; log {log}", flush=True)
         figures["connections"] = await phase_connections(dsn, proxy.pid, args.connections)
@@ -454,10 +466,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         figures["baseline"] = await probe.stop()
         print("baseline", figures["baseline"], flush=True)
         probe.start()
-        figures["hostile"] = {**await phase_hostile(port, args.repeats), **await probe.stop()}
+        direct.start()
+        hostile = await phase_hostile(port, args.repeats, (probe, direct))
+        figures["hostile"] = {**hostile, **await probe.stop(), **await direct.stop("direct_probe")}
         print("hostile", figures["hostile"], flush=True)
         probe.start()
-        figures["mixed"] = {**await phase_mixed(pg, port, dsn, proxy.pid, args.duration), **await probe.stop()}
+        direct.start()
+        mixed = await phase_mixed(pg, port, dsn, proxy.pid, args.duration)
+        figures["mixed"] = {**mixed, **await probe.stop(), **await direct.stop("direct_probe")}
         print("mixed", figures["mixed"], flush=True)
         figures["proxy_alive_at_end"] = proxy.poll() is None
         figures["fds_at_end"] = proc_fds(proxy.pid)
