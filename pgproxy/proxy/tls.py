@@ -284,10 +284,11 @@ class TLSChannel:
                 chunk = obj.read(262144)
             except ssl.SSLWantReadError:
                 break
-            except ssl.SSLZeroReturnError:  # close_notify: the transport's EOF follows
+            except ssl.SSLZeroReturnError:
                 self.state = HandshakeState.CLOSED
                 break
-            if not chunk:
+            if not chunk:  # close_notify (no data would raise SSLWantReadError): the transport's EOF follows
+                self.state = HandshakeState.CLOSED
                 break
             chunks.append(chunk)
         self._flush()  # TLS 1.3 key updates and the like may want to answer
