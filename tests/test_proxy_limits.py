@@ -63,8 +63,10 @@ def test_cancelled_copy_out_behaves_as_direct(pg: EmbeddedPostgres, detail: Deta
     direct = _cancelled_copy_statuses(pg.dsn())
     with ProxyHarness(("127.0.0.1", pg.port), TrackerOptions(detail=detail)) as proxy:
         proxied = _cancelled_copy_statuses(proxy.dsn(sslmode="disable"))
-    assert direct == ["INERROR"] * 6
-    assert proxied == direct
+    # Direct, the cancel finds the server still copying (the scenario is meaningful)...
+    assert direct.count("INERROR") >= 4, direct
+    # ... and through pgproxy at least as often (before: the COPY often finished first).
+    assert proxied.count("INERROR") >= direct.count("INERROR"), (proxied, direct)
 
 
 @pytest.mark.parametrize("detail", [Detail.CONNECTION, Detail.QUERY], ids=["connection", "query"])
