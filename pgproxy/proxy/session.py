@@ -274,7 +274,10 @@ class ClientSession(asyncio.Protocol):
             buf = self.pending
             if buf[0] == _TLS_HANDSHAKE and self.client_tls is None:
                 if self.config.tls_client_mode == "refuse":
-                    self._log_refused("direct TLS (sslnegotiation=direct) while tls.client_mode is refuse")
+                    self._log_refused(
+                        "direct TLS (sslnegotiation=direct) while tls.client_mode is refuse",
+                        change='set tls.client_mode = "terminate" (decoded) or "passthrough" (relayed encrypted)',
+                    )
                     self._close_client("tls_refused")
                     return
                 if self.config.tls_client_mode == "terminate":
@@ -681,7 +684,10 @@ class ClientSession(asyncio.Protocol):
             reason = (
                 "SCRAM channel binding cannot verify through pgproxy, which terminates TLS with its own certificate"
             )
-            self._log_refused(reason)
+            self._log_refused(
+                reason,
+                change="connect with channel_binding=disable, or give pgproxy the server's own certificate and key",
+            )
             reply = error_response(
                 "FATAL",
                 "28000",
@@ -696,9 +702,9 @@ class ClientSession(asyncio.Protocol):
             return
         data = bytes(self.pending)
         self.pending = bytearray()
-        self.data_received_plain(data)
+        self._relay_from_client(data)
 
-    def data_received_plain(self, data: bytes) -> None:
+    def _relay_from_client(self, data: bytes) -> None:
         """Forward and observe decrypted client bytes in the relay phase."""
         upstream = self.upstream
         assert upstream is not None
