@@ -197,3 +197,15 @@ def test_pg_basebackup_through_pgproxy(primary: EmbeddedPostgres) -> None:
         copied = sum(q["copy"]["bytes"] for q in backups if "copy" in q)
         assert copied >= tar_size  # the archive arrives as CopyData (with a little framing of its own)
         assert all(q["outcome"] == "ok" for q in backups)
+
+
+def test_a_long_stream_reports_progress_once_per_interval() -> None:
+    t, _ = _replication_session(Detail.QUERY)
+    records = t.backend(build.message(b"W", b"\x00\x00\x00") + build.copy_data(_keepalive(0x500)), now=1.0)
+    assert not [r for r in records if r.event.startswith("replication.")]
+    events = []
+    for second in range(2, 200, 5):
+        chunk = build.copy_data(_xlog(0x500 + second, b"w", 0x600 + second))
+        events += [r for r in t.backend(chunk, now=float(second)) if r.event.startswith("replication.")]
+    assert [r.event for r in events] == ["replication.progress"] * 3  # at 62, 122 and 182 s
+    assert events[-1].fields["duration_ms"] == 181_000.0 and events[-1].fields["xlog_data_messages"] == 37
