@@ -315,3 +315,28 @@ def test_prepared_statements_are_bounded_by_size() -> None:
     held = t.statements.statements
     assert sum(len(s.sql) for s in held.values()) <= 50_000
     assert "s99" in held and "s0" not in held  # the least recently used went first
+
+
+def test_a_failing_value_decoder_is_one_anomaly_and_the_query_event_stays(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A decoder bug (here a RecursionError) is caught where it happens: one anomaly, the event kept, decoding on."""
+    from pgproxy.protocol import values
+
+    def broken(text: str) -> object:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setitem(values._TEXT, oids.FLOAT8, broken)
+    values.decoder_for.cache_clear()
+    try:
+        t = _tracker()
+        records = t.frontend(b.parse("", "SELECT $1::float8", (oids.FLOAT8,)) + b.bind("", "", (b"1.5",)))
+        records += t.frontend(b.execute() + b.sync())
+        records += t.backend(
+            b.message(b"1") + b.message(b"2") + b.command_complete("SELECT 1") + b.ready_for_query("I")
+        )
+        (anomaly,) = [r for r in records if r.event == "session.anomaly"]
+        assert anomaly["kind"] == "decoder_failure" and "RecursionError" in anomaly["reason"]
+        (query,) = [r for r in records if r.event == "query"]
+        assert query["outcome"] == "ok" and query["parameters"][0]["decoder_failure"] is True
+        assert t.conv.decoding
+    finally:
+        values.decoder_for.cache_clear()

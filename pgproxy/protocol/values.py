@@ -58,6 +58,12 @@ _TIMETZ = struct.Struct("!qi").unpack_from
 _NUMERIC_HEADER = struct.Struct("!hhHh").unpack_from
 _ARRAY_HEADER = struct.Struct("!iiI").unpack_from
 
+#: Errors that mean "this value does not fit its type" (anything else a
+#: decoder raises is a decoder failure, flagged with :data:`DECODER_FAILURE`).
+_MALFORMED = (DecodeError, ValueError, struct.error, OverflowError, IndexError)
+#: Key set in the placeholder of a value whose decoder failed unexpectedly.
+DECODER_FAILURE: Final = "decoder_failure"
+
 #: How much of a bad value a placeholder shows.
 PLACEHOLDER_HEX_BYTES: Final = 64
 
@@ -889,8 +895,12 @@ def decoder_for(oid: int, fmt: int, ctx: ValueContext = DEFAULT_CONTEXT, safe: b
     def guarded(data: bytes) -> JSONValue:
         try:
             return raw(data)
-        except Exception as exc:  # a value must never break its message (RecursionError included)
+        except _MALFORMED as exc:  # the value does not fit its type: shown as such
             return placeholder(oid, data, str(exc) or type(exc).__name__)
+        except Exception as exc:  # a decoder bug (RecursionError included): never breaks the message
+            failed = placeholder(oid, data, f"{type(exc).__name__}: {exc}")
+            failed[DECODER_FAILURE] = True  # the tracker reports it as a session.anomaly
+            return failed
 
     return guarded
 

@@ -26,7 +26,7 @@ from pgproxy.protocol.framing import FRAMING_ERROR, TLS_RECORD, UNTAGGED, Frame
 from pgproxy.protocol.hexdump import hexdump, mask
 from pgproxy.protocol.oids import type_name
 from pgproxy.protocol.replication import is_replication_connection
-from pgproxy.protocol.values import ValueContext
+from pgproxy.protocol.values import DECODER_FAILURE, ValueContext
 from pgproxy.protocol.wire import Conversation, Phase
 from pgproxy.tracker.options import TrackerOptions
 from pgproxy.tracker.records import (
@@ -50,6 +50,7 @@ from pgproxy.tracker.statements import (
     TRANSACTION_STATUS,
     Execution,
     StatementTracker,
+    decoder_failure_record,
 )
 
 _DATA_ROW: Final = ord("D")
@@ -786,7 +787,13 @@ class SessionTracker:
                                 columns = _value_spans(buf, start, end)
                             spans.append(columns[index])
                         else:
-                            row[name] = truncate(row[name], limit)
+                            value = row[name]
+                            if type(value) is dict and DECODER_FAILURE in value:
+                                self.anomalies += 1
+                                out.append(
+                                    decoder_failure_record(self.session_id, decoder.fields[index].type_oid, value)
+                                )
+                            row[name] = truncate(value, limit)
                     fields["row"] = row
         if self.detail >= Detail.WIRE and buf is not None:
             raw = buf[start - _HEADER_BYTES : end]

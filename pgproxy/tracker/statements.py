@@ -35,8 +35,9 @@ from functools import lru_cache
 from typing import Any, ClassVar, Final
 
 from pgproxy.protocol import messages as m
+from pgproxy.protocol.oids import type_name
 from pgproxy.protocol.rows import RowDecoder
-from pgproxy.protocol.values import ValueContext, ValueDecoder, decoder_for
+from pgproxy.protocol.values import DECODER_FAILURE, ValueContext, ValueDecoder, decoder_for
 from pgproxy.tracker.fingerprint import annotate
 from pgproxy.tracker.options import TextMode, TrackerOptions
 from pgproxy.tracker.records import NOTICE, NOTIFICATION, QUERY, SESSION_ANOMALY, Record, truncate
@@ -328,6 +329,20 @@ class ImplicitTransaction:
         self.uncommitted.clear()
 
 
+def decoder_failure_record(session: Any, oid: int, placeholder: dict[str, Any]) -> Record:
+    """One ``session.anomaly`` for a value whose decoder failed (the value itself is shown as a placeholder)."""
+    return Record(
+        SESSION_ANOMALY,
+        "error",
+        {
+            "session": session,
+            "kind": "decoder_failure",
+            "reason": f"decoding a {type_name(oid)} value failed: {placeholder.get('error')}",
+            "action": "the value is shown as a placeholder; decoding and forwarding go on",
+        },
+    )
+
+
 @dataclass(slots=True)
 class StatementTracker:
     """Correlates one session's requests and responses into ``query`` events.
@@ -542,6 +557,8 @@ class StatementTracker:
         if decode is None:
             decode = self._decoders[(oid, fmt)] = decoder_for(oid, fmt, self.value_context)
         value = decode(raw)
+        if type(value) is dict and DECODER_FAILURE in value:
+            self.outbox.append(decoder_failure_record(self.context.get("session"), oid, value))
         return policy.parameter(truncate(value, self.options.max_value_chars), raw, name)
 
     # ------------------------------------------------------------------ backend
