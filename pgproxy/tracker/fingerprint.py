@@ -217,7 +217,7 @@ def literal_key(sql: str) -> tuple[str, int] | None:
             escape = j > 0 and sql[j - 1] in "eE" and (j < 2 or not _IDENT_CHAR.match(sql[j - 2]))
             if j > 0 and sql[j - 1] in "eEbBxXnN" and (j < 2 or not _IDENT_CHAR.match(sql[j - 2])):
                 start = j - 1  # the prefix belongs to the literal
-            end = _after_quote(sql, j + 1, "'", escape)
+            end = lexical.after_closing_quote(sql, j + 1, "'", escape)
             if end is None:
                 return None
             out.append(sql[pos:start])
@@ -225,7 +225,7 @@ def literal_key(sql: str) -> tuple[str, int] | None:
             count += 1
             pos = i = end
         elif ch == '"':
-            end = _after_quote(sql, j + 1, '"', False)
+            end = lexical.after_closing_quote(sql, j + 1, '"', False)
             if end is None:
                 return None
             i = end
@@ -262,26 +262,6 @@ def literal_key(sql: str) -> tuple[str, int] | None:
         return sql, 0
     out.append(sql[pos:])
     return "".join(out), count
-
-
-def _after_quote(sql: str, pos: int, quote: str, backslash_escapes: bool) -> int | None:
-    """Index past the quote closing a literal whose body starts at ``pos`` (doubled quotes stand for one)."""
-    n = len(sql)
-    while True:
-        j = sql.find(quote, pos)
-        if j < 0:
-            return None
-        if backslash_escapes:
-            k = j - 1
-            while k >= pos and sql[k] == "\\":
-                k -= 1
-            if (j - 1 - k) % 2:
-                pos = j + 1
-                continue
-        if j + 1 < n and sql[j + 1] == quote:
-            pos = j + 2
-            continue
-        return j + 1
 
 
 def _after_comment(sql: str, start: int) -> int | None:

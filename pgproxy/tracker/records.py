@@ -12,6 +12,8 @@ import enum
 from dataclasses import dataclass
 from typing import Any, Final
 
+from pgproxy.protocol.values import cap_text
+
 
 class Detail(enum.IntEnum):
     """How much a session logs; each level includes the ones below it."""
@@ -51,11 +53,11 @@ NOTIFICATION: Final = "notification"
 def truncate(value: Any, limit: int) -> Any:
     """A string longer than ``limit`` characters cut to it, saying how much was cut; anything else unchanged.
 
-    The one place every logged text (values, parameters, SQL, payloads) is capped.
+    Every logged text (values, parameters, SQL, payloads) is capped here or by
+    :func:`~pgproxy.protocol.values.cap_text`, which this defers to, so the
+    ``…[+N chars]`` marker reads the same wherever a text was cut.
     """
-    if isinstance(value, str) and len(value) > limit:
-        return f"{value[:limit]}…[+{len(value) - limit} chars]"
-    return value
+    return cap_text(value, limit) if isinstance(value, str) else value
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from functools import wraps
 from typing import Any, TypeVar
 
+from pgproxy.protocol.values import cap_text
+
 _DOLLAR_TAG = re.compile(r"\$([A-Za-z_\x80-\uffff][A-Za-z0-9_\x80-\uffff]*+)?\$")
 _IDENT_CHARS = re.compile(r"[A-Za-z0-9_$\x80-\uffff]")
 #: Where the scanner must look: quotes, dollar signs, comment openers.
@@ -139,7 +141,7 @@ def scan(sql: str, partial: bool = False) -> list[Token] | None:
                 if prev.end - 1 > prev.start:
                     out.append(Token("code", prev.start, prev.end - 1))
                 start = i - 1
-            end = _after_closing_quote(sql, i + 1, "'", escape)
+            end = after_closing_quote(sql, i + 1, "'", escape)
             if end is None:
                 return [*out, Token("string", start, n)] if partial else None
             i = end
@@ -148,7 +150,7 @@ def scan(sql: str, partial: bool = False) -> list[Token] | None:
         elif ch == '"':
             flush(i)
             start = i
-            end = _after_closing_quote(sql, i + 1, '"', False)
+            end = after_closing_quote(sql, i + 1, '"', False)
             if end is None:
                 return [*out, Token("ident", start, n)] if partial else None
             i = end
@@ -194,7 +196,7 @@ def scan(sql: str, partial: bool = False) -> list[Token] | None:
     return out
 
 
-def _after_closing_quote(sql: str, pos: int, quote: str, backslash_escapes: bool) -> int | None:
+def after_closing_quote(sql: str, pos: int, quote: str, backslash_escapes: bool) -> int | None:
     """Index just past the quote that closes a literal whose body starts at ``pos``.
 
     A doubled quote stands for itself; in ``E'...'`` strings a quote preceded
@@ -461,7 +463,7 @@ def mask_sql_prefix(sql: str, limit: int, sensitive: re.Pattern[str] | None, all
     """
     if len(sql) <= limit:
         masked = mask_sql(sql, sensitive, all_literals)
-        return masked if len(masked) <= limit else f"{masked[:limit]}…[+{len(masked) - limit} chars]"
+        return cap_text(masked, limit)
     masked = mask_sql(sql[:limit], sensitive, all_literals, True)
     return f"{masked[:limit]}…[+{len(sql) - limit} chars]"
 
