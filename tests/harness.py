@@ -11,16 +11,21 @@ import asyncio
 import contextlib
 import io
 import json
+import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pgproxy.proxy.loop import loop_factory
 from pgproxy.proxy.server import ProxyServer, ProxySettings
 from pgproxy.sink import Fanout, LogSink, RecordConsumer, Sink
 from pgproxy.tracker.options import TrackerOptions
+
+if TYPE_CHECKING:
+    from pgproxy.demo.embedded import EmbeddedPostgres
 
 
 class _LoopThread:
@@ -207,3 +212,25 @@ def chain(
         near_client.close()
         proxy.close()
         near_server.close()
+
+
+def wait_listening(port: int, proc: subprocess.Popen[str], timeout: float = 30.0) -> None:
+    """Wait until a ``pgproxy`` subprocess accepts TCP connections on ``port``; fail with its stderr if it exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "pgproxy did not start listening"
+            time.sleep(0.05)
+
+
+def wait_until_running(pg: EmbeddedPostgres, sql: str, wait_event: str | None = None) -> None:
+    """Wait until the server runs ``sql`` (and, if given, waits on ``wait_event``), as pg_stat_activity shows."""
+    condition = f"query = '{sql}' AND state = 'active'" + (f" AND wait_event = '{wait_event}'" if wait_event else "")
+    deadline = time.monotonic() + 60
+    while pg.psql(f"SELECT count(*) FROM pg_stat_activity WHERE {condition}").strip() == "0":
+        assert time.monotonic() < deadline, f"the server never showed {condition}"
+        time.sleep(0.05)

@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import tomllib
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import pytest
 from pgproxy.config import OPTIONS, ConfigError, env_name, load, parse_hostport
 from pgproxy.demo.embedded import EmbeddedPostgres, free_port
 from tests.golden import recordings
+from tests.harness import wait_listening
 
 ROOT = Path(__file__).resolve().parent.parent
 PGPROXY = [sys.executable, "-m", "pgproxy"]
@@ -133,14 +133,7 @@ def test_run_proxy_process_end_to_end(pg: EmbeddedPostgres, tmp_path: Path) -> N
         text=True,
     )
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-                time.sleep(0.05)
+        wait_listening(port, proc, timeout=20)
         with psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres") as conn:
             assert conn.execute("SELECT email FROM users WHERE username = 'Demo'").fetchone() == ("demo@aa.io",)
     finally:

@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 
 import asyncpg
 import psycopg
@@ -18,7 +17,7 @@ from pgproxy.demo.scenario import run_scenario
 from pgproxy.protocol.build import startup_message
 from pgproxy.tracker.options import TrackerOptions
 from pgproxy.tracker.records import Detail
-from tests.harness import ProxyHarness, chain
+from tests.harness import ProxyHarness, chain, wait_until_running
 
 MESSAGE = TrackerOptions(detail=Detail.MESSAGE)
 
@@ -235,15 +234,6 @@ def test_connect_timeout_is_reported(pg: EmbeddedPostgres) -> None:
         blackhole.close()
 
 
-def _wait_until_running(pg: EmbeddedPostgres, sql: str, wait_event: str | None = None) -> None:
-    """Wait until the server runs ``sql`` (and, if given, waits on ``wait_event``), as pg_stat_activity shows."""
-    condition = f"query = '{sql}' AND state = 'active'" + (f" AND wait_event = '{wait_event}'" if wait_event else "")
-    deadline = time.monotonic() + 60
-    while pg.psql(f"SELECT count(*) FROM pg_stat_activity WHERE {condition}").strip() == "0":
-        assert time.monotonic() < deadline, f"the server never showed {condition}"
-        time.sleep(0.05)
-
-
 def test_cancel_through_the_proxy(pg: EmbeddedPostgres) -> None:
     with ProxyHarness(("127.0.0.1", pg.port), TrackerOptions()) as proxy:
 
@@ -271,7 +261,7 @@ def test_psql_ctrl_c_cancels(pg: EmbeddedPostgres) -> None:
             stderr=subprocess.PIPE,
             text=True,
         )
-        _wait_until_running(pg, "SELECT pg_sleep(10)")
+        wait_until_running(pg, "SELECT pg_sleep(10)")
         proc.send_signal(2)  # SIGINT, as Ctrl-C
         _out, err = proc.communicate(timeout=30)
         assert "canceling statement due to user request" in err
@@ -388,7 +378,7 @@ with ProxyHarness(("127.0.0.1", {pg.port}), TrackerOptions()) as proxy:
         assert proc.stdout is not None and proc.stdin is not None
         assert proc.stdout.readline().strip() == "sent", proc.stderr.read() if proc.stderr else ""
         # Not reading: the backpressure must reach the server, which then waits to write (ClientWrite).
-        _wait_until_running(pg, SLOW_READER_SQL.replace("'", "''"), wait_event="ClientWrite")
+        wait_until_running(pg, SLOW_READER_SQL.replace("'", "''"), wait_event="ClientWrite")
         out, err = proc.communicate("go\n", timeout=120)
     finally:
         if proc.poll() is None:

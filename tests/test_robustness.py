@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import socket
 import threading
-import time
 
 import psycopg
 import pytest
@@ -16,7 +15,7 @@ from pgproxy.sink.writer import QueueWriter
 from pgproxy.tracker.options import TrackerOptions
 from pgproxy.tracker.records import Detail
 from pgproxy.tracker.session import SessionTracker
-from tests.harness import ProxyHarness
+from tests.harness import ProxyHarness, wait_until_running
 
 
 def _recv_until_ready(sock: socket.socket) -> bytes:
@@ -210,8 +209,8 @@ def test_shutdown_drains_idle_sessions_and_aborts_busy_ones(pg: EmbeddedPostgres
     stuck = psycopg.connect(proxy.dsn(sslmode="disable", application_name="stuck"), autocommit=True)
     stuck.pgconn.send_query(b"SELECT pg_sleep(60)")
     finishing.pgconn.send_query(b"SELECT pg_sleep(1)")
-    _wait_running(pg, "SELECT pg_sleep(60)")
-    _wait_running(pg, "SELECT pg_sleep(1)")
+    wait_until_running(pg, "SELECT pg_sleep(60)")
+    wait_until_running(pg, "SELECT pg_sleep(1)")
     proxy.close()
     events = json_lines(proxy.stream.getvalue())
     order = [(e["event"], e.get("application_name")) for e in events if e["event"] in ("session.ended", "query")]
@@ -234,13 +233,6 @@ def test_shutdown_drains_idle_sessions_and_aborts_busy_ones(pg: EmbeddedPostgres
         idle.execute("SELECT 1")
     for conn in (idle, finishing, stuck):
         conn.close()
-
-
-def _wait_running(pg: EmbeddedPostgres, sql: str) -> None:
-    deadline = time.monotonic() + 60
-    while pg.psql(f"SELECT count(*) FROM pg_stat_activity WHERE query = '{sql}' AND state = 'active'").strip() != "1":
-        assert time.monotonic() < deadline, f"the server never ran {sql}"
-        time.sleep(0.05)
 
 
 def json_lines(text: str) -> list[dict]:  # type: ignore[type-arg]

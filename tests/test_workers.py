@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,21 +16,10 @@ import asyncpg
 import pytest
 
 from pgproxy.demo.embedded import EmbeddedPostgres, free_port
+from tests.harness import wait_listening
 
 PGPROXY = [sys.executable, "-m", "pgproxy"]
 _WIRE_JSON = ["--log-detail", "wire", "--log-format", "json", "--log-file"]
-
-
-def _wait_listening(port: int, proc: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            assert time.monotonic() < deadline, "pgproxy did not start listening"
-            time.sleep(0.05)
 
 
 def _wait_started(log_file: Path, workers: int, proc: subprocess.Popen[str]) -> None:
@@ -69,7 +57,7 @@ def test_two_workers_share_the_port_and_the_log(pg: EmbeddedPostgres, tmp_path: 
     )
     sessions = 32
     try:
-        _wait_listening(port, proc)
+        wait_listening(port, proc)
         _wait_started(log_file, 2, proc)  # both listening, or the kernel gives every client to the first
         asyncio.run(_clients(port, sessions))
     finally:
@@ -117,7 +105,7 @@ def test_a_dead_worker_stops_the_others(pg: EmbeddedPostgres, tmp_path: Path) ->
         env={**os.environ, "PGPROXY_PROXY_WORKERS": "2"},
     )
     try:
-        _wait_listening(port, proc)
+        wait_listening(port, proc)
         _wait_started(log_file, 2, proc)
         workers = _children(proc.pid)
         assert len(workers) == 2
