@@ -157,7 +157,8 @@ def test_random_bytes_only_raise_package_errors(data: bytes, frontend: bool) -> 
 
 def test_protocol_package_imports_neither_asyncio_nor_structlog() -> None:
     code = (
-        "import sys; import pgproxy.protocol, pgproxy.tracker.session, pgproxy.offline.capture; "
+        "import sys; import pgproxy.protocol, pgproxy.tracker.session, pgproxy.tracker.fingerprint, "
+        "pgproxy.tracker.replication, pgproxy.offline.capture, pgproxy.offline.pcap; "
         "bad = [m for m in ('asyncio', 'structlog', 'uvloop') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
