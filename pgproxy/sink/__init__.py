@@ -126,9 +126,15 @@ class LogSink:
         self.emit_all([record])
 
     def emit_all(self, records: list[Record]) -> None:
-        """Write tracker records; ``query`` and ``message`` events take the direct JSON rendering."""
+        """Write tracker records; ``query`` and ``message`` events take the direct JSON rendering.
+
+        A record ``query.filter`` did not select (``logged`` False) is not written:
+        the consumers beside the log (metrics, statistics) still count it.
+        """
         threshold = self._threshold
         for record in records:
+            if not record.logged:
+                continue
             event, level = record.event, record.level
             if event in _FAST_EVENTS and self._json_writes and _LEVELS.get(level, 0) >= threshold:
                 line = self._json_line(event, level, record.fields)
@@ -180,7 +186,8 @@ class Sink(Protocol):
 
 
 class RecordConsumer(Protocol):
-    """A sink beside the log (metrics): it sees every record, before level filtering."""
+    """A sink beside the log (metrics, statistics): it sees every record, before level filtering,
+    including the ``query`` records ``query.filter`` kept out of the log (``logged`` False)."""
 
     def emit_all(self, records: Sequence[Record]) -> None: ...
 

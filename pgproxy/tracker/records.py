@@ -62,11 +62,18 @@ def truncate(value: Any, limit: int) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """One log event: its name, level and JSON-ready fields."""
+    """One log event: its name, level and JSON-ready fields.
+
+    ``logged`` is False for a ``query`` record that ``query.filter`` (scope,
+    SQL pattern, minimum duration, sampling) did not select: the log sink
+    skips it, while metrics and statistics still count it, so their numbers
+    are what ran, not what was sampled. It is not a field: it is never written.
+    """
 
     event: str
     level: str  # "debug" | "info" | "warning" | "error"
     fields: dict[str, Any]
+    logged: bool = True
 
     def __getitem__(self, key: str) -> Any:
         return self.fields[key]

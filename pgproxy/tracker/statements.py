@@ -918,7 +918,7 @@ class StatementTracker:
         portal_suspended: bool = False,
         batch: Batch | None = None,
     ) -> Record | None:
-        """Make the event of a statement (held until ReadyForQuery); None when filtered out.
+        """Make the event of a statement (held until ReadyForQuery), ``logged`` as ``query.filter`` decides.
 
         Statements of a multi-statement Query (``batch``) are judged by the
         Query's duration; only the last one shows it.
@@ -938,11 +938,9 @@ class StatementTracker:
         error: m.ErrorResponse | None,
         portal_suspended: bool,
         batch: Batch | None,
-    ) -> Record | None:
+    ) -> Record:
         if outcome is not Outcome.SKIPPED:
             self.executed += 1
-        if not self.in_scope:
-            return None
         opts = self.options
         if batch is None:
             duration_ms = round((now - exe.started) * 1000.0, 3)
@@ -955,8 +953,9 @@ class StatementTracker:
         slow = shows_duration and duration_ms >= opts.slow_query_ms
         failed = outcome is Outcome.ERROR
         sql = exe.sql
-        if not opts.query_filter.keep(sql, duration_ms, failed, slow, opts.draw):
-            return None
+        # Every statement makes its record (metrics and statistics count them all); the filter
+        # only decides whether the log writes it. Out of scope: no draw is spent.
+        logged = self.in_scope and opts.query_filter.keep(sql, duration_ms, failed, slow, opts.draw)
         shown_sql = opts.redaction.sql(sql, opts.max_sql_chars) if sql is not None else None
         fields: dict[str, Any] = dict(self.context)
         operation = tag.command if tag is not None else (operation_name(sql) if sql else None)
@@ -1003,7 +1002,7 @@ class StatementTracker:
         if slow:
             fields["slow"] = True
         fields["transaction_status"] = None
-        record = Record(QUERY, level, fields)
+        record = Record(QUERY, level, fields, logged)
         self.held.append(record)
         if len(self.held) > MAX_HELD_EVENTS:
             self.outbox += self.held
