@@ -10,8 +10,9 @@ operations per record with no locks; the Prometheus text is built only when
 Consequences an operator should know (also in the README):
 
 * Statement metrics follow the ``query`` records, so they need ``log.detail``
-  at ``query`` or above, and ``query.filter`` (scope, sampling, minimum
-  duration) applies to them as it does to the log.
+  at ``query`` or above. ``query.filter`` (scope, sampling, minimum duration)
+  does not reduce them: a record the filter did not select (``logged`` False)
+  is counted here and skipped by the log only.
 * Bytes and messages are added when a session ends (``session.ended``
   carries them), so a long-lived pooled connection shows up at its end.
 

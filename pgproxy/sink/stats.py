@@ -1,7 +1,8 @@
 """Per-fingerprint statement statistics: pg_stat_statements from the wire.
 
-A sink beside the log: it consumes the same ``query`` records the log shows
-and folds them, per (fingerprint, database, user, application), into calls,
+A sink beside the log: it consumes the same ``query`` records the log gets,
+including those ``query.filter`` kept out of the log (sampling thins the log,
+not these numbers), and folds them, per (fingerprint, database, user, application), into calls,
 errors by SQLSTATE class, rows, total/min/max time and a latency histogram
 with OpenTelemetry's ``db.client.operation.duration`` buckets. The table is
 bounded (least recently seen entries are evicted and counted). Every
