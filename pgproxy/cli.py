@@ -1,4 +1,4 @@
-"""Command line: ``pgproxy`` runs the proxy; ``decode`` and ``demo`` sit beside it.
+"""Command line: ``pgproxy`` runs the proxy; ``decode``, ``demo`` and ``top`` sit beside it.
 
 Usage::
 
