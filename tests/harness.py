@@ -107,14 +107,9 @@ class ProxyHarness:
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
         """Poll until ``predicate()`` is truthy (events are written asynchronously)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            result = predicate()
-            if result:
-                return result
-            if time.monotonic() > deadline:
-                raise AssertionError(f"condition not met within {timeout}s; log tail:\n{self.text()[-3000:]}")
-            time.sleep(0.02)
+        return wait_until(
+            predicate, timeout, lambda: f"condition not met within {timeout}s; log tail:\n{self.text()[-3000:]}"
+        )
 
     def wait_idle(self, timeout: float = 10.0) -> None:
         """Wait until every proxied session has ended and been logged."""
@@ -214,17 +209,55 @@ def chain(
         near_server.close()
 
 
-def wait_listening(port: int, proc: subprocess.Popen[str], timeout: float = 30.0) -> None:
-    """Wait until a ``pgproxy`` subprocess accepts TCP connections on ``port``; fail with its stderr if it exits."""
+def wait_until(
+    predicate: Callable[[], Any],
+    timeout: float,
+    timed_out: Callable[[], str],
+    gone: Callable[[], str | None] = lambda: None,
+) -> Any:
+    """Poll ``predicate`` every 20 ms until it is truthy, and return its value.
+
+    Args:
+        predicate: what is waited for (events are written asynchronously).
+        timeout: seconds before failing with ``timed_out()``'s text.
+        timed_out: the failure message, built only when it is needed (a log tail).
+        gone: a reason when what is waited on can no longer change (its process
+            exited); after one last look at ``predicate`` the wait fails with it.
+    """
     deadline = time.monotonic() + timeout
     while True:
+        result = predicate()
+        if result:
+            return result
+        reason = gone()
+        if reason is not None:
+            result = predicate()
+            if result:
+                return result
+            raise AssertionError(reason)
+        if time.monotonic() > deadline:
+            raise AssertionError(timed_out())
+        time.sleep(0.02)
+
+
+def wait_listening(port: int, proc: subprocess.Popen[str], timeout: float = 30.0) -> None:
+    """Wait until a ``pgproxy`` subprocess accepts TCP connections on ``port``; fail with its stderr if it exits."""
+
+    def accepting() -> bool:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
         except OSError:
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            assert time.monotonic() < deadline, "pgproxy did not start listening"
-            time.sleep(0.05)
+            return False
+        return True
+
+    wait_until(accepting, timeout, lambda: "pgproxy did not start listening", lambda: exited(proc))
+
+
+def exited(proc: subprocess.Popen[str]) -> str | None:
+    """None while ``proc`` runs; once it has exited, its status and stderr (for :func:`wait_until`'s ``gone``)."""
+    if proc.poll() is None:
+        return None
+    return f"pgproxy exited ({proc.returncode}): " + (proc.stderr.read() if proc.stderr else "")
 
 
 def wait_until_running(pg: EmbeddedPostgres, sql: str, wait_event: str | None = None) -> None:

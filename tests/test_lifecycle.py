@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -19,6 +18,7 @@ import psycopg
 import pytest
 
 from pgproxy.demo.embedded import EmbeddedPostgres, free_port
+from tests.harness import wait_until
 
 PGPROXY = [sys.executable, "-m", "pgproxy"]
 
@@ -51,16 +51,16 @@ class ProxyProcess:
         return out
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            result = predicate()
-            if result:
-                return result
-            if self.proc.poll() is not None and not predicate():
-                raise AssertionError(f"pgproxy exited ({self.proc.returncode}) waiting for {what}: {self.tail()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {what} within {timeout}s: {self.tail()}")
-            time.sleep(0.02)
+        return wait_until(
+            predicate,
+            timeout,
+            lambda: f"no {what} within {timeout}s: {self.tail()}",
+            lambda: (
+                None
+                if self.proc.poll() is None
+                else f"pgproxy exited ({self.proc.returncode}) waiting for {what}: {self.tail()}"
+            ),
+        )
 
     def tail(self) -> str:
         return self.stderr.read_text()[-2000:] + self.stdout.read_text()[-3000:]

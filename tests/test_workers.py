@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -16,18 +15,19 @@ import asyncpg
 import pytest
 
 from pgproxy.demo.embedded import EmbeddedPostgres, free_port
-from tests.harness import wait_listening
+from tests.harness import exited, wait_listening, wait_until
 
 PGPROXY = [sys.executable, "-m", "pgproxy"]
 _WIRE_JSON = ["--log-detail", "wire", "--log-format", "json", "--log-file"]
 
 
 def _wait_started(log_file: Path, workers: int, proc: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 30
-    while log_file.exists() is False or log_file.read_text().count('"proxy.started"') < workers:
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        assert time.monotonic() < deadline, "the workers did not all start"
-        time.sleep(0.05)
+    wait_until(
+        lambda: log_file.exists() and log_file.read_text().count('"proxy.started"') >= workers,
+        30,
+        lambda: "the workers did not all start",
+        lambda: exited(proc),
+    )
 
 
 async def _clients(port: int, count: int) -> None:
