@@ -13,6 +13,7 @@ import io
 import json
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -26,6 +27,9 @@ from pgproxy.tracker.options import TrackerOptions
 
 if TYPE_CHECKING:
     from pgproxy.demo.embedded import EmbeddedPostgres
+
+#: The ``pgproxy`` command as a subprocess runs it, from this interpreter's environment.
+PGPROXY = [sys.executable, "-m", "pgproxy"]
 
 
 class _LoopThread:

@@ -11,7 +11,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
@@ -21,10 +20,9 @@ import pytest
 from pgproxy.config import OPTIONS, ConfigError, env_name, load, parse_hostport
 from pgproxy.demo.embedded import EmbeddedPostgres, free_port
 from tests.golden import recordings
-from tests.harness import wait_listening
+from tests.harness import PGPROXY, wait_listening
 
 ROOT = Path(__file__).resolve().parent.parent
-PGPROXY = [sys.executable, "-m", "pgproxy"]
 #: proxy.started's fields, as the README's table lists them.
 PROXY_STARTED_FIELDS = {"listen", "upstream", "loop", "detail", "tls_client_mode", "version"}
 

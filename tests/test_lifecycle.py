@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import urllib.error
 import urllib.request
@@ -18,9 +17,7 @@ import psycopg
 import pytest
 
 from pgproxy.demo.embedded import EmbeddedPostgres, free_port
-from tests.harness import wait_until
-
-PGPROXY = [sys.executable, "-m", "pgproxy"]
+from tests.harness import PGPROXY, wait_until
 
 
 class ProxyProcess:

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -15,9 +14,8 @@ import asyncpg
 import pytest
 
 from pgproxy.demo.embedded import EmbeddedPostgres, free_port
-from tests.harness import exited, wait_listening, wait_until
+from tests.harness import PGPROXY, exited, wait_listening, wait_until
 
-PGPROXY = [sys.executable, "-m", "pgproxy"]
 _WIRE_JSON = ["--log-detail", "wire", "--log-format", "json", "--log-file"]
 
 
