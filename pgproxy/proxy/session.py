@@ -579,7 +579,7 @@ class ClientSession(asyncio.Protocol):
             **{"tls.server.name": tls.server_name, **side.tls.info()},
         )
         if self.tracker is not None:
-            self.tracker.tls["upstream"] = side.tls.info()["tls.protocol.version"]
+            self.tracker.tls_established("upstream", side.tls.info()["tls.protocol.version"])
         return None
 
     def _upstream_unreachable(self, reason: str, tls: bool = False) -> None:
@@ -650,8 +650,7 @@ class ClientSession(asyncio.Protocol):
             **info,
         )
         if self.tracker is not None:
-            self.tracker.tls["client"] = info["tls.protocol.version"]
-            self.tracker.conv.tls_terminated()
+            self.tracker.tls_established("client", info["tls.protocol.version"])
 
     def _client_tls_failed(self, reason: str) -> None:
         self.server.counters["tls_failures"] += 1

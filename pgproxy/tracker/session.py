@@ -200,6 +200,17 @@ class SessionTracker:
         self._server_spoke_last = False
         self._server_answered_startup = False
 
+    def tls_established(self, leg: str, version: str) -> None:
+        """pgproxy itself runs TLS ``version`` on ``leg`` (``client`` or ``upstream``); ``session.ready`` names it.
+
+        On the client leg pgproxy has terminated the client's TLS, so the
+        decrypted stream starts up afresh (the proxy says so rather than
+        reaching into the conversation it does not own).
+        """
+        self.tls[leg] = version
+        if leg == "client":
+            self.conv.tls_terminated()
+
     def join_established(self) -> None:
         """Start from a conversation already under way (a capture that missed the start-up).
 
