@@ -271,3 +271,13 @@ def wait_until_running(pg: EmbeddedPostgres, sql: str, wait_event: str | None = 
     while pg.psql(f"SELECT count(*) FROM pg_stat_activity WHERE {condition}").strip() == "0":
         assert time.monotonic() < deadline, f"the server never showed {condition}"
         time.sleep(0.05)
+
+
+def recv_until_ready(sock: socket.socket) -> bytes:
+    """What the server sends up to its ReadyForQuery (idle) ending a start-up; fails if the peer closes first."""
+    data = b""
+    while not data.endswith(b"Z\x00\x00\x00\x05I"):
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    return data

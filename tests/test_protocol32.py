@@ -13,7 +13,7 @@ from pgproxy.demo.embedded import EmbeddedPostgres
 from pgproxy.protocol.build import startup_message
 from pgproxy.tracker.options import TrackerOptions
 from pgproxy.tracker.records import Detail
-from tests.harness import ProxyHarness, chain
+from tests.harness import ProxyHarness, chain, recv_until_ready
 
 MESSAGE = TrackerOptions(detail=Detail.MESSAGE)
 
@@ -95,15 +95,6 @@ def test_older_server_negotiates_down(any_pg: EmbeddedPostgres) -> None:
             assert negotiation["newest_minor"] == 0
 
 
-def _read_until_ready(sock: socket.socket) -> bytes:
-    data = b""
-    while not data.endswith(b"Z\x00\x00\x00\x05I"):
-        chunk = sock.recv(65536)
-        assert chunk, data
-        data += chunk
-    return data
-
-
 def test_unknown_minor_version_and_pq_options_pass_untouched(pg: EmbeddedPostgres) -> None:
     """libpq-style probes (3.9999, ``_pq_.`` options) reach the server byte for byte; its answer is decoded."""
     startup = startup_message(
@@ -112,7 +103,7 @@ def test_unknown_minor_version_and_pq_options_pass_untouched(pg: EmbeddedPostgre
     with chain(("127.0.0.1", pg.port), MESSAGE) as (near_client, proxy, near_server):
         with socket.create_connection(("127.0.0.1", near_client.port), timeout=10) as sock:
             sock.sendall(startup)
-            answer = _read_until_ready(sock)
+            answer = recv_until_ready(sock)
             sock.sendall(b"X\x00\x00\x00\x04")
         near_client.wait_idle()
         near_server.wait_idle()

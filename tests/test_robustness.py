@@ -15,23 +15,14 @@ from pgproxy.sink.writer import QueueWriter
 from pgproxy.tracker.options import TrackerOptions
 from pgproxy.tracker.records import Detail
 from pgproxy.tracker.session import SessionTracker
-from tests.harness import ProxyHarness, wait_until_running
-
-
-def _recv_until_ready(sock: socket.socket) -> bytes:
-    data = b""
-    while b"Z\x00\x00\x00\x05" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, data
-        data += chunk
-    return data
+from tests.harness import ProxyHarness, recv_until_ready, wait_until_running
 
 
 def test_malformed_client_bytes_are_forwarded_and_logged(pg: EmbeddedPostgres) -> None:
     with ProxyHarness(("127.0.0.1", pg.port), TrackerOptions(detail=Detail.MESSAGE)) as proxy:
         sock = socket.create_connection((proxy.host, proxy.port))
         sock.sendall(startup_message({"user": "postgres", "database": "postgres"}))
-        _recv_until_ready(sock)
+        recv_until_ready(sock)
         sock.sendall(b"Q\x00\x00\x00\x02garbage")  # a length below 4: the stream is unframeable
         reply = b""
         sock.settimeout(10)
