@@ -35,10 +35,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from pgproxy import __version__
+from pgproxy.sink.stats import DURATION_BUCKETS_S
 from pgproxy.tracker.records import Record
 
-#: OpenTelemetry's explicit bucket boundaries for ``db.client.operation.duration`` (seconds).
-DURATION_BUCKETS: Final = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
+#: OpenTelemetry's explicit bucket boundaries for ``db.client.operation.duration`` (seconds),
+#: the same ones the statement statistics report as ``duration_buckets``.
+DURATION_BUCKETS: Final = DURATION_BUCKETS_S
 #: Distinct ``db_operation_name`` label values kept before new ones are reported as ``OTHER``.
 MAX_OPERATION_NAMES: Final = 64
 #: Distinct values of other free-ish labels (rejection reasons, anomaly kinds).
