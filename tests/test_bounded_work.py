@@ -99,7 +99,7 @@ HOSTILE_SQL: dict[str, Callable[[int], str]] = {
     "comparison with a literal after spaces": lambda n: ("secret" + " " * 100 + "= 'x' ") * (n // 113),
 }
 
-_PARSER = StatementAnalyzer(max_cached_chars=0, max_parse_chars=1 << 20)
+_PARSER = StatementAnalyzer(max_cached_chars=0, max_parse_chars=1 << 20, max_split_chars=1 << 20)
 
 SQL_ANALYSES: dict[str, Callable[[str], object]] = {
     "scan": scan,

@@ -9,6 +9,8 @@ import pytest
 
 from pgproxy.tracker import fingerprint as fp
 from pgproxy.tracker.fingerprint import (
+    DEFAULT_MAX_PARSE_CHARS,
+    DEFAULT_MAX_SPLIT_CHARS,
     MAX_SUMMARY_CHARS,
     FallbackReason,
     Source,
@@ -153,6 +155,23 @@ def test_unparsable_text_falls_back_to_the_lexer_and_is_counted() -> None:
     assert off.counters["fallback.parser_unavailable"] == 1
     long = StatementAnalyzer(max_parse_chars=100).analyze("SELECT " + "1 + " * 100 + "1")
     assert long.fallback is FallbackReason.TOO_LONG
+
+
+def test_the_parser_takes_texts_up_to_8_kib_and_splits_queries_up_to_32_kib() -> None:
+    """Token-dense text costs the parser ~0.25 ms per KiB and more beyond 8 KiB; its split stays cheap to 32 KiB."""
+    analyzer = StatementAnalyzer()
+    columns = "SELECT " + ", ".join(f"c{i}" for i in range(2000)) + " FROM t"
+    within = columns[: columns.rindex(",", 0, DEFAULT_MAX_PARSE_CHARS - 7)] + " FROM t"
+    assert len(within) <= DEFAULT_MAX_PARSE_CHARS < len(columns)
+    assert analyzer.analyze(within).source is Source.PARSER
+    beyond = analyzer.analyze(columns)
+    assert beyond.fallback is FallbackReason.TOO_LONG and beyond.operation == "SELECT"
+    assert beyond.fingerprint.startswith("lexical:") and analyzer.counters["fallback.too_long"] == 1
+    body = "PERFORM 1; " * 1500  # a 16 KiB function body full of semicolons: the parser, not the lexer, splits it
+    script = f"CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $$ BEGIN {body} END $$; SELECT 2;"
+    assert DEFAULT_MAX_PARSE_CHARS < len(script) <= DEFAULT_MAX_SPLIT_CHARS
+    assert analyzer.split(script) == [script[: script.index("$$;") + 2], "SELECT 2"]
+    assert not any(k.startswith("split_fallback") for k in analyzer.counters)
 
 
 def test_split_like_the_server() -> None:

@@ -38,9 +38,17 @@ from pgproxy.tracker.records import truncate
 
 #: OpenTelemetry: "SHOULD truncate the summary to 255 characters".
 MAX_SUMMARY_CHARS: Final = 255
-#: Texts longer than this are not parsed (a multi-megabyte script would stall
-#: the event loop for milliseconds on every execution); the lexer describes them.
-DEFAULT_MAX_PARSE_CHARS: Final = 32 * 1024
+#: Texts longer than this are not parsed; the lexer describes them (counted as ``too_long``).
+#: Parsing and describing cost ~0.25 ms per KiB of token-dense text (a long column list,
+#: ``AND`` chain, ``IN`` list) and grow faster beyond 8 KiB: measured 2-4 ms at 8 KiB,
+#: 11-43 ms at 32 KiB, where the lexer takes 0.2-11 ms (README, "Fingerprints and
+#: statement statistics").
+DEFAULT_MAX_PARSE_CHARS: Final = 8 * 1024
+#: Longer Queries are split by the lexer. Splitting needs only the parser's scan, ~0.03 ms
+#: per KiB (under 1 ms at 32 KiB), where the lexical splitter takes up to 0.4 ms per KiB.
+DEFAULT_MAX_SPLIT_CHARS: Final = 32 * 1024
+#: Longer texts the lexer describes are not masked either (their fingerprint hashes the text).
+MAX_MASKED_CHARS: Final = 128 * 1024
 #: Texts longer than this are analysed but not cached (they would evict many small ones).
 DEFAULT_MAX_CACHED_CHARS: Final = 32 * 1024
 #: libpg_query's normalisation takes time quadratic in the depth of nested subqueries
@@ -759,6 +767,7 @@ class StatementAnalyzer:
         max_bytes: approximate bytes the cache may hold.
         max_cached_chars: longer texts are analysed every time, never cached.
         max_parse_chars: longer texts are described by the lexer, not parsed.
+        max_split_chars: longer Queries are split by the lexer, not the parser.
         use_parser: False forces the lexical fallback (for tests and comparisons).
 
     Attributes:
@@ -770,6 +779,7 @@ class StatementAnalyzer:
     max_bytes: int = DEFAULT_CACHE_BYTES
     max_cached_chars: int = DEFAULT_MAX_CACHED_CHARS
     max_parse_chars: int = DEFAULT_MAX_PARSE_CHARS
+    max_split_chars: int = DEFAULT_MAX_SPLIT_CHARS
     use_parser: bool = True
     counters: Counter[str] = field(default_factory=Counter)
     _cache: OrderedDict[str, Analysis] = field(default_factory=OrderedDict, repr=False)
@@ -821,7 +831,7 @@ class StatementAnalyzer:
             # One statement and its terminator (pgbench -M simple, psql): no parse needed.
             only = sql.rstrip()[:-1].strip()
             return [only] if only else []
-        reason = self._parse_refusal(sql)
+        reason = self._parse_refusal(sql, self.max_split_chars)
         if reason is None:
             try:
                 return [part.strip() for part in self._parser.split(sql)]
@@ -858,10 +868,10 @@ class StatementAnalyzer:
 
     # ------------------------------------------------------------------ internals
 
-    def _parse_refusal(self, sql: str) -> FallbackReason | None:
+    def _parse_refusal(self, sql: str, limit: int | None = None) -> FallbackReason | None:
         if not self.use_parser or not self._parser.load():
             return FallbackReason.PARSER_UNAVAILABLE
-        if len(sql) > self.max_parse_chars:
+        if len(sql) > (self.max_parse_chars if limit is None else limit):
             return FallbackReason.TOO_LONG
         if _LONG_OPERATOR_RUN.search(sql) is not None:
             return FallbackReason.OPERATOR_RUN
@@ -978,7 +988,7 @@ def _same_shape(key: str, sql: str, normalized: str) -> bool:
 
 def _lexical_analysis(sql: str, reason: FallbackReason) -> Analysis:
     """What today's lexer can say about text the parser did not take."""
-    normalized = lexical.mask_sql(sql, None, True) if len(sql) <= DEFAULT_MAX_PARSE_CHARS * 4 else sql
+    normalized = lexical.mask_sql(sql, None, True) if len(sql) <= MAX_MASKED_CHARS else sql
     digest = hashlib.blake2b(" ".join(normalized.split()).encode("utf-8", "surrogatepass"), digest_size=8)
     operation = lexical.operation_name(sql)
     return Analysis.build(
