@@ -23,6 +23,8 @@ import re
 import struct
 from dataclasses import dataclass, field
 
+from pgproxy.protocol.decoding import CANCEL_REQUEST_CODE, GSSENC_REQUEST_CODE, SSL_REQUEST_CODE
+
 _TIMESTAMP = re.compile(
     r"^\s*(?:(?P<epoch>\d{9,}\.\d+)|(?:(?P<date>\d{4}-\d{2}-\d{2})\s+)?(?P<h>\d{1,2}):(?P<m>\d{2}):(?P<s>\d{2}(?:\.\d+)?))\s"
 )
@@ -372,4 +374,6 @@ def looks_like_startup(data: bytes) -> bool:
     if len(data) < 8:
         return False
     length, code = struct.unpack_from("!II", data)
-    return 8 <= length <= 10_000 and (code >> 16 == 3 or code in (80877102, 80877103, 80877104))
+    return 8 <= length <= 10_000 and (
+        code >> 16 == 3 or code in (CANCEL_REQUEST_CODE, SSL_REQUEST_CODE, GSSENC_REQUEST_CODE)
+    )

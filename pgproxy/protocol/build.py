@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import struct
+from typing import Final
+
+from pgproxy.protocol.decoding import CANCEL_REQUEST_CODE, SSL_REQUEST_CODE
 
 
 def error_response(severity: str, sqlstate: str, message: str, detail: str | None = None) -> bytes:
@@ -23,6 +26,10 @@ def startup_packet(code: int, payload: bytes = b"") -> bytes:
     return struct.pack("!II", len(payload) + 8, code) + payload
 
 
+#: The SSLRequest pgproxy sends a server before a TLS handshake (and that clients send it).
+SSL_REQUEST: Final = startup_packet(SSL_REQUEST_CODE)
+
+
 def startup_message(parameters: dict[str, str], minor: int = 0) -> bytes:
     """A protocol 3.x StartupMessage."""
     payload = b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in parameters.items()) + b"\0"
@@ -36,7 +43,7 @@ def message(tag: bytes, body: bytes = b"") -> bytes:
 
 def cancel_request(process_id: int, secret_key: bytes) -> bytes:
     """A CancelRequest for a backend (protocol 3.2 keys may be longer than 4 bytes)."""
-    return startup_packet(80877102, struct.pack("!i", process_id) + secret_key)
+    return startup_packet(CANCEL_REQUEST_CODE, struct.pack("!i", process_id) + secret_key)
 
 
 # --------------------------------------------------------------------------- encoders for tests, benchmarks and replay

@@ -24,7 +24,7 @@ import struct
 import time
 from typing import TYPE_CHECKING, Any, cast
 
-from pgproxy.protocol.build import cancel_request, error_response
+from pgproxy.protocol.build import SSL_REQUEST, cancel_request, error_response
 from pgproxy.protocol.decoding import CANCEL_REQUEST_CODE, GSSENC_REQUEST_CODE, SSL_REQUEST_CODE
 from pgproxy.protocol.framing import MAX_STARTUP_PACKET
 from pgproxy.protocol.sasl import SCRAM_PLUS, NeedMoreData, SaslOfferFilter, sasl_initial_mechanism
@@ -42,7 +42,6 @@ OBSERVE_SLICE = 4096
 #: Bytes waiting for the tracker beyond which reading the session pauses.
 OBSERVE_BACKLOG_PAUSE = 1 << 20
 _NEGOTIATION_NAMES = {SSL_REQUEST_CODE: "SSLRequest", GSSENC_REQUEST_CODE: "GSSENCRequest"}
-_SSL_REQUEST = struct.pack("!II", 8, SSL_REQUEST_CODE)
 _TERMINATE = b"X\x00\x00\x00\x04"  # Terminate ("Message Formats"): a clean goodbye to the server
 
 
@@ -540,7 +539,7 @@ class ClientSession(asyncio.Protocol):
         """
         tls = self.server.upstream_tls
         assert side.transport is not None and tls.context is not None
-        side.transport.write(_SSL_REQUEST)
+        side.transport.write(SSL_REQUEST)
         answer = await side.read_early()
         if answer[:1] == b"N":
             del side.early[:1]

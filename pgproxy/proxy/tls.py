@@ -22,11 +22,12 @@ from __future__ import annotations
 import asyncio
 import enum
 import ssl
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pgproxy.protocol.build import SSL_REQUEST
 
 #: ALPN protocol PostgreSQL 17+ requires for direct TLS ("Protocol Flow: SSL Session Encryption").
 ALPN_POSTGRESQL = "postgresql"
@@ -373,9 +374,6 @@ class UpstreamRefusedTLS(ConnectionError):
     """The server answered the SSLRequest with something other than ``S`` while the mode insists."""
 
 
-_SSL_REQUEST = struct.pack("!II", 8, 80877103)
-
-
 async def open_upstream_stream(
     host: str, port: int, tls: UpstreamTLS
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str | None]:
@@ -392,7 +390,7 @@ async def open_upstream_stream(
     if not tls.mode.asks or tls.context is None:
         return reader, writer, None
     try:
-        writer.write(_SSL_REQUEST)
+        writer.write(SSL_REQUEST)
         await writer.drain()
         answer = await reader.readexactly(1)
         if answer != b"S":
