@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import shutil
 import socket
 import struct
@@ -76,6 +77,7 @@ def test_constructed_frames_decode_with_rows_by_name() -> None:
 
 TERMINATE = b"X\x00\x00\x00\x04"
 _PCAP_HEADER = 24
+_BUFFER_KIB = 64 * 1024  # tcpdump -B: the kernel's capture ring, 256 frames of 256 KiB
 
 
 def _tcpdump() -> str:
@@ -91,6 +93,14 @@ def _capture(pg: EmbeddedPostgres, path: Path, interface: str, workload: Callabl
     tcpdump says "listening on" once it captures, so the workload starts then;
     the capture ends once the client's Terminate is in the file (packet-buffered
     output), not after a guessed pause.
+
+    The kernel hands packets to tcpdump through a ring of frames each as large
+    as the snapshot length: with ``-s 0`` (256 KiB on "any") the default 2 MiB
+    buffer holds only 8 packets, and a tcpdump that a loaded machine does not
+    schedule for a moment loses the rest ("packets dropped by kernel": seen
+    under load as a missing Terminate or a DataRow without its RowDescription).
+    ``-B`` makes the ring hold hundreds, and the count tcpdump reports at exit
+    is checked, so a lossy capture is named as such rather than mis-decoded.
     """
     proc = subprocess.Popen(
         [
@@ -102,6 +112,8 @@ def _capture(pg: EmbeddedPostgres, path: Path, interface: str, workload: Callabl
             "0",
             "-U",
             "--immediate-mode",
+            "-B",
+            str(_BUFFER_KIB),
             "-w",
             str(path),
             f"tcp port {pg.port}",
@@ -125,14 +137,16 @@ def _capture(pg: EmbeddedPostgres, path: Path, interface: str, workload: Callabl
             socket.create_connection((pg.host, pg.port), timeout=10).close()
             time.sleep(0.05)
         workload()
-        deadline = time.monotonic() + 30
-        while not (path.exists() and TERMINATE in path.read_bytes()):
-            assert time.monotonic() < deadline, "tcpdump never wrote the client's Terminate"
+        deadline = time.monotonic() + 60
+        while not (path.exists() and TERMINATE in path.read_bytes()) and time.monotonic() < deadline:
             assert proc.poll() is None, proc.stderr.read()
             time.sleep(0.02)
     finally:
         proc.terminate()
-        proc.communicate(timeout=10)
+        _, summary = proc.communicate(timeout=30)
+    dropped = re.search(r"(\d+) packets? dropped by kernel", summary)
+    assert dropped is not None and dropped[1] == "0", f"the capture lost packets: {summary}"
+    assert TERMINATE in path.read_bytes(), "tcpdump never wrote the client's Terminate"
 
 
 def _psycopg_workload(pg: EmbeddedPostgres) -> Callable[[], None]:
