@@ -100,14 +100,7 @@ class ProxyHarness:
 
     def events(self, event: str | None = None, **match: Any) -> list[dict[str, Any]]:
         """Logged events, optionally only those named ``event`` whose fields equal ``match``."""
-        out = []
-        for line in self.text().splitlines():
-            record = json.loads(line)
-            if event is not None and record.get("event") != event:
-                continue
-            if all(record.get(k) == v for k, v in match.items()):
-                out.append(record)
-        return out
+        return select_events(self.text(), event, match)
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
         """Poll until ``predicate()`` is truthy (events are written asynchronously)."""
@@ -211,6 +204,27 @@ def chain(
         near_client.close()
         proxy.close()
         near_server.close()
+
+
+def select_events(
+    text: str, event: str | None, match: dict[str, Any], still_writing: bool = False
+) -> list[dict[str, Any]]:
+    """The JSON lines of ``text`` named ``event`` (any, if None) whose fields equal ``match``.
+
+    ``still_writing``: the log belongs to a running process, so a line that is
+    not (yet) whole JSON is passed over instead of failing the test.
+    """
+    out = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if still_writing:
+                continue
+            raise
+        if (event is None or record.get("event") == event) and all(record.get(k) == v for k, v in match.items()):
+            out.append(record)
+    return out
 
 
 def wait_until(

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from pgproxy.demo.embedded import EmbeddedPostgres, free_port
-from tests.harness import PGPROXY, wait_until
+from tests.harness import PGPROXY, select_events, wait_until
 
 
 class ProxyProcess:
@@ -37,15 +37,7 @@ class ProxyProcess:
         self.wait_for(lambda: self.events("proxy.started"), what="proxy.started")
 
     def events(self, event: str | None = None, **match: Any) -> list[dict[str, Any]]:
-        out = []
-        for line in self.stdout.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue  # a line still being written
-            if (event is None or record["event"] == event) and all(record.get(k) == v for k, v in match.items()):
-                out.append(record)
-        return out
+        return select_events(self.stdout.read_text(), event, match, still_writing=True)
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
         return wait_until(
