@@ -102,13 +102,13 @@ class ProxyHarness:
         """Logged events, optionally only those named ``event`` whose fields equal ``match``."""
         return select_events(self.text(), event, match)
 
-    def wait_for(self, predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
+    def wait_for(self, predicate: Callable[[], Any], timeout: float = 30.0) -> Any:
         """Poll until ``predicate()`` is truthy (events are written asynchronously)."""
         return wait_until(
             predicate, timeout, lambda: f"condition not met within {timeout}s; log tail:\n{self.text()[-3000:]}"
         )
 
-    def wait_idle(self, timeout: float = 10.0) -> None:
+    def wait_idle(self, timeout: float = 30.0) -> None:
         """Wait until every proxied session has ended and been logged."""
         self.wait_for(lambda: not self.server.sessions, timeout)
         self.sink.flush()
@@ -180,7 +180,7 @@ class RecordingRelay:
         )
         self.active -= 1
 
-    def wait_idle(self, timeout: float = 10.0) -> None:
+    def wait_idle(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while self.active and time.monotonic() < deadline:
             time.sleep(0.02)
