@@ -17,7 +17,7 @@ from pgproxy.demo.scenario import run_scenario
 from pgproxy.protocol.build import startup_message
 from pgproxy.tracker.options import TrackerOptions
 from pgproxy.tracker.records import Detail
-from tests.harness import ProxyHarness, chain, wait_until_running
+from tests.harness import ProxyHarness, chain, recv_until_ready, wait_until_running
 
 MESSAGE = TrackerOptions(detail=Detail.MESSAGE)
 
@@ -310,9 +310,7 @@ def test_idle_client_vanishing_sends_no_cancel(pg: EmbeddedPostgres) -> None:
         with ProxyHarness(("127.0.0.1", pg.port), TrackerOptions(detail=detail)) as proxy:
             sock = socket.create_connection((proxy.host, proxy.port))
             sock.sendall(startup_message({"user": "postgres", "database": "postgres"}))
-            data = b""
-            while b"Z\x00\x00\x00\x05I" not in data:
-                data += sock.recv(65536)
+            recv_until_ready(sock)
             sock.close()  # vanishes without Terminate, but nothing was running
             proxy.wait_idle()
             assert proxy.events("session.ended")

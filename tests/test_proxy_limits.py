@@ -17,7 +17,7 @@ from pgproxy.proxy.session import OBSERVE_SLICE
 from pgproxy.tracker.options import TrackerOptions
 from pgproxy.tracker.records import Detail
 from pgproxy.tracker.session import SessionTracker
-from tests.harness import ProxyHarness
+from tests.harness import ProxyHarness, recv_until_ready
 
 COPY_OUT = "COPY (SELECT generate_series(1, 1000000)) TO STDOUT"
 
@@ -114,9 +114,7 @@ def test_a_flood_is_shown_to_the_tracker_in_slices(pg: EmbeddedPostgres, monkeyp
     with ProxyHarness(("127.0.0.1", pg.port), TrackerOptions()) as proxy:
         with socket.create_connection((proxy.host, proxy.port)) as sock:
             sock.sendall(startup_message({"user": "postgres", "database": "postgres", "application_name": "flood"}))
-            reply = b""
-            while not reply.endswith(b"Z\x00\x00\x00\x05I"):
-                reply += sock.recv(65536)
+            recv_until_ready(sock)
             flood = query_message("SELECT 1") * 40_000
             sock.sendall(flood)
             sock.shutdown(socket.SHUT_WR)

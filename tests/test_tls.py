@@ -26,7 +26,7 @@ from pgproxy.tracker.options import TrackerOptions
 from pgproxy.tracker.records import Detail
 from tests import pgbinaries
 from tests.conftest import _HBA, PASSWORDS, SETUP_SQL
-from tests.harness import ProxyHarness
+from tests.harness import ProxyHarness, recv_until_ready
 from tests.test_protocol32 import cancel_running_statement
 
 
@@ -584,11 +584,7 @@ def test_gssenc_then_ssl_then_terminated_tls(tls_server: TLSServer) -> None:
             assert raw.recv(1) == b"S"
             with context.wrap_socket(raw, server_hostname="localhost") as tls:
                 tls.sendall(startup_message({"user": "postgres", "database": "postgres"}))
-                data = b""
-                while not data.endswith(b"Z\x00\x00\x00\x05I"):
-                    chunk = tls.recv(65536)
-                    assert chunk, data
-                    data += chunk
+                recv_until_ready(tls)
                 tls.sendall(b"X\x00\x00\x00\x04")
         proxy.wait_idle()
         kinds = [e["type"] for e in proxy.events("message", direction="frontend")]
