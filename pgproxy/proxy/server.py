@@ -263,9 +263,7 @@ class ProxyServer:
             )
         self._refused_while_saturated += 1
         self.sink.log("warning", "session.rejected", session=session.session_id, reason=kind, limit=value)
-        assert session.client is not None
-        session.client.write(error_response("FATAL", "53300", f"pgproxy: too many connections ({why})"))
-        session._close_client(kind)
+        session.refuse(error_response("FATAL", "53300", f"pgproxy: too many connections ({why})"), kind)
 
     def session_closed(self, session: ClientSession) -> None:
         self.sessions.discard(session)

@@ -715,6 +715,22 @@ class ClientSession(asyncio.Protocol):
         fields = {"change": change} if change else {}
         self.sink.log("warning", "session.refused", session=self.session_id, reason=why, **fields)
 
+    def refuse(self, reply: bytes, reason: str) -> None:
+        """Turn the client away before anything is relayed: send ``reply``, then close the connection.
+
+        For the server's admission limits (``max_connections``,
+        ``file_descriptors``): the caller logs the refusal and builds the
+        reply (a FATAL ErrorResponse). The reply is written as is and not shown
+        to the tracker, which must not mistake pgproxy's words for a server's.
+
+        Args:
+            reply: the bytes to send, an ErrorResponse of the proxy's own.
+            reason: the close reason ``session.ended`` reports (``max_connections``...).
+        """
+        if self.client is not None and not self.client.is_closing():
+            self.client.write(reply)
+        self._close_client(reason)
+
     def _close_client(self, reason: str) -> None:
         self.close_reason = self.close_reason or reason
         self.state = State.CLOSING
