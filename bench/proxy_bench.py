@@ -52,6 +52,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common import wait_port
+
+from pgproxy.config import env_name
 from pgproxy.demo.embedded import EmbeddedPostgres, find_installation, free_port
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -171,9 +174,9 @@ def start_proxy(
         cmd = ["taskset", "-c", cpus, *cmd]
     env = dict(os.environ)
     if workers != 1:
-        env["PGPROXY_PROXY_WORKERS"] = str(workers)
+        env[env_name("proxy.workers")] = str(workers)
     for key, value in (settings or {}).items():
-        env["PGPROXY_" + key.replace(".", "_").upper()] = value
+        env[env_name(key)] = value
     if source is not None:
         env["PYTHONPATH"] = str(source)
     proc = subprocess.Popen(
@@ -183,14 +186,14 @@ def start_proxy(
         env=env,
         cwd=source,  # `python -m` puts the working directory first on sys.path
     )
-    _wait_port(port, proc)
+    wait_port(port, proc)
     return Target(label, port, proc, log)
 
 
 def start_forwarder(upstream: int) -> Target:
     port = free_port()
     proc = subprocess.Popen([sys.executable, str(BENCH_DIR / "forwarder.py"), str(port), str(upstream)])
-    _wait_port(port, proc)
+    wait_port(port, proc)
     return Target("bare uvloop forwarder", port, proc)
 
 
@@ -217,26 +220,11 @@ def start_pgbouncer(upstream: int, tmp: Path, pool_size: int = 50, server_tls: b
         cmd = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *cmd]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
-        _wait_port(port, proc)
+        wait_port(port, proc)
     except RuntimeError:
         proc.kill()
         return None
     return Target("PgBouncer (session, server TLS)" if server_tls else "PgBouncer (session)", port, proc)
-
-
-def _wait_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 20.0) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"the process meant to listen on {port} exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on {port}")
 
 
 def start_targets(names: list[str], pg: EmbeddedPostgres, tmp: Path, pool_size: int = 50) -> list[Target]:

@@ -37,7 +37,6 @@ import json
 import os
 import re
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -48,7 +47,9 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from common import wait_port
 
+from pgproxy.config import env_name
 from pgproxy.demo.embedded import EmbeddedPostgres, _run_as_user, free_port
 from pgproxy.protocol import build as b
 
@@ -70,7 +71,8 @@ def proc_fds(pid: int) -> int:
 
 
 def start_proxy(pg: EmbeddedPostgres, port: int, log: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, PGPROXY_PROXY_STARTUP_TIMEOUT=str(STARTUP_TIMEOUT))
+    env = dict(os.environ)
+    env[env_name("proxy.startup_timeout")] = str(STARTUP_TIMEOUT)
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -91,15 +93,8 @@ def start_proxy(pg: EmbeddedPostgres, port: int, log: Path) -> subprocess.Popen[
         stderr=subprocess.PIPE,
         env=env,
     )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("pgproxy did not start") from None
-            time.sleep(0.05)
+    wait_port(port, proc, timeout=30)
+    return proc
 
 
 def kill_and_restart(pg: EmbeddedPostgres) -> float:
