@@ -101,6 +101,10 @@ class Conversation:
         self.auth_state: str | None = None
         self.auth_method: str | None = None
         self.error: FramingError | None = None
+        # Messages decoded for the state above during the last receive_backend
+        # call, by frame start (with the frame's buffer): the tracker takes them
+        # instead of decoding the same frames again (start-up sends ~15).
+        self._decoded: dict[int, tuple[object, m.Message]] = {}
         self._negotiating: int = 0  # code of the pending SSL/GSSENC request
 
     # ----------------------------------------------------------------- feeding
@@ -127,6 +131,8 @@ class Conversation:
         """Frames completed by a chunk the backend sent."""
         framer = self.backend
         frames = framer.feed(data)
+        if self._decoded:
+            self._decoded = {}
         if self.phase is Phase.READY:
             for frame in frames:
                 tag = frame[0]
@@ -170,6 +176,18 @@ class Conversation:
 
     def decode_backend(self, frame: Frame) -> m.Message:
         return self.decode(frame, False)
+
+    def decoded_backend(self, frame: Frame) -> m.Message | None:
+        """The message the last :meth:`receive_backend` already decoded for ``frame`` (to follow the state), if any.
+
+        Start-up's authentication requests, ParameterStatus and BackendKeyData
+        are decoded here to follow the conversation; a caller that wants the
+        message too takes it rather than decoding the frame a second time.
+        """
+        entry = self._decoded.get(frame[2])
+        if entry is not None and entry[0] is frame[1]:
+            return entry[1]
+        return None
 
     def assume_established(self) -> None:
         """Start mid-conversation (a capture that missed the start-up): both sides tagged."""
@@ -240,11 +258,13 @@ class Conversation:
             return
         elif tag == _TAG_AUTH:
             msg = decode_tagged(False, tag, buf, start, end, self.encoding)
+            self._decoded[start] = (buf, msg)
             self._on_authentication(msg)
         elif tag == _TAG_PARAMETER_STATUS:
             self._on_parameter_status(frame)
         elif tag == _TAG_BACKEND_KEY:
             key = decode_tagged(False, tag, buf, start, end, self.encoding)
+            self._decoded[start] = (buf, key)
             if isinstance(key, m.BackendKeyData):
                 self.backend_pid = key.process_id
                 self.backend_key = key.secret_key
@@ -279,6 +299,7 @@ class Conversation:
         if buf is None:
             return
         msg = decode_tagged(False, tag, buf, start, end, self.encoding)
+        self._decoded[start] = (buf, msg)
         if isinstance(msg, m.ParameterStatus):
             self.parameters[msg.name] = msg.value
             if msg.name == "client_encoding":

@@ -661,11 +661,13 @@ class SessionTracker:
             return
         if msg is None:
             conv = self.conv
-            buf = frame[1]
-            if tag >= 0 and buf is not None:
-                msg = decode_tagged(False, tag, buf, frame[2], frame[3], conv.encoding)
-            else:
-                msg = conv.decode_backend(frame)
+            msg = conv.decoded_backend(frame)  # start-up messages the conversation decoded to follow its state
+            if msg is None:
+                buf = frame[1]
+                if tag >= 0 and buf is not None:
+                    msg = decode_tagged(False, tag, buf, frame[2], frame[3], conv.encoding)
+                else:
+                    msg = conv.decode_backend(frame)
         kind = type(msg)
         records: list[Record] = []
         if statements is not None:
