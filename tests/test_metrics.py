@@ -9,6 +9,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pgproxy.demo.embedded import EmbeddedPostgres
+from pgproxy.protocol.build import startup_packet
+from pgproxy.protocol.decoding import SSL_REQUEST_CODE
 from pgproxy.sink.metrics import DURATION_BUCKETS, MAX_OPERATION_NAMES, MetricsSink
 from pgproxy.tracker.options import TrackerOptions
 from pgproxy.tracker.records import Record
@@ -100,6 +102,37 @@ def test_proxy_events_are_counted_from_their_records() -> None:
         got[("pgproxy_sessions_total", ())] == 0
         and got[("pgproxy_bytes_total", (("direction", "client_to_server"),))] == 0
     )
+
+
+def test_refusals_are_labelled_by_their_kind(pg: EmbeddedPostgres) -> None:
+    """session.refused's own refusal field is the label: not one catch-all for every refusal."""
+    metrics = MetricsSink("uvloop")
+    with ProxyHarness(("127.0.0.1", pg.port), TrackerOptions(), consumers=[metrics]) as proxy:
+        # tls.client_mode is refuse: a client that insists on TLS hangs up after 'N'.
+        with pytest.raises(psycopg.OperationalError, match="does not support SSL"):
+            psycopg.connect(proxy.dsn(sslmode="require", gssencmode="disable"), connect_timeout=10)
+        # A second SSLRequest on one connection: FATAL 0A000.
+        with socket.create_connection((proxy.host, proxy.port), timeout=10) as sock:
+            sock.sendall(startup_packet(SSL_REQUEST_CODE))
+            assert sock.recv(1) == b"N"
+            sock.sendall(startup_packet(SSL_REQUEST_CODE))
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        assert b"C0A000\x00" in data
+        proxy.wait_idle()
+        refusals = sorted(r["refusal"] for r in proxy.events("session.refused"))
+        got = samples(metrics)
+    assert refusals == ["repeated_negotiation", "tls_refused"]
+    rejected = {labels: v for (name, labels), v in got.items() if name == "pgproxy_sessions_rejected_total"}
+    assert rejected == {(("reason", "repeated_negotiation"),): 1, (("reason", "tls_refused"),): 1}
+
+
+def test_a_refusal_without_a_word_for_its_kind_is_other() -> None:
+    """A session.refused record without a refusal kind is counted as OTHER, never labelled with its sentence."""
+    metrics = MetricsSink("asyncio")
+    metrics.emit_all([Record("session.refused", "warning", {"session": "s1", "reason": "a sentence, not a label"})])
+    assert samples(metrics)[("pgproxy_sessions_rejected_total", (("reason", "OTHER"),))] == 1
 
 
 def test_metric_values_after_a_known_workload(pg: EmbeddedPostgres) -> None:

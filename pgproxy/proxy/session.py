@@ -56,6 +56,24 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
+class Refusal(enum.Enum):
+    """Why a client was refused before its session began: ``session.refused``'s ``refusal`` field.
+
+    A closed set, so that the metric labelled by it stays bounded; the
+    record's ``reason`` is the sentence for a person. The values are also the
+    close reason ``session.ended`` reports.
+    """
+
+    TLS_REFUSED = "tls_refused"
+    """The client wants TLS (or GSS) encryption that ``tls.client_mode`` does not offer."""
+    TLS_PROTOCOL_VIOLATION = "tls_protocol_violation"
+    """Bytes after an SSLRequest before pgproxy answered it (CVE-2021-23214)."""
+    REPEATED_NEGOTIATION = "repeated_negotiation"
+    """A second SSLRequest or GSSENCRequest on one connection (FATAL 0A000)."""
+    CHANNEL_BINDING_REFUSED = "channel_binding_refused"
+    """SCRAM-SHA-256-PLUS that cannot verify through pgproxy's own certificate (FATAL 28000)."""
+
+
 class _ReadGate:
     """Idempotent pause/resume of a transport's reading, by reason.
 
@@ -231,8 +249,9 @@ class ClientSession(asyncio.Protocol):
     def _client_refused_plaintext(self) -> None:
         """The client hung up after our 'N': it requires encryption that ``refuse`` mode does not offer."""
         kinds = " or ".join(_NEGOTIATION_NAMES[c].removesuffix("Request") for c in sorted(self._negotiated))
-        self.close_reason = "tls_refused"
+        self.close_reason = Refusal.TLS_REFUSED.value
         self._log_refused(
+            Refusal.TLS_REFUSED,
             f"the client requires encryption ({kinds}) and tls.client_mode is refuse",
             change='set tls.client_mode = "passthrough" (sessions are then relayed encrypted, not decoded), '
             "or connect with sslmode=prefer or disable",
@@ -274,10 +293,11 @@ class ClientSession(asyncio.Protocol):
             if buf[0] == _TLS_HANDSHAKE and self.client_tls is None:
                 if self.config.tls_client_mode == "refuse":
                     self._log_refused(
+                        Refusal.TLS_REFUSED,
                         "direct TLS (sslnegotiation=direct) while tls.client_mode is refuse",
                         change='set tls.client_mode = "terminate" (decoded) or "passthrough" (relayed encrypted)',
                     )
-                    self._close_client("tls_refused")
+                    self._close_client(Refusal.TLS_REFUSED.value)
                     return
                 if self.config.tls_client_mode == "terminate":
                     hello = bytes(buf)
@@ -303,8 +323,10 @@ class ClientSession(asyncio.Protocol):
                 if buf:
                     # Bytes before our answer could be injected by a man in the
                     # middle (CVE-2021-23214): PostgreSQL refuses them too.
-                    self._log_refused("the client sent data after SSLRequest before the answer")
-                    self._close_client("tls_protocol_violation")
+                    self._log_refused(
+                        Refusal.TLS_PROTOCOL_VIOLATION, "the client sent data after SSLRequest before the answer"
+                    )
+                    self._close_client(Refusal.TLS_PROTOCOL_VIOLATION.value)
                     return
                 self._negotiated.add(code)
                 assert self.client is not None
@@ -350,6 +372,7 @@ class ClientSession(asyncio.Protocol):
         """
         name = _NEGOTIATION_NAMES[code]
         self._log_refused(
+            Refusal.REPEATED_NEGOTIATION,
             f"a second {name} on one connection (PostgreSQL negotiates encryption once per connection)",
             change="fix the client: send one SSLRequest and at most one GSSENCRequest, then the StartupMessage",
         )
@@ -360,7 +383,7 @@ class ClientSession(asyncio.Protocol):
                 f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}: "
                 f"{name} was already answered on this connection",
             ),
-            "repeated_negotiation",
+            Refusal.REPEATED_NEGOTIATION.value,
         )
 
     def _reply_and_close(self, reply: bytes, reason: str) -> None:
@@ -683,6 +706,7 @@ class ClientSession(asyncio.Protocol):
                 "SCRAM channel binding cannot verify through pgproxy, which terminates TLS with its own certificate"
             )
             self._log_refused(
+                Refusal.CHANNEL_BINDING_REFUSED,
                 reason,
                 change="connect with channel_binding=disable, or give pgproxy the server's own certificate and key",
             )
@@ -696,7 +720,7 @@ class ClientSession(asyncio.Protocol):
             self.pending = bytearray()
             self._client_send(reply)
             self.bytes_from_server += len(reply)
-            self._close_client("channel_binding_refused")
+            self._close_client(Refusal.CHANNEL_BINDING_REFUSED.value)
             return
         data = bytes(self.pending)
         self.pending = bytearray()
@@ -711,9 +735,12 @@ class ClientSession(asyncio.Protocol):
         if self.decoding:
             self._observe(data, True, time.monotonic())
 
-    def _log_refused(self, why: str, change: str | None = None) -> None:
+    def _log_refused(self, refusal: Refusal, why: str, change: str | None = None) -> None:
+        """Log ``session.refused``: ``refusal`` the kind (a metric label), ``reason`` the sentence, ``change`` the fix."""
         fields = {"change": change} if change else {}
-        self.sink.log("warning", "session.refused", session=self.session_id, reason=why, **fields)
+        self.sink.log(
+            "warning", "session.refused", session=self.session_id, refusal=refusal.value, reason=why, **fields
+        )
 
     def refuse(self, reply: bytes, reason: str) -> None:
         """Turn the client away before anything is relayed: send ``reply``, then close the connection.

@@ -166,10 +166,10 @@ class MetricsSink:
                 self.messages[direction] += count
 
     def _rejected(self, fields: dict[str, Any]) -> None:
-        reason = fields.get("reason")
-        # session.refused carries a sentence; keep the metric's label a word.
-        label = reason if isinstance(reason, str) and reason.isidentifier() else "tls_refused"
-        self.rejected[self._reason(label)] += 1
+        # session.rejected's reason is the limit's name; session.refused's reason is
+        # a sentence for a person, its refusal the kind (proxy.session.Refusal).
+        label = fields.get("refusal", fields.get("reason"))
+        self.rejected[self._reason(label if isinstance(label, str) and label.isidentifier() else _OTHER)] += 1
 
     def _startup_error(self, fields: dict[str, Any]) -> None:
         status = fields.get("sqlstate")
