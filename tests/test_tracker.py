@@ -354,6 +354,9 @@ def test_sql_helpers() -> None:
         3: "a",
         4: "Secret",
     }
+    # The VALUES list is read with the lexer's quote rules: an escaped quote in E'...' does not end the literal.
+    assert parameter_names("INSERT INTO users (note, password) VALUES (E'it\\'s, (x', $1)") == {1: "password"}
+    assert parameter_names("INSERT INTO users (note, password) VALUES ('it''s, (x', $1)") == {1: "password"}
 
 
 def test_function_call_is_one_statement() -> None:

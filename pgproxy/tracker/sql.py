@@ -134,7 +134,7 @@ def scan(sql: str, partial: bool = False) -> list[Token] | None:
         if ch == "'":
             flush(i)
             start = i
-            escape = i > 0 and sql[i - 1] in "eE" and (i < 2 or not _IDENT_CHARS.match(sql[i - 2]))
+            escape = is_escape_string(sql, i)
             if escape and out and out[-1].kind == "code":
                 # E'...' : the E prefix belongs to the literal
                 prev = out.pop()
@@ -194,6 +194,11 @@ def scan(sql: str, partial: bool = False) -> list[Token] | None:
             i += 1
     flush(n)
     return out
+
+
+def is_escape_string(sql: str, quote: int) -> bool:
+    """Whether the ``'`` at ``quote`` opens an ``E'...'`` string (backslash escapes apply)."""
+    return quote > 0 and sql[quote - 1] in "eE" and (quote < 2 or not _IDENT_CHARS.match(sql[quote - 2]))
 
 
 def after_closing_quote(sql: str, pos: int, quote: str, backslash_escapes: bool) -> int | None:
@@ -350,10 +355,10 @@ def _split_top_level(text: str, start: int = 0) -> tuple[list[tuple[int, int]], 
         i = m.start()
         ch = text[i]
         if ch in "'\"":
-            close = text.find(ch, i + 1)
-            if close < 0:
+            close = after_closing_quote(text, i + 1, ch, ch == "'" and is_escape_string(text, i))
+            if close is None:
                 break
-            i = close + 1
+            i = close
             continue
         if ch == "(":
             depth += 1
