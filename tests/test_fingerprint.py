@@ -307,6 +307,30 @@ def test_fast_paths_for_plain_text_agree_with_the_general_ones(monkeypatch: pyte
     assert [literal_key(s) for s in plain] == fast_keys
 
 
+def test_the_plain_text_checks_agree_with_their_definitions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``_plain`` (substring tests) is "no quote, dollar or comment opener"; the ASCII bare-number pattern
+    marks what the Unicode one marks on ASCII text; the plain fast path of ``literal_key`` gives the
+    scanner loop's key on the corpus and on random texts of the characters that matter."""
+    import random
+
+    from tests.sql_corpus import STATEMENTS
+
+    quoting = re.compile(r"['\"$]|--|/\*")
+    rng = random.Random(11)
+    alphabet = "0123456789._eE+-xXoObBaf$ t1(),'\"/*\n\u0663\u00e9"
+    texts = [*STATEMENTS, *("".join(rng.choice(alphabet) for _ in range(rng.randint(0, 16))) for _ in range(50_000))]
+    for text in texts:
+        assert fp._plain(text) == (quoting.search(text) is None), text
+        if text.isascii():
+            assert fp._BARE_NUMBER_ASCII.subn("#", text) == fp._BARE_NUMBER.subn("#", text), text
+    plain = [text for text in texts if fp._plain(text)]
+    fast_keys = [literal_key(text) for text in plain]
+    monkeypatch.setattr(fp, "_plain", lambda sql: False)  # the scanner loop: the general path
+    assert [literal_key(text) for text in plain] == fast_keys
+    for pattern in (fp._BARE_NUMBER, fp._BARE_NUMBER_ASCII):
+        assert pattern.subn("#", "t1 = 1e-5 + .5 - 0x1F + a.5 + 0b + $2") == ("t1 = # + # - # + a.# + #b + $2", 5)
+
+
 def test_deeply_nested_subqueries_skip_the_quadratic_normalisation() -> None:
     analyzer = StatementAnalyzer()
     deep = "SELECT " + "(SELECT " * 200 + "'secret'" + ")" * 200

@@ -176,19 +176,28 @@ _NUMBER = re.compile(
 _COMMENT_EDGE = re.compile(r"/\*|\*/")
 _DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_\x80-\uffff][A-Za-z0-9_\x80-\uffff]*)?\$")
 _IDENT_CHAR = re.compile(r"[\w$]")
-#: _NUMBER where no identifier character precedes it; each branch starts with a plain character (the
-#: look-behind follows it) so the regex engine can skip to candidate characters instead of trying every position.
-_BARE_NUMBER = re.compile(
-    r"0(?<![\w$]0)(?:[xX][0-9a-fA-F_]+|[oO][0-7_]+|[bB][01_]+)"
-    r"|\d(?<![\w$]\d)[\d_]*(?:\.[\d_]*)?(?:[eE][-+]?\d+)?"
-    r"|\.(?<![\w$]\.)\d[\d_]*(?:[eE][-+]?\d+)?"
+#: _NUMBER where no identifier character precedes it. The pattern opens with one character class (the
+#: look-behinds follow it) so the regex engine scans for candidate characters in C instead of attempting a
+#: match at every position (it does that for a leading alternation of classes: ~35% slower on pgbench's text).
+_BARE_NUMBER_PATTERN: Final = (
+    r"[\d.](?<![\w$].)"
+    r"(?:(?<=0)(?:[xX][0-9a-fA-F_]+|[oO][0-7_]+|[bB][01_]+)"
+    r"|(?<=\d)[\d_]*(?:\.[\d_]*)?(?:[eE][-+]?\d+)?"
+    r"|(?<=\.)\d[\d_]*(?:[eE][-+]?\d+)?)"
 )
-_QUOTING = re.compile(r"['\"$]|--|/\*")
+_BARE_NUMBER = re.compile(_BARE_NUMBER_PATTERN)
+#: The same for ASCII text, where ``\d`` and ``\w`` mean the same with re.ASCII and the engine's class test is a
+#: table lookup instead of a Unicode category lookup (another ~25% on pgbench's text).
+_BARE_NUMBER_ASCII = re.compile(_BARE_NUMBER_PATTERN, re.ASCII)
 
 
 def _plain(sql: str) -> bool:
-    """No quote, dollar sign or comment anywhere: the text's structure is plain code."""
-    return _QUOTING.search(sql) is None
+    """No quote, dollar sign or comment anywhere: the text's structure is plain code.
+
+    Five substring tests in C: about a quarter of one regex search for the same characters
+    (runs twice per simple Query: splitting, then the literal key).
+    """
+    return "'" not in sql and '"' not in sql and "$" not in sql and "--" not in sql and "/*" not in sql
 
 
 _STRING_MARK: Final = "\x00s"  # NUL never occurs in a protocol string, so keys cannot collide with real text
@@ -206,7 +215,7 @@ def literal_key(sql: str) -> tuple[str, int] | None:
     """
     if _plain(sql):
         # Nothing quoted or commented: every number is a literal (the common case, done in C).
-        key, count = _BARE_NUMBER.subn(_NUMBER_MARK, sql)
+        key, count = (_BARE_NUMBER_ASCII if sql.isascii() else _BARE_NUMBER).subn(_NUMBER_MARK, sql)
         return key, count
     out: list[str] = []
     n = len(sql)
