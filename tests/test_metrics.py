@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import socket
+from collections import Counter
 
 import psycopg
 import pytest
@@ -11,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pgproxy.demo.embedded import EmbeddedPostgres
 from pgproxy.protocol.build import startup_packet
 from pgproxy.protocol.decoding import SSL_REQUEST_CODE
-from pgproxy.sink.metrics import DURATION_BUCKETS, MAX_OPERATION_NAMES, MetricsSink
+from pgproxy.sink.metrics import DURATION_BUCKETS, MAX_OPERATION_NAMES, MAX_REASONS, MetricsSink, _Bounded
 from pgproxy.tracker.options import TrackerOptions
 from pgproxy.tracker.records import Record
 from tests.harness import ProxyHarness
@@ -76,6 +78,22 @@ def test_label_values_are_bounded() -> None:
     assert not any("secret" in name for name in names)
     errors = {labels: v for (name, labels), v in samples(metrics).items() if name == "pgproxy_errors_total"}
     assert errors == {(("sqlstate_class", "XX"),): 1, (("sqlstate_class", "OTHER"),): 1}
+
+
+def test_labels_of_names_seen_before_are_what_the_bounded_mapping_gives() -> None:
+    """``_query`` skips the shape check and the mapping for a name already kept: same counts as the general way."""
+    metrics = MetricsSink()
+    names = [f"VERB{chr(65 + n % 26)}{chr(65 + n // 26)}" for n in range(MAX_OPERATION_NAMES + 10)]
+    names += ["select lower", "SELECT", "", "X" * 40]
+    operation, reason = _Bounded(MAX_OPERATION_NAMES), _Bounded(MAX_REASONS)
+    expected: Counter[tuple[str, str]] = Counter()
+    for round_ in range(3):
+        for n, name in enumerate(names):
+            outcome = ("ok", "error", "skipped", f"odd{n}")[(n + round_) % 4]
+            metrics.emit_all([_query(name, 1.0, outcome=outcome)])
+            label = operation(name) if re.fullmatch(r"[A-Z][A-Z ]{0,31}", name) else "OTHER"
+            expected[(label, reason(outcome))] += 1
+    assert metrics.statements == expected
 
 
 def test_proxy_events_are_counted_from_their_records() -> None:

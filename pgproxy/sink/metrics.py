@@ -48,6 +48,7 @@ MAX_REASONS: Final = 32
 _OTHER: Final = "OTHER"
 _OPERATION_SHAPE: Final = re.compile(r"[A-Z][A-Z ]{0,31}")
 _SQLSTATE_CLASS: Final = re.compile(r"[0-9A-Z]{2}")
+_bisect_left: Final = bisect.bisect_left
 
 
 class _Bounded:
@@ -125,9 +126,13 @@ class MetricsSink:
 
     def _query(self, fields: dict[str, Any]) -> None:
         name = fields.get("db.operation.name")
-        operation = self._operation(name) if isinstance(name, str) and _OPERATION_SHAPE.fullmatch(name) else _OTHER
+        if type(name) is str and name in self._operation.known:  # seen before: no regex match, no call
+            operation = name
+        else:
+            operation = self._operation(name) if isinstance(name, str) and _OPERATION_SHAPE.fullmatch(name) else _OTHER
         outcome = fields.get("outcome") or "unknown"
-        self.statements[(operation, self._reason(outcome))] += 1
+        reason = outcome if type(outcome) is str and outcome in self._reason.known else self._reason(outcome)
+        self.statements[(operation, reason)] += 1
         status = fields.get("db.response.status_code")
         if status:
             self._error(status)
@@ -137,9 +142,10 @@ class MetricsSink:
             buckets = self.durations.get(operation)
             if buckets is None:
                 buckets = self.durations[operation] = [0] * (len(DURATION_BUCKETS) + 1)
+                self.duration_sums[operation] = 0.0
             # Prometheus buckets are "less than or equal": bisect_left puts 0.005 in le="0.005".
-            buckets[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
-            self.duration_sums[operation] = self.duration_sums.get(operation, 0.0) + seconds
+            buckets[_bisect_left(DURATION_BUCKETS, seconds)] += 1
+            self.duration_sums[operation] += seconds
 
     def _error(self, sqlstate: Any) -> None:
         text = str(sqlstate)[:2]

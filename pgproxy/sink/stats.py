@@ -51,6 +51,7 @@ _OTEL_SLICES: Final = tuple(
 #: Outcomes that ran on the server (``skipped`` and ``empty`` did not).
 _COUNTED: Final = frozenset(("ok", "error", "suspended", "interrupted"))
 DEFAULT_MAX_ENTRIES: Final = 5000
+_bisect_left: Final = bisect.bisect_left
 
 StatsKey = tuple[str, str | None, str | None, str | None]
 """(fingerprint, database, user, application)."""
@@ -81,10 +82,13 @@ class Aggregate:
             self.untimed += 1
             return
         self.total_ms += duration_ms
-        self.min_ms = min(self.min_ms, duration_ms)
-        self.max_ms = max(self.max_ms, duration_ms)
+        # Comparisons, not min()/max() calls: this runs per statement.
+        if duration_ms < self.min_ms:  # noqa: PLR1730
+            self.min_ms = duration_ms
+        if duration_ms > self.max_ms:  # noqa: PLR1730
+            self.max_ms = duration_ms
         # bisect_left: a duration equal to a bound belongs to that bound's bucket (le semantics).
-        self.buckets[bisect.bisect_left(LATENCY_BUCKETS_MS, duration_ms)] += 1
+        self.buckets[_bisect_left(LATENCY_BUCKETS_MS, duration_ms)] += 1
 
     def merge(self, other: Aggregate) -> None:
         self.calls += other.calls
@@ -237,7 +241,8 @@ class StatementStats:
         for record in records:
             if record.event == QUERY:
                 self.observe(record)
-        self.tick()
+        if self.interval > 0 and self.clock() - self._period_start >= self.interval:  # tick(), inlined
+            self.flush("interval")
 
     def emit(self, record: Record) -> None:
         self.emit_all((record,))
@@ -263,11 +268,11 @@ class StatementStats:
                 self._evict()
         else:
             entries.move_to_end(key)
-        duration = fields.get("duration_ms")  # absent inside a multi-statement Query (batch_duration_ms)
-        rows = fields.get("rows") or 0
-        sqlstate = fields.get("db.response.status_code")
-        entry.period.add(duration, rows, sqlstate)  # folded into entry.total when reported
-        self._changed[key] = entry
+        period = entry.period  # folded into entry.total when reported
+        if not period.calls:  # its first call since the last report: the entry has changed
+            self._changed[key] = entry
+        # duration_ms is absent inside a multi-statement Query (batch_duration_ms)
+        period.add(fields.get("duration_ms"), fields.get("rows") or 0, fields.get("db.response.status_code"))
 
     def _evict(self) -> None:
         key, entry = self.entries.popitem(last=False)
