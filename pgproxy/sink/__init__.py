@@ -132,14 +132,15 @@ class LogSink:
         the consumers beside the log (metrics, statistics) still count it.
         """
         threshold = self._threshold
+        json_writes = self._json_writes
         for record in records:
             if not record.logged:
                 continue
             event, level = record.event, record.level
-            if event in _FAST_EVENTS and self._json_writes and _LEVELS.get(level, 0) >= threshold:
+            if event in _FAST_EVENTS and json_writes and _LEVELS.get(level, 0) >= threshold:
                 line = self._json_line(event, level, record.fields)
                 if line is not None:
-                    for write in self._json_writes:
+                    for write in json_writes:
                         write(line)
                     for dest in self._others:
                         dest.by_level[level](event, **record.fields)
