@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -42,18 +43,33 @@ def test_buffers_default_to_what_a_plain_forwarder_holds() -> None:
     assert ProxySettings().socket_buffer == 128 * 1024
 
 
-def test_proxy_sockets_have_capped_kernel_buffers(pg: EmbeddedPostgres) -> None:
-    with (
-        ProxyHarness(("127.0.0.1", pg.port), TrackerOptions()) as proxy,
-        psycopg.connect(proxy.dsn(sslmode="disable")),
-    ):
-        (session,) = proxy.server.sessions
-        assert session.client is not None and session.upstream is not None
-        for transport in (session.client, session.upstream.transport):
-            sock = transport.get_extra_info("socket")
-            # Linux doubles the value set, for its bookkeeping
-            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) <= 2 * 128 * 1024
-            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) <= 2 * 128 * 1024
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_proxy_sockets_have_capped_kernel_buffers_and_nodelay(pg: EmbeddedPostgres, loop: str, tmp_path: Path) -> None:
+    """TCP clients inherit the listener's caps, Unix-socket clients get their own; the loop sets TCP_NODELAY.
+
+    32 KiB: below every kernel default (TCP's 128 KiB, Unix sockets' 208 KiB), so an uncapped socket shows.
+    """
+    unix_path = str(tmp_path / ".s.PGSQL.5432")
+    cap = 32 * 1024
+    with ProxyHarness(
+        ("127.0.0.1", pg.port),
+        TrackerOptions(),
+        loop=loop,
+        listen_addresses=(("127.0.0.1", 0), unix_path),
+        socket_buffer=cap,
+    ) as proxy:
+        for dsn in (proxy.dsn(sslmode="disable"), f"host={tmp_path} port=5432 user=postgres dbname=postgres"):
+            with psycopg.connect(dsn):
+                (session,) = proxy.server.sessions
+                assert session.client is not None and session.upstream is not None
+                for transport in (session.client, session.upstream.transport):
+                    sock = transport.get_extra_info("socket")
+                    # Linux doubles the value set, for its bookkeeping
+                    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) <= 2 * cap
+                    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) <= 2 * cap
+                    if sock.family != socket.AF_UNIX:
+                        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            proxy.wait_idle()
 
 
 @pytest.mark.slow

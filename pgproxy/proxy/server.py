@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from pgproxy.protocol.build import error_response
 from pgproxy.proxy.address import host_port, socket_address
-from pgproxy.proxy.session import ClientSession
+from pgproxy.proxy.session import ClientSession, limit_socket_buffers
 from pgproxy.proxy.tls import (
     certificate_der,
     client_tls_context,
@@ -203,7 +203,10 @@ class ProxyServer:
                     if self._worker_index:
                         continue  # a Unix socket is one file: with proxy.workers, the first worker serves it
                     _remove_stale_socket(address)
-                    server = await loop.create_unix_server(lambda: ClientSession(self), address, backlog=1024)
+                    # Unix-domain sockets do not inherit the listener's buffer sizes: each session caps its own.
+                    server = await loop.create_unix_server(
+                        lambda: ClientSession(self, cap_buffers=True), address, backlog=1024
+                    )
                     self._unix_paths.append(address)
                     # Access is governed by the directory (a shared volume), as for
                     # PostgreSQL's default unix_socket_permissions = 0777.
@@ -217,7 +220,13 @@ class ProxyServer:
                         reuse_address=True,
                         reuse_port=self._reuse_port or None,
                         backlog=1024,
+                        start_serving=False,
                     )
+                    # Accepted TCP sockets inherit the listener's buffer sizes: capped
+                    # here once, before listen(), rather than twice per session.
+                    for sock in server.sockets:
+                        limit_socket_buffers(sock, self.config.socket_buffer)
+                    await server.start_serving()
                 self._servers.append(server)
         except OSError as exc:
             self.stop_accepting()

@@ -14,6 +14,7 @@ with an ErrorResponse when the upstream cannot be reached.
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import collections
 import contextlib
@@ -100,14 +101,7 @@ class _ReadGate:
             self.transport.resume_reading()
 
 
-def _set_nodelay(transport: asyncio.BaseTransport) -> None:
-    sock = transport.get_extra_info("socket")
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def _limit_socket_buffers(transport: asyncio.BaseTransport, size: int) -> None:
+def limit_socket_buffers(sock: Any, size: int) -> None:
     """Cap the kernel buffers of one of the proxy's sockets (``proxy.socket_buffer``).
 
     A proxy adds a second socket pair between client and server; with the
@@ -115,19 +109,30 @@ def _limit_socket_buffers(transport: asyncio.BaseTransport, size: int) -> None:
     megabytes further ahead of a client that stopped reading than it could
     direct, and a cancelled COPY then finishes before its cancel arrives
     (issue 7). Capped, the path holds about what a direct connection holds.
+
+    ``sock`` is a listening TCP socket (its accepted sockets inherit the
+    sizes) or a transport's socket. TCP_NODELAY needs no call of ours: both
+    uvloop and asyncio set it on every TCP transport.
     """
-    sock = transport.get_extra_info("socket")
-    if size and sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    if not size or sock is None:
+        return
+    # One plain socket object for both options: the socket a uvloop transport
+    # hands out builds a new Python socket for every setsockopt call.
+    with contextlib.suppress(OSError):
+        raw = _socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, sock.fileno())  # family unused by SOL_SOCKET
+        try:
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+        finally:
+            raw.detach()
 
 
 class ClientSession(asyncio.Protocol):
     """The client-facing protocol, owner of the whole session."""
 
-    def __init__(self, server: ProxyServer) -> None:
+    def __init__(self, server: ProxyServer, cap_buffers: bool = False) -> None:
         self.server = server
+        self._cap_buffers = cap_buffers  # else the listener's capped sizes were inherited
         self.config = server.config
         self.sink = server.sink
         self.session_id = server.new_session_id()
@@ -169,8 +174,8 @@ class ClientSession(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)  # uvloop's TCPTransport is not a subclass
         self.client = transport
         self.client_reads.transport = transport
-        _set_nodelay(transport)
-        _limit_socket_buffers(transport, self.config.socket_buffer)
+        if self._cap_buffers:
+            limit_socket_buffers(transport.get_extra_info("socket"), self.config.socket_buffer)
         transport.set_write_buffer_limits(high=self.config.write_buffer_high, low=self.config.write_buffer_low)
         peer = transport.get_extra_info("peername")
         self.peer = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
@@ -1049,9 +1054,8 @@ class UpstreamSide(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
-        _set_nodelay(transport)
         cfg = self.session.config
-        _limit_socket_buffers(transport, cfg.socket_buffer)
+        limit_socket_buffers(transport.get_extra_info("socket"), cfg.socket_buffer)
         transport.set_write_buffer_limits(high=cfg.write_buffer_high, low=cfg.write_buffer_low)
         self.session.upstream_reads.transport = transport
 
