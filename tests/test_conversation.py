@@ -142,6 +142,23 @@ def test_unknown_tag_and_malformed_body_never_raise() -> None:
     assert isinstance(bad, m.Malformed) and bad.expected == "RowDescription"
 
 
+@pytest.mark.parametrize(
+    ("body", "decoded"),
+    [
+        (b"TimeZone\x00UTC\x00", m.ParameterStatus("TimeZone", "UTC")),
+        (b"\x00\x00", m.ParameterStatus("", "")),
+        (b"a\xff\x00b\x00", m.ParameterStatus("a\\xff", "b")),
+        # The reasons the generic reader gives, with its absolute offsets (the body starts at 2 here).
+        (b"TimeZone\x00UTC", m.Malformed("S", "ParameterStatus", "unterminated string at body offset 11", 16)),
+        (b"TimeZone", m.Malformed("S", "ParameterStatus", "unterminated string at body offset 2", 12)),
+        (b"a\x00b\x00cd", m.Malformed("S", "ParameterStatus", "2 unexpected trailing bytes", 10)),
+    ],
+)
+def test_parameter_status_bodies(body: bytes, decoded: m.Message) -> None:
+    buf = b"S?" + body + b"Z?"  # bounds, not the end of the buffer, end the body
+    assert decode_tagged(False, ord("S"), buf, 2, 2 + len(body)) == decoded
+
+
 @settings(max_examples=300)
 @given(st.binary(max_size=600), st.booleans())
 def test_random_bytes_only_raise_package_errors(data: bytes, frontend: bool) -> None:

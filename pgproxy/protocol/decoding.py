@@ -555,11 +555,20 @@ def _parameter_description(buf: bytes, start: int, end: int, enc: str) -> m.Mess
 
 
 def _parameter_status(buf: bytes, start: int, end: int, enc: str) -> m.Message:
-    r = _Reader(buf, start, end, enc)
-    name = r.cstring()
-    value = r.cstring()
-    r.done()
-    return m.ParameterStatus(name, value)
+    # A dozen per new connection: two finds instead of the generic _Reader
+    # (about a third of the cost), with _Reader's checks and error texts.
+    nul = buf.find(0, start, end)
+    if nul < 0:
+        raise DecodeError(f"unterminated string at body offset {start}")
+    pos = nul + 1
+    value_end = buf.find(0, pos, end)
+    if value_end < 0:
+        raise DecodeError(f"unterminated string at body offset {pos}")
+    if value_end + 1 != end:
+        raise DecodeError(f"{end - value_end - 1} unexpected trailing bytes")
+    return m.ParameterStatus(
+        buf[start:nul].decode(enc, "backslashreplace"), buf[pos:value_end].decode(enc, "backslashreplace")
+    )
 
 
 _READY = {ord(status): m.ReadyForQuery(status) for status in "ITE"}

@@ -105,6 +105,8 @@ class Conversation:
         # call, by frame start (with the frame's buffer): the tracker takes them
         # instead of decoding the same frames again (start-up sends ~15).
         self._decoded: dict[int, tuple[object, m.Message]] = {}
+        # The StartupMessage decoded to read client_encoding: (buffer, start, encoding used, message).
+        self._decoded_startup: tuple[object, int, str, m.Message] | None = None
         self._negotiating: int = 0  # code of the pending SSL/GSSENC request
 
     # ----------------------------------------------------------------- feeding
@@ -189,6 +191,18 @@ class Conversation:
             return entry[1]
         return None
 
+    def decoded_frontend(self, frame: Frame) -> m.Message | None:
+        """The StartupMessage the conversation already decoded for ``frame`` (to read its encoding), if any.
+
+        Only when decoding it again would give the same message: the caller
+        decodes with the encoding in force now, which the StartupMessage's own
+        ``client_encoding`` may have changed.
+        """
+        entry = self._decoded_startup
+        if entry is not None and entry[0] is frame[1] and entry[1] == frame[2] and entry[2] == self.encoding:
+            return entry[3]
+        return None
+
     def assume_established(self) -> None:
         """Start mid-conversation (a capture that missed the start-up): both sides tagged."""
         self.phase = Phase.READY
@@ -235,6 +249,7 @@ class Conversation:
         else:
             msg = decode_startup_packet(buf, start, end) if code >> 16 == 3 else None
             if isinstance(msg, m.StartupMessage):
+                self._decoded_startup = (buf, start, "utf-8", msg)
                 self.startup = msg
                 encoding = msg.params.get("client_encoding")
                 if encoding:

@@ -58,6 +58,7 @@ _COPY_DATA: Final = ord("d")
 _TERMINATE: Final = ord("X")
 _ROW_DESCRIPTION: Final = ord("T")
 _READY_FOR_QUERY: Final = ord("Z")
+_PARAMETER_STATUS: Final = ord("S")
 _PASSWORD_FAMILY: Final = ord("p")  # needs the authentication state: general path
 #: Frontend messages a ReadyForQuery answers ("Message Flow"): Query, Sync, FunctionCall.
 _ANSWERED_BY_READY: Final = frozenset((ord("Q"), ord("S"), ord("F")))
@@ -338,6 +339,8 @@ class SessionTracker:
             if tag == _COPY_DATA and message_level and statements is not None and self._copy_capped(statements):
                 statements.count_results(0, 0, 1, _body_length(frame))
                 continue
+            if tag == _PARAMETER_STATUS and not message_level and self._parameter_followed(frame):
+                continue
             self._on_backend(frame, now, out)
         return out
 
@@ -371,6 +374,8 @@ class SessionTracker:
                 # decodes rows, so its columns need not be decoded either.
                 statements.description_arrived(None, now)
                 continue
+            if tag == _PARAMETER_STATUS and self._parameter_followed((tag, buf, start, end)):
+                continue
             if ready and buf is not None and tag >= 0:
                 msg = decode_tagged(False, tag, buf, start, end, encoding)
                 kind = type(msg)
@@ -387,6 +392,18 @@ class SessionTracker:
         if rows or copies:
             statements.count_results(rows, row_bytes, copies, copy_bytes)
         return out
+
+    def _parameter_followed(self, frame: Frame) -> bool:
+        """A ParameterStatus below message detail, which the conversation decoded to follow it: apply it; False if malformed.
+
+        The general path (:meth:`_on_backend`) would only do the same after
+        its dispatch; a login brings a dozen of them.
+        """
+        msg = self.conv.decoded_backend(frame)
+        if type(msg) is not m.ParameterStatus:
+            return False  # not decoded, or malformed: the general path reports it
+        self._parameter_status(msg)
+        return True
 
     def _ready_for_query(self, status: str) -> None:
         """Connection detail: a ReadyForQuery answered one request (its status byte is all we read)."""
@@ -605,8 +622,8 @@ class SessionTracker:
             buf = frame[1]
             if tag >= 0 and buf is not None:  # the common case, without the generic decode() dispatch
                 msg = decode_tagged(True, tag, buf, frame[2], frame[3], conv.encoding, conv.auth_state)
-            else:
-                msg = conv.decode_frontend(frame)
+            else:  # the StartupMessage the conversation decoded to follow its state, or any other packet
+                msg = conv.decoded_frontend(frame) or conv.decode_frontend(frame)
         kind = type(msg)
         if kind is m.CopyData:
             if statements is not None:
