@@ -5,8 +5,10 @@ from __future__ import annotations
 import io
 import json
 import threading
+import time
 
-from pgproxy.sink.writer import QueueWriter
+from pgproxy.sink.writer import BUSY_LINES, QueueWriter
+from tests.harness import wait_until
 
 
 class _GatedStream(io.StringIO):
@@ -113,3 +115,19 @@ def test_drops_from_many_threads_are_counted_exactly_and_reported() -> None:
     assert writer.dropped >= per_thread * threads - 200
     assert reports and reports[-1]["dropped_total"] == writer.dropped
     assert sum(r["dropped_since_last_report"] for r in reports) == writer.dropped
+
+
+def test_a_busy_writer_wakes_less_often_and_a_quiet_one_soon() -> None:
+    """After a wake that found many lines the next comes ``busy_interval`` later; after a quiet one, soon."""
+    stream = io.StringIO()
+    writer = QueueWriter(stream, max_queued=100_000, flush_interval=0.2, busy_interval=600)
+    for i in range(BUSY_LINES):
+        writer.write(f"busy {i}")
+    assert writer.flush(timeout=30)  # wakes the thread at once: it finds BUSY_LINES lines (and the marker)
+    writer.write("held")
+    time.sleep(0.6)  # three short intervals
+    assert "held" not in stream.getvalue()  # the busy interval holds it
+    assert writer.flush(timeout=30)  # the line and the marker: a quiet wake
+    writer.write("soon")
+    wait_until(lambda: "soon" in stream.getvalue(), 30, lambda: "a quiet writer kept the busy interval")
+    writer.close()
