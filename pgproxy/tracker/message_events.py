@@ -1,0 +1,304 @@
+"""Message-detail events: one ``message`` record per protocol message, and each DataRow with its row.
+
+At ``message`` detail a W2-prepared transaction (Bind/Describe/Execute/Sync
+answered by BindComplete/RowDescription/DataRow/CommandComplete/ReadyForQuery)
+logs nine of these beside its ``query`` event, so each must cost a few µs.
+What does not change from one message to the next is computed once: the
+fields every event of a message class starts with (``session``,
+``direction``, ``type``, ``tag``) per session, which fields a class lists and
+which of them are secret per class, and which columns of a result are
+redacted per row decoder. Events are built from those by copying a dict and
+adding what the message itself says.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Final, TypeAlias
+
+from pgproxy.protocol import messages as m
+from pgproxy.protocol.decoding import data_row_values
+from pgproxy.protocol.errors import DecodeError
+from pgproxy.protocol.framing import FRAMING_ERROR, UNTAGGED, Frame
+from pgproxy.protocol.hexdump import hexdump, mask
+from pgproxy.protocol.oids import type_name
+from pgproxy.protocol.rows import RowDecoder
+from pgproxy.protocol.values import DECODER_FAILURE, cap_text
+from pgproxy.tracker.options import TrackerOptions
+from pgproxy.tracker.records import MESSAGE, Detail, Record, truncate
+from pgproxy.tracker.redaction import REDACTED, ParameterMode
+from pgproxy.tracker.statements import TRANSACTION_STATUS, Execution, StatementTracker, decoder_failure_record
+
+_HEADER_BYTES: Final = 5  # tag + Int32 length
+
+#: Adds a message's own fields to its event; True when its body must be masked in hex dumps.
+Describer: TypeAlias = Callable[["MessageEvents", Any, dict[str, Any], "StatementTracker | None"], bool]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _FieldPlan:
+    """How a message class without a describer of its own lists its dataclass fields (computed once per class)."""
+
+    fields: tuple[tuple[str, bool], ...]  # (name, is secret)
+    masked: bool  # a secret field: the body is masked in hex dumps
+    authentication: bool  # an AuthenticationXxx message: its method is named too
+
+
+_FIELD_PLANS: dict[type, _FieldPlan] = {}
+
+
+def _field_plan(cls: type) -> _FieldPlan:
+    plan = _FIELD_PLANS.get(cls)
+    if plan is None:
+        secrets = m.secret_fields(cls)
+        fields = tuple((f.name, f.name in secrets) for f in dataclasses.fields(cls))
+        plan = _FIELD_PLANS[cls] = _FieldPlan(
+            fields, any(secret for _, secret in fields), issubclass(cls, m.Authentication)
+        )
+    return plan
+
+
+class MessageEvents:
+    """Builds one session's ``message`` events (the tracker decides when; this decides what they say).
+
+    Args:
+        session_id: the session every event names.
+        options: caps, redaction and detail; a reconfigured session builds a new instance.
+
+    """
+
+    __slots__ = ("_backend", "_frontend", "_row_head", "_row_plan", "options", "session_id", "wire")
+
+    def __init__(self, session_id: str, options: TrackerOptions) -> None:
+        self.session_id = session_id
+        self.options = options
+        self.wire = options.detail >= Detail.WIRE
+        # Per message class and direction: (tag, the event's first fields, its describer).
+        self._frontend: dict[type, tuple[int, dict[str, Any], Describer | None]] = {}
+        self._backend: dict[type, tuple[int, dict[str, Any], Describer | None]] = {}
+        self._row_head: dict[str, Any] = {"session": session_id, "direction": "backend", "type": "DataRow"}
+        # The last row decoder seen and the indexes of its redacted columns.
+        self._row_plan: tuple[RowDecoder | None, tuple[int, ...]] = (None, ())
+
+    def message(self, msg: m.Message, frame: Frame, frontend: bool, statements: StatementTracker | None) -> Record:
+        """The ``message`` event of one decoded message (every message but a DataRow at query tracking)."""
+        tag, buf, start, end = frame
+        kind = type(msg)
+        heads = self._frontend if frontend else self._backend
+        head = heads.get(kind)
+        if head is None or head[0] != tag:
+            head = heads[kind] = (tag, self._head(msg, tag, frontend), _DESCRIBERS.get(kind))
+        fields = head[1].copy()
+        if buf is not None and tag != FRAMING_ERROR:
+            fields["length"] = end - start + 4 if tag >= 0 or tag == UNTAGGED else end - start
+        describe = head[2]
+        masked_body = describe(self, msg, fields, statements) if describe is not None else self._fields(msg, fields)
+        if self.wire and buf is not None and tag != FRAMING_ERROR:
+            header = _HEADER_BYTES if tag >= 0 else (4 if tag == UNTAGGED else 0)
+            raw = buf[start - header : end]
+            if masked_body:
+                # Keep the header (and a startup packet's code word) readable.
+                raw = mask(raw, [(header + (4 if tag == UNTAGGED else 0), len(raw))])
+            fields["hex"] = hexdump(raw, self.options.max_hexdump_bytes)
+        return Record(MESSAGE, "debug", fields)
+
+    def _head(self, msg: m.Message, tag: int, frontend: bool) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "session": self.session_id,
+            "direction": "frontend" if frontend else "backend",
+            "type": msg.type,
+        }
+        if tag >= 0:
+            fields["tag"] = chr(tag)
+        return fields
+
+    def row(self, frame: Frame, exe: Execution | None, statements: StatementTracker | None, out: list[Record]) -> int:
+        """Append the ``message`` event of one DataRow (within the per-result cap), its row decoded and redacted.
+
+        A value whose decoder failed is shown as a placeholder and reported
+        in a ``session.anomaly`` record before the row's event. Returns the
+        number of those anomaly records.
+        """
+        opts = self.options
+        _tag, buf, start, end = frame
+        fields = self._row_head.copy()
+        fields["length"] = (end - start if buf is not None else end) + 4
+        if exe is not None:
+            if exe.rows_logged >= opts.max_rows_per_result:
+                return 0
+            exe.rows_logged += 1
+            fields["row_number"] = exe.rows
+        spans: list[tuple[int, int]] = []
+        failures = 0
+        if buf is None:
+            fields["oversized"] = True
+        elif exe is not None and statements is not None:
+            decoder = statements.row_decoder(exe)
+            if decoder is not None:
+                try:
+                    row = decoder.decode(buf, start, end)
+                except DecodeError as exc:
+                    fields["error"] = str(exc)
+                else:
+                    plan = self._row_plan
+                    if plan[0] is not decoder:
+                        plan = self._row_plan = (decoder, self._redacted_columns(decoder))
+                    redacted = plan[1]
+                    limit = opts.max_value_chars
+                    for index, name in enumerate(decoder.names):
+                        value = row[name]
+                        if redacted and index in redacted:
+                            if value is not None:
+                                row[name] = REDACTED
+                            if not spans:
+                                columns = _value_spans(buf, start, end)
+                                spans = [columns[i] for i in redacted]
+                        elif type(value) is str:
+                            if len(value) > limit:
+                                row[name] = cap_text(value, limit)
+                        elif type(value) is dict and DECODER_FAILURE in value:
+                            failures += 1
+                            out.append(decoder_failure_record(self.session_id, decoder.fields[index].type_oid, value))
+                        elif isinstance(value, str):
+                            row[name] = truncate(value, limit)
+                    fields["row"] = row
+        if self.wire and buf is not None:
+            raw = buf[start - _HEADER_BYTES : end]
+            fields["hex"] = hexdump(
+                mask(raw, [(a - start + _HEADER_BYTES, b - start + _HEADER_BYTES) for a, b in spans]),
+                opts.max_hexdump_bytes,
+            )
+        out.append(Record(MESSAGE, "debug", fields))
+        return failures
+
+    def _redacted_columns(self, decoder: RowDecoder) -> tuple[int, ...]:
+        policy = self.options.redaction
+        return tuple(index for index, name in enumerate(decoder.names) if policy.is_sensitive(name))
+
+    # ------------------------------------------------------------------ describers
+
+    def _row_description(self, msg: m.RowDescription, fields: dict[str, Any], _st: StatementTracker | None) -> bool:
+        fields["columns"] = [
+            {
+                "name": f.name,
+                "type": type_name(f.type_oid),
+                "type_oid": f.type_oid,
+                "table_oid": f.table_oid,
+                "column_number": f.column_number,
+                "type_size": f.type_size,
+                "type_modifier": f.type_modifier,
+                "format": "binary" if f.format == 1 else "text",
+            }
+            for f in msg.fields
+        ]
+        return False
+
+    def _startup(self, msg: m.StartupMessage, fields: dict[str, Any], _st: StatementTracker | None) -> bool:
+        fields["protocol_version"] = f"{msg.protocol_major}.{msg.protocol_minor}"
+        fields["parameters"] = msg.params
+        return False
+
+    def _sql(self, msg: m.Query | m.Parse, fields: dict[str, Any], _st: StatementTracker | None) -> bool:
+        limit = self.options.max_sql_chars
+        shown = fields["query"] = self.options.redaction.sql(msg.query, limit)
+        if isinstance(msg, m.Parse):
+            fields["statement"] = msg.statement
+            fields["parameter_types"] = [type_name(t) if t else "unspecified" for t in msg.parameter_types]
+        # Beyond the shown part nothing was analysed: a dump of it is masked.
+        return len(msg.query) > limit or shown != msg.query
+
+    def _bind(self, msg: m.Bind, fields: dict[str, Any], statements: StatementTracker | None) -> bool:
+        fields["portal"] = msg.portal
+        fields["statement"] = msg.statement
+        portal = statements.portals.get(msg.portal) if statements is not None else None
+        params = (
+            portal.parameters if portal is not None else [REDACTED if p is not None else None for p in msg.parameters]
+        )
+        fields["parameters"] = params
+        fields["parameter_formats"] = list(msg.parameter_formats)
+        fields["result_formats"] = list(msg.result_formats)
+        return self.options.redaction.parameters is not ParameterMode.SHOW or portal is None or REDACTED in params
+
+    def _error(
+        self, msg: m.ErrorResponse | m.NoticeResponse, fields: dict[str, Any], _st: StatementTracker | None
+    ) -> bool:
+        fields.update(msg.named_fields())
+        return False
+
+    def _copy_data(self, msg: m.CopyData, fields: dict[str, Any], _st: StatementTracker | None) -> bool:
+        fields["bytes"] = len(msg.data)
+        return True  # COPY payloads may hold any column: counted, never shown
+
+    def _ready(self, msg: m.ReadyForQuery, fields: dict[str, Any], _st: StatementTracker | None) -> bool:
+        fields["status"] = msg.status
+        fields["transaction_status"] = TRANSACTION_STATUS.get(msg.status, msg.status)
+        return False
+
+    def _command_complete(self, msg: m.CommandComplete, fields: dict[str, Any], _st: StatementTracker | None) -> bool:
+        fields["command_tag"] = msg.tag
+        fields["command"] = msg.command
+        fields["rows"] = msg.rows
+        return False
+
+    def _notification(self, msg: m.NotificationResponse, fields: dict[str, Any], _st: StatementTracker | None) -> bool:
+        fields["process_id"] = msg.process_id
+        fields["channel"] = msg.channel
+        fields["payload"] = truncate(msg.payload, self.options.max_value_chars)
+        return False
+
+    def _function_call(self, msg: m.FunctionCall, fields: dict[str, Any], _st: StatementTracker | None) -> bool:
+        fields["function_oid"] = msg.function_oid
+        fields["arguments"] = len(msg.arguments)
+        return True
+
+    def _fields(self, msg: m.Message, fields: dict[str, Any]) -> bool:
+        """Every other message: its dataclass fields, secrets withheld, bytes as capped hex."""
+        plan = _FIELD_PLANS.get(type(msg)) or _field_plan(type(msg))
+        if plan.fields:
+            limit = self.options.max_value_chars
+            for name, is_secret in plan.fields:
+                if is_secret:
+                    fields[name] = REDACTED
+                    continue
+                value = getattr(msg, name)
+                if isinstance(value, bytes):
+                    value = truncate(value.hex(), limit)
+                elif isinstance(value, tuple):
+                    value = list(value)
+                fields[name] = truncate(value, limit)
+        if plan.authentication and isinstance(msg, m.Authentication):
+            fields["method"] = msg.method
+        return plan.masked
+
+
+#: Message types with a rendering of their own; the rest list their fields.
+_DESCRIBERS: Final[dict[type, Describer]] = {
+    m.RowDescription: MessageEvents._row_description,
+    m.StartupMessage: MessageEvents._startup,
+    m.Query: MessageEvents._sql,
+    m.Parse: MessageEvents._sql,
+    m.Bind: MessageEvents._bind,
+    m.ErrorResponse: MessageEvents._error,
+    m.NoticeResponse: MessageEvents._error,
+    m.CopyData: MessageEvents._copy_data,
+    m.ReadyForQuery: MessageEvents._ready,
+    m.CommandComplete: MessageEvents._command_complete,
+    m.NotificationResponse: MessageEvents._notification,
+    m.FunctionCall: MessageEvents._function_call,
+}
+
+
+def _value_spans(buf: bytes, start: int, end: int) -> list[tuple[int, int]]:
+    """Absolute [start, end) of each column's value bytes in a DataRow body (empty for NULL).
+
+    Computed from the values the one DataRow walker cut, not by walking the row again.
+    """
+    spans: list[tuple[int, int]] = []
+    pos = start + 2
+    for value in data_row_values(buf, start, end):
+        pos += 4
+        size = len(value) if value is not None else 0
+        spans.append((pos, pos + size))
+        pos += size
+    return spans
