@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import pytest
+
 from pgproxy.protocol import build as b
 from pgproxy.protocol.build import error_response, startup_message
 from pgproxy.tracker.options import QueryFilter, TrackerOptions
@@ -330,6 +332,39 @@ def test_parameter_modes_hash_and_hide() -> None:
             b.message(b"1") + b.message(b"2") + b.command_complete("SELECT 1") + b.ready_for_query(), now=0
         )
         assert str(rec["parameters"][0]).startswith(expected)
+
+
+@pytest.mark.parametrize("detail", [Detail.QUERY, Detail.MESSAGE])
+def test_parameters_decode_by_the_encoding_and_time_zone_the_server_reported(detail: Detail) -> None:
+    """At login and after a change; a malformed ParameterStatus changes nothing and is reported."""
+    t = SessionTracker("s1", TrackerOptions(detail=detail), clock=lambda: 0.0)
+    t.frontend(startup_message({"user": "alice", "database": "app"}), now=0.0)
+    t.backend(
+        b.authentication_ok()
+        + b.parameter_status("client_encoding", "LATIN1")
+        + b.parameter_status("TimeZone", "Asia/Tokyo")
+        + b.ready_for_query(),
+        now=0.0,
+    )
+    epoch_2000 = (0).to_bytes(8, "big")  # binary timestamptz: microseconds since 2000-01-01 UTC
+
+    def parameters() -> list[Any]:
+        t.frontend(
+            b.parse("", "SELECT $1, $2", (25, 1184))
+            + b.bind("", "", ("héllo".encode("latin-1"), epoch_2000), (0, 1))
+            + b.execute()
+            + b.sync(),
+            now=0,
+        )
+        records = t.backend(b.message(b"1") + b.message(b"2") + b.command_complete("SELECT 1") + b.ready_for_query())
+        (query,) = [r for r in records if r.event == "query"]
+        return list(query["parameters"])
+
+    assert parameters() == ["héllo", "2000-01-01 09:00:00+09"]
+    malformed = b.message(b"S", b"TimeZone\x00UTC")  # the value's terminator is missing
+    anomalies = t.backend(b.parameter_status("TimeZone", "America/New_York") + malformed + b.ready_for_query("I"))
+    assert [r["kind"] for r in anomalies if r.event == "session.anomaly"] == ["malformed"]
+    assert parameters() == ["héllo", "1999-12-31 19:00:00-05"]
 
 
 def test_session_end_reports_statements_in_flight() -> None:

@@ -101,6 +101,10 @@ class Conversation:
         self.auth_state: str | None = None
         self.auth_method: str | None = None
         self.error: FramingError | None = None
+        #: How many ParameterStatus for ``client_encoding`` or ``TimeZone`` (the
+        #: settings that change how values decode) were followed: a caller that
+        #: decodes values compares it with the count it last saw.
+        self.value_settings_reported = 0
         # Messages decoded for the state above during the last receive_backend
         # call, by frame start (with the frame's buffer): the tracker takes them
         # instead of decoding the same frames again (start-up sends ~15).
@@ -182,9 +186,11 @@ class Conversation:
     def decoded_backend(self, frame: Frame) -> m.Message | None:
         """The message the last :meth:`receive_backend` already decoded for ``frame`` (to follow the state), if any.
 
-        Start-up's authentication requests, ParameterStatus and BackendKeyData
-        are decoded here to follow the conversation; a caller that wants the
-        message too takes it rather than decoding the frame a second time.
+        Start-up's authentication requests and BackendKeyData are decoded
+        here to follow the conversation; a caller that wants the message too
+        takes it rather than decoding the frame a second time. A well-formed
+        ParameterStatus is followed without building a message (a login brings
+        a dozen): only a malformed one is kept, for the caller to report.
         """
         entry = self._decoded.get(frame[2])
         if entry is not None and entry[0] is frame[1]:
@@ -313,12 +319,26 @@ class Conversation:
         tag, buf, start, end = frame
         if buf is None:
             return
-        msg = decode_tagged(False, tag, buf, start, end, self.encoding)
-        self._decoded[start] = (buf, msg)
-        if isinstance(msg, m.ParameterStatus):
-            self.parameters[msg.name] = msg.value
-            if msg.name == "client_encoding":
-                self.encoding = python_codec(msg.value)
+        # "name NUL value NUL" is read with one split, without a message object
+        # (a third of the decoder's cost); anything else is decoded the general
+        # way, which reports it as Malformed.
+        parts = buf[start : end - 1].split(b"\x00") if end > start and buf[end - 1] == 0 else None
+        if parts is not None and len(parts) == 2:
+            encoding = self.encoding
+            name = parts[0].decode(encoding, "backslashreplace")
+            value = parts[1].decode(encoding, "backslashreplace")
+        else:
+            msg = decode_tagged(False, tag, buf, start, end, self.encoding)
+            self._decoded[start] = (buf, msg)
+            if not isinstance(msg, m.ParameterStatus):
+                return
+            name, value = msg.name, msg.value
+        self.parameters[name] = value
+        if name == "client_encoding":
+            self.encoding = python_codec(value)
+            self.value_settings_reported += 1
+        elif name == "TimeZone":
+            self.value_settings_reported += 1
 
     def _encrypted(self) -> None:
         self.phase = Phase.ENCRYPTED

@@ -195,6 +195,7 @@ class SessionTracker:
         # answered the StartupMessage at all (for startup_wait()).
         self._server_spoke_last = False
         self._server_answered_startup = False
+        self._value_settings_seen = 0  # the conversation's value_settings_reported when last applied
 
     def tls_established(self, leg: str, version: str) -> None:
         """pgproxy itself runs TLS ``version`` on ``leg`` (``client`` or ``upstream``); ``session.ready`` names it.
@@ -394,15 +395,18 @@ class SessionTracker:
         return out
 
     def _parameter_followed(self, frame: Frame) -> bool:
-        """A ParameterStatus below message detail, which the conversation decoded to follow it: apply it; False if malformed.
+        """A ParameterStatus below message detail, which the conversation has followed: False if it could not.
 
-        The general path (:meth:`_on_backend`) would only do the same after
-        its dispatch; a login brings a dozen of them.
+        The conversation keeps the parameters and the encoding; all the
+        tracker adds is the statement tracker's value context, once the
+        settings it depends on were reported. An oversized or malformed one
+        (the conversation kept the Malformed message) takes the general path,
+        which reports it.
         """
-        msg = self.conv.decoded_backend(frame)
-        if type(msg) is not m.ParameterStatus:
-            return False  # not decoded, or malformed: the general path reports it
-        self._parameter_status(msg)
+        if frame[1] is None or self.conv.decoded_backend(frame) is not None:
+            return False
+        if self.statements is not None and self.conv.value_settings_reported != self._value_settings_seen:
+            self._value_settings_changed()
         return True
 
     def _frontend_message_detail(
@@ -800,10 +804,15 @@ class SessionTracker:
 
     def _parameter_status(self, msg: m.ParameterStatus) -> None:
         if msg.name in ("client_encoding", "TimeZone") and self.statements is not None:
+            self._value_settings_changed()
+
+    def _value_settings_changed(self) -> None:
+        """client_encoding or TimeZone was reported: values decode by the conversation's settings now."""
+        conv = self.conv
+        self._value_settings_seen = conv.value_settings_reported
+        if self.statements is not None:
             self.statements.set_value_context(
-                ValueContext(
-                    self.conv.encoding, self.conv.parameters.get("TimeZone", "UTC"), self.options.max_value_chars
-                )
+                ValueContext(conv.encoding, conv.parameters.get("TimeZone", "UTC"), self.options.max_value_chars)
             )
 
     def _ready(self, now: float) -> Record:
