@@ -331,6 +331,28 @@ def test_the_plain_text_checks_agree_with_their_definitions(monkeypatch: pytest.
         assert pattern.subn("#", "t1 = 1e-5 + .5 - 0x1F + a.5 + 0b + $2") == ("t1 = # + # - # + a.# + #b + $2", 5)
 
 
+def test_keys_of_texts_ending_in_a_number_are_literal_keys() -> None:
+    """The remembered head's key and one marker is ``literal_key`` of the whole text, remembered or not."""
+    import random
+
+    from tests.sql_corpus import STATEMENTS
+
+    rng = random.Random(5)
+    heads = [s.rstrip(";") for s in STATEMENTS]
+    heads += ["SELECT 1 -- id = ", "SELECT '5' || ", "SELECT 1.", "SELECT 1e", "SELECT 1e-", "SELECT a", "x = $"]
+    heads += ["/* open ", "SELECT 'open ", "SELECT $$ ", "SELECT é = ", "-- \n= ", "UPDATE t SET a = a + -"]
+    alphabet = "0123456789 =(,<>-+.eE_x$'\"/*\nab"
+    heads += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))) for _ in range(5_000)]
+    keys = fp.TrailingNumberKeys()
+    texts = [f"{head}{sep}{n}" for head in heads for sep, n in ((" = ", 42), ("", 7), ("(", "0012"), ("", ""))]
+    for text in [*texts, *texts]:  # the second time the heads are remembered (those the memo still holds)
+        assert keys(text) == literal_key(text), text
+    assert keys("SELECT abalance FROM pgbench_accounts WHERE aid = 12345") == (
+        "SELECT abalance FROM pgbench_accounts WHERE aid = \x00n",
+        1,
+    )
+
+
 def test_deeply_nested_subqueries_skip_the_quadratic_normalisation() -> None:
     analyzer = StatementAnalyzer()
     deep = "SELECT " + "(SELECT " * 200 + "'secret'" + ")" * 200
