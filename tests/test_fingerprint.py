@@ -353,6 +353,28 @@ def test_keys_of_texts_ending_in_a_number_are_literal_keys() -> None:
     )
 
 
+def test_counters_count_every_hit_in_the_order_first_counted() -> None:
+    """Hits are plain integers on the hot path; the counters (and the stats.reported fields) read as a Counter would."""
+    analyzer = StatementAnalyzer()
+    analyzer.analyze("SELECT abalance FROM t WHERE aid = 1")
+    analyzer.analyze("SELECT abalance FROM t WHERE aid = 2")  # a literal-key hit
+    analyzer.analyze("SELECT $1")
+    analyzer.analyze("SELECT $1")  # a hit on the text
+    analyzer.split("SELECT 1; SELECT (")
+    analyzer.analyze("SELECT (")
+    analyzer.analyze("SELECT abalance FROM t WHERE aid = 3")
+    assert [(k, v) for k, v in analyzer.snapshot().items() if k != "cache_bytes"] == [
+        ("cache_misses", 3),
+        ("parsed", 2),
+        ("cache_hits", 3),
+        ("literal_key_hits", 2),
+        ("split_fallback.syntax_error", 1),
+        ("fallback.syntax_error", 1),
+        ("cache_entries", 3),
+    ]
+    assert analyzer.counters["cache_hits"] == 3 and analyzer.counters["cache_hits"] == 3  # added once
+
+
 def test_deeply_nested_subqueries_skip_the_quadratic_normalisation() -> None:
     analyzer = StatementAnalyzer()
     deep = "SELECT " + "(SELECT " * 200 + "'secret'" + ")" * 200
