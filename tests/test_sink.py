@@ -154,3 +154,12 @@ def test_the_timestamp_is_the_clock_in_iso_8601_utc(monkeypatch: pytest.MonkeyPa
             seconds, micros = divmod(now // 1000, 1_000_000)
             expected = datetime.datetime.fromtimestamp(seconds, datetime.UTC).replace(microsecond=micros)
             assert stamp.timestamp() == expected.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def test_the_records_of_one_chunk_share_one_timestamp() -> None:
+    # (not BackendKeyData: its secret_key sends it the general way, which stamps its own)
+    records = [r for r in real_records() if r.event == "message" and r["type"] != "BackendKeyData"][:50]
+    first, second = _emitted_lines(records[:25]), _emitted_lines(records[25:])
+    stamps = {json.loads(line)["timestamp"] for line in first}
+    assert len(stamps) == 1 and len(first) == 25
+    assert stamps != {json.loads(line)["timestamp"] for line in second}  # another call, another instant

@@ -135,12 +135,15 @@ class LogSink:
         """
         threshold = self._threshold
         json_writes = self._json_writes
+        stamp = b""  # taken once: the records came from one chunk (0.3 µs each; message detail makes ten a transaction)
         for record in records:
             if not record.logged:
                 continue
             event, level = record.event, record.level
             if json_writes and _LEVELS.get(level, 0) >= threshold:
-                line = self._json_line(event, level, record.fields)
+                if not stamp:
+                    stamp = self._stamp.timestamp().encode()
+                line = self._json_line.line(event, level, record.fields, stamp)
                 if line is not None:
                     for write in json_writes:
                         write(line)

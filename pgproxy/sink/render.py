@@ -130,6 +130,10 @@ class JsonLines:
         self._heads: dict[tuple[str, str], bytes] = {}  # (event, level) -> b',"event":...,"timestamp":"'
 
     def __call__(self, event: str, level: str, fields: dict[str, Any]) -> str | None:
+        return self.line(event, level, fields, self._stamp.timestamp().encode())
+
+    def line(self, event: str, level: str, fields: dict[str, Any], stamp: bytes) -> str | None:
+        """The line with a ``timestamp`` the caller took: one for every record of a chunk (:meth:`LogSink.emit_all`)."""
         if _orjson is None or not _GUARDED_KEYS.isdisjoint(fields):
             return None
         try:
@@ -140,7 +144,6 @@ class JsonLines:
         if head is None:
             head = b',"event":' + _orjson.dumps(event) + b',"level":' + _orjson.dumps(level) + b',"timestamp":"'
             self._heads[(event, level)] = head
-        stamp = self._stamp.timestamp().encode()
         if len(body) == 2:  # no fields: '{}'
             return b"".join((b"{", head[1:], stamp, b'"}')).decode()
         return b"".join((body[:-1], head, stamp, b'"}')).decode()  # one copy, not three
