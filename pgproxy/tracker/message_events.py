@@ -252,6 +252,27 @@ class MessageEvents:
         fields["arguments"] = len(msg.arguments)
         return True
 
+    # Describe, Execute, Close and the messages without fields are most of a
+    # prepared statement's traffic: their own describers list what the general
+    # walk below would (1.8 -> ~0.5 µs an event).
+
+    def _describe(self, msg: m.Describe | m.Close, fields: dict[str, Any], _st: StatementTracker | None) -> bool:
+        limit = self.options.max_value_chars
+        kind, name = msg.kind, msg.name
+        fields["kind"] = kind if len(kind) <= limit else cap_text(kind, limit)
+        fields["name"] = name if len(name) <= limit else cap_text(name, limit)
+        return False
+
+    def _execute(self, msg: m.Execute, fields: dict[str, Any], _st: StatementTracker | None) -> bool:
+        limit = self.options.max_value_chars
+        portal = msg.portal
+        fields["portal"] = portal if len(portal) <= limit else cap_text(portal, limit)
+        fields["max_rows"] = msg.max_rows
+        return False
+
+    def _nothing(self, _msg: m.Message, _fields: dict[str, Any], _st: StatementTracker | None) -> bool:
+        return False
+
     def _fields(self, msg: m.Message, fields: dict[str, Any]) -> bool:
         """Every other message: its dataclass fields, secrets withheld, bytes as capped hex."""
         plan = _FIELD_PLANS.get(type(msg)) or _field_plan(type(msg))
@@ -286,6 +307,18 @@ _DESCRIBERS: Final[dict[type, Describer]] = {
     m.CommandComplete: MessageEvents._command_complete,
     m.NotificationResponse: MessageEvents._notification,
     m.FunctionCall: MessageEvents._function_call,
+    m.Describe: MessageEvents._describe,
+    m.Close: MessageEvents._describe,
+    m.Execute: MessageEvents._execute,
+    m.Sync: MessageEvents._nothing,
+    m.Flush: MessageEvents._nothing,
+    m.ParseComplete: MessageEvents._nothing,
+    m.BindComplete: MessageEvents._nothing,
+    m.CloseComplete: MessageEvents._nothing,
+    m.NoData: MessageEvents._nothing,
+    m.EmptyQueryResponse: MessageEvents._nothing,
+    m.PortalSuspended: MessageEvents._nothing,
+    m.CopyDone: MessageEvents._nothing,
 }
 
 
