@@ -147,3 +147,21 @@ def test_a_terminate_and_an_unknown_tag_still_take_the_general_path() -> None:
         "tag": "X",
         "length": 4,
     }
+
+
+def test_a_row_description_seen_again_is_decoded_under_the_encoding_in_force() -> None:
+    t = session(detail=Detail.MESSAGE)
+    described = b.row_description([("X", 25)]).replace(b"X", b"\xe9")  # a column name in Latin-1 bytes
+
+    def column_name() -> str:
+        t.frontend(b.query("SELECT 1"), now=1.0)
+        records = t.backend(described + b.command_complete("SELECT 0") + b.ready_for_query(), now=1.1)
+        (shown,) = [f for f in messages(records) if f["type"] == "RowDescription"]
+        return str(shown["columns"][0]["name"])
+
+    assert column_name() == column_name() == "\\xe9"  # not UTF-8: shown escaped
+    t.frontend(b.query("SET client_encoding TO LATIN1"), now=2.0)
+    t.backend(
+        b.command_complete("SET") + b.parameter_status("client_encoding", "LATIN1") + b.ready_for_query(), now=2.1
+    )
+    assert column_name() == "é"
