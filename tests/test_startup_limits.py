@@ -94,7 +94,7 @@ def test_ready_session_is_not_timed(proxy: ProxyHarness) -> None:
     with psycopg.connect(proxy.dsn(sslmode="disable")) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
         (session,) = proxy.server.sessions
-        assert session._startup_timer is None  # cancelled when ReadyForQuery passed
+        assert session not in proxy.server.startup_deadlines  # stopped when ReadyForQuery passed
     proxy.wait_idle()
     assert not proxy.events("session.timed_out")
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from pgproxy.protocol.build import error_response
 from pgproxy.proxy.address import host_port, socket_address
+from pgproxy.proxy.deadlines import Deadlines
 from pgproxy.proxy.session import ClientSession, limit_socket_buffers
 from pgproxy.proxy.tls import (
     certificate_der,
@@ -131,6 +132,15 @@ class ProxyServer:
         self._reuse_port = worker is not None
         self._worker_index = worker.index if worker is not None else 0
         self._cancel_tasks: set[asyncio.Task[None]] = set()
+        #: Sessions logging in (``proxy.startup_timeout``) and dialling the upstream (``proxy.connect_timeout``).
+        self.startup_deadlines: Deadlines[ClientSession] = Deadlines(
+            config.startup_timeout, ClientSession.startup_timed_out
+        )
+        self.connect_deadlines: Deadlines[ClientSession] = Deadlines(
+            config.connect_timeout, ClientSession.connect_timed_out
+        )
+        #: The loop serving the listeners (set by start()), so that sessions need not look it up.
+        self.loop: asyncio.AbstractEventLoop
         self._idle = asyncio.Event()
         self._idle.set()
         self.fd_limit = 0
@@ -193,7 +203,7 @@ class ProxyServer:
 
     async def start(self) -> None:
         """Listen on every configured address; OSError names the address that failed."""
-        loop = asyncio.get_running_loop()
+        loop = self.loop = asyncio.get_running_loop()
         self.fd_limit = raise_fd_limit()
         if self.fd_limit != resource.RLIM_INFINITY:
             self._fd_session_cap = max(1, (self.fd_limit - _open_fds() - _FD_RESERVE) // 2)
@@ -373,6 +383,8 @@ class ProxyServer:
         for server in self._servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1.0)
+        self.startup_deadlines.close()
+        self.connect_deadlines.close()
 
     async def close(self, grace: float | None = None) -> None:
         """The whole graceful stop in one call: stop accepting, drain, end the rest.

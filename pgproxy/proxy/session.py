@@ -158,9 +158,10 @@ class ClientSession(asyncio.Protocol):
         self.close_reason: str | None = None
         self.peer: tuple[str, int] | None = None
         self._connect_task: asyncio.Task[None] | None = None
+        self._connect_expired = False  # proxy.connect_timeout cancelled the dial
         self._cancel_connection = False
         self._negotiated: set[int] = set()  # SSLRequest/GSSENCRequest codes answered (refuse mode)
-        self._startup_timer: asyncio.TimerHandle | None = None
+        self._startup_clock = False  # in server.startup_deadlines (proxy.startup_timeout)
         self.client_tls: TLSChannel | None = None  # terminate mode, once the client asked for TLS
         self._direct_tls = False
         self._sasl_filter: SaslOfferFilter | None = None  # backend bytes during authentication
@@ -187,9 +188,8 @@ class ClientSession(asyncio.Protocol):
         )
         self.server.session_opened(self)
         if self.state is State.STARTUP and self.config.startup_timeout > 0:
-            self._startup_timer = asyncio.get_running_loop().call_later(
-                self.config.startup_timeout, self._startup_timed_out
-            )
+            self.server.startup_deadlines.start(self)
+            self._startup_clock = True
 
     def data_received(self, data: bytes) -> None:
         # The request's timestamp is taken when its bytes reach the proxy,
@@ -399,7 +399,7 @@ class ClientSession(asyncio.Protocol):
             self._observe(reply, False, time.monotonic())
         self._close_client(reason)
 
-    def _startup_timed_out(self) -> None:
+    def startup_timed_out(self) -> None:
         """``proxy.startup_timeout`` elapsed before the session became ready: close it, blaming the right side.
 
         A silent or slow client gets PostgreSQL's own style of error
@@ -407,9 +407,10 @@ class ClientSession(asyncio.Protocol):
         allows one; an upstream that accepted the connection but does not
         answer gets ``upstream.unresponsive`` and the client FATAL 08006
         naming it. Sessions the tracker can no longer follow (encrypted,
-        decoder failure) are not judged.
+        decoder failure) are not judged. Called by the server's
+        ``startup_deadlines``.
         """
-        self._startup_timer = None
+        self._startup_clock = False
         timeout = self.config.startup_timeout
         if self.state is State.CONNECTING:
             if self._connect_task is not None:
@@ -478,40 +479,55 @@ class ClientSession(asyncio.Protocol):
 
     def _startup_settled(self) -> None:
         """Stop the start-up clock once the session is ready (or can no longer be judged)."""
-        timer = self._startup_timer
         tracker = self.tracker
-        if timer is not None and (not self.decoding or tracker is None or tracker.startup_wait() is None):
-            timer.cancel()
-            self._startup_timer = None
+        if self._startup_clock and (not self.decoding or tracker is None or tracker.startup_wait() is None):
+            self.server.startup_deadlines.stop(self)
+            self._startup_clock = False
 
     def _connect(self) -> None:
         self.state = State.CONNECTING
         self.client_reads.pause("connecting")
-        self._connect_task = asyncio.get_running_loop().create_task(self._dial())
+        self._connect_task = self.server.loop.create_task(self._dial())
+        self.server.connect_deadlines.start(self)
+
+    def connect_timed_out(self) -> None:
+        """``proxy.connect_timeout`` elapsed while dialling the upstream (TLS negotiation included): cancel the dial.
+
+        Called by the server's ``connect_deadlines``; the dial reports it, as
+        ``asyncio.timeout`` would have raised TimeoutError.
+        """
+        task = self._connect_task
+        if task is not None and not task.done():
+            self._connect_expired = True
+            task.cancel()
 
     async def _dial(self) -> None:
-        loop = asyncio.get_running_loop()
         cfg = self.config
         side = UpstreamSide(self)
         upstream_tls = self.server.upstream_tls
         failure: str | None = None
         try:
-            async with asyncio.timeout(cfg.connect_timeout):
-                await loop.create_connection(lambda: side, cfg.upstream_host, cfg.upstream_port)
-                if upstream_tls.mode.asks and self._wants_upstream_tls():
-                    failure = await self._negotiate_upstream_tls(side)
+            await self.server.loop.create_connection(lambda: side, cfg.upstream_host, cfg.upstream_port)
+            if upstream_tls.mode.asks and self._wants_upstream_tls():
+                failure = await self._negotiate_upstream_tls(side)
         except asyncio.CancelledError:
             side.close()
-            raise
+            task = self._connect_task
+            # Cancelled by connect_timed_out alone (not also by the start-up clock or the client leaving).
+            if not self._connect_expired or task is None or task.uncancel() > 0:
+                raise
+            self._dial_timed_out(side)
+            return
         except TimeoutError:
             side.close()
-            what = "TLS negotiation" if side.transport is not None else "connect"
-            self._upstream_unreachable(f"{what} timeout after {cfg.connect_timeout:g}s")
+            self._dial_timed_out(side)
             return
         except OSError as exc:
             side.close()
             self._upstream_unreachable(exc.strerror or str(exc) or type(exc).__name__)
             return
+        finally:
+            self.server.connect_deadlines.stop(self)
         if failure is not None:
             side.close()
             self._upstream_unreachable(failure, tls=True)
@@ -539,6 +555,10 @@ class ClientSession(asyncio.Protocol):
         if early:
             self.upstream_data(early)
         self.client_reads.resume("connecting")
+
+    def _dial_timed_out(self, side: UpstreamSide) -> None:
+        what = "TLS negotiation" if side.transport is not None else "connect"
+        self._upstream_unreachable(f"{what} timeout after {self.config.connect_timeout:g}s")
 
     def _wants_upstream_tls(self) -> bool:
         """False when the first packet is the client's own SSLRequest or TLS (passthrough): it goes through.
@@ -802,7 +822,7 @@ class ClientSession(asyncio.Protocol):
         self.bytes_from_server += len(data)
         if self.decoding:
             self._observe(data, False, now)
-        if self._startup_timer is not None:
+        if self._startup_clock:
             self._startup_settled()
         # A reload waits for the request under way to be answered (or the login to finish).
         if (
@@ -893,7 +913,7 @@ class ClientSession(asyncio.Protocol):
             self.client_reads.resume("decoder_behind")
             self.upstream_reads.resume("decoder_behind")
         if backlog:
-            asyncio.get_running_loop().call_soon(self._drain_backlog)
+            self.server.loop.call_soon(self._drain_backlog)
             return
         self._draining = False
         if self._after_drain is not None:
@@ -925,9 +945,9 @@ class ClientSession(asyncio.Protocol):
         if self.state is State.CLOSED:
             return
         self.state = State.CLOSED
-        if self._startup_timer is not None:
-            self._startup_timer.cancel()
-            self._startup_timer = None
+        if self._startup_clock:
+            self.server.startup_deadlines.stop(self)
+            self._startup_clock = False
         if self._backlog:
             # The tracker has not caught up: end the session (and log it) once it
             # has, still a slice per loop turn, so the events stay complete.
