@@ -62,3 +62,24 @@ def test_configuration_errors_do_not_repeat_a_key() -> None:
     with pytest.raises(ConfigError) as err:
         load(overrides={"redaction.hash_key": 1234567})
     assert "1234567" not in str(err.value) and "redaction.hash_key" in str(err.value)
+
+
+def test_sql_without_quotes_or_dollars_is_shown_as_the_masking_would_show_it() -> None:
+    """mask_sql_prefix answers such texts itself (no literal to mask) without mask_sql's cache: the same text."""
+    from pgproxy.protocol.values import cap_text
+    from pgproxy.tracker.sql import mask_sql, mask_sql_prefix
+    from tests.sql_corpus import STATEMENTS, UNPARSABLE
+
+    policies = [RedactionPolicy(), RedactionPolicy(sensitive_names=""), RedactionPolicy(mask_sql_literals=True)]
+    texts = [*STATEMENTS, *UNPARSABLE, "UPDATE users SET password = 5 WHERE id = 1", "SELECT 1 -- it's"]
+    plain = [t for t in texts if "'" not in t and "$" not in t]
+    assert len(plain) > 20 and len(plain) < len(texts)
+    for policy in policies:
+        pattern = policy._pattern
+        for text in texts:
+            for limit in (len(text), len(text) + 1, 4096):
+                expected = cap_text(mask_sql(text, pattern, policy.mask_sql_literals), limit)
+                assert mask_sql_prefix(text, limit, pattern, policy.mask_sql_literals) == expected
+                assert policy.sql(text, limit) == expected
+        if policy.mask_sql_literals:
+            assert policy.sql("SELECT 5", 100) == "SELECT ?"
