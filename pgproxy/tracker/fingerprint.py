@@ -911,9 +911,10 @@ class StatementAnalyzer:
         """
         if ";" not in sql:
             return lexical.split_statements(sql)
-        if sql.count(";") == 1 and sql.rstrip().endswith(";") and _plain(sql):
+        stripped = sql.rstrip()
+        if stripped.endswith(";") and sql.count(";") == 1 and _plain(sql):
             # One statement and its terminator (pgbench -M simple, psql): no parse needed.
-            only = sql.rstrip()[:-1].strip()
+            only = stripped[:-1].strip()
             return [only] if only else []
         reason = self._parse_refusal(sql, self.max_split_chars)
         if reason is None:
