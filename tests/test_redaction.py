@@ -83,3 +83,13 @@ def test_sql_without_quotes_or_dollars_is_shown_as_the_masking_would_show_it() -
                 assert policy.sql(text, limit) == expected
         if policy.mask_sql_literals:
             assert policy.sql("SELECT 5", 100) == "SELECT ?"
+
+
+def test_a_policy_remembers_which_names_are_sensitive_within_a_bound() -> None:
+    policy = RedactionPolicy()
+    names = [f"col{i}" for i in range(3000)] + ["password", "user_pwd", "Token", "aid"]
+    for _ in range(2):  # the second pass answers from what was remembered (or searched again after a clear)
+        assert [n for n in names if policy.is_sensitive(n)] == ["password", "user_pwd", "Token"]
+        assert len(policy._sensitive) <= 1024
+    assert not policy.is_sensitive("") and not policy.is_sensitive(None)
+    assert not RedactionPolicy(sensitive_names="").is_sensitive("password")

@@ -54,6 +54,8 @@ _PROCESS_HASH_KEY: Final = secrets.token_bytes(32)
 
 #: Prefix of a hashed parameter: the algorithm, so a reader knows a key is involved.
 HASH_PREFIX: Final = "hmac-sha256:"
+#: Names whose sensitivity a policy remembers (then it starts over): column and parameter names repeat.
+_NAMES_REMEMBERED: Final = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +77,8 @@ class RedactionPolicy:
     mask_sql_literals: bool = False
     hash_key: bytes = field(default=b"", repr=False)
     _pattern: re.Pattern[str] | None = field(default=None, init=False, repr=False, compare=False)
+    # name -> sensitive: the regex search cost ~0.4 µs per parameter of every Bind
+    _sensitive: dict[str, bool] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         pattern = re.compile(self.sensitive_names, re.IGNORECASE) if self.sensitive_names else None
@@ -90,7 +94,16 @@ class RedactionPolicy:
         return HASH_PREFIX + digest[:16]
 
     def is_sensitive(self, name: str | None) -> bool:
-        return bool(name) and self._pattern is not None and self._pattern.search(name or "") is not None
+        """The name matches ``sensitive_names`` (remembered per name)."""
+        if not name or self._pattern is None:
+            return False
+        known = self._sensitive.get(name)
+        if known is None:
+            known = self._pattern.search(name) is not None
+            if len(self._sensitive) >= _NAMES_REMEMBERED:
+                self._sensitive.clear()
+            self._sensitive[name] = known
+        return known
 
     def parameter(self, value: Any, raw: bytes | None, name: str | None) -> Any:
         """The loggable form of one parameter value."""
