@@ -68,7 +68,7 @@ class MessageEvents:
 
     """
 
-    __slots__ = ("_backend", "_frontend", "_row_head", "_row_plan", "options", "session_id", "wire")
+    __slots__ = ("_backend", "_columns", "_frontend", "_row_head", "_row_plan", "options", "session_id", "wire")
 
     def __init__(self, session_id: str, options: TrackerOptions) -> None:
         self.session_id = session_id
@@ -80,6 +80,8 @@ class MessageEvents:
         self._row_head: dict[str, Any] = {"session": session_id, "direction": "backend", "type": "DataRow"}
         # The last row decoder seen and the indexes of its redacted columns.
         self._row_plan: tuple[RowDecoder | None, tuple[int, ...]] = (None, ())
+        # The last RowDescription described and its columns (each event gets copies).
+        self._columns: tuple[m.RowDescription | None, list[dict[str, Any]]] = (None, [])
 
     def message(self, msg: m.Message, frame: Frame, frontend: bool, statements: StatementTracker | None) -> Record:
         """The ``message`` event of one decoded message (every message but a DataRow at query tracking)."""
@@ -179,7 +181,18 @@ class MessageEvents:
     # ------------------------------------------------------------------ describers
 
     def _row_description(self, msg: m.RowDescription, fields: dict[str, Any], _st: StatementTracker | None) -> bool:
-        fields["columns"] = [
+        # The session hands the same decoded RowDescription again for the same bytes
+        # (SessionTracker._row_description): its columns are copied from the last ones.
+        last, columns = self._columns
+        if msg is not last:
+            columns = self._column_list(msg)
+            self._columns = (msg, columns)
+        fields["columns"] = [column.copy() for column in columns]
+        return False
+
+    @staticmethod
+    def _column_list(msg: m.RowDescription) -> list[dict[str, Any]]:
+        return [
             {
                 "name": f.name,
                 "type": type_name(f.type_oid),
@@ -192,7 +205,6 @@ class MessageEvents:
             }
             for f in msg.fields
         ]
-        return False
 
     def _startup(self, msg: m.StartupMessage, fields: dict[str, Any], _st: StatementTracker | None) -> bool:
         fields["protocol_version"] = f"{msg.protocol_major}.{msg.protocol_minor}"
