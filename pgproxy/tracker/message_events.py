@@ -123,13 +123,14 @@ class MessageEvents:
         number of those anomaly records.
         """
         opts = self.options
+        if exe is not None:
+            if exe.rows_logged >= opts.max_rows_per_result:
+                return 0  # beyond the cap: counted by the statement tracker, nothing built
+            exe.rows_logged += 1
         _tag, buf, start, end = frame
         fields = self._row_head.copy()
         fields["length"] = (end - start if buf is not None else end) + 4
         if exe is not None:
-            if exe.rows_logged >= opts.max_rows_per_result:
-                return 0
-            exe.rows_logged += 1
             fields["row_number"] = exe.rows
         spans: list[tuple[int, int]] = []
         failures = 0
