@@ -16,11 +16,12 @@ import os
 
 from setuptools import setup
 
-#: Modules compiled with mypyc: the sans-IO protocol package (standard library
-#: only, so the build needs nothing but mypy): framing, message decoding, the
-#: wire state machine, value and row decoding, hex dumps. protocol/messages.py
-#: stays pure Python: mypyc does not keep the dataclass field order of its
-#: message subclasses.
+#: Modules compiled with mypyc: the hot path of every statement, from bytes to
+#: log line. The sans-IO protocol package (framing, message decoding, the wire
+#: state machine, value and row decoding, hex dumps), the tracker (statement
+#: pairing, the session, SQL analysis, fingerprints, redaction, records) and the
+#: sink's per-record work (JSON line rendering, statistics, metrics). mypy
+#: type-checks them against the installed dependencies, so install those first.
 COMPILED = [
     "pgproxy/protocol/framing.py",
     "pgproxy/protocol/decoding.py",
@@ -28,6 +29,17 @@ COMPILED = [
     "pgproxy/protocol/values.py",
     "pgproxy/protocol/rows.py",
     "pgproxy/protocol/hexdump.py",
+    "pgproxy/tracker/statements.py",
+    "pgproxy/tracker/session.py",
+    "pgproxy/tracker/sql.py",
+    "pgproxy/tracker/fingerprint.py",
+    "pgproxy/tracker/redaction.py",
+    "pgproxy/tracker/records.py",
+    "pgproxy/tracker/options.py",
+    "pgproxy/tracker/replication.py",
+    "pgproxy/sink/render.py",
+    "pgproxy/sink/stats.py",
+    "pgproxy/sink/metrics.py",
 ]
 
 

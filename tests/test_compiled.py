@@ -1,29 +1,38 @@
-"""The mypyc-compiled build (``PGPROXY_COMPILE=1``, setup.py) gives the same records as pure Python.
+"""The mypyc-compiled build (``PGPROXY_COMPILE=1``, setup.py) gives the same records and lines as pure Python.
 
-Compiles setup.py's module list into a copy of the package, then runs every
-recorded conversation through the tracker at wire, message and query detail
-(redaction modes included) with the compiled build and with the pure-Python
-one, in separate processes, and compares every record. Needs a C compiler and
-mypy (a test dependency); a machine without a compiler runs pure Python, which
-the rest of the suite covers.
+Compiles setup.py's module list into a copy of the package once per session,
+then runs every recorded conversation through the tracker at wire, message and
+query detail (redaction modes included) with the compiled build and with the
+pure-Python one, in separate processes, and feeds the records to the sinks as
+the proxy does: JSON lines and console lines (at a fixed clock), statement
+statistics and their report, Prometheus metrics. Every record, line and number
+must be equal. Needs a C compiler and mypy (a test dependency); a machine
+without a compiler runs pure Python, which the rest of the suite covers.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import runpy
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+COMPILED: list[str] = runpy.run_path(str(ROOT / "setup.py"), run_name="setup")["COMPILED"]
 
-_RECORDS = """
-import itertools, json, sys
-import pgproxy.protocol
+_RUN = """
+import io, itertools, json, time
+time.time = lambda: 1764244800.25  # every rendered timestamp the same
+from pgproxy.compiled import compiled_modules
+from pgproxy.sink import LogSink
+from pgproxy.sink.metrics import MetricsSink
+from pgproxy.sink.stats import StatementStats
 from pgproxy.tracker.options import TrackerOptions
 from pgproxy.tracker.records import Detail
 from pgproxy.tracker.redaction import ParameterMode, RedactionPolicy
@@ -38,7 +47,11 @@ options = [
         redaction=RedactionPolicy(parameters=ParameterMode.HASH, hash_key=b"k", mask_sql_literals=True),
     ),
 ]
-out = []
+json_out, console_out = io.StringIO(), io.StringIO()
+sinks = [LogSink(stream=json_out, fmt="json"), LogSink(stream=console_out, fmt="console")]
+stats = StatementStats(interval=0, clock=itertools.count(0, 0.5).__next__)
+metrics = MetricsSink(loop="test")
+batches = []
 for option in options:
     for name, conns in sorted(recordings().items()):
         for conn in conns:
@@ -49,44 +62,81 @@ for option in options:
                 # one byte at a time too: the compiled framer's partial-frame paths
                 chunks = [data[i : i + 1] for i in range(len(data))] if name == "psql" else [data]
                 for chunk in chunks:
-                    out += [[r.event, r.level, r.fields] for r in (tracker.frontend(chunk) if frontend else tracker.backend(chunk))]
-            out += [[r.event, r.level, r.fields] for r in tracker.closed("client_terminated")]
-print(json.dumps({"compiled": pgproxy.protocol.COMPILED, "records": out}, default=repr))
+                    batches.append(tracker.frontend(chunk) if frontend else tracker.backend(chunk))
+                    for consumer in (*sinks, stats, metrics):
+                        consumer.emit_all(batches[-1])
+            batches.append(tracker.closed("client_terminated"))
+            for consumer in (*sinks, stats, metrics):
+                consumer.emit_all(batches[-1])
+report = stats.report("test")
+for sink in sinks:
+    sink.emit_all(report)
+    sink.close()
+print(json.dumps({
+    "compiled": compiled_modules(),
+    "records": [[r.event, r.level, r.fields] for batch in batches for r in batch],
+    "json": json_out.getvalue().splitlines(),
+    "console": console_out.getvalue().splitlines(),
+    "stats": [[r.event, r.fields] for r in report] + [stats.snapshot()],
+    "metrics": metrics.render().decode().splitlines(),
+}, default=repr))
 """
 
 
-def _records(pythonpath: str, cwd: Path) -> dict[str, object]:
-    import json
-
+def _run(tree: Path) -> dict[str, Any]:
+    """The script's output with ``tree``'s package first on the path (the tests package from the checkout)."""
     out = subprocess.run(
-        [sys.executable, "-c", _RECORDS],
+        [sys.executable, "-c", _RUN],
         capture_output=True,
         text=True,
         timeout=300,
-        cwd=cwd,
-        env={**os.environ, "PYTHONPATH": pythonpath},
+        cwd=tree,
+        env={**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{ROOT}"},
         check=False,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    result: dict[str, object] = json.loads(out.stdout)
+    result: dict[str, Any] = json.loads(out.stdout)
     return result
 
 
-@pytest.mark.slow
-def test_compiled_build_gives_the_same_records(tmp_path: Path) -> None:
+@pytest.fixture(scope="session")
+def builds(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(compiled, pure) outputs: setup.py's modules compiled once into a copy of the package.
+
+    The pure run uses a copy too, without extension modules: a checkout may
+    hold a compiled build in place.
+    """
     if shutil.which("cc") is None and shutil.which("gcc") is None:
         pytest.skip("no C compiler: the compiled build is optional")
+    compiled, pure = tmp_path_factory.mktemp("compiled"), tmp_path_factory.mktemp("pure")
+    for tree in (compiled, pure):
+        shutil.copytree(ROOT / "pgproxy", tree / "pgproxy", ignore=shutil.ignore_patterns("__pycache__", "*.so"))
     mypyc = Path(sys.executable).parent / "mypyc"
-    compiled_list = runpy.run_path(str(ROOT / "setup.py"), run_name="setup")["COMPILED"]
-    shutil.copytree(ROOT / "pgproxy", tmp_path / "pgproxy", ignore=shutil.ignore_patterns("__pycache__", "*.so"))
     build = subprocess.run(
-        [str(mypyc), *compiled_list], cwd=tmp_path, capture_output=True, text=True, timeout=900, check=False
+        [str(mypyc), *COMPILED], cwd=compiled, capture_output=True, text=True, timeout=1800, check=False
     )
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
-    assert len(list((tmp_path / "pgproxy" / "protocol").glob("*.so"))) == len(compiled_list)
+    return _run(compiled), _run(pure)
 
-    compiled = _records(f"{tmp_path}{os.pathsep}{ROOT}", tmp_path)
-    pure = _records(str(ROOT), ROOT)
-    assert compiled["compiled"] is True and pure["compiled"] is False
-    assert isinstance(compiled["records"], list) and len(compiled["records"]) > 1000
+
+@pytest.mark.slow
+def test_compiled_build_compiles_the_listed_modules(builds: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    compiled, pure = builds
+    assert compiled["compiled"] == sorted(m.removesuffix(".py").replace("/", ".") for m in COMPILED)
+    assert pure["compiled"] == []
+
+
+@pytest.mark.slow
+def test_compiled_build_gives_the_same_records(builds: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    compiled, pure = builds
+    assert len(compiled["records"]) > 1000
     assert compiled["records"] == pure["records"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("output", ["json", "console", "stats", "metrics"])
+def test_compiled_build_gives_the_same_lines(builds: tuple[dict[str, Any], dict[str, Any]], output: str) -> None:
+    """The sinks' output: rendered log lines, statistics, metrics."""
+    compiled, pure = builds
+    assert len(compiled[output]) > 10
+    assert compiled[output] == pure[output]

@@ -31,8 +31,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from pgproxy import __version__
+from pgproxy.compiled import compiled_modules
 from pgproxy.config import Config, ConfigError, reloadable
-from pgproxy.protocol import COMPILED
 from pgproxy.proxy.address import host_port
 from pgproxy.proxy.loop import loop_factory
 from pgproxy.proxy.server import ProxyServer, ProxySettings
@@ -229,8 +229,11 @@ class Lifecycle:
             "tls_client_mode": settings.tls_client_mode,
             "tls_upstream_mode": settings.tls_upstream_mode,
             "version": __version__,
-            "compiled": COMPILED,
         }
+        compiled = compiled_modules()
+        started["compiled"] = bool(compiled)
+        if compiled:
+            started["compiled_modules"] = compiled
         if config["redaction.parameters"] == ParameterMode.HASH.value:
             # Say which key hashes parameters (never the key): a random one means
             # hashes do not correlate across restarts or instances.

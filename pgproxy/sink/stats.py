@@ -31,7 +31,7 @@ STATEMENT_STATS: Final = "statement.stats"
 STATS_REPORTED: Final = "stats.reported"
 
 #: OpenTelemetry's explicit bucket boundaries for ``db.client.operation.duration`` (seconds).
-DURATION_BUCKETS_S: Final = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
+DURATION_BUCKETS_S: Final[tuple[float, ...]] = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
 #: The histogram kept: OpenTelemetry's bounds plus 1-2-5 steps between them and below 1 ms (ms).
 #: A proxy's statements mostly take well under 1 ms, where OpenTelemetry's first bucket would
 #: leave every percentile a guess between 0 and 1 ms.

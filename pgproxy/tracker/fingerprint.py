@@ -560,7 +560,7 @@ _LEAVES: Final = frozenset(
 )
 
 
-def _push(stack: list[Any], children: list[Any]) -> None:
+def _push(stack: list[Any], children: list[object]) -> None:
     """Push children so that the first is visited first (skipping scalars)."""
     stack.extend([c for c in reversed(children) if type(c) in (dict, list, _Emit, _Target)])
 
@@ -597,7 +597,7 @@ _NOT_WALKED: Final = frozenset(("withClause", "sql_body"))
 
 
 def describe_tree(
-    statements: list[Any], raw: bytes
+    statements: list[object], raw: bytes
 ) -> tuple[str | None, list[str], list[str], str | None, dict[int, str]]:
     """Operations and targets of parsed statements, in text order.
 
@@ -640,7 +640,8 @@ def describe_tree(
         item = stack.pop()
         kind = type(item)
         if kind is list:
-            stack.extend([v for v in reversed(item) if type(v) in _CONTAINERS])
+            elements: list[object] = item  # typed: mypyc cannot reverse an Any
+            stack.extend([v for v in reversed(elements) if type(v) in _CONTAINERS])
             continue
         if kind is _Emit:
             parts.append(item.text)
@@ -686,7 +687,8 @@ def describe_tree(
                     ctes.add(body["ctename"])
                 stack.append(body)
                 continue
-        stack.extend([v for v in reversed(item.values()) if type(v) in _CONTAINERS])
+        fields: dict[str, object] = item
+        stack.extend([v for v in reversed(fields.values()) if type(v) in _CONTAINERS])
     return first_op, [p for p in parts if p], targets, procedure, params
 
 

@@ -32,7 +32,7 @@ from collections import OrderedDict, deque
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, ClassVar, Final
+from typing import Any, Final
 
 from pgproxy.protocol import messages as m
 from pgproxy.protocol.oids import type_name
@@ -195,69 +195,52 @@ class SimpleQuery:
 # ---------------------------------------------------------------------- expected responses
 
 
-class Expect(enum.Enum):
-    """What the head of the queue waits for: one kind per request message."""
-
-    QUERY = "query"
-    PARSE = "parse"
-    BIND = "bind"
-    DESCRIBE = "describe"
-    EXECUTE = "execute"
-    CLOSE = "close"
-    SYNC = "sync"
-    FUNCTION = "function"
-
-
 @dataclass(slots=True)
 class ExpectQuery:
     query: SimpleQuery
-    kind: ClassVar[Expect] = Expect.QUERY
 
 
 @dataclass(slots=True)
 class ExpectParse:
     statement: PreparedStatement
-    kind: ClassVar[Expect] = Expect.PARSE
 
 
 @dataclass(slots=True)
 class ExpectBind:
     portal: Portal
-    kind: ClassVar[Expect] = Expect.BIND
 
 
 @dataclass(slots=True)
 class ExpectDescribe:
     target: PreparedStatement | Portal | None
-    kind: ClassVar[Expect] = Expect.DESCRIBE
 
 
 @dataclass(slots=True)
 class ExpectExecute:
     exe: Execution
     portal: Portal | None
-    kind: ClassVar[Expect] = Expect.EXECUTE
 
 
 @dataclass(slots=True)
 class ExpectClose:
     name: str
     portal: bool  # Close of a portal (else of a prepared statement)
-    kind: ClassVar[Expect] = Expect.CLOSE
 
 
 @dataclass(slots=True)
 class ExpectSync:
-    kind: ClassVar[Expect] = Expect.SYNC
+    """A Sync: its ReadyForQuery ends the extended-query cycle."""
 
 
 @dataclass(slots=True)
 class ExpectFunction:
     exe: Execution
     failed: bool = False  # its ErrorResponse came; ReadyForQuery still ends the cycle
-    kind: ClassVar[Expect] = Expect.FUNCTION
 
 
+#: What the head of the queue waits for: one class per request message. Told
+#: apart by class (no ``kind`` class attribute: mypyc takes a dataclass's
+#: ClassVar for a field).
 Expected = (
     ExpectQuery | ExpectParse | ExpectBind | ExpectDescribe | ExpectExecute | ExpectClose | ExpectSync | ExpectFunction
 )
@@ -416,7 +399,7 @@ class StatementTracker:
                     },
                 )
             )
-        if item.kind in (Expect.QUERY, Expect.SYNC, Expect.FUNCTION):
+        if isinstance(item, (ExpectQuery, ExpectSync, ExpectFunction)):
             self.untracked += 1
         return False
 
@@ -623,7 +606,7 @@ class StatementTracker:
         head = self._head()
         if head is None:
             return []
-        if head.kind is Expect.PARSE or head.kind is Expect.BIND:
+        if isinstance(head, (ExpectParse, ExpectBind)):
             self.pending.popleft()
         elif isinstance(head, ExpectClose):
             self.pending.popleft()
@@ -842,8 +825,7 @@ class StatementTracker:
         answered = False
         while self.pending:
             item = self.pending.popleft()
-            kind = item.kind
-            if kind is Expect.SYNC or kind is Expect.FUNCTION:
+            if isinstance(item, (ExpectSync, ExpectFunction)):
                 answered = True
                 break
             if isinstance(item, ExpectQuery):
