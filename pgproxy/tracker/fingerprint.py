@@ -336,7 +336,7 @@ class TrailingNumberKeys:
                 heads.clear()
             heads[head] = _SEEN_ONCE
             return literal_key(sql)
-        if keyed is _SEEN_ONCE:  # seen again: a shape that repeats, its key worth remembering
+        if keyed == _SEEN_ONCE:  # seen again: a shape that repeats, its key worth remembering (==, not is: mypyc)
             keyed = heads[head] = (literal_key(head) if _plain(head) else None) or _NOT_PLAIN
         if keyed[1] < 0:
             return literal_key(sql)
