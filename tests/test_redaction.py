@@ -71,7 +71,21 @@ def test_sql_without_quotes_or_dollars_is_shown_as_the_masking_would_show_it() -
     from tests.sql_corpus import STATEMENTS, UNPARSABLE
 
     policies = [RedactionPolicy(), RedactionPolicy(sensitive_names=""), RedactionPolicy(mask_sql_literals=True)]
-    texts = [*STATEMENTS, *UNPARSABLE, "UPDATE users SET password = 5 WHERE id = 1", "SELECT 1 -- it's"]
+    texts = [
+        *STATEMENTS,
+        *UNPARSABLE,
+        "UPDATE users SET password = 5 WHERE id = 1",
+        "SELECT 1 -- it's",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+        "SELECT $1, $$it's$$, $2",
+        "SELECT $1$x$1$",
+        "SELECT $a$secret$a$ = $1",
+        "SELECT foo$bar, $12",
+        "UPDATE users SET password = $1 WHERE id = $2",
+        "UPDATE users SET password = 'hunter2' WHERE id = $1",
+        "ALTER ROLE app PASSWORD $pw$hunter2$pw$",
+        "CREATE ROLE app PASSWORD 'hunter2'",
+    ]
     plain = [t for t in texts if "'" not in t and "$" not in t]
     assert len(plain) > 20 and len(plain) < len(texts)
     for policy in policies:
@@ -81,6 +95,12 @@ def test_sql_without_quotes_or_dollars_is_shown_as_the_masking_would_show_it() -
                 expected = cap_text(mask_sql(text, pattern, policy.mask_sql_literals), limit)
                 assert mask_sql_prefix(text, limit, pattern, policy.mask_sql_literals) == expected
                 assert policy.sql(text, limit) == expected
+            for limit in range(1, len(text)):  # a prefix shown, what follows counted
+                head = mask_sql(text[:limit], pattern, policy.mask_sql_literals, True)[:limit]
+                expected = f"{head}…[+{len(text) - limit} chars]"
+                assert mask_sql_prefix(text, limit, pattern, policy.mask_sql_literals) == expected
+        if policy.sensitive_names:  # (without a column pattern only the PASSWORD keyword's literal is masked)
+            assert "hunter2" not in "".join(policy.sql(text, 4096) for text in texts)
         if policy.mask_sql_literals:
             assert policy.sql("SELECT 5", 100) == "SELECT ?"
 
