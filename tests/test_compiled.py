@@ -28,7 +28,7 @@ COMPILED: list[str] = runpy.run_path(str(ROOT / "setup.py"), run_name="setup")["
 
 _RUN = """
 import io, itertools, json, time
-time.time = lambda: 1764244800.25  # every rendered timestamp the same
+time.time, time.time_ns = lambda: 1764244800.25, lambda: 1764244800_250000000  # every timestamp the same
 from pgproxy.compiled import compiled_modules
 from pgproxy.sink import LogSink
 from pgproxy.sink.metrics import MetricsSink
