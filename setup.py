@@ -37,6 +37,7 @@ COMPILED = [
     "pgproxy/tracker/records.py",
     "pgproxy/tracker/options.py",
     "pgproxy/tracker/replication.py",
+    "pgproxy/tracker/message_events.py",
     "pgproxy/sink/render.py",
     "pgproxy/sink/stats.py",
     "pgproxy/sink/metrics.py",
