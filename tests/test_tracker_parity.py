@@ -90,3 +90,54 @@ def test_outcomes_recording_shows_what_the_server_did() -> None:
     assert [s[1] for s in shape if s[0].endswith(("s1", "selec 2", "s3"))] == ["skipped", "error", "skipped"]
     assert ("select $1::int", "error", None, None) in shape  # psycopg's "abc", at Bind: one event
     assert [s[1] for s in shape if s[0] == "select $1::int + 100"] == ["skipped"]
+
+
+_QUERY_ONLY_KEYS = ("statements", "unlogged_statements", "unanswered_requests")
+
+
+def _state(t: SessionTracker) -> tuple[object, ...]:
+    counted = (t.messages_from_client, t.messages_from_server, t.bytes_from_client, t.bytes_from_server)
+    return (t.in_transaction, t.between_messages, t.ready, *counted)
+
+
+@pytest.mark.parametrize("scenario", sorted(RECORDINGS))
+@pytest.mark.parametrize("splitter", ["whole", "random", "headers"])
+def test_connection_detail_counts_what_query_detail_follows(scenario: str, splitter: str) -> None:
+    """Connection detail's counting path (once ready) against query detail's full one, step by step.
+
+    After every piece both count the same messages and bytes, agree on the
+    transaction and message boundaries, and connection detail never calls a
+    session idle that query detail knows is busy (it may call it busy longer:
+    extended-protocol steps count as outstanding until their Sync). The
+    session records agree but for the fields only query detail has.
+    """
+    for number, conn in enumerate(RECORDINGS[scenario]):
+        for seed in range(2 if splitter != "whole" else 1):
+            rng = random.Random(seed)
+            trackers = [
+                SessionTracker("s1", TrackerOptions(detail=d), clock=lambda: 0.0)
+                for d in (Detail.CONNECTION, Detail.QUERY)
+            ]
+            records: list[list[Any]] = [[], []]
+            for index, (frontend, data) in enumerate(conn):
+                for piece in SPLITTERS[splitter](data, rng):
+                    for tracker, out in zip(trackers, records, strict=True):
+                        out += (
+                            tracker.frontend(piece, float(index)) if frontend else tracker.backend(piece, float(index))
+                        )
+                    connection, query = trackers
+                    where = (scenario, number, index, seed)
+                    assert _state(connection) == _state(query), where
+                    assert connection.busy or not query.busy, where
+                    assert connection.request_outstanding or not query.request_outstanding, where
+            sessions = []
+            for tracker, out in zip(trackers, records, strict=True):
+                out += tracker.closed("end_of_recording", now=float(len(conn)))
+                sessions.append(
+                    [
+                        (r.event, r.level, {k: v for k, v in r.fields.items() if k not in _QUERY_ONLY_KEYS})
+                        for r in out
+                        if r.event.startswith("session.")
+                    ]
+                )
+            assert sessions[0] == sessions[1], (scenario, number, seed)

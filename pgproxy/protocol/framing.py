@@ -112,6 +112,15 @@ class Framer:
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
         """Add a chunk and return every frame it completes, in order."""
+        if type(data) is bytes and not self._pending and not self._skip and self.mode is FramingMode.TAGGED:
+            # The common case, asked first (a chunk of whole messages, nothing held
+            # back): the general way below, minus its questions.
+            out: list[Frame] = []
+            consumed = self._scan_tagged(data, out)
+            if consumed < len(data) and self.mode is FramingMode.TAGGED and not self._skip:
+                self._pending = bytearray(data[consumed:]) if consumed else bytearray(data)
+            self._offset += consumed
+            return out
         if self.mode is FramingMode.HALTED:
             self._offset += len(data)
             return []
@@ -137,7 +146,7 @@ class Framer:
             buf = bytes(data)
         if not buf:
             return []
-        out: list[Frame] = []
+        out = []
         if self.mode is FramingMode.TAGGED:
             consumed = self._scan_tagged(buf, out)
         elif self.mode is FramingMode.STARTUP:

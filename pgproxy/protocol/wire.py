@@ -141,11 +141,10 @@ class Conversation:
             self._decoded = {}
         if self.phase is Phase.READY:
             for frame in frames:
-                tag = frame[0]
-                if tag == _TAG_PARAMETER_STATUS:
+                if frame[0] == _TAG_PARAMETER_STATUS:
                     self._on_parameter_status(frame)
-                elif tag == FRAMING_ERROR:
-                    self._desync(framer)
+            if frames and frames[-1][0] == FRAMING_ERROR:  # the framer halts after one: always the last
+                self._desync(framer)
             return frames
         out: list[Frame] = []
         while frames:

@@ -203,6 +203,8 @@ class SessionTracker:
         self._server_spoke_last = False
         self._server_answered_startup = False
         self._value_settings_seen = 0  # the conversation's value_settings_reported when last applied
+        #: Connection detail and ready: requests and responses are only counted (see _follow_counting).
+        self._counting = False
 
     def tls_established(self, leg: str, version: str) -> None:
         """pgproxy itself runs TLS ``version`` on ``leg`` (``client`` or ``upstream``); ``session.ready`` names it.
@@ -224,12 +226,16 @@ class SessionTracker:
         """
         self.conv.assume_established()
         self.ready_at = self.started_at
+        self._follow_counting()
 
     # ------------------------------------------------------------------ feeding
 
     def frontend(self, data: bytes, now: float | None = None) -> list[Record]:
         """Account for bytes the client sent (already forwarded)."""
         self.bytes_from_client += len(data)
+        if self._counting:
+            self._count_requests(self.conv.receive_frontend(data))
+            return []
         conv = self.conv
         if self.ready_at is None:
             self._server_spoke_last = False
@@ -246,17 +252,7 @@ class SessionTracker:
         statements = self.statements
         if self.ready_at is not None:
             if statements is None:
-                # Connection detail: only Terminate and what makes the session busy
-                # matter once it is ready; nothing is decoded.
-                for frame in frames:
-                    tag = frame[0]
-                    if tag in _ANSWERED_BY_READY:
-                        self._ready_due += 1
-                        self._unsynced = False
-                    elif tag in _UNSYNCED_STEPS:
-                        self._unsynced = True
-                    elif tag == _TERMINATE:
-                        self.terminated = True
+                self._count_requests(frames)
                 return out
             if not self._message_level:
                 return self._frontend_query_detail(frames, statements, now, out)
@@ -307,6 +303,8 @@ class SessionTracker:
     def backend(self, data: bytes, now: float | None = None) -> list[Record]:
         """Account for bytes the client received (from the server or the proxy)."""
         self.bytes_from_server += len(data)
+        if self._counting:
+            return self._count_responses(self.conv.receive_backend(data), now)
         conv = self.conv
         if self.ready_at is None:
             self._server_spoke_last = True
@@ -512,6 +510,48 @@ class SessionTracker:
             cache[key] = msg
         return msg
 
+    def _count_requests(self, frames: list[Frame]) -> None:
+        """Connection detail, once ready: only Terminate and what makes the session busy matter; nothing is decoded."""
+        if not frames:
+            return
+        self.messages_from_client += len(frames)
+        for frame in frames:
+            tag = frame[0]
+            if tag in _ANSWERED_BY_READY:
+                self._ready_due += 1
+                self._unsynced = False
+            elif tag in _UNSYNCED_STEPS:
+                self._unsynced = True
+            elif tag == _TERMINATE:
+                self.terminated = True
+
+    def _count_responses(self, frames: list[Frame], now: float | None) -> list[Record]:
+        """Connection detail, once ready: ReadyForQuery's status byte, and errors and parameter changes.
+
+        Everything else is counted, not decoded. The same as the general
+        loop of :meth:`backend` at this detail, without its questions that
+        only start-up, query or message detail need.
+        """
+        out: list[Record] = []
+        if not frames:
+            return out
+        self.messages_from_server += len(frames)
+        for frame in frames:
+            tag = frame[0]
+            if tag == _READY_FOR_QUERY:
+                buf = frame[1]
+                if buf is not None:
+                    self._status = chr(buf[frame[2]])
+                    if self._ready_due:
+                        self._ready_due -= 1
+            elif tag in _CONNECTION_LEVEL_BACKEND and (tag != _PARAMETER_STATUS or not self._parameter_followed(frame)):
+                self._on_backend(frame, self.clock() if now is None else now, out)
+        return out
+
+    def _follow_counting(self) -> None:
+        """Connection detail once ready, without a replication stream: :meth:`_count_requests` and :meth:`_count_responses`."""
+        self._counting = self.statements is None and self.ready_at is not None and self.replication is None
+
     def _ready_for_query(self, status: str) -> None:
         """Connection detail: a ReadyForQuery answered one request (its status byte is all we read)."""
         self._status = status
@@ -604,9 +644,11 @@ class SessionTracker:
                 self._status = statements.status
                 self._ready_due, self._unsynced = 0, False
                 self.statements = None
+            self._follow_counting()
             return True
         if statements is None:
             statements = self.statements = StatementTracker(options, self.context)
+            self._counting = False
             statements.status = self._status
             statements.transaction_status = TRANSACTION_STATUS.get(self._status or "", self._status)
         statements.options = options
@@ -815,6 +857,7 @@ class SessionTracker:
         elif isinstance(msg, m.ReadyForQuery) and self.ready_at is None:
             self._status = msg.status
             self.ready_at = now
+            self._follow_counting()
             out.append(self._ready(now))
         elif isinstance(msg, m.ErrorResponse) and self.ready_at is None:
             self.auth_failed = True
