@@ -168,6 +168,10 @@ class ClientSession(asyncio.Protocol):
         self._binding_check = False  # hold the client's SASL choice until it is judged (TLS -> TLS)
         self._binding_end_to_end = False  # pgproxy presents the server's own certificate
         self._guard_ssl_answer = False  # passthrough: the server's answer to the client's SSLRequest is judged
+        # Relaying in plaintext, decoded, nothing pending but the chunks themselves (see _plain_relay):
+        # data_received and upstream_data then ask this one question instead of a dozen.
+        self._relay_plain = False
+        self._server_transport: Any = None  # the upstream's transport, while _relay_plain
 
     # ------------------------------------------------------------------ client side
 
@@ -196,6 +200,25 @@ class ClientSession(asyncio.Protocol):
         # before they are forwarded: PostgreSQL starts its clock later, so a
         # duration measured from here can never be shorter than the server's.
         now = time.monotonic()
+        if self._relay_plain:  # the general way below, for a plaintext relay past start-up
+            server = self._server_transport
+            if server.is_closing():  # the server is gone; the client is being closed
+                return
+            server.write(data)
+            self.bytes_from_client += len(data)
+            if self._backlog or len(data) > OBSERVE_SLICE:
+                self._observe(data, True, now)
+                return
+            tracker = self.tracker
+            assert tracker is not None
+            try:
+                records = tracker.frontend(data, now)
+            except Exception as exc:
+                self._decoding_failed(exc)
+                return
+            if records:
+                self.sink.emit_all(records)
+            return
         tls = self.client_tls
         if tls is not None:
             try:
@@ -213,6 +236,7 @@ class ClientSession(asyncio.Protocol):
             if self._binding_check:
                 self.pending += data
                 self._check_channel_binding()
+                self._relay_plain = self._plain_relay()
                 return
             upstream.send(data)
             self.bytes_from_client += len(data)
@@ -555,6 +579,7 @@ class ClientSession(asyncio.Protocol):
         if early:
             self.upstream_data(early)
         self.client_reads.resume("connecting")
+        self._relay_plain = self._plain_relay()
 
     def _dial_timed_out(self, side: UpstreamSide) -> None:
         what = "TLS negotiation" if side.transport is not None else "connect"
@@ -786,6 +811,7 @@ class ClientSession(asyncio.Protocol):
     def _close_client(self, reason: str) -> None:
         self.close_reason = self.close_reason or reason
         self.state = State.CLOSING
+        self._relay_plain = False
         if self.client is not None and not self.client.is_closing():
             if self.client_tls is not None:
                 self.client_tls.close()
@@ -795,6 +821,28 @@ class ClientSession(asyncio.Protocol):
 
     def upstream_data(self, data: bytes) -> None:
         now = time.monotonic()  # when the response's bytes reached the proxy
+        if self._relay_plain:  # the general way below, for a plaintext relay past start-up
+            client = self.client
+            assert client is not None
+            if client.is_closing():
+                return
+            client.write(data)
+            self.bytes_from_server += len(data)
+            if self._backlog or len(data) > OBSERVE_SLICE:
+                self._observe(data, False, now)
+            else:
+                tracker = self.tracker
+                assert tracker is not None
+                try:
+                    records = tracker.backend(data, now)
+                except Exception as exc:
+                    self._decoding_failed(exc)
+                    return
+                if records:
+                    self.sink.emit_all(records)
+            if self.server.draining and self.idle:
+                self.shut_down()
+            return
         client = self.client
         if client is None or client.is_closing():
             return
@@ -834,6 +882,34 @@ class ClientSession(asyncio.Protocol):
         if self.server.draining and self.idle:
             # Draining: the statement or transaction this session was waiting for is over.
             self.shut_down()
+        self._relay_plain = self._plain_relay()
+
+    def _plain_relay(self) -> bool:
+        """Nothing but the chunks to relay and show: the fast way of data_received and upstream_data applies.
+
+        In the relay phase, past start-up (its clock stopped), in plaintext on
+        both legs (no TLS, no SCRAM offer filtered or choice held, no SSL answer
+        to judge), still decoded, and no reload waiting. Asked again where the
+        general way may have changed one of these; whatever ends one of them
+        on the fast way (a decoder failure, closing, a reload) clears the flag.
+        """
+        upstream = self.upstream
+        plain = (
+            self.state is State.RELAY
+            and upstream is not None
+            and upstream.transport is not None
+            and upstream.tls is None
+            and self.client_tls is None
+            and self.tracker is not None
+            and self.decoding
+            and not self._startup_clock
+            and not self._binding_check
+            and not self._guard_ssl_answer
+            and self._sasl_filter is None
+            and self.pending_options is None
+        )
+        self._server_transport = upstream.transport if plain and upstream is not None else None
+        return plain
 
     def _sasl_settled(self, sasl: SaslOfferFilter) -> None:
         if sasl.removed:
@@ -927,24 +1003,30 @@ class ClientSession(asyncio.Protocol):
         try:
             records = tracker.frontend(data, now) if frontend else tracker.backend(data, now)
         except Exception as exc:
-            self.decoding = False
-            self.server.counters["decoder_failures"] += 1
-            self.sink.log(
-                "error",
-                "session.anomaly",
-                session=self.session_id,
-                kind="decoder_failure",
-                reason=f"{type(exc).__name__}: {exc}",
-                action="switched to opaque passthrough; bytes still forwarded unchanged",
-            )
+            self._decoding_failed(exc)
             return
         if records:
             self.sink.emit_all(records)
+
+    def _decoding_failed(self, exc: Exception) -> None:
+        """The tracker failed on forwarded bytes: stop decoding this session (opaque passthrough), say so once."""
+        self.decoding = False
+        self._relay_plain = False
+        self.server.counters["decoder_failures"] += 1
+        self.sink.log(
+            "error",
+            "session.anomaly",
+            session=self.session_id,
+            kind="decoder_failure",
+            reason=f"{type(exc).__name__}: {exc}",
+            action="switched to opaque passthrough; bytes still forwarded unchanged",
+        )
 
     def _finish(self, exc: Exception | None) -> None:
         if self.state is State.CLOSED:
             return
         self.state = State.CLOSED
+        self._relay_plain = False
         if self._startup_clock:
             self.server.startup_deadlines.stop(self)
             self._startup_clock = False
@@ -1013,6 +1095,8 @@ class ClientSession(asyncio.Protocol):
         """
         tracker = self.tracker
         self.pending_options = None if tracker is None or tracker.reconfigure(options) else options
+        if self.pending_options is not None:
+            self._relay_plain = False  # upstream_data's general way adopts them after the answer
 
     def shut_down(self) -> None:
         """End the session the way PostgreSQL's own shutdown does.
