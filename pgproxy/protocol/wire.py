@@ -105,6 +105,10 @@ class Conversation:
         #: settings that change how values decode) were followed: a caller that
         #: decodes values compares it with the count it last saw.
         self.value_settings_reported = 0
+        #: How many ParameterStatus could not be followed (malformed; the message
+        #: is kept for :meth:`decoded_backend`): while it stands still, every
+        #: ParameterStatus received was followed.
+        self.parameters_malformed = 0
         # Messages decoded for the state above during the last receive_backend
         # call, by frame start (with the frame's buffer): the tracker takes them
         # instead of decoding the same frames again (start-up sends ~15).
@@ -150,7 +154,10 @@ class Conversation:
         while frames:
             out.extend(frames)
             for frame in frames:
-                if frame[0] in _STARTUP_WATCH or frame[0] < 0:
+                tag = frame[0]
+                if tag == _TAG_PARAMETER_STATUS:  # a dozen per login: straight to it
+                    self._on_parameter_status(frame)
+                elif tag in _STARTUP_WATCH or tag < 0:
                     self._on_backend_unit(frame)
             if framer.mode is FramingMode.HALTED or not framer.buffered:
                 break
@@ -330,6 +337,7 @@ class Conversation:
             msg = decode_tagged(False, tag, buf, start, end, self.encoding)
             self._decoded[start] = (buf, msg)
             if not isinstance(msg, m.ParameterStatus):
+                self.parameters_malformed += 1
                 return
             name, value = msg.name, msg.value
         self.parameters[name] = value

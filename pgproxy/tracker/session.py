@@ -303,9 +303,11 @@ class SessionTracker:
     def backend(self, data: bytes, now: float | None = None) -> list[Record]:
         """Account for bytes the client received (from the server or the proxy)."""
         self.bytes_from_server += len(data)
-        if self._counting:
-            return self._count_responses(self.conv.receive_backend(data), now)
         conv = self.conv
+        malformed = conv.parameters_malformed
+        if self._counting:
+            frames = conv.receive_backend(data)
+            return self._count_responses(frames, now, conv.parameters_malformed == malformed)
         if self.ready_at is None:
             self._server_spoke_last = True
             self._server_answered_startup = self._server_answered_startup or conv.phase is Phase.AUTHENTICATING
@@ -321,16 +323,25 @@ class SessionTracker:
             out += self.replication.feed(frames, True, now)
         statements = self.statements
         message_level = self._message_level
+        # Below message detail a ParameterStatus the conversation followed needs
+        # nothing more (a login brings a dozen) than the value context, which only
+        # message detail reads within a backend chunk: set here, once per chunk.
+        # A malformed one (the count moved) sends them all the general way.
+        followed = not message_level and conv.parameters_malformed == malformed
+        if followed and statements is not None and conv.value_settings_reported != self._value_settings_seen:
+            self._value_settings_changed()
         # At connection detail, once the session is ready only errors and
         # parameter changes matter: everything else is counted, not decoded.
         minimal = statements is None and self.ready_at is not None
         if statements is not None:
             if not message_level:
-                return self._backend_query_detail(frames, statements, now, out)
+                return self._backend_query_detail(frames, statements, now, out, followed)
             if self.ready_at is not None and self._events is not None:
                 return self._backend_message_detail(frames, statements, self._events, now, out)
         for frame in frames:
             tag = frame[0]
+            if tag == _PARAMETER_STATUS and followed and frame[1] is not None:
+                continue
             if tag == _DATA_ROW:
                 if statements is not None:
                     body = _body_length(frame)
@@ -345,13 +356,11 @@ class SessionTracker:
             if tag == _COPY_DATA and message_level and statements is not None and self._copy_capped(statements):
                 statements.count_results(0, 0, 1, _body_length(frame))
                 continue
-            if tag == _PARAMETER_STATUS and not message_level and self._parameter_followed(frame):
-                continue
             self._on_backend(frame, now, out)
         return out
 
     def _backend_query_detail(
-        self, frames: list[Frame], statements: StatementTracker, now: float, out: list[Record]
+        self, frames: list[Frame], statements: StatementTracker, now: float, out: list[Record], followed: bool
     ) -> list[Record]:
         """The query-detail hot loop: DataRows and CopyData are counted in runs, not one by one.
 
@@ -380,7 +389,7 @@ class SessionTracker:
                 # decodes rows, so its columns need not be decoded either.
                 statements.description_arrived(None, now)
                 continue
-            if tag == _PARAMETER_STATUS and self._parameter_followed((tag, buf, start, end)):
+            if tag == _PARAMETER_STATUS and followed and buf is not None:
                 continue
             if ready and buf is not None and tag >= 0:
                 msg = decode_tagged(False, tag, buf, start, end, encoding)
@@ -398,21 +407,6 @@ class SessionTracker:
         if rows or copies:
             statements.count_results(rows, row_bytes, copies, copy_bytes)
         return out
-
-    def _parameter_followed(self, frame: Frame) -> bool:
-        """A ParameterStatus below message detail, which the conversation has followed: False if it could not.
-
-        The conversation keeps the parameters and the encoding; all the
-        tracker adds is the statement tracker's value context, once the
-        settings it depends on were reported. An oversized or malformed one
-        (the conversation kept the Malformed message) takes the general path,
-        which reports it.
-        """
-        if frame[1] is None or self.conv.decoded_backend(frame) is not None:
-            return False
-        if self.statements is not None and self.conv.value_settings_reported != self._value_settings_seen:
-            self._value_settings_changed()
-        return True
 
     def _frontend_message_detail(
         self, frames: list[Frame], statements: StatementTracker, events: MessageEvents, now: float, out: list[Record]
@@ -525,7 +519,7 @@ class SessionTracker:
             elif tag == _TERMINATE:
                 self.terminated = True
 
-    def _count_responses(self, frames: list[Frame], now: float | None) -> list[Record]:
+    def _count_responses(self, frames: list[Frame], now: float | None, followed: bool) -> list[Record]:
         """Connection detail, once ready: ReadyForQuery's status byte, and errors and parameter changes.
 
         Everything else is counted, not decoded. The same as the general
@@ -544,7 +538,9 @@ class SessionTracker:
                     self._status = chr(buf[frame[2]])
                     if self._ready_due:
                         self._ready_due -= 1
-            elif tag in _CONNECTION_LEVEL_BACKEND and (tag != _PARAMETER_STATUS or not self._parameter_followed(frame)):
+            elif tag in _CONNECTION_LEVEL_BACKEND and not (
+                tag == _PARAMETER_STATUS and followed and frame[1] is not None
+            ):
                 self._on_backend(frame, self.clock() if now is None else now, out)
         return out
 
