@@ -20,8 +20,9 @@ from setuptools import setup
 #: log line. The sans-IO protocol package (framing, message decoding, the wire
 #: state machine, value and row decoding, hex dumps), the tracker (statement
 #: pairing, the session, SQL analysis, fingerprints, redaction, records) and the
-#: sink's per-record work (JSON line rendering, statistics, metrics). mypy
-#: type-checks them against the installed dependencies, so install those first.
+#: sink's per-record work (the log sink and fan-out, JSON line rendering,
+#: statistics, metrics). mypy type-checks them against the installed
+#: dependencies, so install those first.
 COMPILED = [
     "pgproxy/protocol/framing.py",
     "pgproxy/protocol/decoding.py",
@@ -38,6 +39,7 @@ COMPILED = [
     "pgproxy/tracker/options.py",
     "pgproxy/tracker/replication.py",
     "pgproxy/tracker/message_events.py",
+    "pgproxy/sink/__init__.py",
     "pgproxy/sink/render.py",
     "pgproxy/sink/stats.py",
     "pgproxy/sink/metrics.py",

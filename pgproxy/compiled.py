@@ -24,5 +24,6 @@ def compiled_modules() -> list[str]:
         suffix = next((s for s in suffixes if path.name.endswith(s)), None)
         stem = path.name.removesuffix(suffix) if suffix else ""
         if stem.isidentifier():
-            found.append(".".join(("pgproxy", *path.relative_to(root).parent.parts, stem)))
+            package = ("pgproxy", *path.relative_to(root).parent.parts)
+            found.append(".".join(package if stem == "__init__" else (*package, stem)))
     return sorted(found)

@@ -36,10 +36,28 @@ class _WriterLogger:
     def __init__(self, writer: QueueWriter) -> None:
         self._write = writer.write
 
+    # One method per level name, each written out: the compiled build (mypyc)
+    # takes no chained assignment in a class body.
     def msg(self, message: str) -> None:
         self._write(message)
 
-    debug = info = warning = error = critical = log = msg
+    def debug(self, message: str) -> None:
+        self._write(message)
+
+    def info(self, message: str) -> None:
+        self._write(message)
+
+    def warning(self, message: str) -> None:
+        self._write(message)
+
+    def error(self, message: str) -> None:
+        self._write(message)
+
+    def critical(self, message: str) -> None:
+        self._write(message)
+
+    def log(self, message: str) -> None:
+        self._write(message)
 
 
 @dataclass
