@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -13,8 +14,8 @@ from hypothesis import strategies as st
 from pgproxy.protocol import Conversation, Phase
 from pgproxy.protocol import messages as m
 from pgproxy.protocol.build import error_response, message, startup_message
-from pgproxy.protocol.decoding import decode_tagged
-from pgproxy.protocol.errors import ProtocolError
+from pgproxy.protocol.decoding import _Reader, decode_startup_packet, decode_tagged
+from pgproxy.protocol.errors import DecodeError, ProtocolError
 from tests.golden import Chunks, recordings
 
 RECORDINGS = recordings()
@@ -157,6 +158,36 @@ def test_unknown_tag_and_malformed_body_never_raise() -> None:
 def test_parameter_status_bodies(body: bytes, decoded: m.Message) -> None:
     buf = b"S?" + body + b"Z?"  # bounds, not the end of the buffer, end the body
     assert decode_tagged(False, ord("S"), buf, 2, 2 + len(body)) == decoded
+
+
+def _startup_by_reader(buf: bytes, start: int, end: int) -> m.Message:
+    """The StartupMessage decoder as it was before its split fast path: the oracle for it."""
+    r = _Reader(buf, start, end, "utf-8")
+    code = r.uint32()
+    params: list[tuple[str, str]] = []
+    while r.pos < r.end and buf[r.pos] != 0:
+        name = r.cstring()
+        params.append((name, r.cstring()))
+    if r.pos >= r.end:
+        raise DecodeError("startup parameters are not terminated")
+    r.pos += 1
+    r.done()
+    return m.StartupMessage(protocol_major=code >> 16, protocol_minor=code & 0xFFFF, parameters=tuple(params))
+
+
+@settings(max_examples=500)
+@given(st.lists(st.sampled_from([b"\x00", b"\x00\x00", b"user", b"x", b"\xff"]), max_size=10))
+def test_startup_message_split_agrees_with_the_reader(pieces: list[bytes]) -> None:
+    payload = b"".join(pieces)
+    buf = b"zz" + (196608).to_bytes(4, "big") + payload + b"yy"  # bounds, not the buffer, end the body
+
+    def outcome(decode: Callable[[bytes, int, int], m.Message]) -> object:
+        try:
+            return decode(buf, 2, 6 + len(payload))
+        except DecodeError as exc:
+            return str(exc)
+
+    assert outcome(decode_startup_packet) == outcome(_startup_by_reader)
 
 
 @settings(max_examples=300)

@@ -151,6 +151,19 @@ def decode_startup_packet(buf: bytes, start: int, end: int, encoding: str = "utf
         return m.CancelRequest(process_id=pid, secret_key=key)
     major, minor = code >> 16, code & 0xFFFF
     if major == 3:
+        # Every new connection sends one: split at the NULs when the list is
+        # well-formed (pairs of a non-empty name and a value, then one NUL),
+        # else the reader below, with its checks and error texts.
+        fields = buf[start + 4 : end - 1].split(b"\x00") if end - start > 4 and buf[end - 1] == 0 else None
+        if fields is not None and len(fields) % 2 == 1 and fields[-1] == b"" and all(fields[0:-1:2]):
+            return m.StartupMessage(
+                protocol_major=major,
+                protocol_minor=minor,
+                parameters=tuple(
+                    (fields[i].decode(encoding, "backslashreplace"), fields[i + 1].decode(encoding, "backslashreplace"))
+                    for i in range(0, len(fields) - 1, 2)
+                ),
+            )
         params: list[tuple[str, str]] = []
         while r.pos < r.end and buf[r.pos] != 0:
             name = r.cstring()
