@@ -156,3 +156,28 @@ def test_a_plaintext_session_past_start_up_relays_the_fast_way(pg: EmbeddedPostg
         proxy.wait_idle()
         (ended,) = proxy.events("session.ended")
         assert ended["reason"] == "client_terminated"
+
+
+def test_a_client_that_leaves_without_reading_releases_its_server_connection(pg: EmbeddedPostgres) -> None:
+    """The client stopped reading (the server's answers paused), then vanished: the server connection still ends.
+
+    Closing the upstream waits for the requests queued towards the server to
+    be written; the server only reads them once its answers are read, which
+    nothing may hold back any more.
+    """
+    with ProxyHarness(("127.0.0.1", pg.port), TrackerOptions()) as proxy:
+        sock = socket.create_connection((proxy.host, proxy.port))
+        sock.sendall(startup_message({"user": "postgres", "database": "postgres", "application_name": "gone"}))
+        recv_until_ready(sock)
+        (session,) = proxy.server.sessions
+        # Large answers nobody reads, and more requests than the server reads meanwhile.
+        sock.sendall(query_message("SELECT repeat('x', 200000) FROM generate_series(1, 20)") * 400)
+        proxy.wait_for(lambda: "client_buffer_full" in session.upstream_reads.reasons)
+        sock.close()
+
+        def server_gone() -> bool:
+            with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+                row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'gone'").fetchone()
+                return row is not None and row[0] == 0
+
+        proxy.wait_for(server_gone, timeout=60)
