@@ -778,3 +778,22 @@ def test_transaction_blocks_are_followed_even_when_their_events_are_filtered_out
     assert [(r["db.query.text"], r["outcome"], r.get("rolled_back")) for r in recs if r.logged] == [
         ("insert into t values (1)", "ok", None),
     ]
+
+
+def test_a_reload_keeps_the_value_cap_that_stops_decoding_long_arrays() -> None:
+    """A reload rebuilds the decoders: with the cap of the new options, not without one."""
+    options = {"detail": Detail.QUERY, "max_value_chars": 20}
+    t = session(**options)
+    t.frontend(b.parse("s", "SELECT $1::int4[]", (1007,)) + b.sync(), now=1.0)
+    t.backend(b.message(b"1") + b.ready_for_query(), now=1.1)
+    array = ("{" + ",".join(str(n) for n in range(500)) + "}").encode()
+
+    def bound_parameters(now: float) -> Any:
+        t.frontend(b.bind("", "s", (array,)) + b.execute() + b.sync(), now=now)
+        records = t.backend(b.message(b"2") + b.command_complete("SELECT 0") + b.ready_for_query(), now=now + 0.1)
+        (record,) = [r for r in records if r.event == "query"]
+        return record.fields["parameters"]
+
+    before = bound_parameters(2.0)
+    assert t.reconfigure(TrackerOptions(**options))
+    assert bound_parameters(3.0) == before

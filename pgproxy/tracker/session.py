@@ -649,7 +649,9 @@ class SessionTracker:
             statements.transaction_status = TRANSACTION_STATUS.get(self._status or "", self._status)
         statements.options = options
         # Caps and redaction may have changed: decoders are rebuilt with the new ones.
-        statements.set_value_context(ValueContext(self.conv.encoding, self.conv.parameters.get("TimeZone", "UTC")))
+        statements.set_value_context(
+            ValueContext(self.conv.encoding, self.conv.parameters.get("TimeZone", "UTC"), options.max_value_chars)
+        )
         ctx = self.context
         statements.in_scope = options.query_filter.in_scope(
             ctx.get("user"), ctx.get("db.namespace"), ctx.get("application_name")
