@@ -181,3 +181,36 @@ def test_a_client_that_leaves_without_reading_releases_its_server_connection(pg:
                 return row is not None and row[0] == 0
 
         proxy.wait_for(server_gone, timeout=60)
+
+
+@pytest.mark.slow
+def test_a_client_that_floods_and_leaves_releases_its_server_connection(pg: EmbeddedPostgres) -> None:
+    """Requests still queued towards the server when the client leaves are delivered, then the connection closes.
+
+    The server answers while it reads: a proxy that stopped reading its
+    answers on close would leave the server blocked writing them, never
+    reading the requests still queued, and the connection open for ever.
+    """
+    with ProxyHarness(("127.0.0.1", pg.port), TrackerOptions()) as proxy:
+        sock = socket.create_connection((proxy.host, proxy.port))
+        hello = startup_message({"user": "postgres", "database": "postgres", "application_name": "flooder"})
+        sock.sendall(hello)
+        recv_until_ready(sock)
+        flood = query_message("SELECT 1") * 100_000  # far more than the socket buffers hold, answered by more again
+        sock.sendall(flood)
+        sock.shutdown(socket.SHUT_WR)  # no more requests: the proxy ends the session
+        while sock.recv(1 << 20):
+            pass
+        sock.close()
+
+        def server_gone() -> bool:
+            with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+                row = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'flooder'"
+                ).fetchone()
+                return row is not None and row[0] == 0
+
+        proxy.wait_for(server_gone, timeout=60)
+        proxy.wait_idle()
+        (ended,) = proxy.events("session.ended", application_name="flooder")
+        assert ended["bytes_from_client"] == len(hello) + len(flood)
