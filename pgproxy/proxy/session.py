@@ -206,18 +206,7 @@ class ClientSession(asyncio.Protocol):
                 return
             server.write(data)
             self.bytes_from_client += len(data)
-            if self._backlog or len(data) > OBSERVE_SLICE:
-                self._observe(data, True, now)
-                return
-            tracker = self.tracker
-            assert tracker is not None
-            try:
-                records = tracker.frontend(data, now)
-            except Exception as exc:
-                self._decoding_failed(exc)
-                return
-            if records:
-                self.sink.emit_all(records)
+            self._observe(data, True, now)
             return
         tls = self.client_tls
         if tls is not None:
@@ -828,19 +817,9 @@ class ClientSession(asyncio.Protocol):
                 return
             client.write(data)
             self.bytes_from_server += len(data)
-            if self._backlog or len(data) > OBSERVE_SLICE:
-                self._observe(data, False, now)
-            else:
-                tracker = self.tracker
-                assert tracker is not None
-                try:
-                    records = tracker.backend(data, now)
-                except Exception as exc:
-                    self._decoding_failed(exc)
-                    return
-                if records:
-                    self.sink.emit_all(records)
-            if self.server.draining and self.idle:
+            self._observe(data, False, now)
+            # (A decoder failure just now cleared _relay_plain: the session then waits for the next chunk.)
+            if self._relay_plain and self.server.draining and self.idle:
                 self.shut_down()
             return
         client = self.client
