@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from pgproxy.protocol import Conversation, Phase
 from pgproxy.protocol import messages as m
 from pgproxy.protocol.build import error_response, message, startup_message
-from pgproxy.protocol.decoding import _Reader, decode_startup_packet, decode_tagged
+from pgproxy.protocol.decoding import _read_startup_message, _Reader, decode_startup_packet, decode_tagged
 from pgproxy.protocol.errors import DecodeError, ProtocolError
 from tests.golden import Chunks, recordings
 
@@ -161,18 +161,10 @@ def test_parameter_status_bodies(body: bytes, decoded: m.Message) -> None:
 
 
 def _startup_by_reader(buf: bytes, start: int, end: int) -> m.Message:
-    """The StartupMessage decoder as it was before its split fast path: the oracle for it."""
+    """The StartupMessage decoder's general way (the reader), without its split fast path: the oracle for it."""
     r = _Reader(buf, start, end, "utf-8")
     code = r.uint32()
-    params: list[tuple[str, str]] = []
-    while r.pos < r.end and buf[r.pos] != 0:
-        name = r.cstring()
-        params.append((name, r.cstring()))
-    if r.pos >= r.end:
-        raise DecodeError("startup parameters are not terminated")
-    r.pos += 1
-    r.done()
-    return m.StartupMessage(protocol_major=code >> 16, protocol_minor=code & 0xFFFF, parameters=tuple(params))
+    return _read_startup_message(r, code >> 16, code & 0xFFFF)
 
 
 @settings(max_examples=500)

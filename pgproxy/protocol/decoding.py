@@ -164,16 +164,26 @@ def decode_startup_packet(buf: bytes, start: int, end: int, encoding: str = "utf
                     for i in range(0, len(fields) - 1, 2)
                 ),
             )
-        params: list[tuple[str, str]] = []
-        while r.pos < r.end and buf[r.pos] != 0:
-            name = r.cstring()
-            params.append((name, r.cstring()))
-        if r.pos >= r.end:
-            raise DecodeError("startup parameters are not terminated")
-        r.pos += 1
-        r.done()
-        return m.StartupMessage(protocol_major=major, protocol_minor=minor, parameters=tuple(params))
+        return _read_startup_message(r, major, minor)
     return m.UnknownStartupPacket(code=code, payload=r.rest())
+
+
+def _read_startup_message(r: _Reader, major: int, minor: int) -> m.StartupMessage:
+    """A StartupMessage's parameter list by the reader: the general way, with its checks and error texts.
+
+    :func:`decode_startup_packet` takes it when its one-split fast path does
+    not apply; tests hold the two to the same messages and errors.
+    """
+    buf = r.buf
+    params: list[tuple[str, str]] = []
+    while r.pos < r.end and buf[r.pos] != 0:
+        name = r.cstring()
+        params.append((name, r.cstring()))
+    if r.pos >= r.end:
+        raise DecodeError("startup parameters are not terminated")
+    r.pos += 1
+    r.done()
+    return m.StartupMessage(protocol_major=major, protocol_minor=minor, parameters=tuple(params))
 
 
 def _bind(buf: bytes, start: int, end: int, enc: str) -> m.Message:
