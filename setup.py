@@ -25,6 +25,7 @@ from setuptools import setup
 #: dependencies, so install those first.
 COMPILED = [
     "pgproxy/protocol/framing.py",
+    "pgproxy/protocol/messages.py",
     "pgproxy/protocol/decoding.py",
     "pgproxy/protocol/wire.py",
     "pgproxy/protocol/values.py",

@@ -14,7 +14,14 @@ from hypothesis import strategies as st
 from pgproxy.protocol import Conversation, Phase
 from pgproxy.protocol import messages as m
 from pgproxy.protocol.build import error_response, message, startup_message
-from pgproxy.protocol.decoding import _read_startup_message, _Reader, decode_startup_packet, decode_tagged
+from pgproxy.protocol.decoding import (
+    BACKEND,
+    FRONTEND,
+    _read_startup_message,
+    _Reader,
+    decode_startup_packet,
+    decode_tagged,
+)
 from pgproxy.protocol.errors import DecodeError, ProtocolError
 from tests.golden import Chunks, recordings
 
@@ -27,6 +34,15 @@ def decode_all(chunks: Chunks) -> list[m.Message]:
     for frontend, data in chunks:
         frames = conv.receive_frontend(data) if frontend else conv.receive_backend(data)
         out += [conv.decode(f, frontend) for f in frames]
+    return out
+
+
+def decode_with_sides(chunks: Chunks) -> list[tuple[m.Message, bool]]:
+    conv = Conversation()
+    out: list[tuple[m.Message, bool]] = []
+    for frontend, data in chunks:
+        frames = conv.receive_frontend(data) if frontend else conv.receive_backend(data)
+        out += [(conv.decode(f, frontend), frontend) for f in frames]
     return out
 
 
@@ -66,6 +82,49 @@ def test_one_byte_at_a_time_is_identical(scenario: str) -> None:
 def test_any_rechunking_of_a_recording_is_identical(seed: int, scenario: str) -> None:
     for conn in RECORDINGS[scenario]:
         assert decode_all(rechunk(conn, random.Random(seed))) == decode_all(conn)
+
+
+@pytest.mark.parametrize("scenario", sorted(RECORDINGS))
+def test_a_decoded_message_names_the_side_that_sent_it(scenario: str) -> None:
+    """``direction`` (a table beside the classes, not a class attribute) agrees with the stream each came from."""
+    for conn in RECORDINGS[scenario]:
+        for msg, frontend in decode_with_sides(conn):
+            if isinstance(msg, m.CopyData | m.CopyDone | m.EncryptionStarted):
+                assert msg.direction == "both"
+            else:
+                assert msg.direction == ("frontend" if frontend else "backend"), msg
+
+
+def test_every_tag_decodes_to_a_type_of_its_side() -> None:
+    classes = {cls.__name__: cls for cls in vars(m).values() if isinstance(cls, type) and issubclass(cls, m.Message)}
+    for table, side in ((FRONTEND, "frontend"), (BACKEND, "backend")):
+        for name, _decoder in table.values():
+            assert m.DIRECTIONS.get(classes[name], "both") == ("both" if name in ("CopyData", "CopyDone") else side)
+    for name in ("SSLRequest", "GSSENCRequest", "CancelRequest", "StartupMessage", "SASLResponse", "GSSResponse"):
+        assert m.DIRECTIONS[classes[name]] == "frontend"
+    for pseudo in (m.Unknown("x", b""), m.Malformed("x", "Bind", "short", 5), m.EncryptionStarted("tls")):
+        assert pseudo.direction == "both"
+
+
+@pytest.mark.parametrize(
+    ("body", "method"),
+    [
+        (b"\0\0\0\0", "ok"),
+        (b"\0\0\0\2", "kerberos_v5"),
+        (b"\0\0\0\3", "cleartext_password"),
+        (b"\0\0\0\5salt", "md5"),
+        (b"\0\0\0\7", "gss"),
+        (b"\0\0\0\x08token", "gss"),
+        (b"\0\0\0\x09", "sspi"),
+        (b"\0\0\0\x0aSCRAM-SHA-256\0\0", "sasl"),
+        (b"\0\0\0\x0bfirst", "sasl"),
+        (b"\0\0\0\x0cfinal", "sasl"),
+        (b"\0\0\0\x63?", "unknown"),
+    ],
+)
+def test_an_authentication_request_names_its_method(body: bytes, method: str) -> None:
+    msg = decode_tagged(False, ord("R"), body, 0, len(body))
+    assert isinstance(msg, m.Authentication) and msg.method == method and msg.direction == "backend"
 
 
 def test_psql_recording_content() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Final
 
 
 def secret(default: Any = dataclasses.MISSING) -> Any:
@@ -34,19 +34,19 @@ def secret_fields(cls: type) -> frozenset[str]:
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """Base of every decoded message.
-
-    ``direction`` is a class attribute: ``"frontend"``, ``"backend"`` or
-    ``"both"`` for messages that travel either way (CopyData, CopyDone) and
-    pseudo-messages the conversation itself produces.
-    """
-
-    direction: ClassVar[str] = "both"
+    """Base of every decoded message."""
 
     @property
     def type(self) -> str:
         """The message type name, as in the PostgreSQL documentation."""
         return type(self).__name__
+
+    @property
+    def direction(self) -> str:
+        """Who sends it: ``"frontend"``, ``"backend"``, or ``"both"`` for messages
+        that travel either way (CopyData, CopyDone) and pseudo-messages the
+        conversation itself produces (see :data:`DIRECTIONS`)."""
+        return DIRECTIONS.get(type(self), "both")
 
 
 # --------------------------------------------------------------------------- startup phase (frontend)
@@ -56,7 +56,6 @@ class Message:
 class StartupMessage(Message):
     """Untagged packet that opens a session: protocol version and parameters."""
 
-    direction: ClassVar[str] = "frontend"
     protocol_major: int
     protocol_minor: int
     parameters: tuple[tuple[str, str], ...]
@@ -68,19 +67,18 @@ class StartupMessage(Message):
 
 @dataclass(frozen=True, slots=True)
 class SSLRequest(Message):
-    direction: ClassVar[str] = "frontend"
+    pass
 
 
 @dataclass(frozen=True, slots=True)
 class GSSENCRequest(Message):
-    direction: ClassVar[str] = "frontend"
+    pass
 
 
 @dataclass(frozen=True, slots=True)
 class CancelRequest(Message):
     """Sent on a fresh connection; the secret key is 4 bytes (3.0) or up to 256 (3.2)."""
 
-    direction: ClassVar[str] = "frontend"
     process_id: int
     secret_key: bytes = secret()
 
@@ -89,7 +87,6 @@ class CancelRequest(Message):
 class UnknownStartupPacket(Message):
     """An untagged packet whose code is none of the documented ones."""
 
-    direction: ClassVar[str] = "frontend"
     code: int
     payload: bytes
 
@@ -99,7 +96,6 @@ class UnknownStartupPacket(Message):
 
 @dataclass(frozen=True, slots=True)
 class Bind(Message):
-    direction: ClassVar[str] = "frontend"
     portal: str
     statement: str
     parameter_formats: tuple[int, ...]
@@ -129,7 +125,6 @@ def format_code(codes: tuple[int, ...], index: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Close(Message):
-    direction: ClassVar[str] = "frontend"
     kind: str  # "S" prepared statement, "P" portal
     name: str
 
@@ -146,32 +141,28 @@ class CopyDone(Message):
 
 @dataclass(frozen=True, slots=True)
 class CopyFail(Message):
-    direction: ClassVar[str] = "frontend"
     message: str
 
 
 @dataclass(frozen=True, slots=True)
 class Describe(Message):
-    direction: ClassVar[str] = "frontend"
     kind: str  # "S" prepared statement, "P" portal
     name: str
 
 
 @dataclass(frozen=True, slots=True)
 class Execute(Message):
-    direction: ClassVar[str] = "frontend"
     portal: str
     max_rows: int  # 0 = no limit
 
 
 @dataclass(frozen=True, slots=True)
 class Flush(Message):
-    direction: ClassVar[str] = "frontend"
+    pass
 
 
 @dataclass(frozen=True, slots=True)
 class FunctionCall(Message):
-    direction: ClassVar[str] = "frontend"
     function_oid: int
     argument_formats: tuple[int, ...]
     arguments: tuple[bytes | None, ...]
@@ -184,7 +175,6 @@ class FunctionCall(Message):
 
 @dataclass(frozen=True, slots=True)
 class Parse(Message):
-    direction: ClassVar[str] = "frontend"
     statement: str
     query: str
     parameter_types: tuple[int, ...]
@@ -192,44 +182,39 @@ class Parse(Message):
 
 @dataclass(frozen=True, slots=True)
 class Query(Message):
-    direction: ClassVar[str] = "frontend"
     query: str
 
 
 @dataclass(frozen=True, slots=True)
 class Sync(Message):
-    direction: ClassVar[str] = "frontend"
+    pass
 
 
 @dataclass(frozen=True, slots=True)
 class Terminate(Message):
-    direction: ClassVar[str] = "frontend"
+    pass
 
 
 @dataclass(frozen=True, slots=True)
 class PasswordMessage(Message):
     """Cleartext password, or ``md5`` + hex digest; never logged."""
 
-    direction: ClassVar[str] = "frontend"
     password: str = secret()
 
 
 @dataclass(frozen=True, slots=True)
 class SASLInitialResponse(Message):
-    direction: ClassVar[str] = "frontend"
     mechanism: str
     data: bytes | None = secret()
 
 
 @dataclass(frozen=True, slots=True)
 class SASLResponse(Message):
-    direction: ClassVar[str] = "frontend"
     data: bytes = secret()
 
 
 @dataclass(frozen=True, slots=True)
 class GSSResponse(Message):
-    direction: ClassVar[str] = "frontend"
     data: bytes = secret()
 
 
@@ -240,7 +225,6 @@ class GSSResponse(Message):
 class SSLResponse(Message):
     """The single unframed byte answering SSLRequest: ``S`` accept, ``N`` refuse."""
 
-    direction: ClassVar[str] = "backend"
     answer: str
 
 
@@ -248,7 +232,6 @@ class SSLResponse(Message):
 class GSSENCResponse(Message):
     """The single unframed byte answering GSSENCRequest: ``G`` accept, ``N`` refuse."""
 
-    direction: ClassVar[str] = "backend"
     answer: str
 
 
@@ -256,62 +239,59 @@ class GSSENCResponse(Message):
 class Authentication(Message):
     """Base of the AuthenticationXxx family (tag ``R``)."""
 
-    direction: ClassVar[str] = "backend"
-    method: ClassVar[str] = "unknown"
+    @property
+    def method(self) -> str:
+        """The authentication method it names (see :data:`AUTHENTICATION_METHODS`)."""
+        return AUTHENTICATION_METHODS.get(type(self), "unknown")
 
 
 @dataclass(frozen=True, slots=True)
 class AuthenticationOk(Authentication):
-    method: ClassVar[str] = "ok"
+    pass
 
 
 @dataclass(frozen=True, slots=True)
 class AuthenticationKerberosV5(Authentication):
-    method: ClassVar[str] = "kerberos_v5"
+    pass
 
 
 @dataclass(frozen=True, slots=True)
 class AuthenticationCleartextPassword(Authentication):
-    method: ClassVar[str] = "cleartext_password"
+    pass
 
 
 @dataclass(frozen=True, slots=True)
 class AuthenticationMD5Password(Authentication):
-    method: ClassVar[str] = "md5"
     salt: bytes = secret()
 
 
 @dataclass(frozen=True, slots=True)
 class AuthenticationGSS(Authentication):
-    method: ClassVar[str] = "gss"
+    pass
 
 
 @dataclass(frozen=True, slots=True)
 class AuthenticationGSSContinue(Authentication):
-    method: ClassVar[str] = "gss"
     data: bytes = secret()
 
 
 @dataclass(frozen=True, slots=True)
 class AuthenticationSSPI(Authentication):
-    method: ClassVar[str] = "sspi"
+    pass
 
 
 @dataclass(frozen=True, slots=True)
 class AuthenticationSASL(Authentication):
-    method: ClassVar[str] = "sasl"
     mechanisms: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class AuthenticationSASLContinue(Authentication):
-    method: ClassVar[str] = "sasl"
     data: bytes = secret()
 
 
 @dataclass(frozen=True, slots=True)
 class AuthenticationSASLFinal(Authentication):
-    method: ClassVar[str] = "sasl"
     data: bytes = secret()
 
 
@@ -325,26 +305,24 @@ class AuthenticationUnknown(Authentication):
 class BackendKeyData(Message):
     """Cancellation key: 4 bytes under protocol 3.0, up to 256 under 3.2."""
 
-    direction: ClassVar[str] = "backend"
     process_id: int
     secret_key: bytes = secret()
 
 
 @dataclass(frozen=True, slots=True)
 class BindComplete(Message):
-    direction: ClassVar[str] = "backend"
+    pass
 
 
 @dataclass(frozen=True, slots=True)
 class CloseComplete(Message):
-    direction: ClassVar[str] = "backend"
+    pass
 
 
 @dataclass(frozen=True, slots=True)
 class CommandComplete(Message):
     """Completion tag, split: ``INSERT 0 5`` is command ``INSERT`` with 5 rows."""
 
-    direction: ClassVar[str] = "backend"
     tag: str
     command: str
     rows: int | None
@@ -352,21 +330,18 @@ class CommandComplete(Message):
 
 @dataclass(frozen=True, slots=True)
 class CopyInResponse(Message):
-    direction: ClassVar[str] = "backend"
     format: int  # 0 textual, 1 binary
     column_formats: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class CopyOutResponse(Message):
-    direction: ClassVar[str] = "backend"
     format: int
     column_formats: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class CopyBothResponse(Message):
-    direction: ClassVar[str] = "backend"
     format: int
     column_formats: tuple[int, ...]
 
@@ -375,13 +350,12 @@ class CopyBothResponse(Message):
 class DataRow(Message):
     """One result row: raw column values (``None`` for SQL NULL), undecoded."""
 
-    direction: ClassVar[str] = "backend"
     values: tuple[bytes | None, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class EmptyQueryResponse(Message):
-    direction: ClassVar[str] = "backend"
+    pass
 
 
 #: Field codes of ErrorResponse/NoticeResponse ("Error and Notice Message Fields").
@@ -411,7 +385,6 @@ ERROR_FIELD_NAMES: dict[str, str] = {
 class _ErrorOrNotice(Message):
     """Shared shape of ErrorResponse and NoticeResponse: (code, value) pairs."""
 
-    direction: ClassVar[str] = "backend"
     fields: tuple[tuple[str, str], ...]
 
     def get(self, code: str) -> str | None:
@@ -459,25 +432,22 @@ class NoticeResponse(_ErrorOrNotice):
 
 @dataclass(frozen=True, slots=True)
 class FunctionCallResponse(Message):
-    direction: ClassVar[str] = "backend"
     value: bytes | None
 
 
 @dataclass(frozen=True, slots=True)
 class NegotiateProtocolVersion(Message):
-    direction: ClassVar[str] = "backend"
     newest_minor: int
     unrecognized_options: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class NoData(Message):
-    direction: ClassVar[str] = "backend"
+    pass
 
 
 @dataclass(frozen=True, slots=True)
 class NotificationResponse(Message):
-    direction: ClassVar[str] = "backend"
     process_id: int
     channel: str
     payload: str
@@ -485,32 +455,29 @@ class NotificationResponse(Message):
 
 @dataclass(frozen=True, slots=True)
 class ParameterDescription(Message):
-    direction: ClassVar[str] = "backend"
     type_oids: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class ParameterStatus(Message):
-    direction: ClassVar[str] = "backend"
     name: str
     value: str
 
 
 @dataclass(frozen=True, slots=True)
 class ParseComplete(Message):
-    direction: ClassVar[str] = "backend"
+    pass
 
 
 @dataclass(frozen=True, slots=True)
 class PortalSuspended(Message):
-    direction: ClassVar[str] = "backend"
+    pass
 
 
 @dataclass(frozen=True, slots=True)
 class ReadyForQuery(Message):
     """``I`` idle, ``T`` in a transaction block, ``E`` in a failed transaction."""
 
-    direction: ClassVar[str] = "backend"
     status: str
 
 
@@ -529,7 +496,6 @@ class FieldDescription:
 
 @dataclass(frozen=True, slots=True)
 class RowDescription(Message):
-    direction: ClassVar[str] = "backend"
     fields: tuple[FieldDescription, ...]
 
 
@@ -578,3 +544,97 @@ class Desynchronized(Message):
     offset: int
     reason: str
     excerpt: bytes
+
+
+# --------------------------------------------------------------------------- what a message type says of itself
+#
+# Tables keyed by class rather than class attributes: mypyc compiles a
+# dataclass's ClassVar into a field (its __init__ then wants an argument for
+# it), and a table costs the pure-Python build nothing either (neither is read
+# per message on the hot path).
+
+#: Who sends each message type, as "Message Formats" marks it (F or B). A type
+#: not listed travels either way: CopyData, CopyDone and the pseudo-messages.
+DIRECTIONS: Final[dict[type[Message], str]] = {
+    **dict.fromkeys(
+        (
+            StartupMessage,
+            SSLRequest,
+            GSSENCRequest,
+            CancelRequest,
+            UnknownStartupPacket,
+            Bind,
+            Close,
+            CopyFail,
+            Describe,
+            Execute,
+            Flush,
+            FunctionCall,
+            Parse,
+            Query,
+            Sync,
+            Terminate,
+            PasswordMessage,
+            SASLInitialResponse,
+            SASLResponse,
+            GSSResponse,
+        ),
+        "frontend",
+    ),
+    **dict.fromkeys(
+        (
+            SSLResponse,
+            GSSENCResponse,
+            Authentication,
+            AuthenticationOk,
+            AuthenticationKerberosV5,
+            AuthenticationCleartextPassword,
+            AuthenticationMD5Password,
+            AuthenticationGSS,
+            AuthenticationGSSContinue,
+            AuthenticationSSPI,
+            AuthenticationSASL,
+            AuthenticationSASLContinue,
+            AuthenticationSASLFinal,
+            AuthenticationUnknown,
+            BackendKeyData,
+            BindComplete,
+            CloseComplete,
+            CommandComplete,
+            CopyInResponse,
+            CopyOutResponse,
+            CopyBothResponse,
+            DataRow,
+            EmptyQueryResponse,
+            _ErrorOrNotice,
+            ErrorResponse,
+            NoticeResponse,
+            FunctionCallResponse,
+            NegotiateProtocolVersion,
+            NoData,
+            NotificationResponse,
+            ParameterDescription,
+            ParameterStatus,
+            ParseComplete,
+            PortalSuspended,
+            ReadyForQuery,
+            RowDescription,
+        ),
+        "backend",
+    ),
+}
+
+#: The authentication method each AuthenticationXxx message names (the
+#: session's ``auth_method``); ``"unknown"`` for a code not listed here.
+AUTHENTICATION_METHODS: Final[dict[type[Message], str]] = {
+    AuthenticationOk: "ok",
+    AuthenticationKerberosV5: "kerberos_v5",
+    AuthenticationCleartextPassword: "cleartext_password",
+    AuthenticationMD5Password: "md5",
+    AuthenticationGSS: "gss",
+    AuthenticationGSSContinue: "gss",
+    AuthenticationSSPI: "sspi",
+    AuthenticationSASL: "sasl",
+    AuthenticationSASLContinue: "sasl",
+    AuthenticationSASLFinal: "sasl",
+}
