@@ -86,58 +86,123 @@ _CONTROL: Final = _BEGIN | _END
 _ROLLBACK_TO: Final = re.compile(r"\s*rollback\s+(?:work\s+|transaction\s+)?to\b", re.IGNORECASE)
 
 
-@dataclass(slots=True)
+# The classes made per statement (an Execution, the Expect... of each request,
+# a SimpleQuery and its Finished statements) are plain classes with their own
+# ``__init__``, not dataclasses: in the compiled build (mypyc) a dataclass's
+# generated ``__init__`` stays interpreted, and constructing them cost ~16k of
+# the ~97k instructions of a pgbench -S statement (tracker and sink, callgrind);
+# a written-out ``__init__`` is compiled. They compare by identity (nothing
+# compares them by value; ``pending.remove`` must remove that very request).
+
+
 class PreparedStatement:
-    name: str
-    sql: str
-    parameter_types: tuple[int, ...]
-    description: m.RowDescription | None = None
+    __slots__ = ("description", "name", "parameter_types", "sql")
+
+    def __init__(
+        self, name: str, sql: str, parameter_types: tuple[int, ...], description: m.RowDescription | None = None
+    ) -> None:
+        self.name = name
+        self.sql = sql
+        self.parameter_types = parameter_types
+        self.description = description
 
 
-@dataclass(slots=True)
 class Execution:
     """One statement under way: what becomes a ``query`` event."""
 
-    protocol: str  # "simple", "extended" or "function"
-    sql: str | None
-    started: float
-    statement: str | None = None
-    portal: str | None = None
-    parameters: list[Any] | None = None
-    index: int | None = None
-    description: m.RowDescription | None = None
-    result_formats: tuple[int, ...] | None = None
-    rows: int = 0
-    bytes: int = 0
-    executes: int = 0
-    copy: str | None = None
-    copy_messages: int = 0
-    copy_bytes: int = 0
-    decoder: RowDecoder | None = None
-    rows_logged: int = 0
-    source: Portal | None = None  # where a late RowDescription (Describe) lands
-    suspended_at: float | None = None  # the last PortalSuspended's arrival
+    __slots__ = (
+        "bytes",
+        "copy",
+        "copy_bytes",
+        "copy_messages",
+        "decoder",
+        "description",
+        "executes",
+        "index",
+        "parameters",
+        "portal",
+        "protocol",
+        "result_formats",
+        "rows",
+        "rows_logged",
+        "source",
+        "sql",
+        "started",
+        "statement",
+        "suspended_at",
+    )
+
+    def __init__(
+        self,
+        protocol: str,  # "simple", "extended" or "function"
+        sql: str | None,
+        started: float,
+        statement: str | None = None,
+        portal: str | None = None,
+        parameters: list[Any] | None = None,
+        index: int | None = None,
+        description: m.RowDescription | None = None,
+        result_formats: tuple[int, ...] | None = None,
+        source: Portal | None = None,  # where a late RowDescription (Describe) lands
+    ) -> None:
+        self.protocol = protocol
+        self.sql = sql
+        self.started = started
+        self.statement = statement
+        self.portal = portal
+        self.parameters = parameters
+        self.index = index
+        self.description = description
+        self.result_formats = result_formats
+        self.rows = 0
+        self.bytes = 0
+        self.executes = 0
+        self.copy: str | None = None
+        self.copy_messages = 0
+        self.copy_bytes = 0
+        self.decoder: RowDecoder | None = None
+        self.rows_logged = 0
+        self.source = source
+        self.suspended_at: float | None = None  # the last PortalSuspended's arrival
 
 
-@dataclass(slots=True)
 class Portal:
-    name: str
-    statement: PreparedStatement | None
-    sql: str | None
-    parameters: list[Any]
-    result_formats: tuple[int, ...]
-    description: m.RowDescription | None = None
-    suspended: Execution | None = None
+    __slots__ = ("description", "name", "parameters", "result_formats", "sql", "statement", "suspended")
+
+    def __init__(
+        self,
+        name: str,
+        statement: PreparedStatement | None,
+        sql: str | None,
+        parameters: list[Any],
+        result_formats: tuple[int, ...],
+        description: m.RowDescription | None = None,
+    ) -> None:
+        self.name = name
+        self.statement = statement
+        self.sql = sql
+        self.parameters = parameters
+        self.result_formats = result_formats
+        self.description = description
+        self.suspended: Execution | None = None
 
 
-@dataclass(slots=True)
 class Finished:
     """A statement of a simple Query whose response has arrived; logged at the Query's ReadyForQuery."""
 
-    exe: Execution
-    outcome: Outcome
-    tag: m.CommandComplete | None = None
-    error: m.ErrorResponse | None = None
+    __slots__ = ("error", "exe", "outcome", "tag")
+
+    def __init__(
+        self,
+        exe: Execution,
+        outcome: Outcome,
+        tag: m.CommandComplete | None = None,
+        error: m.ErrorResponse | None = None,
+    ) -> None:
+        self.exe = exe
+        self.outcome = outcome
+        self.tag = tag
+        self.error = error
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +220,6 @@ class Batch:
     last: bool
 
 
-@dataclass(slots=True)
 class SimpleQuery:
     """A Query message: one or more statements, answered until ReadyForQuery.
 
@@ -167,14 +231,17 @@ class SimpleQuery:
         finished: statements answered so far, logged together at ReadyForQuery.
     """
 
-    sql: str
-    parts: list[str] | None
-    started: float
-    offsets: list[int] | None = None
-    index: int = 0
-    current: Execution | None = None
-    failed: bool = False
-    finished: list[Finished] = field(default_factory=list)
+    __slots__ = ("current", "failed", "finished", "index", "offsets", "parts", "sql", "started")
+
+    def __init__(self, sql: str, parts: list[str] | None, started: float, offsets: list[int] | None = None) -> None:
+        self.sql = sql
+        self.parts = parts
+        self.started = started
+        self.offsets = offsets
+        self.index = 0
+        self.current: Execution | None = None
+        self.failed = False
+        self.finished: list[Finished] = []
 
     @property
     def size(self) -> int:
@@ -195,47 +262,62 @@ class SimpleQuery:
 # ---------------------------------------------------------------------- expected responses
 
 
-@dataclass(slots=True)
 class ExpectQuery:
-    query: SimpleQuery
+    __slots__ = ("query",)
+
+    def __init__(self, query: SimpleQuery) -> None:
+        self.query = query
 
 
-@dataclass(slots=True)
 class ExpectParse:
-    statement: PreparedStatement
+    __slots__ = ("statement",)
+
+    def __init__(self, statement: PreparedStatement) -> None:
+        self.statement = statement
 
 
-@dataclass(slots=True)
 class ExpectBind:
-    portal: Portal
+    __slots__ = ("portal",)
+
+    def __init__(self, portal: Portal) -> None:
+        self.portal = portal
 
 
-@dataclass(slots=True)
 class ExpectDescribe:
-    target: PreparedStatement | Portal | None
+    __slots__ = ("target",)
+
+    def __init__(self, target: PreparedStatement | Portal | None) -> None:
+        self.target = target
 
 
-@dataclass(slots=True)
 class ExpectExecute:
-    exe: Execution
-    portal: Portal | None
+    __slots__ = ("exe", "portal")
+
+    def __init__(self, exe: Execution, portal: Portal | None) -> None:
+        self.exe = exe
+        self.portal = portal
 
 
-@dataclass(slots=True)
 class ExpectClose:
-    name: str
-    portal: bool  # Close of a portal (else of a prepared statement)
+    __slots__ = ("name", "portal")
+
+    def __init__(self, name: str, portal: bool) -> None:
+        self.name = name
+        self.portal = portal  # Close of a portal (else of a prepared statement)
 
 
-@dataclass(slots=True)
 class ExpectSync:
     """A Sync: its ReadyForQuery ends the extended-query cycle."""
 
+    __slots__ = ()
 
-@dataclass(slots=True)
+
 class ExpectFunction:
-    exe: Execution
-    failed: bool = False  # its ErrorResponse came; ReadyForQuery still ends the cycle
+    __slots__ = ("exe", "failed")
+
+    def __init__(self, exe: Execution) -> None:
+        self.exe = exe
+        self.failed = False  # its ErrorResponse came; ReadyForQuery still ends the cycle
 
 
 #: What the head of the queue waits for: one class per request message. Told
