@@ -183,6 +183,40 @@ def test_a_client_that_leaves_without_reading_releases_its_server_connection(pg:
         proxy.wait_for(server_gone, timeout=60)
 
 
+def test_a_client_that_vanishes_with_requests_queued_releases_its_server_connection(pg: EmbeddedPostgres) -> None:
+    """Requests queued towards a busy server when the client vanishes are delivered, then the connection closes.
+
+    The queued requests have large answers: closing the upstream the plain
+    way stops reading them, the server blocks writing its answers and never
+    reads the rest, and the backend stays for ever. The session is only let
+    go (wait_idle) once its server connection is.
+    """
+    with ProxyHarness(("127.0.0.1", pg.port), TrackerOptions()) as proxy:
+        sock = socket.create_connection((proxy.host, proxy.port))
+        sock.sendall(startup_message({"user": "postgres", "database": "postgres", "application_name": "vanished"}))
+        recv_until_ready(sock)
+        (session,) = proxy.server.sessions
+        upstream = session.upstream
+        assert upstream is not None and upstream.transport is not None
+        sock.sendall(query_message("SELECT pg_sleep(30)") + query_message("SELECT repeat('x', 20000)") * 20_000)
+        # The server sleeps: the proxy holds the requests it cannot write yet.
+        proxy.wait_for(lambda: upstream.transport is not None and upstream.transport.get_write_buffer_size() > 0)
+        sock.close()  # the proxy cancels the sleep (the client vanished); the rest is still queued
+
+        def server_gone() -> bool:
+            with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+                row = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'vanished'"
+                ).fetchone()
+                return row is not None and row[0] == 0
+
+        proxy.wait_for(server_gone, timeout=60)
+        proxy.wait_idle()
+        assert upstream.gone
+        (ended,) = proxy.events("session.ended", application_name="vanished")
+        assert ended["reason"] in ("client_closed", "client_error")
+
+
 @pytest.mark.slow
 def test_a_client_that_floods_and_leaves_releases_its_server_connection(pg: EmbeddedPostgres) -> None:
     """Requests still queued towards the server when the client leaves are delivered, then the connection closes.

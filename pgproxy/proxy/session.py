@@ -152,6 +152,7 @@ class ClientSession(asyncio.Protocol):
         self._backlog_bytes = 0
         self._draining = False
         self._after_drain: Any = None  # the session's end, waiting for the tracker to catch up
+        self._ended = False  # session.ended is logged; the server still holds it while its upstream flushes
         self.undecoded_bytes = 0
         self.bytes_from_client = 0
         self.bytes_from_server = 0
@@ -260,8 +261,9 @@ class ClientSession(asyncio.Protocol):
         self._cancel_orphaned_statement()
         if upstream is not None and upstream.transport is not None and not upstream.transport.is_closing():
             # Never write_eof(): PostgreSQL does not half-close, and uvloop can
-            # crash on it under churn (issue 3). close() flushes pending writes.
-            upstream.close()
+            # crash on it under churn (issue 3). The requests still queued
+            # are delivered first, with the server's answers read meanwhile.
+            upstream.flush_and_close()
         self._finish(exc)
 
     def _client_refused_plaintext(self) -> None:
@@ -912,6 +914,9 @@ class ClientSession(asyncio.Protocol):
             self.upstream.transport.abort()
 
     def upstream_lost(self, exc: Exception | None) -> None:
+        if self._ended:  # the client left first; its last requests are now delivered (or failed)
+            self.server.session_closed(self)
+            return
         if self.close_reason is None:
             self.close_reason = "server_error" if exc else "server_closed"
         if self.client is not None and not self.client.is_closing():
@@ -1021,8 +1026,15 @@ class ClientSession(asyncio.Protocol):
             self._log_end(exc)
         finally:
             # After session.ended is queued: whoever waits for the session set
-            # to empty (a drain, a test) then finds the event.
-            self.server.session_closed(self)
+            # to empty (a drain, a test) then finds the event. A server
+            # connection still delivering the client's last requests keeps the
+            # session in the set (it still holds a server connection and a
+            # file descriptor, and a shutdown must wait for it or abort it);
+            # upstream_lost then lets it go.
+            self._ended = True
+            upstream = self.upstream
+            if upstream is None or upstream.transport is None or upstream.gone:
+                self.server.session_closed(self)
 
     def _log_end(self, exc: Exception | None) -> None:
         if self._cancel_connection:
@@ -1133,6 +1145,8 @@ class UpstreamSide(asyncio.Protocol):
         self.early = bytearray()
         self._waiter: asyncio.Future[None] | None = None
         self._lost: Exception | None = None
+        self.gone = False  # connection_lost has run
+        self._flushing = False  # the client left: deliver what is queued, then close (flush_and_close)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)
@@ -1195,6 +1209,28 @@ class UpstreamSide(asyncio.Protocol):
                 self.tls.close()
             self.transport.close()
 
+    def flush_and_close(self) -> None:
+        """The client left: deliver the requests still queued towards the server, then close.
+
+        A transport's ``close()`` stops reading at once and waits for its
+        write buffer to drain. The server, though, reads the next request
+        only once its answers to the earlier ones are out of its own socket
+        buffers: with large answers nobody reads, both sides would wait for
+        ever, keeping a backend and a file descriptor busy. So the answers
+        are read (and dropped: there is nobody to give them to) until the
+        last queued byte is written, and only then does the connection close.
+        """
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if not transport.get_write_buffer_size():
+            self.close()
+            return
+        self._flushing = True
+        self.session.upstream_reads.resume("client_buffer_full")  # nobody is left to wait for
+        # resume_writing() is called once the buffer is empty.
+        transport.set_write_buffer_limits(high=0, low=0)
+
     async def _wait(self) -> None:
         if self._lost is not None:
             raise self._lost
@@ -1216,6 +1252,7 @@ class UpstreamSide(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.gone = True
         if self.negotiating:
             self._lost = ConnectionResetError("the server closed the connection")
             self._wake(self._lost)
@@ -1227,4 +1264,7 @@ class UpstreamSide(asyncio.Protocol):
         self.session.client_reads.pause("server_buffer_full")
 
     def resume_writing(self) -> None:
+        if self._flushing:  # the client's last requests are all written
+            self.close()
+            return
         self.session.client_reads.resume("server_buffer_full")
