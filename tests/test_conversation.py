@@ -11,9 +11,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pgproxy.protocol import Conversation, Phase
+from pgproxy.protocol import Conversation, Phase, wire
 from pgproxy.protocol import messages as m
-from pgproxy.protocol.build import error_response, message, startup_message
+from pgproxy.protocol.build import (
+    authentication_ok,
+    backend_key_data,
+    error_response,
+    message,
+    ready_for_query,
+    startup_message,
+)
 from pgproxy.protocol.decoding import (
     BACKEND,
     FRONTEND,
@@ -288,3 +295,83 @@ def test_gssenc_then_ssl_then_startup() -> None:
         "ReadyForQuery",
     ]
     assert conv.phase is Phase.READY
+
+
+# The login burst: a ParameterStatus run read before is recognised instead of read again (wire.ParameterRun).
+
+_HEADS = [b"", authentication_ok(), message(b"R", (12).to_bytes(4, "big") + b"v=abc") + authentication_ok()]
+_NAMES = [b"client_encoding", b"TimeZone", b"DateStyle", b"application_name", b"a\xff", b""]
+_VALUES = [b"UTF8", b"LATIN1", b"SQL_ASCII", b"WIN1251", b"Etc/UTC", b"caf\xc3\xa9", b"\xe9t\xe9", b""]
+_ODD_STATUS = [message(b"S", b"TimeZone\x00UTC"), message(b"S", b"a\x00b\x00c\x00"), b"S\x00\x00\x00\x02"]
+_TAILS = [b"", backend_key_data(4242) + ready_for_query(), backend_key_data(7) + b"Z\x00\x00", b"S\x00\x00\x00\x01"]
+
+
+def _parameter_statuses() -> st.SearchStrategy[bytes]:
+    well_formed = st.builds(
+        lambda name, value: message(b"S", name + b"\x00" + value + b"\x00"),
+        st.sampled_from(_NAMES),
+        st.sampled_from(_VALUES),
+    )
+    return st.one_of(well_formed, well_formed, well_formed, st.sampled_from(_ODD_STATUS))
+
+
+def _burst_outcome(chunks: list[bytes | bytearray], startup: bytes, max_frame: int) -> object:
+    """Everything a login's server chunks leave in a fresh conversation: frames, decoded messages, state."""
+    conv = Conversation(max_frame)
+    conv.receive_frontend(startup)
+    frames_seen = []
+    for chunk in chunks:
+        for tag, buf, start, end in conv.receive_backend(chunk):
+            frame = (tag, buf, start, end)
+            body = None if buf is None else bytes(buf[start:end])
+            frames_seen.append((tag, start, end, body, conv.decoded_backend(frame), conv.decode(frame, False)))
+    error = conv.error
+    return (
+        frames_seen,
+        list(conv.parameters.items()),
+        conv.encoding,
+        conv.value_settings_reported,
+        conv.parameters_malformed,
+        conv.phase,
+        conv.backend_pid,
+        conv.backend_key,
+        conv.auth_state,
+        conv.auth_method,
+        conv.backend.buffered,
+        None if error is None else (error.offset, error.reason, error.excerpt),
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(_HEADS),
+    st.lists(_parameter_statuses(), min_size=1, max_size=8),
+    st.sampled_from(_TAILS),
+    st.sampled_from([{}, {"client_encoding": "LATIN1"}]),
+    st.sampled_from([1 << 20, 24]),
+    st.sampled_from([b"", message(b"S", b"x\x00y\x00") + b"E\x00\x00\x00\x03"]),
+)
+def test_a_login_burst_seen_before_agrees_with_reading_it(
+    head: bytes, statuses: list[bytes], tail: bytes, startup_params: dict[str, str], max_frame: int, later: bytes
+) -> None:
+    """The third login with the same ParameterStatus run takes the known run; it must equal the general path.
+
+    The general path is the same chunk as a bytearray (the fast path takes bytes
+    only); a later chunk (another status, then an impossible length) checks that
+    the stream offsets stayed exact.
+    """
+    wire._known_runs.clear()
+    wire._runs_seen.clear()
+    startup = startup_message({"user": "u", **startup_params})
+    burst = head + b"".join(statuses) + tail
+    general = _burst_outcome([bytearray(burst), bytearray(later)], startup, max_frame)
+    for _ in range(3):  # seen, kept, then recognised
+        assert _burst_outcome([burst, later], startup, max_frame) == general
+    # Kept: the well-formed statuses up to the first odd or oversized one (the general path reads that one every time).
+    kept = [run.data for run in wire._known_runs if burst.startswith(run.data, len(head))]
+    usable = 0
+    for status in statuses:
+        if status in _ODD_STATUS or len(status) - 1 > max_frame:
+            break
+        usable += 1
+    assert kept == ([b"".join(statuses[:usable])] if usable else [])

@@ -56,12 +56,27 @@ _PG_TO_PYTHON: dict[str, str] = {
 }
 
 
+#: Names already looked up (every login reports client_encoding): a bounded memo of :func:`python_codec`.
+_LOOKED_UP: dict[str, str] = {}
+_LOOKED_UP_KEPT = 64
+
+
 def python_codec(pg_name: str) -> str:
     """Python codec for a client_encoding value; UTF-8 when unknown.
 
     PostgreSQL accepts the names case-insensitively and with or without
     separators (``utf8``, ``UTF-8``, ``latin1``).
     """
+    codec = _LOOKED_UP.get(pg_name)
+    if codec is None:
+        codec = _look_up(pg_name)
+        if len(_LOOKED_UP) >= _LOOKED_UP_KEPT:
+            _LOOKED_UP.clear()
+        _LOOKED_UP[pg_name] = codec
+    return codec
+
+
+def _look_up(pg_name: str) -> str:
     key = pg_name.upper().replace("-", "").replace("_", "")
     for name, codec in _PG_TO_PYTHON.items():
         if name.replace("_", "") == key:

@@ -110,6 +110,14 @@ class Framer:
         """Body bytes of an oversized frame that are still to be streamed past."""
         return self._skip
 
+    def passed(self, n: int) -> None:
+        """Count ``n`` bytes of whole messages its owner framed without it (the conversation's login burst).
+
+        Only between messages in tagged mode (nothing buffered or skipped):
+        the stream offsets of later errors stay exact.
+        """
+        self._offset += n
+
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
         """Add a chunk and return every frame it completes, in order."""
         if type(data) is bytes and not self._pending and not self._skip and self.mode is FramingMode.TAGGED:

@@ -19,6 +19,7 @@ caller which only counts DataRows never pays for decoding them.
 from __future__ import annotations
 
 import enum
+from typing import Final
 
 from pgproxy.protocol import messages as m
 from pgproxy.protocol.decoding import (
@@ -49,6 +50,13 @@ _TAG_BACKEND_KEY = ord("K")
 _TAG_READY = ord("Z")
 _TAG_ERROR = ord("E")
 _STARTUP_WATCH = frozenset((_TAG_AUTH, _TAG_PARAMETER_STATUS, _TAG_BACKEND_KEY, _TAG_READY, _TAG_ERROR))
+#: Parameter runs kept (see :class:`ParameterRun`): a few server, user and
+#: application combinations; beyond that the oldest is forgotten.
+_RUNS_KEPT: Final = 8
+#: Runs larger than this are not kept (a login's is about 400 bytes).
+_RUN_KEPT_BYTES: Final = 4096
+#: Authentication requests that may come before the run in its chunk (SASLFinal, then AuthenticationOk).
+_RUN_HEAD_MESSAGES: Final = 2
 
 
 class Phase(enum.Enum):
@@ -70,6 +78,128 @@ class Phase(enum.Enum):
     """A framing error: message boundaries were lost; nothing is decoded."""
     CLOSED = "closed"
     """Terminate was sent or the backend failed the start-up."""
+
+
+class ParameterRun:
+    """The ParameterStatus messages a login brings, framed and read once for every login that brings the same bytes.
+
+    After AuthenticationOk the server reports a dozen parameters in one chunk,
+    the same bytes for every session of one server, user and application
+    (``BackendKeyData``, which differs, follows them). Framing and reading them
+    one by one cost about 110k of the 160k instructions of a login's server
+    chunk (callgrind, a pgbench -C login); a run seen before is recognised
+    with one comparison instead. What a run does to the conversation depends
+    only on its bytes, the encoding in force before it and ``max_frame``, so
+    reusing it cannot differ from reading it again (``tests/test_conversation.py``
+    holds the two ways to the same frames and state).
+
+    Attributes:
+        data: the run's bytes, headers included: whole, well-formed messages only.
+        encoding: the encoding its names and values were read with (the one in force before it).
+        bodies: each message's body as (start, end) within ``data``.
+        longest: the largest declared length among them (a smaller ``max_frame`` frames them differently).
+        pairs: (name, value) of each, in order.
+        encoding_after: the encoding once its ``client_encoding`` reports were followed.
+        value_settings: how many of them report ``client_encoding`` or ``TimeZone``.
+    """
+
+    __slots__ = ("bodies", "data", "encoding", "encoding_after", "longest", "pairs", "value_settings")
+
+    def __init__(
+        self,
+        data: bytes,
+        encoding: str,
+        bodies: list[tuple[int, int]],
+        longest: int,
+        pairs: list[tuple[str, str]],
+        encoding_after: str,
+        value_settings: int,
+    ) -> None:
+        self.data = data
+        self.encoding = encoding
+        self.bodies = bodies
+        self.longest = longest
+        self.pairs = pairs
+        self.encoding_after = encoding_after
+        self.value_settings = value_settings
+
+
+#: Runs recently read, newest last (see :class:`ParameterRun`).
+_known_runs: list[ParameterRun] = []
+#: Hashes of runs seen once: a run is kept the second time it is seen, so that
+#: logins which never repeat (a unique application_name each) pay one hash, not
+#: a second reading.
+_runs_seen: set[int] = set()
+
+
+def _run_start(data: bytes, max_frame: int) -> int:
+    """Where a chunk's ParameterStatus run starts, after at most two authentication requests; -1 if it has none.
+
+    Only well-framed headers are passed over (else the framer's own checks
+    and errors apply: the general path).
+    """
+    pos = 0
+    n = len(data)
+    for _ in range(_RUN_HEAD_MESSAGES + 1):
+        if n - pos < 5:
+            return -1
+        tag = data[pos]
+        if tag == _TAG_PARAMETER_STATUS:
+            return pos
+        if tag != _TAG_AUTH:
+            return -1
+        length = int.from_bytes(data[pos + 1 : pos + 5], "big")
+        if length < 4 or length > max_frame:
+            return -1
+        pos += 1 + length
+    return -1
+
+
+def _known_run(data: bytes, pos: int, encoding: str, max_frame: int) -> ParameterRun | None:
+    for run in _known_runs:
+        if run.encoding == encoding and run.longest <= max_frame and data.startswith(run.data, pos):
+            return run
+    return None
+
+
+def _read_run(frames: list[Frame], first: int, encoding: str) -> ParameterRun | None:
+    """The run of ParameterStatus frames from ``frames[first]``, read as :meth:`Conversation._on_parameter_status` does.
+
+    The run ends before the first malformed or oversized one (the general path
+    reads that every time); None if that is the first.
+    """
+    buf = frames[first][1]
+    if buf is None:
+        return None
+    before = encoding
+    run_start = frames[first][2] - 5
+    bodies: list[tuple[int, int]] = []
+    pairs: list[tuple[str, str]] = []
+    value_settings = 0
+    longest = 0
+    expected = frames[first][2]
+    for tag, fbuf, start, end in frames[first:]:
+        if tag != _TAG_PARAMETER_STATUS or fbuf is not buf or start != expected:
+            break
+        if not (end > start and buf[end - 1] == 0):
+            break
+        parts = buf[start : end - 1].split(b"\x00")
+        if len(parts) != 2:
+            break
+        name = parts[0].decode(encoding, "backslashreplace")
+        value = parts[1].decode(encoding, "backslashreplace")
+        pairs.append((name, value))
+        bodies.append((start - run_start, end - run_start))
+        longest = max(longest, end - start + 4)
+        if name == "client_encoding":
+            encoding = python_codec(value)
+            value_settings += 1
+        elif name == "TimeZone":
+            value_settings += 1
+        expected = end + 5
+    if not pairs:
+        return None
+    return ParameterRun(bytes(buf[run_start : expected - 5]), before, bodies, longest, pairs, encoding, value_settings)
 
 
 class Conversation:
@@ -140,9 +270,84 @@ class Conversation:
     def receive_backend(self, data: bytes | bytearray | memoryview) -> list[Frame]:
         """Frames completed by a chunk the backend sent."""
         framer = self.backend
-        frames = framer.feed(data)
+        run_at = -1
+        encoding = self.encoding
+        if (
+            self.phase is Phase.AUTHENTICATING
+            and type(data) is bytes
+            and framer.mode is FramingMode.TAGGED
+            and not framer.buffered
+            and not framer.skipping
+        ):
+            run_at = _run_start(data, framer.max_frame)
+            if run_at >= 0:
+                run = _known_run(data, run_at, encoding, framer.max_frame)
+                if run is not None:
+                    return self._receive_known_run(data, run_at, run)
         if self._decoded:
             self._decoded = {}
+        frames = self._follow_backend(framer.feed(data))
+        if run_at >= 0 and isinstance(data, bytes):
+            self._remember_run(frames, data, run_at, encoding)
+        return frames
+
+    def _receive_known_run(self, data: bytes, run_at: int, run: ParameterRun) -> list[Frame]:
+        """A login chunk whose ParameterStatus run was read before: the messages around it the general way, the run at once.
+
+        The messages before and after the run are framed from slices of
+        ``data`` and their frames then point into ``data`` itself, at the
+        offsets the general path gives them.
+        """
+        framer = self.backend
+        if self._decoded:
+            self._decoded = {}
+        out = self._follow_backend([(t, data, s, e) for t, _, s, e in framer.feed(data[:run_at])]) if run_at else []
+        size = len(run.data)
+        framer.passed(size)
+        out += [(_TAG_PARAMETER_STATUS, data, run_at + start, run_at + end) for start, end in run.bodies]
+        self.parameters.update(run.pairs)
+        self.encoding = run.encoding_after
+        self.value_settings_reported += run.value_settings
+        rest = run_at + size
+        if rest < len(data):
+            tail = framer.feed(data[rest:])
+            out += self._follow_backend(
+                [(t, data, s + rest, e + rest) if b is not None else (t, b, s, e) for t, b, s, e in tail]
+            )
+        return out
+
+    def _remember_run(self, frames: list[Frame], data: bytes, run_at: int, encoding: str) -> None:
+        """After the general path: keep the chunk's ParameterStatus run the second time it is seen (see ParameterRun)."""
+        first = -1
+        for index, frame in enumerate(frames):
+            if frame[2] == run_at + 5 and frame[1] is data:
+                first = index
+                break
+        if first < 0:
+            return
+        end = run_at
+        for tag, buf, start, stop in frames[first:]:
+            if tag != _TAG_PARAMETER_STATUS or buf is not data or start != end + 5:
+                break
+            end = stop
+        if end - run_at > _RUN_KEPT_BYTES:
+            return
+        key = hash(data[run_at:end])
+        if key not in _runs_seen:
+            if len(_runs_seen) >= 4 * _RUNS_KEPT:
+                _runs_seen.clear()
+            _runs_seen.add(key)
+            return
+        run = _read_run(frames, first, encoding)
+        if run is None:
+            return
+        if len(_known_runs) >= _RUNS_KEPT:
+            del _known_runs[0]
+        _known_runs.append(run)
+
+    def _follow_backend(self, frames: list[Frame]) -> list[Frame]:
+        """Follow the conversation's state through a chunk's frames (and what the framer still holds)."""
+        framer = self.backend
         if self.phase is Phase.READY:
             for frame in frames:
                 if frame[0] == _TAG_PARAMETER_STATUS:
