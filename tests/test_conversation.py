@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import random
 import subprocess
 import sys
@@ -132,6 +134,26 @@ def test_every_tag_decodes_to_a_type_of_its_side() -> None:
 def test_an_authentication_request_names_its_method(body: bytes, method: str) -> None:
     msg = decode_tagged(False, ord("R"), body, 0, len(body))
     assert isinstance(msg, m.Authentication) and msg.method == method and msg.direction == "backend"
+
+
+MESSAGE_CLASSES = sorted(
+    (c for c in vars(m).values() if isinstance(c, type) and dataclasses.is_dataclass(c) and c is not m.Message),
+    key=lambda c: c.__name__,
+)
+
+
+@pytest.mark.parametrize("cls", MESSAGE_CLASSES, ids=lambda c: c.__name__)
+def test_a_message_is_built_from_its_fields_and_stays_frozen(cls: type) -> None:
+    """Written-out ``__init__`` methods (the compiled build's fast construction) take the fields in order and keep them."""
+    fields = [f.name for f in dataclasses.fields(cls)]
+    assert list(inspect.signature(cls).parameters) == fields
+    values = [object() for _ in fields]
+    for msg in (cls(*values), cls(**dict(zip(fields, values, strict=True)))):
+        assert [getattr(msg, name) for name in fields] == values
+        if fields:
+            with pytest.raises(dataclasses.FrozenInstanceError):
+                setattr(msg, fields[0], None)
+    assert cls(*values) == cls(*values)
 
 
 def test_psql_recording_content() -> None:

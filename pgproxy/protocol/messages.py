@@ -4,6 +4,14 @@ Class and field names follow the PostgreSQL documentation, chapter "Frontend/
 Backend Protocol", section "Message Formats". Fields that carry credentials are
 declared with ``secret()`` so that every renderer can find and withhold them
 without a list of its own (see :func:`secret_fields`).
+
+The classes decoded per statement or per row, and at every start-up, write
+their ``__init__`` out (the same ``object.__setattr__`` per field that
+``dataclass(frozen=True)`` generates, so they stay frozen): the compiled build
+(mypyc) runs a written-out ``__init__`` natively, where the generated one is
+interpreted Python (constructing a Bind: 2.4 -> 0.2 µs compiled; the same in
+pure Python). tests/test_conversation.py holds every class's ``__init__`` to its
+fields.
 """
 
 from __future__ import annotations
@@ -60,6 +68,11 @@ class StartupMessage(Message):
     protocol_minor: int
     parameters: tuple[tuple[str, str], ...]
 
+    def __init__(self, protocol_major: int, protocol_minor: int, parameters: tuple[tuple[str, str], ...]) -> None:
+        object.__setattr__(self, "protocol_major", protocol_major)
+        object.__setattr__(self, "protocol_minor", protocol_minor)
+        object.__setattr__(self, "parameters", parameters)
+
     @property
     def params(self) -> dict[str, str]:
         return dict(self.parameters)
@@ -102,6 +115,20 @@ class Bind(Message):
     parameters: tuple[bytes | None, ...]
     result_formats: tuple[int, ...]
 
+    def __init__(
+        self,
+        portal: str,
+        statement: str,
+        parameter_formats: tuple[int, ...],
+        parameters: tuple[bytes | None, ...],
+        result_formats: tuple[int, ...],
+    ) -> None:
+        object.__setattr__(self, "portal", portal)
+        object.__setattr__(self, "statement", statement)
+        object.__setattr__(self, "parameter_formats", parameter_formats)
+        object.__setattr__(self, "parameters", parameters)
+        object.__setattr__(self, "result_formats", result_formats)
+
     def parameter_format(self, index: int) -> int:
         """Format code of parameter ``index`` (0 text, 1 binary) per the Bind rules."""
         return format_code(self.parameter_formats, index)
@@ -128,10 +155,17 @@ class Close(Message):
     kind: str  # "S" prepared statement, "P" portal
     name: str
 
+    def __init__(self, kind: str, name: str) -> None:
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "name", name)
+
 
 @dataclass(frozen=True, slots=True)
 class CopyData(Message):
     data: bytes
+
+    def __init__(self, data: bytes) -> None:
+        object.__setattr__(self, "data", data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,17 +177,28 @@ class CopyDone(Message):
 class CopyFail(Message):
     message: str
 
+    def __init__(self, message: str) -> None:
+        object.__setattr__(self, "message", message)
+
 
 @dataclass(frozen=True, slots=True)
 class Describe(Message):
     kind: str  # "S" prepared statement, "P" portal
     name: str
 
+    def __init__(self, kind: str, name: str) -> None:
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "name", name)
+
 
 @dataclass(frozen=True, slots=True)
 class Execute(Message):
     portal: str
     max_rows: int  # 0 = no limit
+
+    def __init__(self, portal: str, max_rows: int) -> None:
+        object.__setattr__(self, "portal", portal)
+        object.__setattr__(self, "max_rows", max_rows)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +213,18 @@ class FunctionCall(Message):
     arguments: tuple[bytes | None, ...]
     result_format: int
 
+    def __init__(
+        self,
+        function_oid: int,
+        argument_formats: tuple[int, ...],
+        arguments: tuple[bytes | None, ...],
+        result_format: int,
+    ) -> None:
+        object.__setattr__(self, "function_oid", function_oid)
+        object.__setattr__(self, "argument_formats", argument_formats)
+        object.__setattr__(self, "arguments", arguments)
+        object.__setattr__(self, "result_format", result_format)
+
     def argument_format(self, index: int) -> int:
         """Format code of argument ``index`` (0 text, 1 binary), same rules as Bind."""
         return format_code(self.argument_formats, index)
@@ -179,10 +236,18 @@ class Parse(Message):
     query: str
     parameter_types: tuple[int, ...]
 
+    def __init__(self, statement: str, query: str, parameter_types: tuple[int, ...]) -> None:
+        object.__setattr__(self, "statement", statement)
+        object.__setattr__(self, "query", query)
+        object.__setattr__(self, "parameter_types", parameter_types)
+
 
 @dataclass(frozen=True, slots=True)
 class Query(Message):
     query: str
+
+    def __init__(self, query: str) -> None:
+        object.__setattr__(self, "query", query)
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,6 +373,10 @@ class BackendKeyData(Message):
     process_id: int
     secret_key: bytes = secret()
 
+    def __init__(self, process_id: int, secret_key: bytes) -> None:
+        object.__setattr__(self, "process_id", process_id)
+        object.__setattr__(self, "secret_key", secret_key)
+
 
 @dataclass(frozen=True, slots=True)
 class BindComplete(Message):
@@ -327,11 +396,20 @@ class CommandComplete(Message):
     command: str
     rows: int | None
 
+    def __init__(self, tag: str, command: str, rows: int | None) -> None:
+        object.__setattr__(self, "tag", tag)
+        object.__setattr__(self, "command", command)
+        object.__setattr__(self, "rows", rows)
+
 
 @dataclass(frozen=True, slots=True)
 class CopyInResponse(Message):
     format: int  # 0 textual, 1 binary
     column_formats: tuple[int, ...]
+
+    def __init__(self, format: int, column_formats: tuple[int, ...]) -> None:
+        object.__setattr__(self, "format", format)
+        object.__setattr__(self, "column_formats", column_formats)
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,11 +417,19 @@ class CopyOutResponse(Message):
     format: int
     column_formats: tuple[int, ...]
 
+    def __init__(self, format: int, column_formats: tuple[int, ...]) -> None:
+        object.__setattr__(self, "format", format)
+        object.__setattr__(self, "column_formats", column_formats)
+
 
 @dataclass(frozen=True, slots=True)
 class CopyBothResponse(Message):
     format: int
     column_formats: tuple[int, ...]
+
+    def __init__(self, format: int, column_formats: tuple[int, ...]) -> None:
+        object.__setattr__(self, "format", format)
+        object.__setattr__(self, "column_formats", column_formats)
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,6 +437,9 @@ class DataRow(Message):
     """One result row: raw column values (``None`` for SQL NULL), undecoded."""
 
     values: tuple[bytes | None, ...]
+
+    def __init__(self, values: tuple[bytes | None, ...]) -> None:
+        object.__setattr__(self, "values", values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,6 +476,9 @@ class _ErrorOrNotice(Message):
 
     fields: tuple[tuple[str, str], ...]
 
+    def __init__(self, fields: tuple[tuple[str, str], ...]) -> None:
+        object.__setattr__(self, "fields", fields)
+
     def get(self, code: str) -> str | None:
         for c, value in self.fields:
             if c == code:
@@ -420,12 +512,12 @@ class _ErrorOrNotice(Message):
         return out
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class ErrorResponse(_ErrorOrNotice):
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class NoticeResponse(_ErrorOrNotice):
     pass
 
@@ -433,6 +525,9 @@ class NoticeResponse(_ErrorOrNotice):
 @dataclass(frozen=True, slots=True)
 class FunctionCallResponse(Message):
     value: bytes | None
+
+    def __init__(self, value: bytes | None) -> None:
+        object.__setattr__(self, "value", value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -452,16 +547,28 @@ class NotificationResponse(Message):
     channel: str
     payload: str
 
+    def __init__(self, process_id: int, channel: str, payload: str) -> None:
+        object.__setattr__(self, "process_id", process_id)
+        object.__setattr__(self, "channel", channel)
+        object.__setattr__(self, "payload", payload)
+
 
 @dataclass(frozen=True, slots=True)
 class ParameterDescription(Message):
     type_oids: tuple[int, ...]
+
+    def __init__(self, type_oids: tuple[int, ...]) -> None:
+        object.__setattr__(self, "type_oids", type_oids)
 
 
 @dataclass(frozen=True, slots=True)
 class ParameterStatus(Message):
     name: str
     value: str
+
+    def __init__(self, name: str, value: str) -> None:
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "value", value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -480,6 +587,9 @@ class ReadyForQuery(Message):
 
     status: str
 
+    def __init__(self, status: str) -> None:
+        object.__setattr__(self, "status", status)
+
 
 @dataclass(frozen=True, slots=True)
 class FieldDescription:
@@ -493,10 +603,31 @@ class FieldDescription:
     type_modifier: int
     format: int
 
+    def __init__(
+        self,
+        name: str,
+        table_oid: int,
+        column_number: int,
+        type_oid: int,
+        type_size: int,
+        type_modifier: int,
+        format: int,
+    ) -> None:
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "table_oid", table_oid)
+        object.__setattr__(self, "column_number", column_number)
+        object.__setattr__(self, "type_oid", type_oid)
+        object.__setattr__(self, "type_size", type_size)
+        object.__setattr__(self, "type_modifier", type_modifier)
+        object.__setattr__(self, "format", format)
+
 
 @dataclass(frozen=True, slots=True)
 class RowDescription(Message):
     fields: tuple[FieldDescription, ...]
+
+    def __init__(self, fields: tuple[FieldDescription, ...]) -> None:
+        object.__setattr__(self, "fields", fields)
 
 
 # --------------------------------------------------------------------------- not messages of the protocol
