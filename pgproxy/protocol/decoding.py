@@ -186,9 +186,25 @@ def _read_startup_message(r: _Reader, major: int, minor: int) -> m.StartupMessag
     return m.StartupMessage(protocol_major=major, protocol_minor=minor, parameters=tuple(params))
 
 
+#: Bind's fields: portal, statement, parameter formats, parameters, result formats.
+BindFields = tuple[str, str, tuple[int, ...], tuple[bytes | None, ...], tuple[int, ...]]
+
+
 def _bind(buf: bytes, start: int, end: int, enc: str) -> m.Message:
-    # Hot path (one per extended-protocol statement): plain index arithmetic
-    # instead of the generic _Reader; every read is bounds-checked all the same.
+    portal, statement, fmts, params, results = read_bind(buf, start, end, enc)
+    return m.Bind(portal, statement, fmts, params, results)
+
+
+def read_bind(buf: bytes, start: int, end: int, enc: str) -> BindFields:
+    """A Bind body's fields, without the message object (the query-detail hot path reads these).
+
+    The one reading of a Bind: :func:`_bind` builds its message from it.
+    Plain index arithmetic instead of the generic _Reader; every read is
+    bounds-checked all the same.
+
+    Raises:
+        DecodeError, ValueError, UnicodeError: as :func:`decode_tagged` catches them.
+    """
     index = buf.index
     nul = index(0, start, end)
     portal = buf[start:nul].decode(enc, "backslashreplace")
@@ -217,7 +233,7 @@ def _bind(buf: bytes, start: int, end: int, enc: str) -> m.Message:
     results, pos = _int16_list(buf, pos, end)
     if pos != end:
         raise DecodeError(f"{end - pos} unexpected trailing bytes")
-    return m.Bind(portal, statement, fmts, tuple(params), results)
+    return portal, statement, fmts, tuple(params), results
 
 
 def _int16_list(buf: bytes, pos: int, end: int) -> tuple[tuple[int, ...], int]:
@@ -235,19 +251,33 @@ def _int16_list(buf: bytes, pos: int, end: int) -> tuple[tuple[int, ...], int]:
 
 
 def _close(buf: bytes, start: int, end: int, enc: str) -> m.Message:
-    r = _Reader(buf, start, end, enc)
-    kind = r.byte()
-    name = r.cstring()
-    r.done()
+    kind, name = read_kind_and_name(buf, start, end, enc)
     return m.Close(kind, name)
 
 
 def _describe(buf: bytes, start: int, end: int, enc: str) -> m.Message:
-    r = _Reader(buf, start, end, enc)
+    kind, name = read_kind_and_name(buf, start, end, enc)
+    return m.Describe(kind, name)
+
+
+def read_kind_and_name(buf: bytes, start: int, end: int, enc: str) -> tuple[str, str]:
+    """A Describe or Close body: the kind byte (``S`` or ``P``) and the name.
+
+    One ``find`` when the body is well formed (the query-detail hot path reads
+    a Describe per extended-protocol statement); the generic _Reader, with its
+    checks and error texts, otherwise.
+    """
+    if end - start >= 2 and buf.find(0, start + 1, end) == end - 1:
+        return chr(buf[start]), buf[start + 1 : end - 1].decode(enc, "backslashreplace")
+    return _kind_and_name_by_reader(_Reader(buf, start, end, enc))
+
+
+def _kind_and_name_by_reader(r: _Reader) -> tuple[str, str]:
+    """Describe's and Close's layout by the reader: the general way (tests hold the fast way to it)."""
     kind = r.byte()
     name = r.cstring()
     r.done()
-    return m.Describe(kind, name)
+    return kind, name
 
 
 def _copy_data(buf: bytes, start: int, end: int, enc: str) -> m.Message:
@@ -267,10 +297,16 @@ def _copy_fail(buf: bytes, start: int, end: int, enc: str) -> m.Message:
 
 
 def _execute(buf: bytes, start: int, end: int, enc: str) -> m.Message:
+    portal, max_rows = read_execute(buf, start, end, enc)
+    return m.Execute(portal, max_rows)
+
+
+def read_execute(buf: bytes, start: int, end: int, enc: str) -> tuple[str, int]:
+    """An Execute body: the portal name and the row limit (the one reading; :func:`_execute` uses it)."""
     nul = buf.index(0, start, end)
     if end - nul != 5:
         raise DecodeError(f"Execute has {end - nul - 1} bytes after the portal name, expected 4")
-    return m.Execute(buf[start:nul].decode(enc, "backslashreplace"), _I32(buf, nul + 1)[0])
+    return buf[start:nul].decode(enc, "backslashreplace"), int(_I32(buf, nul + 1)[0])
 
 
 def _function_call(buf: bytes, start: int, end: int, enc: str) -> m.Message:
@@ -284,19 +320,56 @@ def _function_call(buf: bytes, start: int, end: int, enc: str) -> m.Message:
 
 
 def _parse(buf: bytes, start: int, end: int, enc: str) -> m.Message:
-    r = _Reader(buf, start, end, enc)
+    name, query, types = read_parse(buf, start, end, enc)
+    return m.Parse(name, query, types)
+
+
+def read_parse(buf: bytes, start: int, end: int, enc: str) -> tuple[str, str, tuple[int, ...]]:
+    """A Parse body: statement name, query text and parameter type OIDs.
+
+    Two ``find``s when the body is well formed (the query-detail hot path
+    reads a Parse per unnamed extended-protocol statement); the generic
+    _Reader, with its checks and error texts, otherwise.
+    """
+    name_end = buf.find(0, start, end)
+    query_end = buf.find(0, name_end + 1, end) if name_end >= 0 else -1
+    if query_end >= 0 and query_end + 3 <= end:
+        (n,) = _U16(buf, query_end + 1)
+        if query_end + 3 + 4 * n == end:
+            types: tuple[int, ...] = struct.unpack_from(f"!{n}I", buf, query_end + 3) if n else ()
+            return (
+                buf[start:name_end].decode(enc, "backslashreplace"),
+                buf[name_end + 1 : query_end].decode(enc, "backslashreplace"),
+                types,
+            )
+    return _parse_by_reader(_Reader(buf, start, end, enc))
+
+
+def _parse_by_reader(r: _Reader) -> tuple[str, str, tuple[int, ...]]:
+    """Parse's layout by the reader: the general way (tests hold the fast way to it)."""
     name = r.cstring()
     query = r.cstring()
     types = r.int32_array(unsigned=True)
     r.done()
-    return m.Parse(name, query, types)
+    return name, query, types
 
 
 def _query(buf: bytes, start: int, end: int, enc: str) -> m.Message:
-    r = _Reader(buf, start, end, enc)
+    return m.Query(read_query(buf, start, end, enc))
+
+
+def read_query(buf: bytes, start: int, end: int, enc: str) -> str:
+    """A Query body: its text. One ``find`` when well formed; the generic _Reader's checks and error texts otherwise."""
+    if end > start and buf.find(0, start, end) == end - 1:
+        return buf[start : end - 1].decode(enc, "backslashreplace")
+    return _query_by_reader(_Reader(buf, start, end, enc))
+
+
+def _query_by_reader(r: _Reader) -> str:
+    """Query's layout by the reader: the general way (tests hold the fast way to it)."""
     q = r.cstring()
     r.done()
-    return m.Query(q)
+    return q
 
 
 def _empty(start: int, end: int) -> None:

@@ -15,12 +15,21 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import struct
 import time
 from collections.abc import Callable
 from typing import Any, Final
 
 from pgproxy.protocol import messages as m
-from pgproxy.protocol.decoding import decode_tagged
+from pgproxy.protocol.decoding import (
+    decode_tagged,
+    read_bind,
+    read_execute,
+    read_kind_and_name,
+    read_parse,
+    read_query,
+)
+from pgproxy.protocol.errors import DecodeError
 from pgproxy.protocol.framing import FRAMING_ERROR, TLS_RECORD, Frame
 from pgproxy.protocol.replication import is_replication_connection
 from pgproxy.protocol.values import ValueContext
@@ -54,6 +63,16 @@ _ROW_DESCRIPTION: Final = ord("T")
 _READY_FOR_QUERY: Final = ord("Z")
 _PARAMETER_STATUS: Final = ord("S")
 _PASSWORD_FAMILY: Final = ord("p")  # needs the authentication state: general path
+_BIND: Final = ord("B")
+_EXECUTE: Final = ord("E")
+_DESCRIBE: Final = ord("D")
+_SYNC: Final = ord("S")
+_QUERY: Final = ord("Q")
+_PARSE: Final = ord("P")
+#: Requests query detail reads by their fields, without a message object (see _request_by_fields).
+_READ_BY_FIELDS: Final = frozenset((_BIND, _EXECUTE, _DESCRIBE, _SYNC, _QUERY, _PARSE))
+#: What a reader raises on a body that does not fit (decode_tagged makes these Malformed).
+_UNREADABLE: Final = (DecodeError, struct.error, UnicodeError, ValueError)
 #: Frontend messages a ReadyForQuery answers ("Message Flow"): Query, Sync, FunctionCall.
 _ANSWERED_BY_READY: Final = frozenset((ord("Q"), ord("S"), ord("F")))
 #: Extended-protocol steps that are under way until a Sync follows them:
@@ -285,6 +304,8 @@ class SessionTracker:
                 copies = copy_bytes = 0
             if buf is None or tag < 0 or tag == _PASSWORD_FAMILY:
                 self._on_frontend(frame, now, out)
+                continue
+            if tag in _READ_BY_FIELDS and _request_by_fields(statements, tag, buf, start, end, encoding, now):
                 continue
             msg = decode_tagged(True, tag, buf, start, end, encoding)
             kind = type(msg)
@@ -944,6 +965,49 @@ class SessionTracker:
         if events is None:  # a reconfigured session that was below message detail
             events = self._events = MessageEvents(self.session_id, self.options)
         return events.message(msg, frame, frontend, self.statements)
+
+
+def _request_by_fields(
+    statements: StatementTracker, tag: int, buf: bytes, start: int, end: int, encoding: str, now: float
+) -> bool:
+    """Hand a statement's request to the statement tracker by its fields, without a message object.
+
+    Query detail only needs a request's fields: reading them with the
+    decoder's own readers (``read_bind``...) and calling the statement
+    tracker with them skips the message object and the handler lookup (the
+    frozen message's construction was most of a request's decoding).
+    Returns False when the body does not read (the caller decodes it the
+    general way, which reports it as Malformed); nothing was done then.
+    """
+    if tag == _SYNC:
+        if end != start:
+            return False
+        statements.sync()
+        return True
+    try:  # only the reading: a failure in the statement tracker is not a malformed message
+        if tag == _BIND:
+            bind = read_bind(buf, start, end, encoding)
+        elif tag == _EXECUTE:
+            portal = read_execute(buf, start, end, encoding)[0]
+        elif tag == _DESCRIBE:
+            kind, name = read_kind_and_name(buf, start, end, encoding)
+        elif tag == _QUERY:
+            sql = read_query(buf, start, end, encoding)
+        else:  # Parse
+            name, sql, types = read_parse(buf, start, end, encoding)
+    except _UNREADABLE:
+        return False
+    if tag == _BIND:
+        statements.bind(bind[0], bind[1], bind[2], bind[3], bind[4], now)
+    elif tag == _EXECUTE:
+        statements.execute(portal, now)
+    elif tag == _DESCRIBE:
+        statements.describe(kind, name, now)
+    elif tag == _QUERY:
+        statements.query(sql, now)
+    else:
+        statements.parse(name, sql, types, now)
+    return True
 
 
 def _body_length(frame: Frame) -> int:

@@ -491,48 +491,80 @@ class StatementTracker:
         if msg.expected == "Query":
             self._expect(ExpectQuery(SimpleQuery(text, None, now)))
         elif msg.expected == "Parse":
-            self._on_parse(m.Parse("", text, ()), now)
+            self.parse("", text, (), now)
+
+    # The requests of a statement by their fields: the query-detail hot loop reads
+    # these straight from the frame (pgproxy.protocol.decoding's read_... functions)
+    # without building the message; the _on_... handlers take the message's fields.
 
     def _on_query(self, msg: m.Query, now: float) -> None:
+        self.query(msg.query, now)
+
+    def query(self, sql: str, now: float) -> None:
+        """A Query: one or more statements, answered by ReadyForQuery."""
         if self.untracked is not None:
             self._expect(_SYNC)  # counted as one request
             return
         analyzer = self.options.analyzer
-        parts = analyzer.split(msg.query) if analyzer is not None else split_statements(msg.query)
-        self._expect(ExpectQuery(SimpleQuery(msg.query, parts, now, _offsets(msg.query, parts))))
+        parts = analyzer.split(sql) if analyzer is not None else split_statements(sql)
+        self._expect(ExpectQuery(SimpleQuery(sql, parts, now, _offsets(sql, parts))))
 
     def _on_parse(self, msg: m.Parse, now: float) -> None:
+        self.parse(msg.statement, msg.query, msg.parameter_types, now)
+
+    def parse(self, name: str, sql: str, parameter_types: tuple[int, ...], now: float) -> None:
+        """A Parse: a prepared statement ``name`` (empty: the unnamed one)."""
         if self.untracked is not None:
             return
         self._group(now)
-        stmt = PreparedStatement(msg.statement, msg.query, msg.parameter_types)
+        stmt = PreparedStatement(name, sql, parameter_types)
         self._store_statement(stmt)
         self._expect(ExpectParse(stmt))
 
     def _on_bind(self, msg: m.Bind, now: float) -> None:
+        self.bind(msg.portal, msg.statement, msg.parameter_formats, msg.parameters, msg.result_formats, now)
+
+    def bind(
+        self,
+        portal: str,
+        statement: str,
+        parameter_formats: tuple[int, ...],
+        parameters: tuple[bytes | None, ...],
+        result_formats: tuple[int, ...],
+        now: float,
+    ) -> None:
+        """A Bind: ``statement``'s parameters bound into ``portal``."""
         if self.untracked is not None:
             return
         self._group(now)
-        bound = self._bind(msg)
-        replaced = self.portals.get(msg.portal)
+        bound = self._bind(portal, statement, parameter_formats, parameters, result_formats)
+        replaced = self.portals.get(portal)
         if replaced is not None and replaced.suspended is not None:
             # Binding a portal's name again drops the old portal (the unnamed
             # one always; asyncpg's fetchrow inside a transaction leaves it so).
             self._finish_suspended(replaced)
-        self.portals[msg.portal] = bound
+        self.portals[portal] = bound
         self._expect(ExpectBind(bound))
 
     def _on_describe(self, msg: m.Describe, now: float) -> None:
+        self.describe(msg.kind, msg.name, now)
+
+    def describe(self, kind: str, name: str, now: float) -> None:
+        """A Describe of a prepared statement (``kind`` S) or a portal (P)."""
         if self.untracked is not None:
             return
         self._group(now)
-        target = self.statements.get(msg.name) if msg.kind == "S" else self.portals.get(msg.name)
+        target = self.statements.get(name) if kind == "S" else self.portals.get(name)
         self._expect(ExpectDescribe(target))
 
     def _on_execute(self, msg: m.Execute, now: float) -> None:
+        self.execute(msg.portal, now)
+
+    def execute(self, portal_name: str, now: float) -> None:
+        """An Execute of a portal: the statement that becomes a ``query`` event."""
         if self.untracked is not None:
             return
-        portal = self.portals.get(msg.portal)
+        portal = self.portals.get(portal_name)
         started = self._group_start if self._group_start is not None else now
         self._group_start = None
         if portal is not None and portal.suspended is not None:
@@ -544,14 +576,14 @@ class StatementTracker:
                 portal.sql,
                 started,
                 statement=portal.statement.name if portal.statement else None,
-                portal=msg.portal,
+                portal=portal_name,
                 parameters=portal.parameters,
                 description=portal.description,
                 result_formats=portal.result_formats,
                 source=portal,
             )
         else:
-            exe = Execution("extended", None, started, portal=msg.portal)
+            exe = Execution("extended", None, started, portal=portal_name)
         exe.executes += 1
         self._expect(ExpectExecute(exe, portal))
 
@@ -562,6 +594,10 @@ class StatementTracker:
         self._expect(ExpectClose(msg.name, msg.kind == "P"))
 
     def _on_sync(self, msg: m.Sync, now: float) -> None:
+        self.sync()
+
+    def sync(self) -> None:
+        """A Sync: its ReadyForQuery ends the extended-query cycle."""
         self._group_start = None
         self._expect(_SYNC)
 
@@ -592,25 +628,32 @@ class StatementTracker:
                 held -= len(old.sql)
             self._statement_chars = held
 
-    def _bind(self, msg: m.Bind) -> Portal:
-        stmt = self.statements.get(msg.statement)
+    def _bind(
+        self,
+        portal: str,
+        statement: str,
+        parameter_formats: tuple[int, ...],
+        parameters: tuple[bytes | None, ...],
+        result_formats: tuple[int, ...],
+    ) -> Portal:
+        stmt = self.statements.get(statement)
         if stmt is not None:
-            self.statements.move_to_end(msg.statement)
+            self.statements.move_to_end(statement)
         sql = stmt.sql if stmt else None
         types = stmt.parameter_types if stmt else ()
         analyzer = self.options.analyzer
-        names = (analyzer.parameter_names(sql) if analyzer else parameter_names(sql)) if sql and msg.parameters else {}
+        names = (analyzer.parameter_names(sql) if analyzer else parameter_names(sql)) if sql and parameters else {}
         params = [
             self._loggable_param(
                 raw,
                 types[i] if i < len(types) else 0,
-                msg.parameter_format(i),
+                m.format_code(parameter_formats, i),
                 names.get(i + 1),
             )
-            for i, raw in enumerate(msg.parameters)
+            for i, raw in enumerate(parameters)
         ]
         description = stmt.description if stmt else None
-        return Portal(msg.portal, stmt, sql, params, msg.result_formats, description)
+        return Portal(portal, stmt, sql, params, result_formats, description)
 
     def _loggable_param(self, raw: bytes | None, oid: int, fmt: int, name: str | None) -> Any:
         policy = self.options.redaction
