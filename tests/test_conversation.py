@@ -26,6 +26,8 @@ from pgproxy.protocol.build import (
 from pgproxy.protocol.decoding import (
     BACKEND,
     FRONTEND,
+    _read_authentication,
+    _read_backend_key_data,
     _read_startup_message,
     _Reader,
     decode_startup_packet,
@@ -397,3 +399,38 @@ def test_a_login_burst_seen_before_agrees_with_reading_it(
             break
         usable += 1
     assert kept == ([b"".join(statuses[:usable])] if usable else [])
+
+
+@settings(max_examples=400)
+@given(st.binary(max_size=270), st.sampled_from([ord("R"), ord("K")]))
+def test_authentication_and_key_data_fast_ways_agree_with_the_reader(body: bytes, tag: int) -> None:
+    """AuthenticationOk (and the other code-only requests) and BackendKeyData skip the reader; same messages and errors."""
+    if tag == ord("R") and body[:1] != b"\xff":
+        body = (int.from_bytes(body[:1] or b"\x00", "big") % 14).to_bytes(4, "big") + body[4:]
+    buf = b"zz" + body + b"yy"  # bounds, not the buffer, end the body
+    read = _read_authentication if tag == ord("R") else _read_backend_key_data
+
+    def by_reader() -> m.Message:
+        try:
+            return read(_Reader(buf, 2, 2 + len(body), "utf-8"))
+        except (DecodeError, ValueError) as exc:
+            return m.Malformed(chr(tag), BACKEND[tag][0], str(exc), len(body) + 4)
+
+    assert decode_tagged(False, tag, buf, 2, 2 + len(body)) == by_reader()
+
+
+def test_a_startup_packet_seen_before_is_the_same_message() -> None:
+    """The second connection with the same StartupMessage takes the decoded one (wire._startup_message)."""
+    for params, encoding in (
+        ({"user": "u", "database": "d"}, "utf-8"),
+        ({"user": "u", "client_encoding": "LATIN1"}, "latin-1"),
+    ):
+        packet = startup_message(params)
+        first, second = Conversation(), Conversation()
+        first.receive_frontend(packet)
+        frame = second.receive_frontend(bytes(packet))[0]
+        assert second.startup is first.startup  # one frozen message serves both
+        assert second.startup == decode_startup_packet(packet, 4, len(packet))
+        assert second.encoding == first.encoding == encoding
+        # Decoded with UTF-8: handed on only while that is still the encoding in force.
+        assert second.decoded_frontend(frame) is (second.startup if encoding == "utf-8" else None)
