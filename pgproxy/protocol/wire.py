@@ -341,7 +341,7 @@ class Conversation:
         if rest < len(data):
             tail = framer.feed(data[rest:])
             out += self._follow_backend(
-                [(t, data, s + rest, e + rest) if b is not None else (t, b, s, e) for t, b, s, e in tail]
+                [(t, data, s + rest, e + rest) if b is not None else (t, None, s, e) for t, b, s, e in tail]
             )
         return out
 
