@@ -163,3 +163,15 @@ def test_the_records_of_one_chunk_share_one_timestamp() -> None:
     stamps = {json.loads(line)["timestamp"] for line in first}
     assert len(stamps) == 1 and len(first) == 25
     assert stamps != {json.loads(line)["timestamp"] for line in second}  # another call, another instant
+
+
+def test_records_that_take_structlogs_way_keep_their_place_among_direct_lines(tmp_path: Path) -> None:
+    """A chunk's direct lines are queued together, but never after a later record rendered by structlog."""
+    odd = [{"session": "s", "password": "hunter2"}, {"session": "s", "n": 1 << 70}]  # structlog's way, both
+    records = [Record("message", "debug", {"session": "s", "n": i}) for i in range(6)]
+    records[1:1] = [Record("message", "debug", dict(odd[0]))]
+    records[4:4] = [Record("query", "info", dict(odd[1]))]
+    fast, general = _emitted_lines(records, tmp_path / "log.jsonl"), _general_lines(records)
+    assert [_untimed(x) for x in fast] == [_untimed(x) for x in general]
+    assert [_untimed(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()] == [_untimed(x) for x in fast]
+    assert [json.loads(x).get("n") for x in fast] == [0, None, 1, 2, 1 << 70, 3, 4, 5]

@@ -131,3 +131,25 @@ def test_a_busy_writer_wakes_less_often_and_a_quiet_one_soon() -> None:
     writer.write("soon")
     wait_until(lambda: "soon" in stream.getvalue(), 30, lambda: "a quiet writer kept the busy interval")
     writer.close()
+
+
+def test_write_all_queues_and_drops_as_writing_line_by_line() -> None:
+    """A batch beyond ``max_queued`` keeps its first lines, in order, and counts the rest dropped."""
+    results = []
+    for batched in (False, True):
+        writer, stream = _stalled_writer(max_queued=5)
+        batches = [[f"{b}.{i}" for i in range(n)] for b, n in enumerate((2, 0, 2, 3, 1))]
+        for batch in batches:
+            if batched:
+                writer.write_all(batch)
+            else:
+                for line in batch:
+                    writer.write(line)
+        dropped = writer.dropped
+        stream.release.set()
+        assert writer.flush(timeout=30)
+        writer.close()
+        lines = stream.getvalue().splitlines()
+        results.append((dropped, [x for x in lines if "log.dropped" not in x]))
+    assert results[0] == results[1]
+    assert results[1] == (3, ['{"n":"first"}', "0.0", "0.1", "2.0", "2.1", "3.0"])

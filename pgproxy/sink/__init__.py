@@ -90,7 +90,7 @@ class LogSink:
             raise ValueError(f"unknown log format {self.fmt!r} (choose json, console or auto)")
         self._stamp = Stamp()
         self._json_line = JsonLines(self._stamp)
-        self._json_writes: list[Callable[[str], None]] = []
+        self._json_writes: list[Callable[[list[str]], None]] = []  # each JSON destination's write_all
         self._others: list[_Destination] = []
         self._add(self.stream, fmt, None)
         if self.file:
@@ -130,7 +130,7 @@ class LogSink:
         ).bind()  # the concrete bound logger: no lazy proxy lookup per event
         by_level = {level: getattr(logger, level) for level in _LEVELS}
         self._destinations.append(_Destination(writer, logger, fmt == "json", owned, by_level))
-        self._json_writes = [d.writer.write for d in self._destinations if d.json]
+        self._json_writes = [d.writer.write_all for d in self._destinations if d.json]
         self._others = [d for d in self._destinations if not d.json]
 
     def emit(self, record: Record) -> None:
@@ -150,10 +150,15 @@ class LogSink:
 
         A record ``query.filter`` did not select (``logged`` False) is not written:
         the consumers beside the log (metrics, statistics) still count it.
+
+        The direct lines are handed to each JSON writer together
+        (:meth:`QueueWriter.write_all`), before any record that takes structlog's
+        way so the lines keep the records' order.
         """
         threshold = self._threshold
         json_writes = self._json_writes
         stamp = b""  # taken once: the records came from one chunk (0.3 µs each; message detail makes ten a transaction)
+        lines: list[str] = []
         for record in records:
             if not record.logged:
                 continue
@@ -163,12 +168,18 @@ class LogSink:
                     stamp = self._stamp.timestamp().encode()
                 line = self._json_line.line(event, level, record.fields, stamp)
                 if line is not None:
-                    for write in json_writes:
-                        write(line)
+                    lines.append(line)
                     for dest in self._others:
                         dest.by_level[level](event, **record.fields)
                     continue
+            if lines:
+                for write_all in json_writes:
+                    write_all(lines)
+                lines = []
             self.log(level, event, **record.fields)
+        if lines:
+            for write_all in json_writes:
+                write_all(lines)
 
     def log(self, level: str, event: str, **fields: Any) -> None:
         """Write one event with the given level name and fields."""

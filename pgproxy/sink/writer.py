@@ -94,6 +94,25 @@ class QueueWriter:
         if len(queue) >= self.wake_threshold and not self._wake.is_set():
             self._wake.set()
 
+    def write_all(self, lines: list[str]) -> None:
+        """Queue lines in their order: what :meth:`write` does for each, in one call.
+
+        At message detail a chunk's records make a dozen lines; handing them
+        over together saves a call and the queue checks per line (this
+        module is interpreted in the compiled build too). The lines beyond
+        ``max_queued`` are dropped and counted, as one by one.
+        """
+        queue = self._queue
+        room = self.max_queued - len(queue)
+        if room >= len(lines):
+            queue.extend(lines)
+        else:
+            if room > 0:
+                queue.extend(lines[:room])
+            self._count_dropped(len(lines) - max(room, 0))
+        if len(queue) >= self.wake_threshold and not self._wake.is_set():
+            self._wake.set()
+
     def _run(self) -> None:
         queue = self._queue
         interval = self.flush_interval
