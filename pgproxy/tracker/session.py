@@ -71,6 +71,10 @@ _QUERY: Final = ord("Q")
 _PARSE: Final = ord("P")
 #: Requests query detail reads by their fields, without a message object (see _request_by_fields).
 _READ_BY_FIELDS: Final = frozenset((_BIND, _EXECUTE, _DESCRIBE, _SYNC, _QUERY, _PARSE))
+#: ParseComplete, BindComplete, CloseComplete: empty bodies that answer the head of the queue.
+_STEP_COMPLETE: Final = frozenset((ord("1"), ord("2"), ord("3")))
+#: A ReadyForQuery's status byte -> its status (anything else is Malformed, the general way).
+_READY_STATUS: Final = {ord(status): status for status in "ITE"}
 #: What a reader raises on a body that does not fit (decode_tagged makes these Malformed).
 _UNREADABLE: Final = (DecodeError, struct.error, UnicodeError, ValueError)
 #: Frontend messages a ReadyForQuery answers ("Message Flow"): Query, Sync, FunctionCall.
@@ -413,6 +417,18 @@ class SessionTracker:
             if tag == _PARAMETER_STATUS and followed and buf is not None:
                 continue
             if ready and buf is not None and tag >= 0:
+                # The responses of every statement, by their fields (see _request_by_fields):
+                # an empty step completion, a ReadyForQuery's status byte.
+                if tag in _STEP_COMPLETE and end == start:
+                    statements.step_complete()
+                    continue
+                if tag == _READY_FOR_QUERY and end - start == 1:
+                    status = _READY_STATUS.get(buf[start])
+                    if status is not None:
+                        records = statements.ready(status, now)
+                        if records:
+                            out += records
+                        continue
                 msg = decode_tagged(False, tag, buf, start, end, encoding)
                 kind = type(msg)
                 if kind not in _BACKEND_NOTABLE_WHEN_READY:
