@@ -118,3 +118,53 @@ def test_random_bytes_never_raise_and_stay_bounded(data: bytes, mode: FramingMod
     for i in range(0, len(data), 37):
         framer.feed(data[i : i + 37])
         assert framer.buffered <= 512 + 5 or framer.buffered <= 10_000
+
+
+def _framer_state(framer: Framer) -> tuple[object, ...]:
+    return (framer.mode, bytes(framer._pending), framer._need, framer._skip, framer._offset, str(framer.error))
+
+
+# Messages of every kind feed_tags must tell apart: whole ones, a stop tag (E),
+# one too large for max_frame=64 (streamed past by feed), and an impossible length.
+_PIECES = [
+    STREAM,
+    message(b"E", b"SERROR\0\0"),
+    message(b"d", bytes(100)),
+    message(b"Z", b"T"),
+    struct.pack("!BI", ord("Q"), 2),
+]
+
+
+@settings(max_examples=400)
+@given(
+    st.lists(st.sampled_from(range(len(_PIECES))), min_size=1, max_size=8),
+    st.lists(st.integers(min_value=0, max_value=600), max_size=12),
+)
+def test_feed_tags_agrees_with_feed(picks: list[int], cuts: list[int]) -> None:
+    """The counting way (feed_tags) against feed, chunk by chunk, on twin framers.
+
+    Where feed_tags takes a chunk it gives the tags of exactly the frames feed
+    gives, leaves both framers in the same state and marks the last watched
+    message's body; where it declines it has changed nothing, and feed is fed.
+    """
+    data = b"".join(_PIECES[i] for i in picks)
+    points = sorted({0, len(data), *(c for c in cuts if c < len(data))})
+    counting, reference = Framer("backend", max_frame=64), Framer("backend", max_frame=64)
+    taken = 0
+    for a, b in itertools.pairwise(points):
+        chunk = data[a:b]
+        before = _framer_state(counting)
+        frames = reference.feed(chunk)
+        tags = counting.feed_tags(chunk, b"E", ord("Z"))
+        if tags is None:
+            assert _framer_state(counting) == before
+            counting.feed(chunk)
+        else:
+            taken += 1
+            assert list(tags) == [frame[0] for frame in frames]
+            assert all(frame[1] is chunk for frame in frames)
+            ready = [frame[2] for frame in frames if frame[0] == ord("Z")]
+            assert counting.watched == (ready[-1] if ready else -1)
+        assert _framer_state(counting) == _framer_state(reference)
+    if picks == [0] and len(points) == 2:
+        assert taken == 1  # a chunk of whole, plausible messages is taken

@@ -97,6 +97,16 @@ def test_a_stream_cut_by_the_session_end_is_summarised() -> None:
     assert records[0].fields["ended_by"] == "session_end" and records[0].fields["start_lsn"] == "0/100"
 
 
+@pytest.mark.parametrize("detail", [Detail.CONNECTION, Detail.QUERY])
+def test_a_walsender_session_counts_each_request_once(detail: Detail) -> None:
+    """Connection detail frames a walsender session's requests (no counting way) and counted them twice."""
+    t, _ = _replication_session(detail)
+    t.backend(build.message(b"W", b"\x00\x00\x00"), now=1.0)
+    t.frontend(build.copy_data(_status(1, 1, 0)) + build.copy_done(), now=2.0)
+    (ended,) = [r for r in t.closed("client_closed", now=3.0) if r.event == "session.ended"]
+    assert ended.fields["messages_from_client"] == 4  # StartupMessage, Query, CopyData, CopyDone
+
+
 # --------------------------------------------------------------------------- real pg_receivewal and pg_recvlogical
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from pgproxy.protocol import build as b
+from pgproxy.protocol.framing import Framer
 from pgproxy.tracker.options import TrackerOptions
 from pgproxy.tracker.records import Detail
 from pgproxy.tracker.session import SessionTracker
@@ -141,3 +143,72 @@ def test_connection_detail_counts_what_query_detail_follows(scenario: str, split
                     ]
                 )
             assert sessions[0] == sessions[1], (scenario, number, seed)
+
+
+def _pipelined() -> list[Chunks]:
+    """A conversation no recording has: pipelined requests, several ReadyForQuery a chunk, odd messages once ready."""
+    reply = b.row_description([("a", 23)]) + b.data_row([b"1"]) + b.command_complete("SELECT 1")
+    return [
+        [
+            (True, b.startup_message({"user": "u", "database": "d"})),
+            (False, b.authentication_ok() + b.parameter_status("client_encoding", "UTF8") + b.ready_for_query()),
+            (True, b.query("SELECT 1") * 3),
+            (False, reply + b.ready_for_query() + reply + b.ready_for_query("T")),
+            (False, reply + b.ready_for_query("E")),
+            (True, b.parse("", "SELECT 1") + b.bind("", "") + b.execute() + b.copy_data(b"x")),
+            (True, b.sync() + b.query("SELECT 2")),
+            (False, b.message(b"1") + b.message(b"2") + reply + b.ready_for_query() + reply),
+            (False, b.ready_for_query() + b.message(b"E", b"no fields") + b.ready_for_query("I")),
+            (False, b.parameter_status("client_encoding", "LATIN1") + b.notice_response("NOTICE", "00000", "n")),
+            (True, b.query("x" * (1 << 20)) + b.query("SELECT 3")),
+            (False, b.message(b"S", b"malformed") + reply + b.ready_for_query()),
+            (True, b.query("SELECT 4") + b.message(b"X")),
+        ]
+    ]
+
+
+def _counting_state(t: SessionTracker) -> tuple[object, ...]:
+    return (*_state(t), t._ready_due, t._unsynced, t._status, t.terminated, t.anomalies, t.conv.phase)
+
+
+@pytest.mark.parametrize("scenario", [*sorted(RECORDINGS), "pipelined"])
+@pytest.mark.parametrize("splitter", ["whole", "random", "headers"])
+def test_connection_detail_counting_way_agrees_with_the_framed_way(
+    scenario: str, splitter: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Connection detail's counting way (the framer's feed_tags) against its framed way, step by step.
+
+    The twin tracker's framers never take the counting way (feed_tags declines
+    every chunk), so it frames every chunk and counts the frames: after every
+    piece both hold the same counts, status and boundaries, and the records agree.
+    """
+    taken = 0
+    feed_tags = Framer.feed_tags
+    declining: set[int] = set()  # the framed twin's framers
+    monkeypatch.setattr(
+        Framer, "feed_tags", lambda self, *args: None if id(self) in declining else feed_tags(self, *args)
+    )
+    for number, conn in enumerate(_pipelined() if scenario == "pipelined" else RECORDINGS[scenario]):
+        for seed in range(2 if splitter != "whole" else 1):
+            rng = random.Random(seed)
+            counting, framed = (
+                SessionTracker("s1", TrackerOptions(detail=Detail.CONNECTION), clock=lambda: 0.0) for _ in range(2)
+            )
+            declining.clear()
+            declining.update((id(framed.conv.frontend), id(framed.conv.backend)))
+            records: list[list[Any]] = [[], []]
+            for index, (frontend, data) in enumerate(conn):
+                for piece in SPLITTERS[splitter](data, rng):
+                    before = counting.messages_from_client + counting.messages_from_server
+                    for tracker, out in zip((counting, framed), records, strict=True):
+                        out += tracker.frontend(piece, 1.0) if frontend else tracker.backend(piece, 1.0)
+                    taken += (
+                        counting.messages_from_client + counting.messages_from_server > before and counting._counting
+                    )
+                    assert _counting_state(counting) == _counting_state(framed), (scenario, number, index, seed)
+            for tracker, out in zip((counting, framed), records, strict=True):
+                out += tracker.closed("end_of_recording", now=2.0)
+            assert [(r.event, r.level, r.fields) for r in records[0]] == [
+                (r.event, r.level, r.fields) for r in records[1]
+            ], (scenario, number, seed)
+    assert taken

@@ -71,6 +71,13 @@ class FramingMode(enum.Enum):
     """Nothing more is framed (encrypted, desynchronised or finished)."""
 
 
+# Asked per chunk: a module constant costs an instance attribute's lookup, while
+# ``FramingMode.TAGGED`` (the enum class's attribute) costs about 1,000 instructions
+# under CPython 3.11 (callgrind), a sixth of framing a four-message reply.
+_TAGGED: Final = FramingMode.TAGGED
+_HALTED: Final = FramingMode.HALTED
+
+
 class Framer:
     """Incremental framer for one direction of one conversation.
 
@@ -86,7 +93,7 @@ class Framer:
         max_frame: bodies longer than this are skipped in streaming fashion.
     """
 
-    __slots__ = ("_need", "_offset", "_pending", "_skip", "direction", "error", "max_frame", "mode")
+    __slots__ = ("_need", "_offset", "_pending", "_skip", "direction", "error", "max_frame", "mode", "watched")
 
     def __init__(
         self, direction: str, mode: FramingMode = FramingMode.TAGGED, max_frame: int = DEFAULT_MAX_FRAME
@@ -99,6 +106,8 @@ class Framer:
         self._need = 0  # total bytes the pending partial unit needs before it is worth rescanning
         self._skip = 0  # body bytes of an oversized frame still to stream past
         self._offset = 0  # stream offset of the first byte in _pending (or of the next chunk)
+        #: After :meth:`feed_tags`: where the body of the chunk's last message with the watched tag starts, or -1.
+        self.watched = -1
 
     @property
     def buffered(self) -> int:
@@ -120,16 +129,16 @@ class Framer:
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
         """Add a chunk and return every frame it completes, in order."""
-        if type(data) is bytes and not self._pending and not self._skip and self.mode is FramingMode.TAGGED:
+        if type(data) is bytes and not self._pending and not self._skip and self.mode is _TAGGED:
             # The common case, asked first (a chunk of whole messages, nothing held
             # back): the general way below, minus its questions.
             out: list[Frame] = []
             consumed = self._scan_tagged(data, out)
-            if consumed < len(data) and self.mode is FramingMode.TAGGED and not self._skip:
+            if consumed < len(data) and self.mode is _TAGGED and not self._skip:
                 self._pending = bytearray(data[consumed:]) if consumed else bytearray(data)
             self._offset += consumed
             return out
-        if self.mode is FramingMode.HALTED:
+        if self.mode is _HALTED:
             self._offset += len(data)
             return []
         if self._skip:
@@ -175,6 +184,51 @@ class Framer:
             self._need = 0
         self._offset += consumed
         return out
+
+    def feed_tags(self, data: bytes, stop: bytes = b"", watch: int = -1) -> bytearray | None:
+        """:meth:`feed` for a caller that only counts: the tags of the whole messages a chunk completes.
+
+        Only the common case is taken: ``data`` is bytes, the framer is in
+        TAGGED mode with nothing held back or streamed past, every length in
+        the chunk is plausible and within ``max_frame``, and no tag is in
+        ``stop``. Otherwise None is returned and nothing has changed: call
+        :meth:`feed` with the same chunk. A partial last message is held back
+        as :meth:`feed` holds it. :attr:`watched` is set to where the body of
+        the last whole message tagged ``watch`` starts (-1 if none).
+
+        Building no frame (a tuple each, in a list) and walking the chunk once
+        is what connection detail needs per chunk once a session is ready.
+        """
+        if type(data) is not bytes or self._pending or self._skip or self.mode is not _TAGGED:
+            return None
+        tags = bytearray()
+        pos = 0
+        n = len(data)
+        max_frame = self.max_frame
+        unpack = _TAGGED_HEADER
+        watched = -1
+        need = 0
+        while n - pos >= 5:
+            tag, length = unpack(data, pos)
+            if length < 4 or length > max_frame or tag in stop:
+                return None
+            end = pos + 1 + length
+            if end > n:
+                need = end - pos
+                break
+            if tag == watch:
+                watched = pos + 5
+            tags.append(tag)
+            pos = end
+        else:
+            if pos < n:
+                need = 5
+        if need:
+            self._pending = bytearray(data[pos:]) if pos else bytearray(data)
+        self._need = need
+        self._offset += pos
+        self.watched = watched
+        return tags
 
     def _scan_tagged(self, buf: bytes, out: list[Frame]) -> int:
         pos = 0

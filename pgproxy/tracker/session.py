@@ -94,6 +94,8 @@ _DESCRIPTION_KEPT_BYTES: Final = 2048
 #: Backend tags still decoded at connection detail after ReadyForQuery:
 #: ErrorResponse (FATAL terminations) and ParameterStatus (encoding changes).
 _CONNECTION_LEVEL_BACKEND: Final = frozenset((ord("E"), ord("S"), FRAMING_ERROR))
+#: The same as tags for the framer's feed_tags: a chunk with one of them takes the general way.
+_CONNECTION_LEVEL_TAGS: Final = b"ES"
 
 #: Message types the session itself reacts to (everything else only feeds the statement tracker).
 _FRONTEND_NOTABLE: Final = frozenset(
@@ -257,7 +259,12 @@ class SessionTracker:
         """Account for bytes the client sent (already forwarded)."""
         self.bytes_from_client += len(data)
         if self._counting:
-            self._count_requests(self.conv.receive_frontend(data))
+            tags: bytearray | list[int] | None = self.conv.frontend.feed_tags(data)
+            if tags is None:  # anything but whole, plausible messages (and a partial last one)
+                tags = [frame[0] for frame in self.conv.receive_frontend(data)]
+            if tags:
+                self.messages_from_client += len(tags)
+                self._count_requests(tags)
             return []
         conv = self.conv
         if self.ready_at is None:
@@ -275,7 +282,7 @@ class SessionTracker:
         statements = self.statements
         if self.ready_at is not None:
             if statements is None:
-                self._count_requests(frames)
+                self._count_requests([frame[0] for frame in frames])
                 return out
             if not self._message_level:
                 return self._frontend_query_detail(frames, statements, now, out)
@@ -329,10 +336,16 @@ class SessionTracker:
         """Account for bytes the client received (from the server or the proxy)."""
         self.bytes_from_server += len(data)
         conv = self.conv
-        malformed = conv.parameters_malformed
         if self._counting:
+            framer = conv.backend
+            tags = framer.feed_tags(data, _CONNECTION_LEVEL_TAGS, _READY_FOR_QUERY)
+            if tags is not None:  # no error, no parameter change, nothing odd: counted
+                self._count_ready_tags(tags, data, framer.watched)
+                return []
+            malformed = conv.parameters_malformed
             frames = conv.receive_backend(data)
             return self._count_responses(frames, now, conv.parameters_malformed == malformed)
+        malformed = conv.parameters_malformed
         if self.ready_at is None:
             self._server_spoke_last = True
             self._server_answered_startup = self._server_answered_startup or conv.phase is Phase.AUTHENTICATING
@@ -541,13 +554,14 @@ class SessionTracker:
             cache[key] = msg
         return msg
 
-    def _count_requests(self, frames: list[Frame]) -> None:
-        """Connection detail, once ready: only Terminate and what makes the session busy matter; nothing is decoded."""
-        if not frames:
-            return
-        self.messages_from_client += len(frames)
-        for frame in frames:
-            tag = frame[0]
+    def _count_requests(self, tags: bytearray | list[int]) -> None:
+        """Connection detail, once ready: only Terminate and what makes the session busy matter; nothing is decoded.
+
+        ``tags`` are the requests' tags (pseudo tags included), as the framer's
+        :meth:`~pgproxy.protocol.framing.Framer.feed_tags` gives them; the
+        caller has counted the messages.
+        """
+        for tag in tags:
             if tag in _ANSWERED_BY_READY:
                 self._ready_due += 1
                 self._unsynced = False
@@ -580,6 +594,20 @@ class SessionTracker:
             ):
                 self._on_backend(frame, self.clock() if now is None else now, out)
         return out
+
+    def _count_ready_tags(self, tags: bytearray, data: bytes, ready_body: int) -> None:
+        """:meth:`_count_responses` for a chunk with nothing but counted messages (no error, parameter change, or pseudo frame).
+
+        ``ready_body`` is where the body of the chunk's last ReadyForQuery
+        starts in ``data`` (-1 if it has none): its status byte is the one kept.
+        """
+        self.messages_from_server += len(tags)
+        if ready_body >= 0:
+            self._status = chr(data[ready_body])
+            due = self._ready_due
+            if due:
+                answered = tags.count(_READY_FOR_QUERY)
+                self._ready_due = due - answered if due > answered else 0
 
     def _follow_counting(self) -> None:
         """Connection detail once ready, without a replication stream: :meth:`_count_requests` and :meth:`_count_responses`."""
