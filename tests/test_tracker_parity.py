@@ -155,6 +155,8 @@ def _pipelined() -> list[Chunks]:
             (True, b.query("SELECT 1") * 3),
             (False, reply + b.ready_for_query() + reply + b.ready_for_query("T")),
             (False, reply + b.ready_for_query("E")),
+            (True, b.message(b"F", bytes(10)) * 2),  # FunctionCall, answered by ReadyForQuery too
+            (False, b.message(b"V", b"\xff\xff\xff\xff") + b.ready_for_query()),
             (True, b.parse("", "SELECT 1") + b.bind("", "") + b.execute() + b.copy_data(b"x")),
             (True, b.sync() + b.query("SELECT 2")),
             (False, b.message(b"1") + b.message(b"2") + reply + b.ready_for_query() + reply),
@@ -162,7 +164,7 @@ def _pipelined() -> list[Chunks]:
             (False, b.parameter_status("client_encoding", "LATIN1") + b.notice_response("NOTICE", "00000", "n")),
             (True, b.query("x" * (1 << 20)) + b.query("SELECT 3")),
             (False, b.message(b"S", b"malformed") + reply + b.ready_for_query()),
-            (True, b.query("SELECT 4") + b.message(b"X")),
+            (True, b.query("SELECT 4") + b.message(b"X") + b.sync()),  # a Sync after Terminate: still terminated
         ]
     ]
 

@@ -185,13 +185,12 @@ class Framer:
         self._offset += consumed
         return out
 
-    def feed_tags(self, data: bytes, stop: bytes = b"", watch: int = -1) -> bytearray | None:
+    def feed_tags(self, data: bytes | bytearray | memoryview, stop: bytes = b"", watch: int = -1) -> bytearray | None:
         """:meth:`feed` for a caller that only counts: the tags of the whole messages a chunk completes.
 
-        Only the common case is taken: ``data`` is bytes, the framer is in
-        TAGGED mode with nothing held back or streamed past, every length in
-        the chunk is plausible and within ``max_frame``, and no tag is in
-        ``stop``. Otherwise None is returned and nothing has changed: call
+        Only the common case is taken: the framer is in TAGGED mode with
+        nothing held back or streamed past, every length in the chunk is
+        plausible and within ``max_frame``, and no tag is in ``stop``. Otherwise None is returned and nothing has changed: call
         :meth:`feed` with the same chunk. A partial last message is held back
         as :meth:`feed` holds it. :attr:`watched` is set to where the body of
         the last whole message tagged ``watch`` starts (-1 if none).
@@ -199,33 +198,33 @@ class Framer:
         Building no frame (a tuple each, in a list) and walking the chunk once
         is what connection detail needs per chunk once a session is ready.
         """
-        if type(data) is not bytes or self._pending or self._skip or self.mode is not _TAGGED:
+        if self._pending or self._skip or self.mode is not _TAGGED:
             return None
         tags = bytearray()
         pos = 0
         n = len(data)
+        last = n - 5
         max_frame = self.max_frame
-        unpack = _TAGGED_HEADER
         watched = -1
-        need = 0
-        while n - pos >= 5:
-            tag, length = unpack(data, pos)
-            if length < 4 or length > max_frame or tag in stop:
+        while pos <= last:
+            tag, length = _TAGGED_HEADER(data, pos)
+            if length > max_frame or length < 4 or tag in stop:
                 return None
             end = pos + 1 + length
             if end > n:
-                need = end - pos
+                self._need = end - pos
                 break
             if tag == watch:
                 watched = pos + 5
             tags.append(tag)
             pos = end
         else:
-            if pos < n:
-                need = 5
-        if need:
-            self._pending = bytearray(data[pos:]) if pos else bytearray(data)
-        self._need = need
+            if pos == n:  # nothing held back: _need stays 0, as it is whenever nothing is
+                self._offset += n
+                self.watched = watched
+                return tags
+            self._need = 5
+        self._pending = bytearray(data[pos:])
         self._offset += pos
         self.watched = watched
         return tags

@@ -96,6 +96,10 @@ _DESCRIPTION_KEPT_BYTES: Final = 2048
 _CONNECTION_LEVEL_BACKEND: Final = frozenset((ord("E"), ord("S"), FRAMING_ERROR))
 #: The same as tags for the framer's feed_tags: a chunk with one of them takes the general way.
 _CONNECTION_LEVEL_TAGS: Final = b"ES"
+#: _ANSWERED_BY_READY as bytes (for bytes.translate).
+_ANSWERED_TAGS: Final = b"QSF"
+#: A ReadyForQuery status byte as its character, without a call to chr().
+_STATUS_BYTES: Final = tuple(chr(i) for i in range(256))
 
 #: Message types the session itself reacts to (everything else only feeds the statement tracker).
 _FRONTEND_NOTABLE: Final = frozenset(
@@ -259,12 +263,20 @@ class SessionTracker:
         """Account for bytes the client sent (already forwarded)."""
         self.bytes_from_client += len(data)
         if self._counting:
-            tags: bytearray | list[int] | None = self.conv.frontend.feed_tags(data)
+            tags = self.conv.frontend.feed_tags(data)
             if tags is None:  # anything but whole, plausible messages (and a partial last one)
-                tags = [frame[0] for frame in self.conv.receive_frontend(data)]
-            if tags:
+                framed = [frame[0] for frame in self.conv.receive_frontend(data)]
+                self.messages_from_client += len(framed)
+                self._count_requests(framed)
+            elif tags:
                 self.messages_from_client += len(tags)
-                self._count_requests(tags)
+                if tags[-1] in _ANSWERED_BY_READY and _TERMINATE not in tags:
+                    # The usual chunk ends in a Sync or Query: _count_requests' result
+                    # in two C calls instead of a Python loop over the tags.
+                    self._ready_due += len(tags) - len(tags.translate(None, _ANSWERED_TAGS))
+                    self._unsynced = False
+                else:
+                    self._count_requests(tags)
             return []
         conv = self.conv
         if self.ready_at is None:
@@ -340,7 +352,14 @@ class SessionTracker:
             framer = conv.backend
             tags = framer.feed_tags(data, _CONNECTION_LEVEL_TAGS, _READY_FOR_QUERY)
             if tags is not None:  # no error, no parameter change, nothing odd: counted
-                self._count_ready_tags(tags, data, framer.watched)
+                self.messages_from_server += len(tags)
+                ready = framer.watched  # the body of the chunk's last ReadyForQuery, if any
+                if ready >= 0:
+                    self._status = _STATUS_BYTES[data[ready]]
+                    due = self._ready_due
+                    if due:
+                        answered = tags.count(_READY_FOR_QUERY)
+                        self._ready_due = due - answered if due > answered else 0
                 return []
             malformed = conv.parameters_malformed
             frames = conv.receive_backend(data)
@@ -594,20 +613,6 @@ class SessionTracker:
             ):
                 self._on_backend(frame, self.clock() if now is None else now, out)
         return out
-
-    def _count_ready_tags(self, tags: bytearray, data: bytes, ready_body: int) -> None:
-        """:meth:`_count_responses` for a chunk with nothing but counted messages (no error, parameter change, or pseudo frame).
-
-        ``ready_body`` is where the body of the chunk's last ReadyForQuery
-        starts in ``data`` (-1 if it has none): its status byte is the one kept.
-        """
-        self.messages_from_server += len(tags)
-        if ready_body >= 0:
-            self._status = chr(data[ready_body])
-            due = self._ready_due
-            if due:
-                answered = tags.count(_READY_FOR_QUERY)
-                self._ready_due = due - answered if due > answered else 0
 
     def _follow_counting(self) -> None:
         """Connection detail once ready, without a replication stream: :meth:`_count_requests` and :meth:`_count_responses`."""
