@@ -132,6 +132,10 @@ def test_compiled_build_compiles_the_listed_modules(builds: tuple[dict[str, Any]
 def test_compiled_build_gives_the_same_records(builds: tuple[dict[str, Any], dict[str, Any]]) -> None:
     compiled, pure = builds
     assert len(compiled["records"]) > 1000
+    # message and wire detail's per-message events are among them (the compiled messages.py and message_events.py)
+    shown = {(event, fields.get("type"), "hex" in fields) for event, _level, fields in compiled["records"]}
+    for kind in ("StartupMessage", "AuthenticationSASL", "Bind", "RowDescription", "DataRow", "ErrorResponse"):
+        assert {("message", kind, False), ("message", kind, True)} <= shown, kind
     assert compiled["records"] == pure["records"]
 
 
