@@ -158,6 +158,15 @@ def test_a_plaintext_session_past_start_up_relays_the_fast_way(pg: EmbeddedPostg
         assert ended["reason"] == "client_terminated"
 
 
+def _no_backend(pg: EmbeddedPostgres, application_name: str) -> bool:
+    """True once the server has no backend left for ``application_name`` (its connection was released)."""
+    with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (application_name,)
+        ).fetchone()
+        return row is not None and row[0] == 0
+
+
 def test_a_client_that_leaves_without_reading_releases_its_server_connection(pg: EmbeddedPostgres) -> None:
     """The client stopped reading (the server's answers paused), then vanished: the server connection still ends.
 
@@ -175,12 +184,7 @@ def test_a_client_that_leaves_without_reading_releases_its_server_connection(pg:
         proxy.wait_for(lambda: "client_buffer_full" in session.upstream_reads.reasons)
         sock.close()
 
-        def server_gone() -> bool:
-            with psycopg.connect(pg.dsn(), autocommit=True) as conn:
-                row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'gone'").fetchone()
-                return row is not None and row[0] == 0
-
-        proxy.wait_for(server_gone, timeout=60)
+        proxy.wait_for(lambda: _no_backend(pg, "gone"), timeout=60)
 
 
 def test_a_client_that_vanishes_with_requests_queued_releases_its_server_connection(pg: EmbeddedPostgres) -> None:
@@ -203,14 +207,7 @@ def test_a_client_that_vanishes_with_requests_queued_releases_its_server_connect
         proxy.wait_for(lambda: upstream.transport is not None and upstream.transport.get_write_buffer_size() > 0)
         sock.close()  # the proxy cancels the sleep (the client vanished); the rest is still queued
 
-        def server_gone() -> bool:
-            with psycopg.connect(pg.dsn(), autocommit=True) as conn:
-                row = conn.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'vanished'"
-                ).fetchone()
-                return row is not None and row[0] == 0
-
-        proxy.wait_for(server_gone, timeout=60)
+        proxy.wait_for(lambda: _no_backend(pg, "vanished"), timeout=60)
         proxy.wait_idle()
         assert upstream.gone
         (ended,) = proxy.events("session.ended", application_name="vanished")
@@ -237,14 +234,7 @@ def test_a_client_that_floods_and_leaves_releases_its_server_connection(pg: Embe
             pass
         sock.close()
 
-        def server_gone() -> bool:
-            with psycopg.connect(pg.dsn(), autocommit=True) as conn:
-                row = conn.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'flooder'"
-                ).fetchone()
-                return row is not None and row[0] == 0
-
-        proxy.wait_for(server_gone, timeout=60)
+        proxy.wait_for(lambda: _no_backend(pg, "flooder"), timeout=60)
         proxy.wait_idle()
         (ended,) = proxy.events("session.ended", application_name="flooder")
         assert ended["bytes_from_client"] == len(hello) + len(flood)
