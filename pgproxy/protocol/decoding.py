@@ -186,6 +186,13 @@ def _read_startup_message(r: _Reader, major: int, minor: int) -> m.StartupMessag
     return m.StartupMessage(protocol_major=major, protocol_minor=minor, parameters=tuple(params))
 
 
+#: What a body decoder or field reader raises on a body that does not fit:
+#: :func:`decode_tagged` makes these Malformed, and a caller of the ``read_*``
+#: readers takes them as its cue to decode the general way. (Not ``Final``:
+#: mypyc left a cross-module ``Final`` tuple unset in the compiled build.)
+UNREADABLE_BODY: tuple[type[Exception], ...] = (DecodeError, struct.error, UnicodeError, ValueError)
+
+
 #: Bind's fields: portal, statement, parameter formats, parameters, result formats.
 BindFields = tuple[str, str, tuple[int, ...], tuple[bytes | None, ...], tuple[int, ...]]
 
@@ -776,7 +783,7 @@ def decode_tagged(
     name, decoder = entry
     try:
         return decoder(buf, start, end, encoding)
-    except (DecodeError, struct.error, UnicodeError, ValueError) as exc:
+    except UNREADABLE_BODY as exc:
         return m.Malformed(chr(tag), name, str(exc), end - start + 4)
 
 

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import struct
 import time
 from collections.abc import Callable
 from typing import Any, Final
 
 from pgproxy.protocol import messages as m
 from pgproxy.protocol.decoding import (
+    UNREADABLE_BODY,
     decode_tagged,
     read_bind,
     read_execute,
@@ -29,7 +29,6 @@ from pgproxy.protocol.decoding import (
     read_parse,
     read_query,
 )
-from pgproxy.protocol.errors import DecodeError
 from pgproxy.protocol.framing import FRAMING_ERROR, TLS_RECORD, Frame
 from pgproxy.protocol.replication import is_replication_connection
 from pgproxy.protocol.values import ValueContext
@@ -75,8 +74,6 @@ _READ_BY_FIELDS: Final = frozenset((_BIND, _EXECUTE, _DESCRIBE, _SYNC, _QUERY, _
 _STEP_COMPLETE: Final = frozenset((ord("1"), ord("2"), ord("3")))
 #: A ReadyForQuery's status byte -> its status (anything else is Malformed, the general way).
 _READY_STATUS: Final = {ord(status): status for status in "ITE"}
-#: What a reader raises on a body that does not fit (decode_tagged makes these Malformed).
-_UNREADABLE: Final = (DecodeError, struct.error, UnicodeError, ValueError)
 #: Frontend messages a ReadyForQuery answers ("Message Flow"): Query, Sync, FunctionCall.
 _ANSWERED_BY_READY: Final = frozenset((ord("Q"), ord("S"), ord("F")))
 #: Extended-protocol steps that are under way until a Sync follows them:
@@ -1044,7 +1041,7 @@ def _request_by_fields(
             sql = read_query(buf, start, end, encoding)
         else:  # Parse
             name, sql, types = read_parse(buf, start, end, encoding)
-    except _UNREADABLE:
+    except UNREADABLE_BODY:
         return False
     if tag == _BIND:
         statements.bind(bind[0], bind[1], bind[2], bind[3], bind[4], now)
