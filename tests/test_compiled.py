@@ -26,6 +26,12 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 COMPILED: list[str] = runpy.run_path(str(ROOT / "setup.py"), run_name="setup")["COMPILED"]
 
+# Whichever test runs first pays for the mypyc build in the ``builds`` fixture
+# (about two minutes on a quiet 2-core machine, more than the suite's 300 s
+# per-test limit on a loaded one): the build has its own 1800 s limit, so the
+# tests that wait for it get the same.
+pytestmark = pytest.mark.timeout(1800)
+
 _RUN = """
 import io, itertools, json, time
 time.time, time.time_ns = lambda: 1764244800.25, lambda: 1764244800_250000000  # every timestamp the same
