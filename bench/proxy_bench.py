@@ -240,29 +240,26 @@ def start_targets(names: list[str], pg: EmbeddedPostgres, tmp: Path, pool_size: 
                 targets.append(bouncer)
         elif name == "forwarder":
             targets.append(start_forwarder(pg.port))
-        elif "+" in name:  # query+query.fingerprints=false+stats.enabled=false, query+mypyc
-            detail, *extras = name.split("+")
+        else:  # query, query+mypyc, query+query.fingerprints=false+stats.enabled=false, query@REF, query+mypyc@REF
+            spec, _, ref = name.partition("@")
+            detail, *extras = spec.split("+")
             pairs = dict(a.split("=", 1) for a in extras if a != "mypyc")
-            source = compiled(tmp) if "mypyc" in extras else None
-            targets.append(start_proxy(pg.port, detail, tmp, name=f"pgproxy {name}", settings=pairs, source=source))
-        elif "@" in name:
-            detail, ref = name.split("@", 1)
-            targets.append(
-                start_proxy(pg.port, detail, tmp, name=f"pgproxy {detail} @{ref}", source=checkout(ref, tmp))
-            )
-        else:
-            targets.append(start_proxy(pg.port, name, tmp))
+            root = checkout(ref, tmp) if ref else None
+            source = compiled(tmp, root) if "mypyc" in extras else root
+            label = f"pgproxy {spec}" + (f" @{ref}" if ref else "")
+            targets.append(start_proxy(pg.port, detail, tmp, name=label, settings=pairs, source=source))
     return targets
 
 
-def compiled(tmp: Path) -> Path:
-    """A copy of this checkout's package with setup.py's modules compiled by mypyc (``PGPROXY_COMPILE=1``)."""
-    path = tmp / "src-mypyc"
+def compiled(tmp: Path, root: Path | None = None) -> Path:
+    """A copy of a checkout's package (this one, or ``root``) with its setup.py's modules compiled by
+    mypyc (``PGPROXY_COMPILE=1``)."""
+    root = root or BENCH_DIR.parent
+    path = tmp / ("src-mypyc" if root == BENCH_DIR.parent else f"src-mypyc-{root.name}")
     if not path.exists():
-        root = BENCH_DIR.parent
         shutil.copytree(root / "pgproxy", path / "pgproxy", ignore=shutil.ignore_patterns("__pycache__", "*.so"))
         modules = runpy.run_path(str(root / "setup.py"), run_name="setup")["COMPILED"]
-        print(f"compiling {len(modules)} modules with mypyc...", flush=True)
+        print(f"compiling {len(modules)} modules of {root.name} with mypyc...", flush=True)
         mypyc = Path(sys.executable).parent / "mypyc"
         subprocess.run([str(mypyc), *modules], cwd=path, check=True, capture_output=True)
     return path
@@ -694,7 +691,8 @@ def main() -> None:
     bulk: dict[str, dict[str, float]] = {}
     sizes: dict[str, float] = {}
     memory: dict[str, Memory] = {}
-    installation, files = find_installation(), {}
+    installation = find_installation()
+    files: dict[str, bytes] = {}
     if args.tls:
         installation, files = _tls_server(settings)
     with EmbeddedPostgres(installation, settings=settings, files=files) as pg:
