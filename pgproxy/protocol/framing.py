@@ -276,9 +276,17 @@ class Framer:
         app = out.append
         max_frame = self.max_frame
         unpack = _TAGGED_HEADER
+        # Under mypyc the header is read natively byte by byte, where struct's unpack_from
+        # stays a Python call (~1,100 instructions a message compiled, 9 in a pgbench -M prepared
+        # transaction: 74.2k -> 63.7k per statement, callgrind); the interpreter prefers struct.
+        by_index = _COMPILED
         self._need = 0
         while n - pos >= 5:
-            tag, length = unpack(buf, pos)
+            if by_index:
+                tag = buf[pos]
+                length = buf[pos + 1] << 24 | buf[pos + 2] << 16 | buf[pos + 3] << 8 | buf[pos + 4]
+            else:
+                tag, length = unpack(buf, pos)
             end = pos + 1 + length
             if length > max_frame or length < 4:
                 if length < 4 or length > PROTOCOL_MAX_LENGTH:
