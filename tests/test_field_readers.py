@@ -128,3 +128,63 @@ def test_a_malformed_request_gives_the_same_records_at_query_and_message_detail(
     assert len(malformed) == (0 if odd_text else 1)
     texts = [fields["db.query.text"] for event, fields in query if event == "query"]
     assert texts[0] == ("\\xff\\xfe" if odd_text else "SELECT 1")
+
+
+def _bind_by_reader(r: d._Reader) -> d.BindFields:
+    """Bind's layout by the generic reader: the reference read_bind's index arithmetic is held to."""
+    portal = r.cstring()
+    statement = r.cstring()
+    fmts = r.int16_array()
+    params = r.values()
+    results = r.int16_array()
+    r.done()
+    return portal, statement, fmts, params, results
+
+
+def _execute_by_reader(r: d._Reader) -> tuple[str, int]:
+    portal = r.cstring()
+    limit = r.int32()
+    r.done()
+    return portal, limit
+
+
+#: The two readers without a shortcut of their own, and well-formed bodies to mutate:
+#: same fields when the body reads, an error (of their own wording) when it does not.
+BY_INDEX: dict[str, tuple[Callable[..., Any], Callable[[Any], Any], list[bytes]]] = {
+    "bind": (
+        d.read_bind,
+        _bind_by_reader,
+        [
+            b.bind("", "P0_1", (b"42",))[5:],
+            b.bind("p", "s1", (b"42", None, b""), (0, 1), (1,))[5:],
+            b.bind("", "", (), (1, 0, 1), (0, 1))[5:],
+        ],
+    ),
+    "execute": (d.read_execute, _execute_by_reader, [b.execute()[5:], b.execute("p", 10)[5:]]),
+}
+
+
+@settings(max_examples=400)
+@given(
+    st.sampled_from(sorted(BY_INDEX)),
+    st.integers(min_value=0, max_value=2),
+    st.lists(st.tuples(st.integers(min_value=0, max_value=40), st.binary(max_size=4)), max_size=3),
+    st.integers(min_value=0, max_value=3),
+)
+def test_bind_and_execute_read_what_the_reader_reads(
+    name: str, which: int, edits: list[tuple[int, bytes]], offset: int
+) -> None:
+    read, general, bodies = BY_INDEX[name]
+    body = bodies[which % len(bodies)]
+    for pos, insert in edits:  # negative and oversized lengths, stray NULs, bad counts
+        pos = min(pos, len(body))
+        body = body[:pos] + insert + body[pos + len(insert) :]
+    buf = b"\x00" * offset + body + b"\x01"
+    start, end = offset, offset + len(body)
+    ours, theirs = (
+        _outcome(lambda: read(buf, start, end, "utf-8")),
+        _outcome(lambda: general(d._Reader(buf, start, end, "utf-8"))),
+    )
+    assert (ours[0] == "ok") == (theirs[0] == "ok")
+    if ours[0] == "ok":
+        assert ours == theirs

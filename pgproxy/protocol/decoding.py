@@ -22,6 +22,9 @@ _U16 = struct.Struct("!H").unpack_from
 _I32 = struct.Struct("!i").unpack_from
 _U32 = struct.Struct("!I").unpack_from
 _FIELD = struct.Struct("!IhIhih").unpack_from  # RowDescription field after its name
+#: Running as the compiled build's extension module: integers are then read byte by
+#: byte, natively, where a struct call stays a Python call (pgproxy.protocol.framing does the same).
+_COMPILED: Final = not __file__.endswith(".py")
 
 #: Startup packet codes ("Message Formats": StartupMessage, SSLRequest, ...).
 SSL_REQUEST_CODE: Final = 80877103
@@ -207,28 +210,41 @@ def read_bind(buf: bytes, start: int, end: int, enc: str) -> BindFields:
 
     The one reading of a Bind: :func:`_bind` builds its message from it.
     Plain index arithmetic instead of the generic _Reader; every read is
-    bounds-checked all the same.
+    bounds-checked all the same. An empty name is not decoded, and the
+    16-bit counts are read byte by byte (no struct call); under mypyc the
+    parameter lengths are too, natively (callgrind, tracker per pgbench -M
+    prepared statement: 63.7k -> 57.1k compiled, 172.9k -> 168.6k pure).
 
     Raises:
         DecodeError, ValueError, UnicodeError: as :func:`decode_tagged` catches them.
     """
     index = buf.index
     nul = index(0, start, end)
-    portal = buf[start:nul].decode(enc, "backslashreplace")
+    portal = buf[start:nul].decode(enc, "backslashreplace") if nul != start else ""
     pos = nul + 1
     nul = index(0, pos, end)
-    statement = buf[pos:nul].decode(enc, "backslashreplace")
+    statement = buf[pos:nul].decode(enc, "backslashreplace") if nul != pos else ""
     pos = nul + 1
-    fmts, pos = _int16_list(buf, pos, end)
+    if pos + 2 <= end and buf[pos] == 0 and buf[pos + 1] == 0:  # no format codes: all text
+        fmts: tuple[int, ...] = ()
+        pos += 2
+    else:
+        fmts, pos = _int16_list(buf, pos, end)
     if pos + 2 > end:
         raise DecodeError("Bind truncated before the parameter count")
-    (count,) = _U16(buf, pos)
+    count = buf[pos] << 8 | buf[pos + 1]
     pos += 2
+    by_index = _COMPILED
     params: list[bytes | None] = []
     for _ in range(count):
         if pos + 4 > end:
             raise DecodeError("Bind truncated in a parameter length")
-        (length,) = _I32(buf, pos)
+        if by_index:
+            length = buf[pos] << 24 | buf[pos + 1] << 16 | buf[pos + 2] << 8 | buf[pos + 3]
+            if length >= 0x80000000:
+                length -= 0x100000000
+        else:
+            (length,) = _I32(buf, pos)
         pos += 4
         if length == -1:
             params.append(None)
@@ -237,7 +253,11 @@ def read_bind(buf: bytes, start: int, end: int, enc: str) -> BindFields:
             raise DecodeError(f"Bind parameter length {length} runs past the message")
         params.append(buf[pos : pos + length])
         pos += length
-    results, pos = _int16_list(buf, pos, end)
+    if pos + 2 <= end and buf[pos] == 0 and buf[pos + 1] == 0:  # no result format codes
+        results: tuple[int, ...] = ()
+        pos += 2
+    else:
+        results, pos = _int16_list(buf, pos, end)
     if pos != end:
         raise DecodeError(f"{end - pos} unexpected trailing bytes")
     return portal, statement, fmts, tuple(params), results
@@ -309,11 +329,19 @@ def _execute(buf: bytes, start: int, end: int, enc: str) -> m.Message:
 
 
 def read_execute(buf: bytes, start: int, end: int, enc: str) -> tuple[str, int]:
-    """An Execute body: the portal name and the row limit (the one reading; :func:`_execute` uses it)."""
+    """An Execute body: the portal name and the row limit (the one reading; :func:`_execute` uses it).
+
+    The unnamed portal's empty name is not decoded; under mypyc the limit is
+    read byte by byte, natively (see read_bind).
+    """
     nul = buf.index(0, start, end)
     if end - nul != 5:
         raise DecodeError(f"Execute has {end - nul - 1} bytes after the portal name, expected 4")
-    return buf[start:nul].decode(enc, "backslashreplace"), int(_I32(buf, nul + 1)[0])
+    portal = buf[start:nul].decode(enc, "backslashreplace") if nul != start else ""
+    if _COMPILED:
+        limit = buf[nul + 1] << 24 | buf[nul + 2] << 16 | buf[nul + 3] << 8 | buf[nul + 4]
+        return portal, limit - 0x100000000 if limit >= 0x80000000 else limit
+    return portal, int(_I32(buf, nul + 1)[0])
 
 
 def _function_call(buf: bytes, start: int, end: int, enc: str) -> m.Message:
