@@ -101,6 +101,8 @@ def test_real_records_cover_every_kind_of_query_event() -> None:
 
 def test_direct_rendering_writes_the_general_paths_lines() -> None:
     records = real_records()
+    # query records carry their session's fields apart (SessionContext): the sink splices them in
+    assert sum(r.context is not None for r in records) > 100
     fast, general = _emitted_lines(records), _general_lines(records)
     assert len(fast) == len(general) == len(records)
     for a, b in zip(fast, general, strict=True):

@@ -166,7 +166,7 @@ class LogSink:
             if json_writes and _LEVELS.get(level, 0) >= threshold:
                 if not stamp:
                     stamp = self._stamp.timestamp().encode()
-                line = self._json_line.line(event, level, record.fields, stamp)
+                line = self._json_line.record_line(record, stamp)
                 if line is not None:
                     lines.append(line)
                     for dest in self._others:

@@ -120,7 +120,9 @@ class MetricsSink:
         for record in records:
             handler = handlers.get(record.event)
             if handler is not None:
-                handler(record.fields)
+                # own: a record's fields, less a query record's shared session ones (user, database...),
+                # which no handler reads; joining them would copy them on every statement.
+                handler(record.own)
 
     def emit(self, record: Record) -> None:
         self.emit_all((record,))

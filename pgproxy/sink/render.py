@@ -9,6 +9,7 @@ from typing import Any, Final
 
 import structlog
 
+from pgproxy.tracker.records import Record
 from pgproxy.tracker.redaction import DEFAULT_SENSITIVE_NAMES, REDACTED
 
 #: Top-level keys that never carry values: a defence in depth behind the
@@ -138,6 +139,39 @@ class JsonLines:
 
     def line(self, event: str, level: str, fields: dict[str, Any], stamp: bytes) -> str | None:
         """The line with a ``timestamp`` the caller took: one for every record of a chunk (:meth:`LogSink.emit_all`)."""
+        return self._line(b"{", event, level, fields, stamp)
+
+    def record_line(self, record: Record, stamp: bytes) -> str | None:
+        """A record's line; a ``query`` record's session fields come from their rendering cached for the session.
+
+        Those fields (:class:`~pgproxy.tracker.records.SessionContext`) are
+        checked for secret keys and rendered once per session, and spliced
+        before the statement's own, so each statement renders and checks only
+        its dozen own fields (the same line as rendering the joined fields).
+        """
+        context = record.context
+        if context is None:
+            return self._line(b"{", record.event, record.level, record.own, stamp)
+        start = context.rendered
+        if start is None:
+            start = context.rendered = self._start(context.fields)
+        if not start:  # the session's fields cannot be written the fast way
+            return None
+        return self._line(start, record.event, record.level, record.own, stamp)
+
+    @staticmethod
+    def _start(fields: dict[str, Any]) -> bytes:
+        """``fields`` as the start of an object (``{"a":1,"b":2,``), or b"" when the fast way cannot write them."""
+        if _orjson_dumps is None or not _guarded_keys_absent(fields):
+            return b""
+        try:
+            body: bytes = _orjson_dumps(fields, default=_default)
+        except TypeError:
+            return b""
+        return b"{" if len(body) == 2 else body[:-1] + b","
+
+    def _line(self, start: bytes, event: str, level: str, fields: dict[str, Any], stamp: bytes) -> str | None:
+        """``start`` (``{`` or the start of an object ending in a comma), ``fields``, then event, level and stamp."""
         dumps = _orjson_dumps
         if dumps is None or not _guarded_keys_absent(fields):
             return None
@@ -147,11 +181,11 @@ class JsonLines:
             return None
         head = self._heads.get((event, level))
         if head is None:
-            head = b',"event":' + _orjson.dumps(event) + b',"level":' + _orjson.dumps(level) + b',"timestamp":"'
+            head = b'"event":' + _orjson.dumps(event) + b',"level":' + _orjson.dumps(level) + b',"timestamp":"'
             self._heads[(event, level)] = head
         if len(body) == 2:  # no fields: '{}'
-            return b"".join((b"{", head[1:], stamp, b'"}')).decode()
-        return b"".join((body[:-1], head, stamp, b'"}')).decode()  # one copy, not three
+            return b"".join((start, head, stamp, b'"}')).decode()
+        return b"".join((start, body[1:-1], b",", head, stamp, b'"}')).decode()
 
 
 #: Context repeated on every query event; JSON keeps it, a terminal reader does not need it.

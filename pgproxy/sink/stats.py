@@ -249,14 +249,16 @@ class StatementStats:
 
     def observe(self, record: Record) -> None:
         """Fold one ``query`` record into its entry."""
-        fields = record.fields
+        fields = record.own  # the statement's fields; the session's are in record.context (not copied)
         if fields.get("outcome") not in _COUNTED:
             return
         fingerprint = fields.get("fingerprint")
         if fingerprint is None:
             self.unattributed += 1  # no SQL text (a function call) or fingerprints switched off
             return
-        key: StatsKey = (fingerprint, fields.get("db.namespace"), fields.get("user"), fields.get("application_name"))
+        context = record.context
+        session = fields if context is None else context.fields
+        key: StatsKey = (fingerprint, session.get("db.namespace"), session.get("user"), session.get("application_name"))
         entries = self.entries
         entry = entries.get(key)
         if entry is None:

@@ -59,6 +59,25 @@ def truncate(value: Any, limit: int) -> Any:
     return cap_text(value, limit) if isinstance(value, str) else value
 
 
+class SessionContext:
+    """The fields a session's ``query`` records start with (session, addresses, user, database, backend pid).
+
+    A snapshot: the statement tracker makes one when the session's context
+    changes (start-up, BackendKeyData) and every ``query`` record shares it
+    until the next change, so nothing ever mutates ``fields``. ``rendered`` is
+    the log sink's cache of these fields as the start of a JSON object (see
+    :meth:`~pgproxy.sink.render.JsonLines.record_line`): nine or ten of a
+    ``query`` record's twenty-odd fields rendered and checked for secret keys
+    once per session rather than on every statement.
+    """
+
+    __slots__ = ("fields", "rendered")
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.fields = fields
+        self.rendered: Any = None  # the sink's; None until it looked
+
+
 class Record:
     """One log event: its name, level and JSON-ready fields.
 
@@ -75,15 +94,36 @@ class Record:
     SQL pattern, minimum duration, sampling) did not select: the log sink
     skips it, while metrics and statistics still count it, so their numbers
     are what ran, not what was sampled. It is not a field: it is never written.
+
+    A ``query`` record keeps its session's fields apart: ``context`` (a shared
+    :class:`SessionContext`) holds them and ``own`` the statement's, so the
+    sink renders the shared ones once per session and the tracker does not
+    copy them into every record. ``fields`` is always the whole, context first
+    (the order every line is written in): asking for it joins the two once,
+    after which ``own`` is the whole and ``context`` None. Code on the
+    per-statement path reads ``own`` and ``context`` (or :meth:`get`) and
+    adds to ``own``, which is right in either state.
     """
 
-    __slots__ = ("event", "fields", "level", "logged")
+    __slots__ = ("context", "event", "level", "logged", "own")
 
-    def __init__(self, event: str, level: str, fields: dict[str, Any], logged: bool = True) -> None:
+    def __init__(
+        self, event: str, level: str, fields: dict[str, Any], logged: bool = True, context: SessionContext | None = None
+    ) -> None:
         self.event = event
         self.level = level  # "debug" | "info" | "warning" | "error"
-        self.fields = fields
+        self.own = fields
         self.logged = logged
+        self.context = context
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        """All the fields, the session's first (joined on first use; ``own`` is this dict from then on)."""
+        context = self.context
+        if context is not None:
+            self.own = {**context.fields, **self.own}
+            self.context = None
+        return self.own
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Record):
@@ -104,7 +144,14 @@ class Record:
         return self.fields[key]
 
     def __contains__(self, key: object) -> bool:
-        return key in self.fields
+        return key in self.own or (self.context is not None and key in self.context.fields)
 
     def get(self, key: str, default: Any = None) -> Any:
-        return self.fields.get(key, default)
+        """A field's value, without joining the session's fields to the record's."""
+        own = self.own
+        if key in own:
+            return own[key]
+        context = self.context
+        if context is not None:
+            return context.fields.get(key, default)
+        return default

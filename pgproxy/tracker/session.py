@@ -872,6 +872,7 @@ class SessionTracker:
         if is_replication_connection(params.get("replication")):
             self.replication = ReplicationStreams(ctx)
         if self.statements is not None:
+            self.statements.context_changed()
             self.statements.in_scope = self.options.query_filter.in_scope(
                 ctx.get("user"), ctx.get("db.namespace"), ctx.get("application_name")
             )
@@ -917,6 +918,8 @@ class SessionTracker:
             self._parameter_status(msg)
         elif isinstance(msg, m.BackendKeyData):
             self.context["backend_pid"] = msg.process_id
+            if statements is not None:
+                statements.context_changed()
         elif isinstance(msg, m.NegotiateProtocolVersion):
             self.negotiated = msg
         elif isinstance(msg, m.ReadyForQuery) and self.ready_at is None:

@@ -40,7 +40,7 @@ from pgproxy.protocol.rows import RowDecoder
 from pgproxy.protocol.values import DECODER_FAILURE, ValueContext, ValueDecoder, decoder_for
 from pgproxy.tracker.fingerprint import annotate
 from pgproxy.tracker.options import TextMode, TrackerOptions
-from pgproxy.tracker.records import NOTICE, NOTIFICATION, QUERY, SESSION_ANOMALY, Record, truncate
+from pgproxy.tracker.records import NOTICE, NOTIFICATION, QUERY, SESSION_ANOMALY, Record, SessionContext, truncate
 from pgproxy.tracker.sql import operation_name, parameter_names, split_statements
 
 #: Transaction status byte of ReadyForQuery -> logged value.
@@ -381,12 +381,12 @@ class ImplicitTransaction:
     """
 
     explicit: bool = False
-    uncommitted: list[dict[str, Any]] = field(default_factory=list)
+    uncommitted: list[Record] = field(default_factory=list)
 
-    def completed(self, command: str | None, sql: str | None, fields: dict[str, Any] | None) -> None:
+    def completed(self, command: str | None, sql: str | None, record: Record | None) -> None:
         if command not in _CONTROL:
-            if not self.explicit and fields is not None:
-                self.uncommitted.append(fields)
+            if not self.explicit and record is not None:
+                self.uncommitted.append(record)
         elif command in _BEGIN:
             self.explicit = True
             self.uncommitted.clear()
@@ -396,8 +396,8 @@ class ImplicitTransaction:
 
     def failed(self) -> None:
         if not self.explicit:
-            for fields in self.uncommitted:
-                fields["rolled_back"] = True
+            for record in self.uncommitted:
+                record.own["rolled_back"] = True  # own: right whether or not its fields were joined
         self.uncommitted.clear()
 
     def ready(self, status: str) -> None:
@@ -455,6 +455,11 @@ class StatementTracker:
     _group_start: float | None = None
     _decoders: dict[tuple[int, int], ValueDecoder] = field(default_factory=dict)
     _statement_chars: int = 0  # SQL held by ``statements``; an upper bound (Close is not subtracted)
+    _shared_context: SessionContext | None = None  # a snapshot of ``context`` for query records
+
+    def context_changed(self) -> None:
+        """The owner changed ``context``: the next query record takes a new snapshot of it."""
+        self._shared_context = None
 
     def set_value_context(self, ctx: ValueContext) -> None:
         """The session's encoding or time zone changed: decode with the new settings."""
@@ -991,7 +996,7 @@ class StatementTracker:
         self.transaction.ready(status)
         held, self.held = self.held, []
         for record in held:
-            record.fields["transaction_status"] = self.transaction_status
+            record.own["transaction_status"] = self.transaction_status
         if self.outbox:
             return self.take_released() + held
         return held
@@ -1024,11 +1029,10 @@ class StatementTracker:
                 item.error,
                 batch=Batch(size, total, number == last),
             )
-            fields = record.fields if record is not None else None
             if item.outcome is _ERROR:
                 transaction.failed()
             elif item.outcome is _OK:
-                transaction.completed(item.tag.command if item.tag else None, item.exe.sql, fields)
+                transaction.completed(item.tag.command if item.tag else None, item.exe.sql, record)
 
     # ------------------------------------------------------------------ events
 
@@ -1051,7 +1055,7 @@ class StatementTracker:
         record = self._record(exe, now, outcome, tag, error, portal_suspended, batch)
         if exe.protocol == "extended" and outcome is _OK and not portal_suspended:
             # Kept up to date whether or not the event is logged (filters, scope).
-            self.transaction.completed(tag.command if tag else None, exe.sql, record.fields if record else None)
+            self.transaction.completed(tag.command if tag else None, exe.sql, record)
         return record
 
     def _record(
@@ -1082,7 +1086,10 @@ class StatementTracker:
         # only decides whether the log writes it. Out of scope: no draw is spent.
         logged = self.in_scope and opts.query_filter.keep(sql, duration_ms, failed, slow, opts.draw)
         shown_sql = opts.redaction.sql(sql, opts.max_sql_chars) if sql is not None else None
-        fields: dict[str, Any] = dict(self.context)
+        context = self._shared_context
+        if context is None:
+            context = self._shared_context = SessionContext(dict(self.context))
+        fields: dict[str, Any] = {}  # the statement's own; the session's are shared (SessionContext)
         operation = tag.command if tag is not None else (operation_name(sql) if sql else None)
         fields["db.query.text"] = shown_sql
         fields["db.operation.name"] = operation
@@ -1127,7 +1134,7 @@ class StatementTracker:
         if slow:
             fields["slow"] = True
         fields["transaction_status"] = None
-        record = Record(QUERY, level, fields, logged)
+        record = Record(QUERY, level, fields, logged, context)
         self.held.append(record)
         if len(self.held) > MAX_HELD_EVENTS:
             self.outbox += self.held
@@ -1183,7 +1190,7 @@ class StatementTracker:
         if first is not None:
             record = self._finish(first, now, _INTERRUPTED)
             if record is not None and count > 1:
-                record.fields["interrupted_statements"] = count
+                record.own["interrupted_statements"] = count
         for portal in self.portals.values():
             if portal.suspended is not None:
                 exe = portal.suspended
