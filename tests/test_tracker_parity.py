@@ -13,6 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pgproxy.protocol import build as b
 from pgproxy.protocol.framing import Framer
@@ -214,3 +216,79 @@ def test_connection_detail_counting_way_agrees_with_the_framed_way(
                 (r.event, r.level, r.fields) for r in records[1]
             ], (scenario, number, seed)
     assert taken
+
+
+def _walk_state(t: SessionTracker) -> tuple[object, ...]:
+    framer, error = t.conv.frontend, t.conv.error
+    errors = (error.direction, error.offset, error.reason, error.excerpt) if error is not None else None
+    return (*_state(t), framer._offset, framer.buffered, framer.mode, t.conv.phase, errors, t.terminated)
+
+
+#: Requests a chunk walked in place may hold (and a few it may not: Close, Flush, CopyData, Terminate).
+_REQUESTS = [
+    b.query("SELECT 1"),
+    b.query("SELECT 1; SELECT 2"),
+    b.parse("", "SELECT $1", (23,)),
+    b.parse("s1", "SELECT $1::int"),
+    b.bind("", "s1", (b"42",)),
+    b.bind("", "", (b"1", None), (0, 1), (1,)),
+    b.describe("P", ""),
+    b.describe("S", "s1"),
+    b.execute(),
+    b.execute("", 1),
+    b.sync(),
+    b.close("S", "s1"),
+    b.message(b"H"),
+    b.copy_data(b"x"),
+    b.message(b"X"),
+]
+_REPLY = b.row_description([("a", 23)]) + b.data_row([b"1"]) + b.command_complete("SELECT 1")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(st.integers(min_value=0, max_value=len(_REQUESTS) - 1), min_size=1, max_size=6),
+            st.lists(st.tuples(st.integers(min_value=0, max_value=60), st.binary(max_size=3)), max_size=1),
+            st.integers(min_value=0, max_value=2),
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_query_detail_walks_whole_requests_as_the_framed_way_does(
+    chunks: list[tuple[list[int], list[tuple[int, bytes]], int]],
+) -> None:
+    """Query detail's in-place walk of a chunk of whole requests (Framer.feed_whole) against the framed way.
+
+    The twin is fed the same chunks as bytearrays, which the walk never takes:
+    after every chunk both hold the same counts, stream offsets, phase and
+    errors, and their records agree, for well-formed chunks, chunks with a
+    mutated body or header (malformed requests, impossible lengths) and chunks
+    cut short.
+    """
+    walked, framed = (SessionTracker("s1", TrackerOptions(detail=Detail.QUERY), clock=lambda: 0.0) for _ in range(2))
+    records: list[list[Any]] = [[], []]
+    login = [
+        (True, b.startup_message({"user": "u", "database": "d"})),
+        (False, b.authentication_ok() + b.ready_for_query()),
+    ]
+    for frontend, data in login:
+        for tracker, out in zip((walked, framed), records, strict=True):
+            out += tracker.frontend(data, 0.0) if frontend else tracker.backend(data, 0.0)
+    for index, (picks, edits, cut) in enumerate(chunks):
+        data = b"".join(_REQUESTS[i] for i in picks)
+        for pos, insert in edits:  # a mutated body or header
+            pos = min(pos, len(data))
+            data = data[:pos] + insert + data[pos + len(insert) :]
+        if cut:
+            data = data[:-cut]  # a partial last message: held back
+        records[0] += walked.frontend(data, float(index))
+        records[1] += framed.frontend(bytearray(data), float(index))
+        assert _walk_state(walked) == _walk_state(framed)
+        for tracker, out in zip((walked, framed), records, strict=True):
+            out += tracker.backend(_REPLY + b.ready_for_query(), float(index) + 0.5)
+    for tracker, out in zip((walked, framed), records, strict=True):
+        out += tracker.closed("end_of_recording", now=99.0)
+    assert [(r.event, r.level, r.fields) for r in records[0]] == [(r.event, r.level, r.fields) for r in records[1]]

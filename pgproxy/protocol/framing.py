@@ -187,6 +187,39 @@ class Framer:
         self._offset += consumed
         return out
 
+    def feed_whole(self, data: bytes, tags: bytes) -> int:
+        """Take a chunk of whole messages whose owner reads them itself: how many, or 0 (nothing changed).
+
+        Only the common case is taken: TAGGED mode with nothing held back or
+        streamed past, every message whole (the chunk ends where one does), its
+        length plausible and within ``max_frame``, its tag in ``tags``.
+        Otherwise 0 is returned and :meth:`feed` takes the same chunk. The
+        stream offset moves past the chunk, as :meth:`feed` would move it.
+        """
+        if self._pending or self._skip or self.mode is not _TAGGED:
+            return 0
+        pos = 0
+        n = len(data)
+        max_frame = self.max_frame
+        by_index = _COMPILED  # see _scan_tagged
+        count = 0
+        while pos < n:
+            if n - pos < 5:
+                return 0
+            if by_index:
+                tag = data[pos]
+                length = data[pos + 1] << 24 | data[pos + 2] << 16 | data[pos + 3] << 8 | data[pos + 4]
+            else:
+                tag, length = _TAGGED_HEADER(data, pos)
+            if length > max_frame or length < 4 or tag not in tags:
+                return 0
+            pos += 1 + length
+            count += 1
+        if pos != n:
+            return 0
+        self._offset += n
+        return count
+
     def feed_tags(self, data: bytes | bytearray | memoryview, stop: bytes = b"", watch: int = -1) -> bytearray | None:
         """:meth:`feed` for a caller that only counts: the tags of the whole messages a chunk completes.
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import struct
 import time
 from collections.abc import Callable
 from typing import Any, Final
@@ -70,6 +71,12 @@ _QUERY: Final = ord("Q")
 _PARSE: Final = ord("P")
 #: Requests query detail reads by their fields, without a message object (see _request_by_fields).
 _READ_BY_FIELDS: Final = frozenset((_BIND, _EXECUTE, _DESCRIBE, _SYNC, _QUERY, _PARSE))
+#: The same as bytes: the tags of a chunk query detail walks in place (see _frontend_requests).
+_BY_FIELDS_TAGS: Final = b"BEDSQP"
+_READY_PHASE: Final = Phase.READY
+#: Running as the compiled build's extension module (see pgproxy.protocol.COMPILED).
+_COMPILED: Final = not __file__.endswith(".py")
+_LENGTH = struct.Struct("!I").unpack_from
 #: ParseComplete, BindComplete, CloseComplete: empty bodies that answer the head of the queue.
 _STEP_COMPLETE: Final = frozenset((ord("1"), ord("2"), ord("3")))
 #: A ReadyForQuery's status byte -> its status (anything else is Malformed, the general way).
@@ -276,6 +283,19 @@ class SessionTracker:
                     self._count_requests(tags)
             return []
         conv = self.conv
+        statements = self.statements
+        if (
+            statements is not None
+            and type(data) is bytes
+            and self.ready_at is not None
+            and conv.phase is _READY_PHASE
+            and not self._message_level
+            and self.replication is None
+        ):
+            count = conv.frontend.feed_whole(data, _BY_FIELDS_TAGS)
+            if count:
+                self.messages_from_client += count
+                return self._frontend_requests(data, statements, self.clock() if now is None else now)
         if self.ready_at is None:
             self._server_spoke_last = False
         if not conv.decoding:
@@ -288,7 +308,6 @@ class SessionTracker:
         out: list[Record] = []
         if self.replication is not None:
             out += self.replication.feed(frames, False, now)
-        statements = self.statements
         if self.ready_at is not None:
             if statements is None:
                 self._count_requests([frame[0] for frame in frames])
@@ -311,7 +330,6 @@ class SessionTracker:
         """
         conv = self.conv
         encoding = conv.encoding
-        handlers = FRONTEND_HANDLERS
         copies = copy_bytes = 0
         for frame in frames:
             tag, buf, start, end = frame
@@ -327,19 +345,63 @@ class SessionTracker:
                 continue
             if tag in _READ_BY_FIELDS and _request_by_fields(statements, tag, buf, start, end, encoding, now):
                 continue
-            msg = decode_tagged(True, tag, buf, start, end, encoding)
-            kind = type(msg)
-            if kind in _FRONTEND_NOTABLE:
-                self._on_frontend(frame, now, out, msg)
-                continue
-            handler = handlers.get(kind)
-            if handler is not None:
-                handler(statements, msg, now)
+            self._frontend_decoded(tag, buf, start, end, statements, encoding, now, out)
         if copies:
             statements.count_results(0, 0, copies, copy_bytes)
         if statements.outbox:
             out += statements.take_released()
         return out
+
+    def _frontend_requests(self, data: bytes, statements: StatementTracker, now: float) -> list[Record]:
+        """:meth:`_frontend_query_detail` for a chunk of whole requests read by their fields, walked in place.
+
+        The framer checked the chunk (:meth:`~pgproxy.protocol.framing.Framer.feed_whole`):
+        whole messages, all Query, Parse, Bind, Describe, Execute or Sync
+        (pgbench's and most drivers' chunks). Each goes to the statement tracker
+        as the general loop hands it (a body that does not read: the general
+        way, by :meth:`_frontend_decoded`), without a frame tuple per message, a
+        list of them, and the wire layer's pass over it. tests/test_tracker_parity.py
+        holds it to the general way (same records, offsets and errors).
+        """
+        out: list[Record] = []
+        encoding = self.conv.encoding
+        by_index = _COMPILED
+        pos = 0
+        n = len(data)
+        while pos < n:
+            tag = data[pos]
+            if by_index:
+                length = data[pos + 1] << 24 | data[pos + 2] << 16 | data[pos + 3] << 8 | data[pos + 4]
+            else:
+                length = _LENGTH(data, pos + 1)[0]
+            start = pos + _HEADER_BYTES
+            pos += 1 + length
+            if not _request_by_fields(statements, tag, data, start, pos, encoding, now):
+                self._frontend_decoded(tag, data, start, pos, statements, encoding, now, out)
+        if statements.outbox:
+            out += statements.take_released()
+        return out
+
+    def _frontend_decoded(
+        self,
+        tag: int,
+        buf: bytes,
+        start: int,
+        end: int,
+        statements: StatementTracker,
+        encoding: str,
+        now: float,
+        out: list[Record],
+    ) -> None:
+        """A request the query-detail loops do not read by its fields: decoded, then handled."""
+        msg = decode_tagged(True, tag, buf, start, end, encoding)
+        kind = type(msg)
+        if kind in _FRONTEND_NOTABLE:
+            self._on_frontend((tag, buf, start, end), now, out, msg)
+            return
+        handler = FRONTEND_HANDLERS.get(kind)
+        if handler is not None:
+            handler(statements, msg, now)
 
     def backend(self, data: bytes, now: float | None = None) -> list[Record]:
         """Account for bytes the client received (from the server or the proxy)."""
