@@ -143,14 +143,22 @@ def test_a_flood_is_shown_to_the_tracker_in_slices(pg: EmbeddedPostgres, monkeyp
     assert ended.get("undecoded_bytes", 0) == 0
 
 
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 @pytest.mark.parametrize("detail", [Detail.CONNECTION, Detail.QUERY])
-def test_a_plaintext_session_past_start_up_relays_the_fast_way(pg: EmbeddedPostgres, detail: Detail) -> None:
-    """Every plaintext test then exercises ClientSession's fast way; the TLS tests, its general one."""
-    with ProxyHarness(("127.0.0.1", pg.port), TrackerOptions(detail=detail)) as proxy:
+def test_a_plaintext_session_past_start_up_relays_the_fast_way(pg: EmbeddedPostgres, detail: Detail, loop: str) -> None:
+    """Every plaintext test then exercises ClientSession's fast way; the TLS tests, its general one.
+
+    The server's chunks then reach the session straight from the transport
+    (UpstreamSide.relay_directly), on either loop: the second query's answer
+    came that way.
+    """
+    with ProxyHarness(("127.0.0.1", pg.port), TrackerOptions(detail=detail), loop=loop) as proxy:
         with psycopg.connect(proxy.dsn(sslmode="disable")) as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
             (session,) = proxy.server.sessions
             assert session._relay_plain and session.tracker is not None and session.tracker.ready
+            assert session.upstream is not None and session.upstream.direct
+            assert conn.execute("SELECT 2").fetchone() == (2,)
             session.adopt(TrackerOptions(detail=Detail.MESSAGE))  # quiet: adopted at once, still plain
             assert session._relay_plain
         proxy.wait_idle()

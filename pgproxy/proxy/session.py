@@ -175,6 +175,7 @@ class ClientSession(asyncio.Protocol):
         # data_received and upstream_data then ask this one question instead of a dozen.
         self._relay_plain = False
         self._server_transport: Any = None  # the upstream's transport, while _relay_plain
+        self._relay_tracker: Any = None  # the tracker, while _relay_plain
 
     # ------------------------------------------------------------------ client side
 
@@ -211,8 +212,15 @@ class ClientSession(asyncio.Protocol):
             self.bytes_from_client += len(data)
             if self._backlog or len(data) > OBSERVE_SLICE:
                 self._observe(data, True, now)
-            else:  # _observe's own first case, without the call (about 1,200 instructions a chunk)
-                self._show(data, True, now)
+                return
+            # _observe's first case and _show, without their calls (a Python call each, per chunk)
+            try:
+                records = self._relay_tracker.frontend(data, now)
+            except Exception as exc:
+                self._decoding_failed(exc)
+                return
+            if records:
+                self.sink.emit_all(records)
             return
         tls = self.client_tls
         if tls is not None:
@@ -827,7 +835,13 @@ class ClientSession(asyncio.Protocol):
             if self._backlog or len(data) > OBSERVE_SLICE:
                 self._observe(data, False, now)
             else:
-                self._show(data, False, now)
+                try:
+                    records = self._relay_tracker.backend(data, now)
+                except Exception as exc:
+                    self._decoding_failed(exc)
+                    return
+                if records:
+                    self.sink.emit_all(records)
             # (A decoder failure just now cleared _relay_plain: the session then waits for the next chunk.)
             if self._relay_plain and self.server.draining and self.idle:
                 self.shut_down()
@@ -898,6 +912,9 @@ class ClientSession(asyncio.Protocol):
             and self.pending_options is None
         )
         self._server_transport = upstream.transport if plain and upstream is not None else None
+        if plain and upstream is not None and not upstream.direct:
+            upstream.relay_directly()
+        self._relay_tracker = self.tracker if plain else None
         return plain
 
     def _sasl_settled(self, sasl: SaslOfferFilter) -> None:
@@ -1155,6 +1172,7 @@ class UpstreamSide(asyncio.Protocol):
         self._lost: Exception | None = None
         self.gone = False  # connection_lost has run
         self._flushing = False  # the client left: deliver what is queued, then close (flush_and_close)
+        self.direct = False  # the transport hands the server's bytes to the session itself (relay_directly)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)
@@ -1182,6 +1200,21 @@ class UpstreamSide(asyncio.Protocol):
         if not data:
             return
         self.session.upstream_data(data)
+
+    def relay_directly(self) -> None:
+        """In a plaintext relay, have the transport call :meth:`ClientSession.upstream_data` itself.
+
+        Without TLS and past negotiation, :meth:`data_received` only passes
+        the chunk on; skipping it saves a Python call on every server chunk.
+        uvloop binds ``data_received`` once, when the protocol is set: hence
+        ``set_protocol`` (asyncio's transports look it up on every read).
+        """
+        transport = self.transport
+        if self.tls is not None or self.negotiating or transport is None or transport.is_closing():
+            return
+        self.direct = True
+        self.data_received = self.session.upstream_data  # type: ignore[method-assign]
+        transport.set_protocol(self)
 
     def send(self, data: bytes | bytearray | memoryview) -> None:
         """Write to the server, through TLS when the upstream leg is encrypted."""
