@@ -21,7 +21,7 @@ from setuptools import setup
 #: state machine, value and row decoding, hex dumps), the tracker (statement
 #: pairing, the session, SQL analysis, fingerprints, redaction, records) and the
 #: sink's per-record work (the log sink and fan-out, JSON line rendering,
-#: statistics, metrics). mypy type-checks them against the installed
+#: statistics, metrics, the log writer's queue and its thread). mypy type-checks them against the installed
 #: dependencies, so install those first.
 COMPILED = [
     "pgproxy/protocol/framing.py",
@@ -44,6 +44,7 @@ COMPILED = [
     "pgproxy/sink/render.py",
     "pgproxy/sink/stats.py",
     "pgproxy/sink/metrics.py",
+    "pgproxy/sink/writer.py",
 ]
 
 

@@ -72,8 +72,9 @@ class QueueWriter:
         self._wake = threading.Event()
         self._stream_lock = threading.Lock()  # taken per batch, and to swap the stream
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        # Not ``_thread``: compiled (setup.py), the attribute would be a C struct member ``__thread``, gcc's keyword.
+        self._drainer = threading.Thread(target=self._run, name=name, daemon=True)
+        self._drainer.start()
 
     @property
     def dropped(self) -> int:
@@ -194,7 +195,7 @@ class QueueWriter:
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every line queued before this call is written (and drops reported); False on timeout."""
-        if not self._thread.is_alive():
+        if not self._drainer.is_alive():
             return not self._queue
         done = threading.Event()
         self._queue.append(done)  # past max_queued on purpose: a marker is never dropped
@@ -205,4 +206,4 @@ class QueueWriter:
         """Write what is queued, then stop the thread (waits at most ``timeout``)."""
         self._stopping = True
         self._wake.set()
-        self._thread.join(timeout)
+        self._drainer.join(timeout)
