@@ -219,9 +219,10 @@ def test_connection_detail_counting_way_agrees_with_the_framed_way(
 
 
 def _walk_state(t: SessionTracker) -> tuple[object, ...]:
-    framer, error = t.conv.frontend, t.conv.error
+    error = t.conv.error
     errors = (error.direction, error.offset, error.reason, error.excerpt) if error is not None else None
-    return (*_state(t), framer._offset, framer.buffered, framer.mode, t.conv.phase, errors, t.terminated)
+    framers = tuple((f._offset, f.buffered, f.mode) for f in (t.conv.frontend, t.conv.backend))
+    return (*_state(t), framers, t.conv.phase, errors, t.terminated, t.conv.encoding, t.conv.parameters)
 
 
 #: Requests a chunk walked in place may hold (and a few it may not: Close, Flush, CopyData, Terminate).
@@ -241,54 +242,85 @@ _REQUESTS = [
     b.message(b"H"),
     b.copy_data(b"x"),
     b.message(b"X"),
+    b.bind("", "s1", (b"7",)) + b.describe("P", "") + b.execute() + b.sync(),  # pgbench -M prepared
 ]
-_REPLY = b.row_description([("a", 23)]) + b.data_row([b"1"]) + b.command_complete("SELECT 1")
+_ANSWER = b.row_description([("a", 23)]) + b.data_row([b"1"]) + b.command_complete("SELECT 1") + b.ready_for_query()
+#: Responses a chunk walked in place may hold (and a few it may not: ParameterStatus, CopyData, CopyOutResponse).
+_RESPONSES = [
+    b.message(b"1"),
+    b.message(b"2"),
+    b.message(b"3"),
+    b.row_description([("a", 23)]),
+    b.data_row([b"1"]),
+    b.data_row([b"22", None]),
+    b.command_complete("SELECT 1"),
+    b.command_complete("INSERT 0 3"),
+    b.ready_for_query(),
+    b.ready_for_query("T"),
+    b.ready_for_query("E"),
+    b.message(b"n"),
+    b.message(b"s"),
+    b.message(b"I"),
+    b.message(b"t", b"\x00\x01\x00\x00\x00\x17"),
+    b.error_response("ERROR", "42P01", "no such table"),
+    b.notice_response("NOTICE", "00000", "n"),
+    b.parameter_status("TimeZone", "UTC"),
+    b.parameter_status("client_encoding", "LATIN1"),
+    b.copy_response(b"H", 1),
+    b.copy_data(b"x"),
+    _ANSWER,
+    b.message(b"2") + _ANSWER,
+    b.message(b"1") + b.message(b"2") + _ANSWER,
+]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(
     st.lists(
         st.tuples(
-            st.lists(st.integers(min_value=0, max_value=len(_REQUESTS) - 1), min_size=1, max_size=6),
-            st.lists(st.tuples(st.integers(min_value=0, max_value=60), st.binary(max_size=3)), max_size=1),
-            st.integers(min_value=0, max_value=2),
+            st.booleans(),
+            st.lists(st.integers(min_value=0, max_value=max(len(_REQUESTS), len(_RESPONSES)) - 1), max_size=4),
+            st.one_of(  # mostly well-formed
+                st.just([]), st.lists(st.tuples(st.integers(0, 60), st.binary(max_size=3)), min_size=1, max_size=1)
+            ),
+            st.one_of(st.just(0), st.integers(min_value=1, max_value=2)),
         ),
         min_size=1,
-        max_size=6,
+        max_size=12,
     )
 )
-def test_query_detail_walks_whole_requests_as_the_framed_way_does(
-    chunks: list[tuple[list[int], list[tuple[int, bytes]], int]],
+def test_query_detail_walks_whole_messages_as_the_framed_way_does(
+    chunks: list[tuple[bool, list[int], list[tuple[int, bytes]], int]],
 ) -> None:
-    """Query detail's in-place walk of a chunk of whole requests (Framer.feed_whole) against the framed way.
+    """Query detail's in-place walk of a chunk of whole messages (Framer.feed_whole) against the framed way.
 
     The twin is fed the same chunks as bytearrays, which the walk never takes:
-    after every chunk both hold the same counts, stream offsets, phase and
-    errors, and their records agree, for well-formed chunks, chunks with a
-    mutated body or header (malformed requests, impossible lengths) and chunks
-    cut short.
+    after every chunk both hold the same counts, stream offsets, phase,
+    parameters and errors, and their records agree, for well-formed chunks,
+    chunks with a mutated body or header (malformed messages, impossible
+    lengths) and chunks cut short, in both directions.
     """
     walked, framed = (SessionTracker("s1", TrackerOptions(detail=Detail.QUERY), clock=lambda: 0.0) for _ in range(2))
     records: list[list[Any]] = [[], []]
-    login = [
-        (True, b.startup_message({"user": "u", "database": "d"})),
-        (False, b.authentication_ok() + b.ready_for_query()),
-    ]
-    for frontend, data in login:
-        for tracker, out in zip((walked, framed), records, strict=True):
-            out += tracker.frontend(data, 0.0) if frontend else tracker.backend(data, 0.0)
-    for index, (picks, edits, cut) in enumerate(chunks):
-        data = b"".join(_REQUESTS[i] for i in picks)
+    login = b.authentication_ok() + b.parameter_status("client_encoding", "UTF8") + b.ready_for_query()
+    for tracker, out in zip((walked, framed), records, strict=True):
+        out += tracker.frontend(b.startup_message({"user": "u", "database": "d"}), 0.0)
+        out += tracker.backend(login, 0.0)
+    for index, (frontend, picks, edits, cut) in enumerate(chunks):
+        kinds = _REQUESTS if frontend else _RESPONSES
+        data = b"".join(kinds[i % len(kinds)] for i in picks)
         for pos, insert in edits:  # a mutated body or header
             pos = min(pos, len(data))
             data = data[:pos] + insert + data[pos + len(insert) :]
         if cut:
             data = data[:-cut]  # a partial last message: held back
-        records[0] += walked.frontend(data, float(index))
-        records[1] += framed.frontend(bytearray(data), float(index))
+        if frontend:
+            records[0] += walked.frontend(data, float(index))
+            records[1] += framed.frontend(bytearray(data), float(index))  # type: ignore[arg-type]
+        else:
+            records[0] += walked.backend(data, float(index))
+            records[1] += framed.backend(bytearray(data), float(index))  # type: ignore[arg-type]
         assert _walk_state(walked) == _walk_state(framed)
-        for tracker, out in zip((walked, framed), records, strict=True):
-            out += tracker.backend(_REPLY + b.ready_for_query(), float(index) + 0.5)
     for tracker, out in zip((walked, framed), records, strict=True):
         out += tracker.closed("end_of_recording", now=99.0)
     assert [(r.event, r.level, r.fields) for r in records[0]] == [(r.event, r.level, r.fields) for r in records[1]]

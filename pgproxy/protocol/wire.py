@@ -329,6 +329,22 @@ class Conversation:
             self._remember_run(frames, data, run_at, encoding)
         return frames
 
+    def receive_whole(self, data: bytes, tags: bytes) -> int:
+        """:meth:`receive_backend` for a ready conversation's chunk its owner walks in place: how many messages, or 0.
+
+        Only whole messages with tags in ``tags`` are taken (see
+        :meth:`~pgproxy.protocol.framing.Framer.feed_whole`), none of them one
+        the conversation follows (ParameterStatus, which ``tags`` must not
+        hold); otherwise 0 is returned, nothing has changed, and
+        :meth:`receive_backend` takes the same chunk.
+        """
+        if self.phase is not _READY:
+            return 0
+        count = self.backend.feed_whole(data, tags)
+        if count and self._decoded:
+            self._decoded = {}
+        return count
+
     def _receive_known_run(self, data: bytes, run_at: int, run: ParameterRun) -> list[Frame]:
         """A login chunk whose ParameterStatus run was read before: the messages around it the general way, the run at once.
 

@@ -74,6 +74,11 @@ _READ_BY_FIELDS: Final = frozenset((_BIND, _EXECUTE, _DESCRIBE, _SYNC, _QUERY, _
 #: The same as bytes: the tags of a chunk query detail walks in place (see _frontend_requests).
 _BY_FIELDS_TAGS: Final = b"BEDSQP"
 _READY_PHASE: Final = Phase.READY
+#: Responses query detail walks in place when a chunk holds nothing else (see _backend_responses):
+#: ParseComplete, BindComplete, CloseComplete, CommandComplete, DataRow, ErrorResponse,
+#: EmptyQueryResponse, NoticeResponse, RowDescription, ReadyForQuery, NoData, PortalSuspended,
+#: ParameterDescription. Never ParameterStatus: the conversation follows it.
+_WALKED_RESPONSES: Final = b"123CDEINTZnst"
 #: Running as the compiled build's extension module (see pgproxy.protocol.COMPILED).
 _COMPILED: Final = not __file__.endswith(".py")
 _LENGTH = struct.Struct("!I").unpack_from
@@ -423,6 +428,20 @@ class SessionTracker:
             malformed = conv.parameters_malformed
             frames = conv.receive_backend(data)
             return self._count_responses(frames, now, conv.parameters_malformed == malformed)
+        statements = self.statements
+        if (
+            statements is not None
+            and type(data) is bytes
+            and self.ready_at is not None
+            and not self._message_level
+            and self.replication is None
+        ):
+            count = conv.receive_whole(data, _WALKED_RESPONSES)
+            if count:
+                self.messages_from_server += count
+                if conv.value_settings_reported != self._value_settings_seen:
+                    self._value_settings_changed()
+                return self._backend_responses(data, statements, self.clock() if now is None else now)
         malformed = conv.parameters_malformed
         if self.ready_at is None:
             self._server_spoke_last = True
@@ -437,7 +456,6 @@ class SessionTracker:
         out: list[Record] = []
         if self.replication is not None:
             out += self.replication.feed(frames, True, now)
-        statements = self.statements
         message_level = self._message_level
         # Below message detail a ParameterStatus the conversation followed needs
         # nothing more (a login brings a dozen) than the value context, which only
@@ -487,7 +505,6 @@ class SessionTracker:
         rows = row_bytes = copies = copy_bytes = 0
         ready = self.ready_at is not None
         encoding = self.conv.encoding
-        handlers = BACKEND_HANDLERS
         for tag, buf, start, end in frames:
             if tag == _DATA_ROW:
                 rows += 1
@@ -520,21 +537,84 @@ class SessionTracker:
                         if records:
                             out += records
                         continue
-                msg = decode_tagged(False, tag, buf, start, end, encoding)
-                kind = type(msg)
-                if kind not in _BACKEND_NOTABLE_WHEN_READY:
-                    handler = handlers.get(kind)
-                    if handler is not None:
-                        records = handler(statements, msg, now)
-                        if records:
-                            out += records
-                    continue
-                self._on_backend((tag, buf, start, end), now, out, msg)
+                self._backend_decoded(tag, buf, start, end, statements, encoding, now, out)
                 continue
             self._on_backend((tag, buf, start, end), now, out)
         if rows or copies:
             statements.count_results(rows, row_bytes, copies, copy_bytes)
         return out
+
+    def _backend_responses(self, data: bytes, statements: StatementTracker, now: float) -> list[Record]:
+        """:meth:`_backend_query_detail` for a ready session's chunk of whole responses, walked in place.
+
+        The conversation checked the chunk (:meth:`~pgproxy.protocol.wire.Conversation.receive_whole`):
+        whole messages, all of the kinds a statement's answer is made of
+        (_WALKED_RESPONSES: no ParameterStatus, which the conversation follows,
+        and no CopyData). Each is handled as the framed loop handles it, without a
+        frame tuple per message, their list and the wire layer's pass over it.
+        tests/test_tracker_parity.py holds it to the framed way.
+        """
+        out: list[Record] = []
+        rows = row_bytes = 0
+        encoding = self.conv.encoding
+        by_index = _COMPILED
+        pos = 0
+        n = len(data)
+        while pos < n:
+            tag = data[pos]
+            if by_index:
+                length = data[pos + 1] << 24 | data[pos + 2] << 16 | data[pos + 3] << 8 | data[pos + 4]
+            else:
+                length = _LENGTH(data, pos + 1)[0]
+            start = pos + _HEADER_BYTES
+            pos += 1 + length
+            if tag == _DATA_ROW:
+                rows += 1
+                row_bytes += length + 1  # the body and the header
+                continue
+            if rows:
+                statements.count_results(rows, row_bytes, 0, 0)
+                rows = row_bytes = 0
+            if tag == _ROW_DESCRIPTION:
+                statements.description_arrived(None, now)  # see _backend_query_detail
+                continue
+            if tag in _STEP_COMPLETE and pos == start:
+                statements.step_complete()
+                continue
+            if tag == _READY_FOR_QUERY and pos - start == 1:
+                status = _READY_STATUS.get(data[start])
+                if status is not None:
+                    records = statements.ready(status, now)
+                    if records:
+                        out += records
+                    continue
+            self._backend_decoded(tag, data, start, pos, statements, encoding, now, out)
+        if rows:
+            statements.count_results(rows, row_bytes, 0, 0)
+        return out
+
+    def _backend_decoded(
+        self,
+        tag: int,
+        buf: bytes,
+        start: int,
+        end: int,
+        statements: StatementTracker,
+        encoding: str,
+        now: float,
+        out: list[Record],
+    ) -> None:
+        """A response of a ready session the query-detail loops do not read by its fields: decoded, then handled."""
+        msg = decode_tagged(False, tag, buf, start, end, encoding)
+        kind = type(msg)
+        if kind not in _BACKEND_NOTABLE_WHEN_READY:
+            handler = BACKEND_HANDLERS.get(kind)
+            if handler is not None:
+                records = handler(statements, msg, now)
+                if records:
+                    out += records
+            return
+        self._on_backend((tag, buf, start, end), now, out, msg)
 
     def _frontend_message_detail(
         self, frames: list[Frame], statements: StatementTracker, events: MessageEvents, now: float, out: list[Record]
