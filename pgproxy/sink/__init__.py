@@ -165,7 +165,7 @@ class LogSink:
             event, level = record.event, record.level
             if json_writes and _LEVELS.get(level, 0) >= threshold:
                 if not stamp:
-                    stamp = self._stamp.timestamp().encode()
+                    stamp = self._stamp.stamp()
                 line = self._json_line.record_line(record, stamp)
                 if line is not None:
                     lines.append(line)

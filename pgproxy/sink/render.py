@@ -66,9 +66,10 @@ def _dumps_orjson(obj: Any, **_kw: Any) -> str:
 dumps = _dumps_orjson if _orjson is not None else _dumps_stdlib
 
 
-#: "000" to "999": a timestamp's microseconds as two table lookups (formatting them cost more than
-#: the rest of the timestamp).
-_THREE_DIGITS: Final = tuple(f"{n:03d}" for n in range(1000))
+#: b"000" to b"999", and b"000Z" to b"999Z": a timestamp's microseconds as two table lookups
+#: (formatting them cost more than the rest of the timestamp).
+_THREE_DIGITS: Final = tuple(f"{n:03d}".encode() for n in range(1000))
+_THREE_DIGITS_Z: Final = tuple(f"{n:03d}Z".encode() for n in range(1000))
 
 
 class Stamp:
@@ -84,7 +85,7 @@ class Stamp:
 
     def __init__(self) -> None:
         self._second = -1
-        self._prefix = ""  # "2026-11-27T12:00:00." for self._second
+        self._prefix = b""  # b"2026-11-27T12:00:00." for self._second
 
     def __call__(self, _logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         event["level"] = "warning" if method == "warn" else method
@@ -94,16 +95,24 @@ class Stamp:
         return event
 
     def timestamp(self) -> str:
-        """Now, as ISO 8601 UTC with microseconds (``2026-11-27T12:00:00.123456Z``).
+        """Now, as ISO 8601 UTC with microseconds (``2026-11-27T12:00:00.123456Z``)."""
+        return self.stamp().decode()
+
+    def stamp(self) -> bytes:
+        """:meth:`timestamp` in ASCII bytes, what the direct JSON lines splice in (no text built, then encoded).
 
         From the integer clock: no float arithmetic, and the microseconds are
-        exact (truncated, as before).
+        exact (truncated, as before). Bytes from the start saved ~1k of its
+        ~2.2k instructions in the compiled build (callgrind), once per chunk
+        of records.
         """
-        second, micros = divmod(time.time_ns() // 1000, 1_000_000)
+        micros = time.time_ns() // 1000
+        second = micros // 1_000_000
         if second != self._second:
             self._second = second
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
-        return f"{self._prefix}{_THREE_DIGITS[micros // 1000]}{_THREE_DIGITS[micros % 1000]}Z"
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second)).encode()
+        micros -= second * 1_000_000
+        return self._prefix + _THREE_DIGITS[micros // 1000] + _THREE_DIGITS_Z[micros % 1000]
 
 
 #: Keys that send a record the general way: the event's own name, level and
@@ -135,7 +144,7 @@ class JsonLines:
         self._heads: dict[tuple[str, str], bytes] = {}  # (event, level) -> b',"event":...,"timestamp":"'
 
     def __call__(self, event: str, level: str, fields: dict[str, Any]) -> str | None:
-        return self.line(event, level, fields, self._stamp.timestamp().encode())
+        return self.line(event, level, fields, self._stamp.stamp())
 
     def line(self, event: str, level: str, fields: dict[str, Any], stamp: bytes) -> str | None:
         """The line with a ``timestamp`` the caller took: one for every record of a chunk (:meth:`LogSink.emit_all`)."""
