@@ -158,9 +158,10 @@ def test_a_plaintext_session_past_start_up_relays_the_fast_way(pg: EmbeddedPostg
             (session,) = proxy.server.sessions
             assert session._relay_plain and session.tracker is not None and session.tracker.ready
             assert session.upstream is not None and session.upstream.direct
+            assert session._stamped is (detail is not Detail.CONNECTION)  # connection detail only counts
             assert conn.execute("SELECT 2").fetchone() == (2,)
             session.adopt(TrackerOptions(detail=Detail.MESSAGE))  # quiet: adopted at once, still plain
-            assert session._relay_plain
+            assert session._relay_plain and session._stamped
         proxy.wait_idle()
         (ended,) = proxy.events("session.ended")
         assert ended["reason"] == "client_terminated"

@@ -176,6 +176,7 @@ class ClientSession(asyncio.Protocol):
         self._relay_plain = False
         self._server_transport: Any = None  # the upstream's transport, while _relay_plain
         self._relay_tracker: Any = None  # the tracker, while _relay_plain
+        self._stamped = True  # while _relay_plain: chunks are stamped with their arrival (see _plain_relay)
 
     # ------------------------------------------------------------------ client side
 
@@ -203,25 +204,26 @@ class ClientSession(asyncio.Protocol):
         # The request's timestamp is taken when its bytes reach the proxy,
         # before they are forwarded: PostgreSQL starts its clock later, so a
         # duration measured from here can never be shorter than the server's.
-        now = time.monotonic()
         if self._relay_plain:  # the general way below, for a plaintext relay past start-up
             server = self._server_transport
             if server.is_closing():  # the server is gone; the client is being closed
                 return
+            stamp = time.monotonic() if self._stamped else None
             server.write(data)
             self.bytes_from_client += len(data)
             if self._backlog or len(data) > OBSERVE_SLICE:
-                self._observe(data, True, now)
+                self._observe(data, True, stamp or time.monotonic())
                 return
             # _observe's first case and _show, without their calls (a Python call each, per chunk)
             try:
-                records = self._relay_tracker.frontend(data, now)
+                records = self._relay_tracker.frontend(data, stamp)
             except Exception as exc:
                 self._decoding_failed(exc)
                 return
             if records:
                 self.sink.emit_all(records)
             return
+        now = time.monotonic()
         tls = self.client_tls
         if tls is not None:
             try:
@@ -824,19 +826,19 @@ class ClientSession(asyncio.Protocol):
     # ------------------------------------------------------------------ upstream side (called by UpstreamSide)
 
     def upstream_data(self, data: bytes) -> None:
-        now = time.monotonic()  # when the response's bytes reached the proxy
         if self._relay_plain:  # the general way below, for a plaintext relay past start-up
             client = self.client
             assert client is not None
             if client.is_closing():
                 return
+            stamp = time.monotonic() if self._stamped else None  # when the response's bytes reached the proxy
             client.write(data)
             self.bytes_from_server += len(data)
             if self._backlog or len(data) > OBSERVE_SLICE:
-                self._observe(data, False, now)
+                self._observe(data, False, stamp or time.monotonic())
             else:
                 try:
-                    records = self._relay_tracker.backend(data, now)
+                    records = self._relay_tracker.backend(data, stamp)
                 except Exception as exc:
                     self._decoding_failed(exc)
                     return
@@ -846,6 +848,7 @@ class ClientSession(asyncio.Protocol):
             if self._relay_plain and self.server.draining and self.idle:
                 self.shut_down()
             return
+        now = time.monotonic()  # when the response's bytes reached the proxy
         client = self.client
         if client is None or client.is_closing():
             return
@@ -914,7 +917,14 @@ class ClientSession(asyncio.Protocol):
         self._server_transport = upstream.transport if plain and upstream is not None else None
         if plain and upstream is not None and not upstream.direct:
             upstream.relay_directly()
-        self._relay_tracker = self.tracker if plain else None
+        tracker = self._relay_tracker = self.tracker if plain else None
+        # Connection detail, once ready, only counts: no arrival time is read, as
+        # none would be used (an event among the counted messages, an error or a
+        # parameter change, is stamped by the tracker's own clock, microseconds
+        # later). Before ready (no start-up clock) every chunk is stamped: setup_ms.
+        self._stamped = (
+            tracker is None or not tracker.ready or tracker.statements is not None or tracker.replication is not None
+        )
         return plain
 
     def _sasl_settled(self, sasl: SaslOfferFilter) -> None:
@@ -1113,6 +1123,8 @@ class ClientSession(asyncio.Protocol):
         self.pending_options = None if tracker is None or tracker.reconfigure(options) else options
         if self.pending_options is not None:
             self._relay_plain = False  # upstream_data's general way adopts them after the answer
+        elif self._relay_plain:
+            self._relay_plain = self._plain_relay()  # the detail may have changed: stamp chunks or not
 
     def shut_down(self) -> None:
         """End the session the way PostgreSQL's own shutdown does.
