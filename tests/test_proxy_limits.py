@@ -160,6 +160,7 @@ def test_a_plaintext_session_past_start_up_relays_the_fast_way(pg: EmbeddedPostg
             assert session.upstream is not None and session.upstream.direct
             assert session._stamped is (detail is not Detail.CONNECTION)  # connection detail only counts
             assert conn.execute("SELECT 2").fetchone() == (2,)
+            proxy.wait_for(lambda: not session.tracker.request_outstanding)  # the answer is forwarded, then shown
             session.adopt(TrackerOptions(detail=Detail.MESSAGE))  # quiet: adopted at once, still plain
             assert session._relay_plain and session._stamped
         proxy.wait_idle()
