@@ -25,6 +25,8 @@ _FIELD = struct.Struct("!IhIhih").unpack_from  # RowDescription field after its 
 #: Running as the compiled build's extension module: integers are then read byte by
 #: byte, natively, where a struct call stays a Python call (pgproxy.protocol.framing does the same).
 _COMPILED: Final = not __file__.endswith(".py")
+#: A byte as its character, without a call to chr() (Describe's and Close's kind).
+_KINDS: Final = tuple(chr(i) for i in range(256))
 
 #: Startup packet codes ("Message Formats": StartupMessage, SSLRequest, ...).
 SSL_REQUEST_CODE: Final = 80877103
@@ -219,12 +221,20 @@ def read_bind(buf: bytes, start: int, end: int, enc: str) -> BindFields:
         DecodeError, ValueError, UnicodeError: as :func:`decode_tagged` catches them.
     """
     index = buf.index
-    nul = index(0, start, end)
-    portal = buf[start:nul].decode(enc, "backslashreplace") if nul != start else ""
-    pos = nul + 1
-    nul = index(0, pos, end)
-    statement = buf[pos:nul].decode(enc, "backslashreplace") if nul != pos else ""
-    pos = nul + 1
+    if start < end and buf[start] == 0:  # the unnamed portal: no call to find its end
+        portal = ""
+        pos = start + 1
+    else:
+        nul = index(0, start, end)
+        portal = buf[start:nul].decode(enc, "backslashreplace")
+        pos = nul + 1
+    if pos < end and buf[pos] == 0:  # the unnamed statement
+        statement = ""
+        pos += 1
+    else:
+        nul = index(0, pos, end)
+        statement = buf[pos:nul].decode(enc, "backslashreplace")
+        pos = nul + 1
     if pos + 2 <= end and buf[pos] == 0 and buf[pos + 1] == 0:  # no format codes: all text
         fmts: tuple[int, ...] = ()
         pos += 2
@@ -294,8 +304,10 @@ def read_kind_and_name(buf: bytes, start: int, end: int, enc: str) -> tuple[str,
     a Describe per extended-protocol statement); the generic _Reader, with its
     checks and error texts, otherwise.
     """
+    if end - start == 2 and buf[start + 1] == 0:  # the unnamed portal or statement: no find
+        return _KINDS[buf[start]], ""
     if end - start >= 2 and buf.find(0, start + 1, end) == end - 1:
-        return chr(buf[start]), buf[start + 1 : end - 1].decode(enc, "backslashreplace")
+        return _KINDS[buf[start]], buf[start + 1 : end - 1].decode(enc, "backslashreplace")
     return _kind_and_name_by_reader(_Reader(buf, start, end, enc))
 
 
@@ -334,10 +346,14 @@ def read_execute(buf: bytes, start: int, end: int, enc: str) -> tuple[str, int]:
     The unnamed portal's empty name is not decoded; under mypyc the limit is
     read byte by byte, natively (see read_bind).
     """
-    nul = buf.index(0, start, end)
+    if start < end and buf[start] == 0:  # the unnamed portal: no call to find its end
+        nul = start
+        portal = ""
+    else:
+        nul = buf.index(0, start, end)
+        portal = buf[start:nul].decode(enc, "backslashreplace")
     if end - nul != 5:
         raise DecodeError(f"Execute has {end - nul - 1} bytes after the portal name, expected 4")
-    portal = buf[start:nul].decode(enc, "backslashreplace") if nul != start else ""
     if _COMPILED:
         limit = buf[nul + 1] << 24 | buf[nul + 2] << 16 | buf[nul + 3] << 8 | buf[nul + 4]
         return portal, limit - 0x100000000 if limit >= 0x80000000 else limit
