@@ -382,14 +382,15 @@ def read_parse(buf: bytes, start: int, end: int, enc: str) -> tuple[str, str, tu
     reads a Parse per unnamed extended-protocol statement); the generic
     _Reader, with its checks and error texts, otherwise.
     """
-    name_end = buf.find(0, start, end)
+    # The unnamed statement's empty name is seen by its NUL, without a find (see read_bind).
+    name_end = start if start < end and buf[start] == 0 else buf.find(0, start, end)
     query_end = buf.find(0, name_end + 1, end) if name_end >= 0 else -1
     if query_end >= 0 and query_end + 3 <= end:
-        (n,) = _U16(buf, query_end + 1)
+        n = buf[query_end + 1] << 8 | buf[query_end + 2]
         if query_end + 3 + 4 * n == end:
             types: tuple[int, ...] = struct.unpack_from(f"!{n}I", buf, query_end + 3) if n else ()
             return (
-                buf[start:name_end].decode(enc, "backslashreplace"),
+                buf[start:name_end].decode(enc, "backslashreplace") if name_end != start else "",
                 buf[name_end + 1 : query_end].decode(enc, "backslashreplace"),
                 types,
             )
@@ -563,6 +564,18 @@ def split_command_tag(tag: str) -> tuple[str, int | None]:
 
 
 _COMMAND_COMPLETE_CACHE: dict[bytes, m.CommandComplete] = {}
+
+
+def known_command_complete(buf: bytes, start: int, end: int) -> m.CommandComplete | None:
+    """A CommandComplete body read before (the cache :func:`_command_complete` keeps), else None.
+
+    The query-detail walk asks this first and decodes the general way only on
+    None: a statement's CommandComplete is then one dict lookup, without the
+    decoder table and the handler dispatch.
+    """
+    if end <= start or buf[end - 1] != 0:
+        return None
+    return _COMMAND_COMPLETE_CACHE.get(buf[start : end - 1])
 
 
 def _command_complete(buf: bytes, start: int, end: int, enc: str) -> m.Message:

@@ -24,6 +24,7 @@ from pgproxy.protocol import messages as m
 from pgproxy.protocol.decoding import (
     UNREADABLE_BODY,
     decode_tagged,
+    known_command_complete,
     read_bind,
     read_execute,
     read_kind_and_name,
@@ -70,6 +71,7 @@ _SYNC: Final = ord("S")
 _QUERY: Final = ord("Q")
 _PARSE: Final = ord("P")
 #: Requests query detail reads by their fields, without a message object (see _request_by_fields).
+_COMMAND_COMPLETE: Final = ord("C")
 _READ_BY_FIELDS: Final = frozenset((_BIND, _EXECUTE, _DESCRIBE, _SYNC, _QUERY, _PARSE))
 #: The same as bytes: the tags of a chunk query detail walks in place (see _frontend_requests).
 _BY_FIELDS_TAGS: Final = b"BEDSQP"
@@ -585,6 +587,13 @@ class SessionTracker:
                 status = _READY_STATUS.get(data[start])
                 if status is not None:
                     records = statements.ready(status, now)
+                    if records:
+                        out += records
+                    continue
+            elif tag == _COMMAND_COMPLETE:
+                done = known_command_complete(data, start, pos)
+                if done is not None:
+                    records = statements.command_complete(done, now)
                     if records:
                         out += records
                     continue

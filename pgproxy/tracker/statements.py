@@ -789,7 +789,8 @@ class StatementTracker:
             exe.description = description
             exe.decoder = None
 
-    def _on_command_complete(self, msg: m.CommandComplete, now: float) -> list[Record]:
+    def command_complete(self, msg: m.CommandComplete, now: float) -> list[Record]:
+        """A CommandComplete: the statement at the head of the queue succeeded; the records it releases."""
         return self._complete(now, _OK, tag=msg)
 
     def _on_empty_query(self, msg: m.Message, now: float) -> list[Record]:
@@ -1223,7 +1224,7 @@ BACKEND_HANDLERS: Final[dict[type, Any]] = {
     m.ParameterDescription: StatementTracker._on_parameter_description,
     m.RowDescription: StatementTracker._on_row_description,
     m.NoData: StatementTracker._on_row_description,
-    m.CommandComplete: StatementTracker._on_command_complete,
+    m.CommandComplete: StatementTracker.command_complete,
     m.EmptyQueryResponse: StatementTracker._on_empty_query,
     m.PortalSuspended: StatementTracker._on_portal_suspended,
     m.ErrorResponse: StatementTracker._error,
