@@ -339,16 +339,27 @@ def _parameter_statuses() -> st.SearchStrategy[bytes]:
     return st.one_of(well_formed, well_formed, well_formed, st.sampled_from(_ODD_STATUS))
 
 
-def _burst_outcome(chunks: list[bytes | bytearray], startup: bytes, max_frame: int) -> object:
-    """Everything a login's server chunks leave in a fresh conversation: frames, decoded messages, state."""
+def _burst_outcome(chunks: list[bytes | bytearray], startup: bytes, max_frame: int, login: bool = False) -> object:
+    """Everything a login's server chunks leave in a fresh conversation: frames, decoded messages, state.
+
+    ``login``: by receive_login_backend, frames left out marked ``("left out", count)``.
+    """
     conv = Conversation(max_frame)
     conv.receive_frontend(startup)
-    frames_seen = []
+    frames_seen: list[list[object]] = []  # per chunk
     for chunk in chunks:
-        for tag, buf, start, end in conv.receive_backend(chunk):
+        if login:
+            frames, left_out = conv.receive_login_backend(chunk)
+        else:
+            frames, left_out = conv.receive_backend(chunk), 0
+        seen: list[object] = []
+        for tag, buf, start, end in frames:
             frame = (tag, buf, start, end)
             body = None if buf is None else bytes(buf[start:end])
-            frames_seen.append((tag, start, end, body, conv.decoded_backend(frame), conv.decode(frame, False)))
+            seen.append((tag, start, end, body, conv.decoded_backend(frame), conv.decode(frame, False)))
+        if left_out:
+            seen.append(("left out", left_out))
+        frames_seen.append(seen)
     error = conv.error
     return (
         frames_seen,
@@ -399,6 +410,32 @@ def test_a_login_burst_seen_before_agrees_with_reading_it(
             break
         usable += 1
     assert kept == ([b"".join(statuses[:usable])] if usable else [])
+    # receive_login_backend: the same, but the known run's frames left out and counted, unless a
+    # malformed ParameterStatus follows it in the chunk (the caller then reads them all).
+    by_login = _burst_outcome([burst, later], startup, max_frame, login=True)
+    assert by_login == _without_left_out(general, by_login)
+    every_status_followed = not any(status in _ODD_STATUS for status in statuses) and not tail.startswith(b"S")
+    if usable and every_status_followed and max_frame > 24:
+        assert by_login[0][0][-1] == ("left out", usable)  # type: ignore[index]
+
+
+def _without_left_out(general: object, by_login: object) -> object:
+    """The general outcome with each chunk's first ``count`` frames (ParameterStatus, well-formed) moved to a mark."""
+    frames_general, *state = general  # type: ignore[misc]
+    frames_login = by_login[0]  # type: ignore[index]
+    expected = []
+    for seen, seen_by_login in zip(frames_general, frames_login, strict=True):
+        mark = seen_by_login[-1] if seen_by_login and seen_by_login[-1][0] == "left out" else None
+        if mark is None:
+            expected.append(seen)
+            continue
+        # Only where every ParameterStatus of the chunk was followed (else the caller reads them all).
+        assert not any(f[0] == ord("S") and isinstance(f[5], m.Malformed) for f in seen)
+        first = next(i for i, frame in enumerate(seen) if frame[0] == ord("S"))
+        run = seen[first : first + mark[1]]
+        assert all(f[0] == ord("S") and f[4] is None and isinstance(f[5], m.ParameterStatus) for f in run)
+        expected.append(seen[:first] + seen[first + mark[1] :] + [mark])
+    return (expected, *state)
 
 
 @settings(max_examples=400)

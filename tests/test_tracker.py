@@ -6,6 +6,8 @@ import re
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pgproxy.protocol import build as b
 from pgproxy.protocol.build import error_response, startup_message
@@ -797,3 +799,60 @@ def test_a_reload_keeps_the_value_cap_that_stops_decoding_long_arrays() -> None:
     before = bound_parameters(2.0)
     assert t.reconfigure(TrackerOptions(**options))
     assert bound_parameters(3.0) == before
+
+
+_LOGIN_STATUSES = [("client_encoding", "UTF8"), ("client_encoding", "LATIN1"), ("TimeZone", "Europe/Paris")]
+_LOGIN_STATUSES += [("DateStyle", "ISO, MDY"), ("server_version", "18.4"), ("application_name", "caf\u00e9")]
+
+
+def _login_outcome(detail: Detail, chunks: list[bytes], general: bool) -> list[Any]:
+    """Three logins bringing the same chunks (the third takes a known ParameterStatus run), then a statement."""
+    from pgproxy.protocol import wire
+
+    wire._known_runs.clear()
+    wire._runs_seen.clear()
+    outcome: list[Any] = []
+    for login in range(3):
+        t = SessionTracker(f"s{login}", TrackerOptions(detail=detail), client=("127.0.0.1", 50000), clock=lambda: 0.0)
+        records = t.frontend(startup_message({"user": "alice", "database": "app"}), now=0.0)
+        for chunk in chunks:
+            records += t.backend(bytearray(chunk) if general else chunk, now=0.001)  # type: ignore[arg-type]
+        # Its parameter decodes by the client_encoding the login reported (before any later server chunk).
+        request = b.parse("", "SELECT $1::text") + b.bind("", "", (b"caf\xe9 \xc3\xa9",)) + b.execute() + b.sync()
+        records += t.frontend(request, now=0.002)
+        answer = b.message(b"1") + b.message(b"2") + b.data_row([b"x"]) + b.command_complete("SELECT 1")
+        records += t.backend(answer + b.ready_for_query(), now=0.004)
+        records += t.closed("client_closed", now=0.005)
+        value_context = None if t.statements is None else t.statements.value_context
+        outcome.append(
+            (
+                [(r.event, r.level, dict(r.fields)) for r in records],
+                t.messages_from_server,
+                dict(t.conv.parameters),
+                t.conv.encoding,
+                None if value_context is None else (value_context.encoding, value_context.timezone),
+            )
+        )
+    return outcome
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.sampled_from(_LOGIN_STATUSES), min_size=1, max_size=6),
+    st.sampled_from([b"", b.message(b"S", b"x\x00y\x00z\x00")]),
+    st.booleans(),
+    st.sampled_from([Detail.CONNECTION, Detail.QUERY]),
+)
+def test_a_login_with_a_known_parameter_run_gives_the_general_records(
+    statuses: list[tuple[str, str]], odd: bytes, split: bool, detail: Detail
+) -> None:
+    """Conversation.receive_login_backend leaves a known run's frames out and counts them: same records and counts.
+
+    The general path is the same chunks as bytearrays (the known run is taken
+    for bytes only); a malformed ParameterStatus after the run sends the chunk
+    the general way, and so does a run split from its tail.
+    """
+    run = b"".join(b.parameter_status(name, value) for name, value in statuses)
+    tail = odd + b.backend_key_data(4242) + b.ready_for_query()
+    chunks = [b.authentication_ok() + run, tail] if split else [b.authentication_ok() + run + tail]
+    assert _login_outcome(detail, chunks, general=False) == _login_outcome(detail, chunks, general=True)

@@ -345,20 +345,57 @@ class Conversation:
             self._decoded = {}
         return count
 
+    def receive_login_backend(self, data: bytes | bytearray | memoryview) -> tuple[list[Frame], int]:
+        """:meth:`receive_backend` for a caller that skips followed ParameterStatus frames anyway: (frames, how many it left out).
+
+        A known ParameterStatus run (see :class:`ParameterRun`) is followed as
+        :meth:`receive_backend` follows it, but yields no frames, only its
+        length: a login's dozen frame tuples, and the caller's loop passing
+        over them, are work nobody reads below message detail (callgrind, a
+        pgbench -C login). Every other chunk gets exactly receive_backend's
+        frames and a count of 0, and so does a chunk where a malformed
+        ParameterStatus follows the run (the caller reads them all then): the
+        frames left out are only ever the run's well-formed ParameterStatus
+        frames, in one piece, in a chunk whose ParameterStatus were all
+        followed (``tests/test_conversation.py`` holds it to receive_backend).
+        """
+        framer = self.backend
+        if (
+            self.phase is _AUTHENTICATING
+            and type(data) is bytes
+            and framer.mode is _TAGGED
+            and not framer.buffered
+            and not framer.skipping
+        ):
+            run_at = _run_start(data, framer.max_frame)
+            if run_at >= 0:
+                run = _known_run(data, run_at, self.encoding, framer.max_frame)
+                if run is not None:
+                    return self._follow_known_run(data, run_at, run, False)
+        return self.receive_backend(data), 0
+
     def _receive_known_run(self, data: bytes, run_at: int, run: ParameterRun) -> list[Frame]:
-        """A login chunk whose ParameterStatus run was read before: the messages around it the general way, the run at once.
+        """A login chunk whose ParameterStatus run was read before: the messages around it the general way, the run at once."""
+        return self._follow_known_run(data, run_at, run, True)[0]
+
+    def _follow_known_run(self, data: bytes, run_at: int, run: ParameterRun, framed: bool) -> tuple[list[Frame], int]:
+        """The frames of a chunk with a known run, and how many of the run's own frames were left out.
 
         The messages before and after the run are framed from slices of
         ``data`` and their frames then point into ``data`` itself, at the
-        offsets the general path gives them.
+        offsets the general path gives them. Unless ``framed``, the run's own
+        frames are left out (see :meth:`receive_login_backend`) -- but not
+        when a malformed ParameterStatus follows it in the chunk: the caller
+        then reads every one of them the general way, as it would have.
         """
         framer = self.backend
         if self._decoded:
             self._decoded = {}
         out = self._follow_backend([(t, data, s, e) for t, _, s, e in framer.feed(data[:run_at])]) if run_at else []
+        at = len(out)
+        malformed = self.parameters_malformed
         size = len(run.data)
         framer.passed(size)
-        out += [(_TAG_PARAMETER_STATUS, data, run_at + start, run_at + end) for start, end in run.bodies]
         self.parameters.update(run.pairs)
         self.encoding = run.encoding_after
         self.value_settings_reported += run.value_settings
@@ -368,7 +405,10 @@ class Conversation:
             out += self._follow_backend(
                 [(t, data, s + rest, e + rest) if b is not None else (t, None, s, e) for t, b, s, e in tail]
             )
-        return out
+        if not framed and self.parameters_malformed == malformed:
+            return out, len(run.bodies)
+        out[at:at] = [(_TAG_PARAMETER_STATUS, data, run_at + start, run_at + end) for start, end in run.bodies]
+        return out, 0
 
     def _remember_run(self, frames: list[Frame], data: bytes, run_at: int, encoding: str) -> None:
         """After the general path: keep the chunk's ParameterStatus run the second time it is seen (see ParameterRun)."""

@@ -450,7 +450,14 @@ class SessionTracker:
             self._server_answered_startup = self._server_answered_startup or conv.phase is Phase.AUTHENTICATING
         if not conv.decoding:
             return []
-        frames = conv.receive_backend(data)
+        message_level = self._message_level
+        if self.ready_at is None and not message_level and self.replication is None:
+            # A login's known ParameterStatus run comes counted, not framed: below
+            # message detail the loops below pass over followed ones anyway.
+            frames, followed_run = conv.receive_login_backend(data)
+            self.messages_from_server += followed_run
+        else:
+            frames = conv.receive_backend(data)
         if not frames:
             return []
         self.messages_from_server += len(frames)
@@ -458,7 +465,6 @@ class SessionTracker:
         out: list[Record] = []
         if self.replication is not None:
             out += self.replication.feed(frames, True, now)
-        message_level = self._message_level
         # Below message detail a ParameterStatus the conversation followed needs
         # nothing more (a login brings a dozen) than the value context, which only
         # message detail reads within a backend chunk: set here, once per chunk.
