@@ -155,6 +155,11 @@ class ProxyServer:
             key_file=config.tls_upstream_key_file,
             server_name=config.tls_upstream_server_name,
         )
+        # Asked on every new connection: plain attributes, where the settings' and the
+        # mode's properties cost a Python call each (cProfile, pgbench -C).
+        self.upstream_tls_asks = self.upstream_tls.mode.asks
+        self.write_buffer_high = config.write_buffer_high
+        self.write_buffer_low = config.write_buffer_low
         self.client_tls_context: ssl.SSLContext | None = None
         self.client_certificate_der: bytes | None = None
         self.reload_tls()
@@ -268,8 +273,9 @@ class ProxyServer:
         if self._saturated is not None:
             self.sink.log("info", "proxy.limit_cleared", limit=self._saturated, refused=self._refused_while_saturated)
             self._saturated = None
+        if not self.sessions:  # else cleared already (Event.clear is a Python call)
+            self._idle.clear()
         self.sessions.add(session)
-        self._idle.clear()
 
     def _reject(self, session: ClientSession, kind: str, value: int, why: str) -> None:
         """Refuse a client over a limit: FATAL 53300 to it, and one ``proxy.limit_reached`` per episode."""

@@ -22,7 +22,7 @@ import socket
 import ssl
 import struct
 import time
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from pgproxy.protocol.build import SSL_REQUEST, cancel_request, error_response
 from pgproxy.protocol.decoding import CANCEL_REQUEST_CODE, GSSENC_REQUEST_CODE, SSL_REQUEST_CODE
@@ -181,13 +181,15 @@ class ClientSession(asyncio.Protocol):
     # ------------------------------------------------------------------ client side
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport = cast(asyncio.Transport, transport)  # uvloop's TCPTransport is not a subclass
-        self.client = transport
-        self.client_reads.transport = transport
+        # uvloop's TCPTransport is not an asyncio.Transport subclass (no typing.cast: a Python call per connection)
+        client: asyncio.Transport = transport  # type: ignore[assignment]
+        self.client = client
+        self.client_reads.transport = client
+        server = self.server
         if self._cap_buffers:
-            limit_socket_buffers(transport.get_extra_info("socket"), self.config.socket_buffer)
-        transport.set_write_buffer_limits(high=self.config.write_buffer_high, low=self.config.write_buffer_low)
-        peer = transport.get_extra_info("peername")
+            limit_socket_buffers(client.get_extra_info("socket"), self.config.socket_buffer)
+        client.set_write_buffer_limits(high=server.write_buffer_high, low=server.write_buffer_low)
+        peer = client.get_extra_info("peername")
         self.peer = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
         self.tracker = SessionTracker(
             self.session_id,
@@ -307,8 +309,10 @@ class ClientSession(asyncio.Protocol):
             # Only a client that vanished first: when the server dropped the
             # session (a restart, pg_terminate_backend) there is nothing to cancel.
             return
+        if tracker.terminated or not tracker.request_outstanding:
+            return  # said goodbye (most sessions), or nothing running: no property calls asked for nothing
         pid, key = tracker.backend_pid, tracker.cancel_key
-        if tracker.request_outstanding and not tracker.terminated and pid is not None and key is not None:
+        if pid is not None and key is not None:
             packet = cancel_request(pid, key)
             self.server.forward_cancel(self, packet, reason="client_vanished")
 
@@ -534,11 +538,11 @@ class ClientSession(asyncio.Protocol):
     async def _dial(self) -> None:
         cfg = self.config
         side = UpstreamSide(self)
-        upstream_tls = self.server.upstream_tls
+        server = self.server
         failure: str | None = None
         try:
-            await self.server.loop.create_connection(lambda: side, cfg.upstream_host, cfg.upstream_port)
-            if upstream_tls.mode.asks and self._wants_upstream_tls():
+            await server.loop.create_connection(lambda: side, cfg.upstream_host, cfg.upstream_port)
+            if server.upstream_tls_asks and self._wants_upstream_tls():
                 failure = await self._negotiate_upstream_tls(side)
         except asyncio.CancelledError:
             side.close()
@@ -1187,12 +1191,13 @@ class UpstreamSide(asyncio.Protocol):
         self.direct = False  # the transport hands the server's bytes to the session itself (relay_directly)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport = cast(asyncio.Transport, transport)
-        self.transport = transport
-        cfg = self.session.config
-        limit_socket_buffers(transport.get_extra_info("socket"), cfg.socket_buffer)
-        transport.set_write_buffer_limits(high=cfg.write_buffer_high, low=cfg.write_buffer_low)
-        self.session.upstream_reads.transport = transport
+        upstream: asyncio.Transport = transport  # type: ignore[assignment]  # (no typing.cast: see ClientSession's)
+        self.transport = upstream
+        session = self.session
+        server = session.server
+        limit_socket_buffers(upstream.get_extra_info("socket"), session.config.socket_buffer)
+        upstream.set_write_buffer_limits(high=server.write_buffer_high, low=server.write_buffer_low)
+        session.upstream_reads.transport = upstream
 
     def data_received(self, data: bytes) -> None:
         tls = self.tls
