@@ -232,7 +232,14 @@ def read_bind(buf: bytes, start: int, end: int, enc: str) -> BindFields:
         statement = ""
         pos += 1
     else:
-        nul = index(0, pos, end)
+        if _COMPILED:  # a short name's NUL found natively, without index()'s argument parsing
+            nul = pos
+            while nul < end and buf[nul] != 0:
+                nul += 1
+            if nul == end:
+                raise ValueError("subsection not found")  # what index() raises
+        else:
+            nul = index(0, pos, end)
         statement = buf[pos:nul].decode(enc, "backslashreplace")
         pos = nul + 1
     if pos + 2 <= end and buf[pos] == 0 and buf[pos + 1] == 0:  # no format codes: all text
