@@ -238,6 +238,11 @@ _AUTHENTICATING = Phase.AUTHENTICATING
 _TAGGED = FramingMode.TAGGED
 _ENCRYPTED: Final = Phase.ENCRYPTED
 _DESYNCHRONIZED: Final = Phase.DESYNCHRONIZED
+# Asked or set on every login (a dozen times a connection): constants too.
+_STARTUP_PHASE: Final = Phase.STARTUP
+_STARTUP_MODE: Final = FramingMode.STARTUP
+_HALTED: Final = FramingMode.HALTED
+_SINGLE_BYTE: Final = FramingMode.SINGLE_BYTE
 
 
 class Conversation:
@@ -258,9 +263,9 @@ class Conversation:
     """
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
-        self.frontend = Framer("frontend", FramingMode.STARTUP, max_frame)
-        self.backend = Framer("backend", FramingMode.TAGGED, max_frame)
-        self.phase = Phase.STARTUP
+        self.frontend = Framer("frontend", _STARTUP_MODE, max_frame)
+        self.backend = Framer("backend", _TAGGED, max_frame)
+        self.phase = _STARTUP_PHASE
         self.encoding = "utf-8"
         self.parameters: dict[str, str] = {}
         self.startup: m.StartupMessage | None = None
@@ -300,7 +305,7 @@ class Conversation:
             out.extend(frames)
             for frame in frames:
                 self._on_frontend_unit(frame)
-            if framer.mode in (FramingMode.HALTED, FramingMode.SINGLE_BYTE) or not framer.buffered:
+            if framer.mode is _HALTED or framer.mode is _SINGLE_BYTE or not framer.buffered:
                 break
             frames = framer.feed(b"")
         return out
@@ -458,7 +463,7 @@ class Conversation:
                     self._on_parameter_status(frame)
                 elif tag in _STARTUP_WATCH or tag < 0:
                     self._on_backend_unit(frame)
-            if framer.mode is FramingMode.HALTED or not framer.buffered:
+            if framer.mode is _HALTED or not framer.buffered:
                 break
             frames = framer.feed(b"")
         return out
@@ -571,9 +576,9 @@ class Conversation:
                 self.startup = msg
                 if encoding:
                     self.encoding = python_codec(encoding)
-            self.phase = Phase.AUTHENTICATING
-            self.frontend.mode = FramingMode.TAGGED
-            self.backend.mode = FramingMode.TAGGED
+            self.phase = _AUTHENTICATING
+            self.frontend.mode = _TAGGED
+            self.backend.mode = _TAGGED
 
     def _on_backend_unit(self, frame: Frame) -> None:
         tag, buf, start, end = frame
@@ -601,7 +606,7 @@ class Conversation:
                 self.backend_pid = key.process_id
                 self.backend_key = key.secret_key
         elif tag == _TAG_READY:
-            self.phase = Phase.READY
+            self.phase = _READY
             self.auth_state = None
         elif tag == _TAG_ERROR and self.phase in (Phase.AUTHENTICATING, Phase.NEGOTIATING, Phase.STARTUP):
             # A start-up failure (bad password, unknown database...) ends the session.

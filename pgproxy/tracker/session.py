@@ -76,6 +76,9 @@ _READ_BY_FIELDS: Final = frozenset((_BIND, _EXECUTE, _DESCRIBE, _SYNC, _QUERY, _
 #: The same as bytes: the tags of a chunk query detail walks in place (see _frontend_requests).
 _BY_FIELDS_TAGS: Final = b"BEDSQP"
 _READY_PHASE: Final = Phase.READY
+_AUTHENTICATING_PHASE: Final = Phase.AUTHENTICATING  # asked per server chunk until ready
+_QUERY_DETAIL: Final = Detail.QUERY  # asked (with MESSAGE) by every new tracker
+_MESSAGE_DETAIL: Final = Detail.MESSAGE
 #: Responses query detail walks in place when a chunk holds nothing else (see _backend_responses):
 #: ParseComplete, BindComplete, CloseComplete, CommandComplete, DataRow, ErrorResponse,
 #: EmptyQueryResponse, NoticeResponse, RowDescription, ReadyForQuery, NoData, PortalSuspended,
@@ -196,7 +199,7 @@ class SessionTracker:
         self.session_id = session_id
         self.options = options or TrackerOptions()
         self.detail = self.options.detail
-        self._message_level = self.detail >= Detail.MESSAGE  # checked per frame: keep it a plain bool
+        self._message_level = self.detail >= _MESSAGE_DETAIL  # checked per frame: keep it a plain bool
         self._events = MessageEvents(session_id, self.options) if self._message_level else None
         # Message detail: decoded RowDescriptions by their body (see _row_description).
         self._descriptions: dict[bytes, m.Message] | None = None
@@ -218,7 +221,7 @@ class SessionTracker:
             self.context["client.address"], self.context["client.port"] = client
         self.statements: StatementTracker | None = (
             StatementTracker(self.options, self.context, ValueContext(max_value_chars=self.options.max_value_chars))
-            if self.detail >= Detail.QUERY
+            if self.detail >= _QUERY_DETAIL
             else None
         )
         self.encrypted: str | None = None
@@ -447,7 +450,7 @@ class SessionTracker:
         malformed = conv.parameters_malformed
         if self.ready_at is None:
             self._server_spoke_last = True
-            self._server_answered_startup = self._server_answered_startup or conv.phase is Phase.AUTHENTICATING
+            self._server_answered_startup = self._server_answered_startup or conv.phase is _AUTHENTICATING_PHASE
         if not conv.decoding:
             return []
         message_level = self._message_level
