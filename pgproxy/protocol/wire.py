@@ -312,27 +312,11 @@ class Conversation:
 
     def receive_backend(self, data: bytes | bytearray | memoryview) -> list[Frame]:
         """Frames completed by a chunk the backend sent."""
-        framer = self.backend
-        run_at = -1
-        encoding = self.encoding
-        if (
-            self.phase is _AUTHENTICATING
-            and type(data) is bytes
-            and framer.mode is _TAGGED
-            and not framer.buffered
-            and not framer.skipping
-        ):
-            run_at = _run_start(data, framer.max_frame)
-            if run_at >= 0:
-                run = _known_run(data, run_at, encoding, framer.max_frame)
-                if run is not None:
-                    return self._receive_known_run(data, run_at, run)
+        if self.phase is _AUTHENTICATING:
+            return self._receive_login(data, True)[0]
         if self._decoded:
             self._decoded = {}
-        frames = self._follow_backend(framer.feed(data))
-        if run_at >= 0 and isinstance(data, bytes):
-            self._remember_run(frames, data, run_at, encoding)
-        return frames
+        return self._follow_backend(self.backend.feed(data))
 
     def receive_whole(self, data: bytes, tags: bytes) -> int:
         """:meth:`receive_backend` for a ready conversation's chunk its owner walks in place: how many messages, or 0.
@@ -364,24 +348,28 @@ class Conversation:
         frames, in one piece, in a chunk whose ParameterStatus were all
         followed (``tests/test_conversation.py`` holds it to receive_backend).
         """
-        framer = self.backend
-        if (
-            self.phase is _AUTHENTICATING
-            and type(data) is bytes
-            and framer.mode is _TAGGED
-            and not framer.buffered
-            and not framer.skipping
-        ):
-            run_at = _run_start(data, framer.max_frame)
-            if run_at >= 0:
-                run = _known_run(data, run_at, self.encoding, framer.max_frame)
-                if run is not None:
-                    return self._follow_known_run(data, run_at, run, False)
+        if self.phase is _AUTHENTICATING:
+            return self._receive_login(data, False)
         return self.receive_backend(data), 0
 
-    def _receive_known_run(self, data: bytes, run_at: int, run: ParameterRun) -> list[Frame]:
-        """A login chunk whose ParameterStatus run was read before: the messages around it the general way, the run at once."""
-        return self._follow_known_run(data, run_at, run, True)[0]
+    def _receive_login(self, data: bytes | bytearray | memoryview, framed: bool) -> tuple[list[Frame], int]:
+        """A chunk while authenticating: a known ParameterStatus run at once (:class:`ParameterRun`), any other
+        the general way and remembered; with the frames, how many of the run's were left out (``framed`` False)."""
+        framer = self.backend
+        run_at = -1
+        encoding = self.encoding
+        if type(data) is bytes and framer.mode is _TAGGED and not framer.buffered and not framer.skipping:
+            run_at = _run_start(data, framer.max_frame)
+            if run_at >= 0:
+                run = _known_run(data, run_at, encoding, framer.max_frame)
+                if run is not None:
+                    return self._follow_known_run(data, run_at, run, framed)
+        if self._decoded:
+            self._decoded = {}
+        frames = self._follow_backend(framer.feed(data))
+        if run_at >= 0 and isinstance(data, bytes):
+            self._remember_run(frames, data, run_at, encoding)
+        return frames, 0
 
     def _follow_known_run(self, data: bytes, run_at: int, run: ParameterRun, framed: bool) -> tuple[list[Frame], int]:
         """The frames of a chunk with a known run, and how many of the run's own frames were left out.
