@@ -680,6 +680,9 @@ def main() -> None:
     for name in names:
         if name.split("@")[0].split("+")[0] not in ALL_TARGETS:
             parser.error(f"unknown target {name!r}")
+    for workload in workloads:
+        if workload not in WORKLOADS:
+            parser.error(f"unknown workload {workload!r} (choose among {','.join(WORKLOADS)})")
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 1,000 connections need 2,000+ descriptors
 
