@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPILED: list[str] = runpy.run_path(str(ROOT / "setup.py"), run_name="setup")["COMPILED"]
 
 # Whichever test runs first pays for the mypyc build in the ``builds`` fixture
-# (about two minutes on a quiet 2-core machine, more than the suite's 300 s
-# per-test limit on a loaded one): the build has its own 1800 s limit, so the
-# tests that wait for it get the same.
+# (the whole file took 66 s on this quiet 2-core VM; on a loaded one the build
+# can approach the suite's 300 s per-test limit): the build has its own 1800 s
+# limit, so the tests that wait for it get the same.
 pytestmark = pytest.mark.timeout(1800)
 
 _RUN = """
