@@ -202,9 +202,11 @@ def test_top_redraws_as_the_log_grows_and_ctrl_c_ends_it(tmp_path: Any) -> None:
     log.write_text(json.dumps(first) + "\n")
     # Started as from a user's shell: Python turns SIGINT into KeyboardInterrupt
     # only when it starts with SIGINT not ignored, and an ignored SIGINT is
-    # inherited. Late in a full run the pytest process itself has SIGINT ignored
-    # (seen 2026-11-27; which test leaves it so is not found yet), and the view
-    # then never saw Ctrl-C. A handler, unlike SIG_IGN, is not inherited.
+    # inherited. A shell without job control starts a background command
+    # (`cmd &`) with SIGINT ignored, so a CI runner may start pytest that way:
+    # the view then inherited SIG_IGN and never saw Ctrl-C (CI, 2026-11-27). No
+    # test changes the handler (a probe after every test of a full run saw none).
+    # A handler, unlike SIG_IGN, is not inherited.
     inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         proc = subprocess.Popen(
