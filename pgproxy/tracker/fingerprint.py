@@ -941,6 +941,21 @@ class StatementAnalyzer:
             return analysis.parameter_names
         return lexical.parameter_names(sql)
 
+    def holds(self, sql: str) -> bool:
+        """The analysis of ``sql`` is cached under the text itself (not its literal key)."""
+        return sql in self._cache
+
+    def count_hit(self, literal: bool) -> None:
+        """Count a use of an analysis the caller kept (statement facts) as the cache hit it stands for.
+
+        ``literal``: a hit through the text's literal key. The kept analysis is
+        not moved to the cache's recent end: under eviction pressure the
+        counters of misses and evictions may differ from asking :meth:`analyze`.
+        """
+        self._hits += 1
+        if literal:
+            self._literal_hits += 1
+
     @property
     def entries(self) -> int:
         return len(self._cache)

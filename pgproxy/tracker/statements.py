@@ -29,7 +29,7 @@ from __future__ import annotations
 import enum
 import re
 from collections import OrderedDict, deque
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Final
@@ -38,10 +38,10 @@ from pgproxy.protocol import messages as m
 from pgproxy.protocol.oids import type_name
 from pgproxy.protocol.rows import RowDecoder
 from pgproxy.protocol.values import DECODER_FAILURE, ValueContext, ValueDecoder, decoder_for
-from pgproxy.tracker.fingerprint import annotate
+from pgproxy.tracker.fingerprint import Source, annotate
 from pgproxy.tracker.options import TextMode, TrackerOptions
 from pgproxy.tracker.records import NOTICE, NOTIFICATION, QUERY, SESSION_ANOMALY, Record, SessionContext, truncate
-from pgproxy.tracker.sql import operation_name, parameter_names, split_statements
+from pgproxy.tracker.sql import CACHE_BUDGET_CHARS, CACHED_TEXT_CHARS, operation_name, parameter_names, split_statements
 
 #: Transaction status byte of ReadyForQuery -> logged value.
 TRANSACTION_STATUS: Final = {"I": "idle", "T": "in_transaction", "E": "failed_transaction"}
@@ -88,6 +88,9 @@ _SKIPPED: Final[Outcome] = Outcome.SKIPPED
 _SUSPENDED: Final[Outcome] = Outcome.SUSPENDED
 _INTERRUPTED: Final[Outcome] = Outcome.INTERRUPTED
 _NORMALIZED: Final[TextMode] = TextMode.NORMALIZED
+_PARSER: Final[Source] = Source.PARSER
+
+_NO_NAMES: Final[Mapping[int, str]] = {}
 
 #: Command tags that open and close explicit transaction blocks.
 _BEGIN: Final = frozenset(("BEGIN", "START TRANSACTION"))
@@ -107,7 +110,7 @@ _ROLLBACK_TO: Final = re.compile(r"\s*rollback\s+(?:work\s+|transaction\s+)?to\b
 
 
 class PreparedStatement:
-    __slots__ = ("description", "name", "parameter_types", "sql")
+    __slots__ = ("description", "facts", "name", "parameter_types", "sql")
 
     def __init__(
         self, name: str, sql: str, parameter_types: tuple[int, ...], description: m.RowDescription | None = None
@@ -116,6 +119,166 @@ class PreparedStatement:
         self.sql = sql
         self.parameter_types = parameter_types
         self.description = description
+        #: What its records say about ``sql`` (see StatementFacts), once it was asked for.
+        self.facts: StatementFacts | None = None
+
+
+class StatementFacts:
+    """What every record of one SQL text says about the text, worked out once per text and options.
+
+    A prepared statement is executed again and again (pgbench -M prepared, every
+    driver's statement cache), and the unnamed statement of the extended
+    protocol is parsed again with the same text (pgbench -M extended, asyncpg,
+    JDBC): the redacted ``db.query.text``, the analyzer's fields and operation
+    and the parameters' column names do not change between executions.
+    Working them out for every statement cost ~4.3k of a compiled pgbench
+    prepared statement's ~39k instructions (redaction ~2.2k, two analyzer
+    lookups and ``annotate``, callgrind); these are held by the statement, and
+    shared by equal texts through :data:`FACTS`.
+
+    Valid while the tracker's options are ``options`` (the very object: a
+    reload brings new options, with perhaps another redaction or analyzer).
+    Nothing else goes in: the session's encoding and settings shape the text
+    (already decoded) and the parameters' values, never these.
+
+    Attributes:
+        head: the record's first fields, in their order: ``db.query.text``,
+            ``db.operation.name`` (a placeholder the record sets) and the
+            analyzer's (``fingerprint``...). Records start from a copy.
+        operation: ``db.operation.name`` of a statement without a command tag
+            (a command tag names it otherwise).
+        names: the column each ``$n`` belongs to (redaction by name).
+        literal: the analyzer holds the analysis under the text's literal key,
+            not the text (a use counts as a literal-key hit too).
+    """
+
+    __slots__ = ("head", "literal", "names", "operation", "options")
+
+    def __init__(
+        self,
+        options: TrackerOptions,
+        head: dict[str, Any],
+        operation: str | None,
+        names: Mapping[int, str],
+        literal: bool,
+    ) -> None:
+        self.options = options
+        self.head = head
+        self.operation = operation
+        self.names = names
+        self.literal = literal
+
+
+def describe_text(options: TrackerOptions, sql: str) -> StatementFacts | None:
+    """The facts of ``sql`` under ``options``, worked out the general way; None where that way must stay.
+
+    None for text the analyzer analyses every time (longer than it caches: each
+    use is counted as a miss) and for the "<...>" stand-ins of text not shown
+    (the record does not analyse them, the Bind does): those take the general
+    path each time. Counts one use of the analyzer, as a record or Bind would.
+    """
+    analyzer = options.analyzer
+    if not sql or sql[0] == "<" or (analyzer is not None and len(sql) > analyzer.max_cached_chars):
+        return None
+    head: dict[str, Any] = {
+        "db.query.text": options.redaction.sql(sql, options.max_sql_chars),
+        "db.operation.name": None,
+    }
+    operation = operation_name(sql)
+    literal = False
+    if analyzer is not None:
+        analysis = analyzer.analyze(sql)
+        annotate(head, analysis, options.text_mode is _NORMALIZED, options.max_sql_chars)
+        head["db.operation.name"] = None
+        if operation is None:
+            operation = analysis.operation
+        names = analysis.parameter_names if analysis.source is _PARSER else parameter_names(sql)
+        literal = not analyzer.holds(sql)
+    else:
+        names = parameter_names(sql)
+    return StatementFacts(options, head, operation, names, literal)
+
+
+def text_fields(options: TrackerOptions, sql: str | None, tag: m.CommandComplete | None) -> dict[str, Any]:
+    """A ``query`` record's first fields, on what its text is: ``db.query.text``, ``db.operation.name``, the analyzer's."""
+    fields: dict[str, Any] = {}
+    fields["db.query.text"] = options.redaction.sql(sql, options.max_sql_chars) if sql is not None else None
+    fields["db.operation.name"] = tag.command if tag is not None else (operation_name(sql) if sql else None)
+    if options.analyzer is not None and sql and sql[0] != "<":  # "<function call ...>" etc. are not SQL
+        annotate(fields, options.analyzer.analyze(sql), options.text_mode is _NORMALIZED, options.max_sql_chars)
+    return fields
+
+
+def known_text_fields(facts: StatementFacts, tag: m.CommandComplete | None) -> dict[str, Any]:
+    """:func:`text_fields` from the text's facts: a copy of their head with the operation set.
+
+    The same dict, in the same order (tests/test_statement_facts.py holds them together).
+    """
+    fields = facts.head.copy()
+    fields["db.operation.name"] = tag.command if tag is not None else facts.operation
+    return fields
+
+
+class FactsCache:
+    """Statement facts by text, shared by every session (an LRU bounded by entries and characters).
+
+    The unnamed statement is parsed again for every execution and a prepared
+    statement is prepared again by every session of a pool: one text's facts
+    serve them all. Bounded like :mod:`pgproxy.tracker.sql`'s text caches:
+    texts longer than :data:`~pgproxy.tracker.sql.CACHED_TEXT_CHARS` are not
+    kept here (their statement still holds its own facts). Single-threaded
+    use (one event loop) is assumed, as there.
+    """
+
+    __slots__ = ("chars", "entries", "max_chars", "max_entries")
+
+    def __init__(self, max_entries: int = 4096, max_chars: int = CACHE_BUDGET_CHARS) -> None:
+        self.entries: OrderedDict[str, StatementFacts] = OrderedDict()
+        self.chars = 0
+        self.max_entries = max_entries
+        self.max_chars = max_chars
+
+    def facts(self, options: TrackerOptions, sql: str) -> StatementFacts | None:
+        """The facts of ``sql`` (one use of the analyzer counted, as the general way would)."""
+        entries = self.entries
+        found = entries.get(sql)
+        if found is not None and found.options is options:
+            entries.move_to_end(sql)
+            analyzer = options.analyzer
+            if analyzer is not None:
+                analyzer.count_hit(found.literal)
+            return found
+        made = describe_text(options, sql)
+        if made is not None and len(sql) <= CACHED_TEXT_CHARS:
+            if found is not None:
+                del entries[sql]
+                self.chars -= 2 * len(sql)
+            entries[sql] = made
+            self.chars += 2 * len(sql)  # the text and about as much again (shown text, fields)
+            while len(entries) > self.max_entries or self.chars > self.max_chars:
+                old, _ = entries.popitem(last=False)
+                self.chars -= 2 * len(old)
+        return made
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.chars = 0
+
+
+#: The process's statement facts (see FactsCache).
+FACTS: Final = FactsCache()
+
+
+def statement_facts(options: TrackerOptions, stmt: PreparedStatement) -> StatementFacts | None:
+    """``stmt``'s facts under ``options``, kept on it (one use of the analyzer counted, as the general way would)."""
+    facts = stmt.facts
+    if facts is not None and facts.options is options:
+        analyzer = options.analyzer
+        if analyzer is not None:
+            analyzer.count_hit(facts.literal)
+        return facts
+    facts = stmt.facts = FACTS.facts(options, stmt.sql)
+    return facts
 
 
 class Execution:
@@ -657,8 +820,14 @@ class StatementTracker:
             self.statements.move_to_end(statement)
         sql = stmt.sql if stmt else None
         types = stmt.parameter_types if stmt else ()
-        analyzer = self.options.analyzer
-        names = (analyzer.parameter_names(sql) if analyzer else parameter_names(sql)) if sql and parameters else {}
+        names: Mapping[int, str] = _NO_NAMES
+        if stmt is not None and sql and parameters:
+            facts = statement_facts(self.options, stmt)
+            if facts is not None:
+                names = facts.names
+            else:
+                analyzer = self.options.analyzer
+                names = analyzer.parameter_names(sql) if analyzer else parameter_names(sql)
         params = [
             self._loggable_param(
                 raw,
@@ -1086,16 +1255,14 @@ class StatementTracker:
         # Every statement makes its record (metrics and statistics count them all); the filter
         # only decides whether the log writes it. Out of scope: no draw is spent.
         logged = self.in_scope and opts.query_filter.keep(sql, duration_ms, failed, slow, opts.draw)
-        shown_sql = opts.redaction.sql(sql, opts.max_sql_chars) if sql is not None else None
         context = self._shared_context
         if context is None:
             context = self._shared_context = SessionContext(dict(self.context))
-        fields: dict[str, Any] = {}  # the statement's own; the session's are shared (SessionContext)
-        operation = tag.command if tag is not None else (operation_name(sql) if sql else None)
-        fields["db.query.text"] = shown_sql
-        fields["db.operation.name"] = operation
-        if opts.analyzer is not None and sql and sql[0] != "<":  # "<function call ...>" etc. are not SQL
-            annotate(fields, opts.analyzer.analyze(sql), opts.text_mode is _NORMALIZED, opts.max_sql_chars)
+        source = exe.source
+        stmt = source.statement if source is not None else None
+        facts = statement_facts(opts, stmt) if stmt is not None and sql is stmt.sql else None
+        # The statement's own fields; the session's are shared (SessionContext).
+        fields = text_fields(opts, sql, tag) if facts is None else known_text_fields(facts, tag)
         fields["protocol"] = exe.protocol
         if exe.statement:
             fields["statement"] = exe.statement
