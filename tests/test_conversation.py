@@ -419,6 +419,82 @@ def test_a_login_burst_seen_before_agrees_with_reading_it(
         assert by_login[0][0][-1] == ("left out", usable)  # type: ignore[index]
 
 
+# A login's whole answer learnt before (wire.LoginAnswer): followed at once, the same state as framing it.
+
+_KEYS = st.tuples(st.integers(min_value=-(2**31), max_value=2**31 - 1), st.binary(min_size=4, max_size=4))
+
+
+def _answer_outcome(
+    before: list[bytes | bytearray], answer: bytes | bytearray, later: bytes, startup: bytes, max_frame: int
+) -> tuple[object, ...]:
+    """A fresh conversation's state after ``before`` chunks, a login answer and a later chunk; and whether it was known."""
+    conv = Conversation(max_frame)
+    conv.receive_frontend(startup)
+    for chunk in before:
+        conv.receive_backend(chunk)
+    known = conv.receive_login_answer(answer)
+    if known is None:
+        conv.receive_login_backend(answer)
+    state = (
+        list(conv.parameters.items()),
+        conv.encoding,
+        conv.value_settings_reported,
+        conv.parameters_malformed,
+        conv.phase,
+        conv.backend_pid,
+        conv.backend_key,
+        conv.auth_state,
+        conv.auth_method,
+        conv.backend.buffered,
+    )
+    frames = [(tag, start, end) for tag, _, start, end in conv.receive_backend(later)]
+    error = conv.error
+    return (known is not None, state, frames, None if error is None else (error.offset, error.reason))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(_parameter_statuses(), max_size=8),
+    st.lists(_KEYS, min_size=3, max_size=3),
+    st.sampled_from("ITEX"),
+    st.sampled_from([[], [message(b"R", (3).to_bytes(4, "big"))]]),  # trust, or a password asked first
+    st.sampled_from([{}, {"client_encoding": "LATIN1"}]),
+    st.sampled_from([1 << 20, 24]),
+    st.sampled_from([b"", ready_for_query(), message(b"S", b"x\x00y\x00") + b"E\x00\x00\x00\x03"]),
+)
+def test_a_login_answer_seen_before_agrees_with_framing_it(
+    statuses: list[bytes],
+    keys: list[tuple[int, bytes]],
+    status: str,
+    before: list[bytes],
+    startup_params: dict[str, str],
+    max_frame: int,
+    later: bytes,
+) -> None:
+    """The third login whose answer differs only in BackendKeyData is followed at once; the same state as framing it.
+
+    The general way is the same chunk as a bytearray (the known answer is taken
+    for bytes only); a later chunk checks that the stream offsets stayed exact.
+    Only an answer of exactly AuthenticationOk, well-formed ParameterStatus
+    within ``max_frame``, BackendKeyData and ReadyForQuery is ever taken.
+    """
+    wire._known_answers.clear()
+    wire._answers_seen.clear()
+    wire._known_runs.clear()
+    wire._runs_seen.clear()
+    startup = startup_message({"user": "u", **startup_params})
+    taken = []
+    for pid, key in keys:  # seen, learnt, then known
+        answer = authentication_ok() + b"".join(statuses) + backend_key_data(pid, key) + message(b"Z", status.encode())
+        general = _answer_outcome(list(map(bytearray, before)), bytearray(answer), later, startup, max_frame)
+        fast = _answer_outcome(before, answer, later, startup, max_frame)  # type: ignore[arg-type]
+        assert not general[0]
+        assert fast[1:] == general[1:]
+        taken.append(fast[0])
+    qualifies = status != "X" and not any(s in _ODD_STATUS or len(s) - 1 > max_frame for s in statuses)
+    assert taken == [False, False, qualifies]
+
+
 def _without_left_out(general: object, by_login: object) -> object:
     """The general outcome with each chunk's first ``count`` frames (ParameterStatus, well-formed) moved to a mark."""
     frames_general, *state = general  # type: ignore[misc]

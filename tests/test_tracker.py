@@ -856,3 +856,69 @@ def test_a_login_with_a_known_parameter_run_gives_the_general_records(
     tail = odd + b.backend_key_data(4242) + b.ready_for_query()
     chunks = [b.authentication_ok() + run, tail] if split else [b.authentication_ok() + run + tail]
     assert _login_outcome(detail, chunks, general=False) == _login_outcome(detail, chunks, general=True)
+
+
+def _answer_logins(detail: Detail, answers: list[bytes], general: bool, pipelined: bool) -> list[Any]:
+    """Logins answered by ``answers`` (one chunk each), then a statement: records, counts and state per login."""
+    from pgproxy.protocol import wire
+
+    for kept in (wire._known_answers, wire._answers_seen, wire._known_runs, wire._runs_seen):
+        kept.clear()
+    outcome: list[Any] = []
+    for login, answer in enumerate(answers):
+        t = SessionTracker(f"s{login}", TrackerOptions(detail=detail), client=("127.0.0.1", 50000), clock=lambda: 0.0)
+        records = t.frontend(startup_message({"user": "alice", "database": "app"}), now=0.0)
+        if pipelined:  # a client that does not wait for ReadyForQuery: the login's ReadyForQuery answers nothing
+            records += t.frontend(b.query("SELECT 1"), now=0.0005)
+        records += t.backend(bytearray(answer) if general else answer, now=0.001)  # type: ignore[arg-type]
+        request = b.parse("", "SELECT $1::text") + b.bind("", "", (b"caf\xe9 \xc3\xa9",)) + b.execute() + b.sync()
+        records += t.frontend(request, now=0.002)
+        reply = b.message(b"1") + b.message(b"2") + b.data_row([b"x"]) + b.command_complete("SELECT 1")
+        records += t.backend(reply + b.ready_for_query(), now=0.004)
+        records += t.closed("client_closed", now=0.005)
+        value_context = None if t.statements is None else t.statements.value_context
+        outcome.append(
+            (
+                [(r.event, r.level, dict(r.fields)) for r in records],
+                t.messages_from_server,
+                t.in_transaction,
+                t.backend_pid,
+                t.cancel_key,
+                dict(t.conv.parameters),
+                t.conv.encoding,
+                t.startup_wait(),
+                None if value_context is None else (value_context.encoding, value_context.timezone),
+            )
+        )
+    return outcome
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.sampled_from(_LOGIN_STATUSES), max_size=6),
+    st.lists(st.integers(min_value=-(2**31), max_value=2**31 - 1), min_size=3, max_size=3),
+    st.sampled_from("ITE"),
+    st.booleans(),
+    st.sampled_from([Detail.CONNECTION, Detail.QUERY]),
+)
+def test_a_known_login_answer_gives_the_general_records(
+    statuses: list[tuple[str, str]], pids: list[int], status: str, pipelined: bool, detail: Detail
+) -> None:
+    """A login answer the conversation knew (wire.LoginAnswer) is followed without frames: same records, counts, state.
+
+    Logins differ in BackendKeyData only; the third is known. The general way is
+    the same chunks as bytearrays (the known answer is taken for bytes only).
+    """
+    run = b"".join(b.parameter_status(name, value) for name, value in statuses)
+    answers = [
+        b.authentication_ok()
+        + run
+        + b.backend_key_data(pid, pid.to_bytes(4, "big", signed=True)[::-1])
+        + b.ready_for_query(status)
+        for pid in pids
+    ]
+    from pgproxy.protocol import wire
+
+    fast = _answer_logins(detail, answers, general=False, pipelined=pipelined)
+    assert len(wire._known_answers) == 1  # learnt at the second login, taken at the third
+    assert fast == _answer_logins(detail, answers, general=True, pipelined=pipelined)

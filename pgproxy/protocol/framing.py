@@ -129,6 +129,19 @@ class Framer:
         """
         self._offset += n
 
+    def pass_whole(self, n: int) -> bool:
+        """:meth:`passed` for ``n`` bytes of whole messages, if the framer sits between messages in tagged mode.
+
+        False, with nothing changed, otherwise (something held back or streamed
+        past, another mode): the owner then feeds the bytes the general way.
+        The state afterwards is what :meth:`feed` leaves after a chunk of whole messages.
+        """
+        if self._pending or self._skip or self.mode is not _TAGGED:
+            return False
+        self._offset += n
+        self._need = 0
+        return True
+
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
         """Add a chunk and return every frame it completes, in order."""
         if type(data) is bytes and not self._pending and not self._skip and self.mode is _TAGGED:

@@ -202,6 +202,151 @@ def _read_run(frames: list[Frame], first: int, encoding: str) -> ParameterRun | 
     return ParameterRun(bytes(buf[run_start : expected - 5]), before, bodies, longest, pairs, encoding, value_settings)
 
 
+class LoginAnswer:
+    """A server's whole answer to a login, learnt once, for every login whose chunk brings the same bytes.
+
+    With trust (or any method whose last step is AuthenticationOk alone) the
+    server answers a login with one chunk: AuthenticationOk, a dozen
+    ParameterStatus, BackendKeyData and ReadyForQuery. Between the sessions of
+    one server, user and application only BackendKeyData's body (the process id
+    and the secret key) differs. Even with the ParameterStatus run known
+    (:class:`ParameterRun`), framing and following the other three messages cost
+    about 70k instructions of a pgbench -C connection (callgrind, pure Python);
+    a known answer is recognised by its size and two comparisons and followed
+    at once (:meth:`Conversation.receive_login_answer`). What such a chunk does
+    to a conversation depends only on its bytes, the encoding in force before it
+    and ``max_frame``, so following it from here cannot differ from framing it
+    (``tests/test_conversation.py`` holds the two ways to the same state).
+
+    Attributes:
+        head: the chunk's bytes up to BackendKeyData's body (its header included).
+        tail: the bytes after that body (the ReadyForQuery).
+        size: the chunk's length (so the body's length, too).
+        encoding: the encoding in force before it.
+        longest: the largest declared length among its messages.
+        pairs: (name, value) of each ParameterStatus, in order.
+        encoding_after: the encoding once its ``client_encoding`` reports were followed.
+        value_settings: how many of them report ``client_encoding`` or ``TimeZone``.
+        messages: how many messages the chunk holds.
+        status: the ReadyForQuery's transaction status (``I``, ``T`` or ``E``).
+    """
+
+    __slots__ = (
+        "encoding",
+        "encoding_after",
+        "head",
+        "longest",
+        "messages",
+        "pairs",
+        "size",
+        "status",
+        "tail",
+        "value_settings",
+    )
+
+    def __init__(
+        self,
+        head: bytes,
+        tail: bytes,
+        encoding: str,
+        longest: int,
+        pairs: list[tuple[str, str]],
+        encoding_after: str,
+        value_settings: int,
+    ) -> None:
+        self.head = head
+        self.tail = tail
+        self.size = len(head) + _KEY_BODY + len(tail)
+        self.encoding = encoding
+        self.longest = longest
+        self.pairs = pairs
+        self.encoding_after = encoding_after
+        self.value_settings = value_settings
+        self.messages = len(pairs) + 3
+        self.status = chr(tail[5])
+
+
+#: AuthenticationOk, as a login's answer starts.
+_AUTHENTICATION_OK: Final = b"R\x00\x00\x00\x08\x00\x00\x00\x00"
+#: BackendKeyData's header and its body's length in protocol 3.0 (process id and a 4-byte key).
+_KEY_HEADER: Final = b"K\x00\x00\x00\x0c"
+_KEY_BODY: Final = 8
+#: The ReadyForQuery that ends a login answer (status byte aside), and the statuses taken.
+_READY_HEADER: Final = b"Z\x00\x00\x00\x05"
+_READY_STATUSES: Final = b"ITE"
+#: A login answer's bytes before BackendKeyData, when it ends with one of 3.0's and a ReadyForQuery.
+_ANSWER_END: Final = len(_KEY_HEADER) + _KEY_BODY + len(_READY_HEADER) + 1
+#: Login answers recently learnt, newest last (see :class:`LoginAnswer`), and how many are kept.
+_known_answers: list[LoginAnswer] = []
+_ANSWERS_KEPT: Final = 8
+#: Hashes of answers seen once (their bytes before BackendKeyData): an answer is
+#: learnt the second time, so that logins which never repeat pay one hash.
+_answers_seen: set[int] = set()
+
+
+def _learn_answer(data: bytes, encoding: str) -> LoginAnswer | None:
+    """``data`` as a :class:`LoginAnswer`, if it is exactly one (else None).
+
+    Exactly: AuthenticationOk, then only well-formed ParameterStatus (name and
+    value, as :meth:`Conversation._on_parameter_status` reads them without a
+    message object), then a protocol 3.0 BackendKeyData and a ReadyForQuery
+    ending the chunk, every length within the chunk.
+    """
+    n = len(data)
+    if n < len(_AUTHENTICATION_OK) + _ANSWER_END or not data.startswith(_AUTHENTICATION_OK):
+        return None
+    key_at = n - _ANSWER_END
+    if not data.startswith(_KEY_HEADER, key_at) or not data.startswith(_READY_HEADER, n - 6):
+        return None
+    if data[n - 1] not in _READY_STATUSES:
+        return None
+    before = encoding
+    pairs: list[tuple[str, str]] = []
+    value_settings = 0
+    longest = 12  # BackendKeyData's; AuthenticationOk's is 8, ReadyForQuery's 5
+    pos = len(_AUTHENTICATION_OK)
+    while pos < key_at:
+        if key_at - pos < 5 or data[pos] != _TAG_PARAMETER_STATUS:
+            return None
+        length = int.from_bytes(data[pos + 1 : pos + 5], "big")
+        end = pos + 1 + length
+        if length < 5 or end > key_at or data[end - 1] != 0:
+            return None
+        parts = data[pos + 5 : end - 1].split(b"\x00")
+        if len(parts) != 2:
+            return None
+        name = parts[0].decode(encoding, "backslashreplace")
+        value = parts[1].decode(encoding, "backslashreplace")
+        pairs.append((name, value))
+        longest = max(longest, length)
+        if name == "client_encoding":
+            encoding = python_codec(value)
+            value_settings += 1
+        elif name == "TimeZone":
+            value_settings += 1
+        pos = end
+    head = data[: key_at + len(_KEY_HEADER)]
+    return LoginAnswer(head, data[n - 6 :], before, longest, pairs, encoding, value_settings)
+
+
+def _remember_answer(data: bytes, encoding: str) -> None:
+    """After a login chunk took the general way: learn it as a :class:`LoginAnswer` the second time it is seen."""
+    if len(data) < _ANSWER_END or not data.startswith(_AUTHENTICATION_OK):
+        return
+    key = hash(data[: len(data) - _ANSWER_END])
+    if key not in _answers_seen:
+        if len(_answers_seen) >= 4 * _ANSWERS_KEPT:
+            _answers_seen.clear()
+        _answers_seen.add(key)
+        return
+    answer = _learn_answer(data, encoding)
+    if answer is None:
+        return
+    if len(_known_answers) >= _ANSWERS_KEPT:
+        del _known_answers[0]
+    _known_answers.append(answer)
+
+
 #: StartupMessages by their packet bytes (see :func:`_startup_message`), and how many are kept.
 _startups: dict[bytes, tuple[m.StartupMessage, str | None]] = {}
 _STARTUPS_KEPT: Final = 64
@@ -334,6 +479,50 @@ class Conversation:
             self._decoded = {}
         return count
 
+    def receive_login_answer(self, data: bytes | bytearray | memoryview) -> LoginAnswer | None:
+        """:meth:`receive_backend` for a login's whole answer learnt before (see :class:`LoginAnswer`): it, or None.
+
+        The answer is followed as receive_backend follows it -- the
+        authentication settled, the parameters reported, the backend's key
+        kept, the conversation ready, the stream offset past the chunk -- but
+        no frames are made: the caller reads the little it needs from the
+        answer. None, with nothing changed, for any other chunk (receive_backend
+        or :meth:`receive_login_backend` then takes it).
+        """
+        if self.phase is not _AUTHENTICATING or type(data) is not bytes:
+            return None
+        n = len(data)
+        encoding = self.encoding
+        for answer in _known_answers:
+            if (
+                answer.size == n
+                and answer.encoding == encoding
+                and data.startswith(answer.head)
+                and data.endswith(answer.tail)
+            ):
+                break
+        else:
+            return None
+        framer = self.backend
+        if answer.longest > framer.max_frame or not framer.pass_whole(n):
+            return None
+        if self._decoded:
+            self._decoded = {}
+        # AuthenticationOk
+        self.auth_state = None
+        if self.auth_method is None:
+            self.auth_method = "trust"
+        # The ParameterStatus run
+        self.parameters.update(answer.pairs)
+        self.encoding = answer.encoding_after
+        self.value_settings_reported += answer.value_settings
+        # BackendKeyData, then ReadyForQuery
+        key_at = len(answer.head)
+        self.backend_pid = int.from_bytes(data[key_at : key_at + 4], "big", signed=True)
+        self.backend_key = data[key_at + 4 : key_at + _KEY_BODY]
+        self.phase = _READY
+        return answer
+
     def receive_login_backend(self, data: bytes | bytearray | memoryview) -> tuple[list[Frame], int]:
         """:meth:`receive_backend` for a caller that skips followed ParameterStatus frames anyway: (frames, how many it left out).
 
@@ -354,22 +543,28 @@ class Conversation:
 
     def _receive_login(self, data: bytes | bytearray | memoryview, framed: bool) -> tuple[list[Frame], int]:
         """A chunk while authenticating: a known ParameterStatus run at once (:class:`ParameterRun`), any other
-        the general way and remembered; with the frames, how many of the run's were left out (``framed`` False)."""
+        the general way and remembered; with the frames, how many of the run's were left out (``framed`` False).
+        A chunk that made the conversation ready may be learnt as a :class:`LoginAnswer`."""
         framer = self.backend
         run_at = -1
         encoding = self.encoding
-        if type(data) is bytes and framer.mode is _TAGGED and not framer.buffered and not framer.skipping:
+        clean = type(data) is bytes and framer.mode is _TAGGED and not framer.buffered and not framer.skipping
+        run = None
+        if clean and isinstance(data, bytes):
             run_at = _run_start(data, framer.max_frame)
             if run_at >= 0:
                 run = _known_run(data, run_at, encoding, framer.max_frame)
-                if run is not None:
-                    return self._follow_known_run(data, run_at, run, framed)
-        if self._decoded:
-            self._decoded = {}
-        frames = self._follow_backend(framer.feed(data))
-        if run_at >= 0 and isinstance(data, bytes):
-            self._remember_run(frames, data, run_at, encoding)
-        return frames, 0
+        if run is not None and isinstance(data, bytes):
+            out = self._follow_known_run(data, run_at, run, framed)
+        else:
+            if self._decoded:
+                self._decoded = {}
+            out = self._follow_backend(framer.feed(data)), 0
+            if run_at >= 0 and isinstance(data, bytes):
+                self._remember_run(out[0], data, run_at, encoding)
+        if clean and self.phase is _READY and isinstance(data, bytes):
+            _remember_answer(data, encoding)  # learnt here, taken by receive_login_answer
+        return out
 
     def _follow_known_run(self, data: bytes, run_at: int, run: ParameterRun, framed: bool) -> tuple[list[Frame], int]:
         """The frames of a chunk with a known run, and how many of the run's own frames were left out.
