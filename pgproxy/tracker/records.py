@@ -59,6 +59,35 @@ def truncate(value: Any, limit: int) -> Any:
     return cap_text(value, limit) if isinstance(value, str) else value
 
 
+#: Scaled durations below this (2**31 thousandths of a millisecond: 35 minutes) take
+#: :func:`round_ms`'s quick way: the float product is then within 2**-22 of the exact one.
+_QUICK_SCALED_BELOW: Final = 2147483648.0
+
+
+def round_ms(ms: float) -> float:
+    """``round(ms, 3)``, the same float, mostly without the builtin's decimal conversion.
+
+    The builtin rounds the exact binary value to three decimals through
+    ``_Py_dg_dtoa`` and reads the digits back (~2.4k instructions, a
+    tenth of a compiled statement's record). Where ``ms * 1000`` is positive,
+    below 2**31 and not within a millionth of a half, the nearest integer
+    ``k`` of the float product is that of the exact product (its error is at
+    most 2**-22), and ``k / 1000`` is the float nearest to ``k`` thousandths,
+    as the builtin's reading of its digits is. Anything else (zero and its
+    sign, halves, long or negative durations, NaN) asks the builtin.
+    tests/test_durations.py holds the two together.
+    """
+    scaled = ms * 1000.0
+    if 0.0 < scaled < _QUICK_SCALED_BELOW:
+        whole = int(scaled)
+        fraction = scaled - whole
+        if fraction < 0.499999:
+            return whole / 1000.0
+        if fraction > 0.500001:
+            return (whole + 1) / 1000.0
+    return round(ms, 3)
+
+
 class SessionContext:
     """The fields a session's ``query`` records start with (session, addresses, user, database, backend pid).
 
