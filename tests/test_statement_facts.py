@@ -87,6 +87,8 @@ def test_facts_give_the_fields_the_general_way_gives(options: TrackerOptions, sq
     analyzer = options.analyzer
     expected = analyzer.parameter_names(sql) if analyzer is not None else parameter_names(sql)
     assert dict(facts.names) == dict(expected)
+    is_sensitive = options.redaction.is_sensitive
+    assert dict(facts.sensitive_names) == {n: name for n, name in expected.items() if is_sensitive(name)}
 
 
 def test_text_longer_than_the_analyzer_caches_takes_the_general_way() -> None:

@@ -40,7 +40,16 @@ from pgproxy.protocol.rows import RowDecoder
 from pgproxy.protocol.values import DECODER_FAILURE, ValueContext, ValueDecoder, decoder_for
 from pgproxy.tracker.fingerprint import Source, annotate
 from pgproxy.tracker.options import TextMode, TrackerOptions
-from pgproxy.tracker.records import NOTICE, NOTIFICATION, QUERY, SESSION_ANOMALY, Record, SessionContext, truncate
+from pgproxy.tracker.records import (
+    NOTICE,
+    NOTIFICATION,
+    QUERY,
+    SESSION_ANOMALY,
+    Record,
+    SessionContext,
+    round_ms,
+    truncate,
+)
 from pgproxy.tracker.sql import CACHE_BUDGET_CHARS, CACHED_TEXT_CHARS, operation_name, parameter_names, split_statements
 
 #: Transaction status byte of ReadyForQuery -> logged value.
@@ -148,11 +157,14 @@ class StatementFacts:
         operation: ``db.operation.name`` of a statement without a command tag
             (a command tag names it otherwise).
         names: the column each ``$n`` belongs to (redaction by name).
+        sensitive_names: those of ``names`` the redaction policy masks: a Bind
+            asks only these (a parameter of any other name is shown as one of
+            none would be), so it need not ask the policy about every name.
         literal: the analyzer holds the analysis under the text's literal key,
             not the text (a use counts as a literal-key hit too).
     """
 
-    __slots__ = ("head", "literal", "names", "operation", "options")
+    __slots__ = ("head", "literal", "names", "operation", "options", "sensitive_names")
 
     def __init__(
         self,
@@ -167,6 +179,8 @@ class StatementFacts:
         self.operation = operation
         self.names = names
         self.literal = literal
+        is_sensitive = options.redaction.is_sensitive
+        self.sensitive_names: Mapping[int, str] = {n: name for n, name in names.items() if is_sensitive(name)}
 
 
 def describe_text(options: TrackerOptions, sql: str) -> StatementFacts | None:
@@ -824,7 +838,7 @@ class StatementTracker:
         if stmt is not None and sql and parameters:
             facts = statement_facts(self.options, stmt)
             if facts is not None:
-                names = facts.names
+                names = facts.sensitive_names
             else:
                 analyzer = self.options.analyzer
                 names = analyzer.parameter_names(sql) if analyzer else parameter_names(sql)
@@ -1242,9 +1256,9 @@ class StatementTracker:
             self.executed += 1
         opts = self.options
         if batch is None:
-            duration_ms = round((now - exe.started) * 1000.0, 3)
+            duration_ms = round_ms((now - exe.started) * 1000.0)
         else:
-            duration_ms = round(batch.total * 1000.0, 3) if batch.total is not None else 0.0
+            duration_ms = round_ms(batch.total * 1000.0) if batch.total is not None else 0.0
         if batch is None:
             shows_duration = outcome is not _SKIPPED
         else:  # the Query's duration, once, whatever became of its last statement
