@@ -126,6 +126,15 @@ def _session(options: TrackerOptions) -> Iterator[tuple[bytes, bool]]:
     for i in range(3):
         yield b.bind("", "s1", (str(i).encode(),)) + b.describe("P", "") + b.execute() + b.sync(), True
         yield b.message(b"2") + _reply(), False
+    # Named portals, one fetched in two Executes (suspended), and a slow execution.
+    yield b.bind("p1", "s1", (b"8",)) + b.describe("P", "p1") + b.execute("p1") + b.sync(), True
+    yield b.message(b"2") + _reply(), False
+    yield b.bind("p2", "s1", (None,)) + b.execute("p2", 1) + b.flush(), True
+    yield b.message(b"2") + b.data_row([b"1"]) + b.message(b"s"), False
+    yield b.execute("p2", 1) + b.sync(), True
+    yield b.data_row([b"1"]) + b.command_complete("SELECT 1") + b.ready_for_query(), False
+    yield b.bind("", "s1", (b"9",)) + b.execute() + b.sync(), True
+    yield b.message(b"2") + _reply(), False  # arrives late: slow (see _run)
     # The name prepared again with another text (after Close, as drivers do; and over it, as psql's PREPARE cannot).
     yield b.close("S", "s1") + b.parse("s1", second, (25, 25)) + b.sync(), True
     yield b.message(b"3") + b.message(b"1") + b.ready_for_query(), False
@@ -153,8 +162,9 @@ def _run(options: TrackerOptions, reloaded: TrackerOptions) -> list[tuple[str, s
     for round_ in (options, reloaded):
         assert tracker.reconfigure(round_)
         for index, (data, frontend) in enumerate(_session(round_)):
-            now = float(index)
-            out += tracker.frontend(data, now) if frontend else tracker.backend(data, now + 0.25)
+            now = index / 10
+            answered = now + (2.5 if index == 15 else 0.025)  # 125 ms after the request; the slow one 2.6 s
+            out += tracker.frontend(data, now) if frontend else tracker.backend(data, answered)
     return [(r.event, r.level, list(r.fields.items())) for r in out]
 
 
@@ -185,3 +195,11 @@ def test_tracker_gives_the_same_records_and_counts_with_and_without_facts(
         fast_analyzer, general_analyzer = fast_options[0].analyzer, general_options[0].analyzer
         assert fast_analyzer is not None and general_analyzer is not None
         assert fast_analyzer.snapshot() == general_analyzer.snapshot()
+
+
+def test_the_session_covers_the_record_shapes() -> None:
+    options = TrackerOptions(analyzer=None)
+    records = [dict(fields) for event, _, fields in _run(options, options) if event == "query"]
+    assert any(r.get("slow") for r in records) and any(r.get("executes") == 2 for r in records)
+    assert any(r.get("portal") == "p1" for r in records) and any("error" in r for r in records)
+    assert any("statement" not in r and r["outcome"] == "ok" for r in records)
