@@ -9,6 +9,7 @@ chunk split into pieces keeps its arrival time, so durations agree too.
 from __future__ import annotations
 
 import random
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +21,7 @@ from pgproxy.protocol import build as b
 from pgproxy.protocol.framing import Framer
 from pgproxy.tracker.options import TrackerOptions
 from pgproxy.tracker.records import Detail
-from pgproxy.tracker.session import SessionTracker
+from pgproxy.tracker.session import _IDLE_TAIL, _PORTAL_TAIL, _PORTAL_TAIL_MESSAGES, SessionTracker
 from tests.golden import Chunks, recordings
 
 RECORDINGS = recordings()
@@ -243,6 +244,10 @@ _REQUESTS = [
     b.copy_data(b"x"),
     b.message(b"X"),
     b.bind("", "s1", (b"7",)) + b.describe("P", "") + b.execute() + b.sync(),  # pgbench -M prepared
+    # pgbench -M extended: libpq's Describe, Execute and Sync end the chunk (the walk's _PORTAL_TAIL)
+    b.parse("", "SELECT $1", ()) + b.bind("", "", (b"7",)) + b.describe("P", "") + b.execute() + b.sync(),
+    b.describe("P", "") + b.execute() + b.sync(),
+    b.describe("P", "") + b.execute("", 5) + b.sync(),
 ]
 _ANSWER = b.row_description([("a", 23)]) + b.data_row([b"1"]) + b.command_complete("SELECT 1") + b.ready_for_query()
 #: Responses a chunk walked in place may hold (and a few it may not: ParameterStatus, CopyData, CopyOutResponse).
@@ -324,3 +329,54 @@ def test_query_detail_walks_whole_messages_as_the_framed_way_does(
     for tracker, out in zip((walked, framed), records, strict=True):
         out += tracker.closed("end_of_recording", now=99.0)
     assert [(r.event, r.level, r.fields) for r in records[0]] == [(r.event, r.level, r.fields) for r in records[1]]
+
+
+def test_the_walks_known_tails_are_what_libpq_and_the_server_send() -> None:
+    """The bytes the walks take unread are the messages they stand for (the builder's, as libpq sends them)."""
+    assert b.describe("P", "") + b.execute() + b.sync() == _PORTAL_TAIL
+    assert _PORTAL_TAIL_MESSAGES == 3
+    assert b.ready_for_query("I") == _IDLE_TAIL
+
+
+def _walked_and_framed(chunks: list[tuple[bool, bytes]]) -> tuple[list[Any], list[Any]]:
+    """Feed the chunks (frontend?, bytes) to a tracker as bytes (walked) and to its twin as bytearrays (framed)."""
+    walked, framed = (SessionTracker("s1", TrackerOptions(detail=Detail.QUERY), clock=lambda: 0.0) for _ in range(2))
+    records: list[list[Any]] = [[], []]
+    login = b.authentication_ok() + b.ready_for_query()
+    for tracker, out in zip((walked, framed), records, strict=True):
+        out += tracker.frontend(b.startup_message({"user": "u", "database": "d"}), 0.0)
+        out += tracker.backend(login, 0.0)
+    for index, (frontend, data) in enumerate(chunks):
+        for tracker, out, chunk in ((walked, records[0], data), (framed, records[1], bytearray(data))):
+            feed = tracker.frontend if frontend else tracker.backend
+            out += feed(chunk, float(index))  # type: ignore[arg-type]
+        assert _walk_state(walked) == _walk_state(framed)
+    for tracker, out in zip((walked, framed), records, strict=True):
+        out += tracker.closed("end_of_recording", now=99.0)
+    return [(r.event, r.level, r.fields) for r in records[0]], [(r.event, r.level, r.fields) for r in records[1]]
+
+
+def test_a_known_tail_inside_a_message_is_read_as_that_message() -> None:
+    """A chunk whose last bytes spell a known tail, inside its last message, is walked message by message.
+
+    A Bind whose result format codes end in _PORTAL_TAIL's bytes and a DataRow
+    whose value ends in _IDLE_TAIL's: the walk never reaches a message boundary
+    there, so it reads them whole, as the framed way does.
+    """
+    codes = struct.unpack("!83h", bytes(166 - len(_PORTAL_TAIL)) + _PORTAL_TAIL)
+    bind = b.bind("", "s1", (b"1",), (), codes)
+    row = b.data_row([b"x" + _IDLE_TAIL])
+    assert bind.endswith(_PORTAL_TAIL) and row.endswith(_IDLE_TAIL)
+    parse = b.parse("s1", "SELECT $1") + b.sync()
+    walked, framed = _walked_and_framed(
+        [
+            (True, parse),
+            (False, b.message(b"1") + b.ready_for_query()),
+            (True, bind + b.describe("P", "") + b.execute() + b.sync()),
+            (True, bind),  # the Bind ends the chunk: its tail-like end is a Bind's
+            (False, b.message(b"2") + b.row_description([("a", 23)]) + row),
+            (False, b.command_complete("SELECT 1") + b.ready_for_query()),
+        ]
+    )
+    assert walked == framed
+    assert [fields["db.query.text"] for event, _, fields in walked if event == "query"] == ["SELECT $1"]

@@ -31,7 +31,7 @@ from pgproxy.protocol.decoding import (
     read_parse,
     read_query,
 )
-from pgproxy.protocol.framing import FRAMING_ERROR, TLS_RECORD, Frame
+from pgproxy.protocol.framing import FRAMING_ERROR, TLS_RECORD, Frame, tag_table
 from pgproxy.protocol.replication import is_replication_connection
 from pgproxy.protocol.values import ValueContext
 from pgproxy.protocol.wire import Conversation, LoginAnswer, Phase
@@ -73,8 +73,13 @@ _PARSE: Final = ord("P")
 #: Requests query detail reads by their fields, without a message object (see _request_by_fields).
 _COMMAND_COMPLETE: Final = ord("C")
 _READ_BY_FIELDS: Final = frozenset((_BIND, _EXECUTE, _DESCRIBE, _SYNC, _QUERY, _PARSE))
-#: The same as bytes: the tags of a chunk query detail walks in place (see _frontend_requests).
-_BY_FIELDS_TAGS: Final = b"BEDSQP"
+#: The same as a tag table (Framer.feed_whole): the tags of a chunk query detail walks in place (see _frontend_requests).
+_BY_FIELDS_TAGS: Final = tag_table(b"BEDSQP")
+#: How libpq (pgbench, psycopg) ends an extended-protocol statement: Describe of the unnamed
+#: portal, Execute of it without a row limit, Sync. A chunk that ends so has the three
+#: checked by one endswith and handled without reading them (see _frontend_requests).
+_PORTAL_TAIL: Final = b"D\x00\x00\x00\x06P\x00" + b"E\x00\x00\x00\x09\x00\x00\x00\x00\x00" + b"S\x00\x00\x00\x04"
+_PORTAL_TAIL_MESSAGES: Final = 3
 _READY_PHASE: Final = Phase.READY
 _AUTHENTICATING_PHASE: Final = Phase.AUTHENTICATING  # asked per server chunk until ready
 _QUERY_DETAIL: Final = Detail.QUERY  # asked (with MESSAGE) by every new tracker
@@ -83,14 +88,20 @@ _MESSAGE_DETAIL: Final = Detail.MESSAGE
 #: ParseComplete, BindComplete, CloseComplete, CommandComplete, DataRow, ErrorResponse,
 #: EmptyQueryResponse, NoticeResponse, RowDescription, ReadyForQuery, NoData, PortalSuspended,
 #: ParameterDescription. Never ParameterStatus: the conversation follows it.
-_WALKED_RESPONSES: Final = b"123CDEINTZnst"
+_WALKED_RESPONSES: Final = tag_table(b"123CDEINTZnst")
+#: The end of nearly every answer outside a transaction block: ReadyForQuery, idle. A chunk
+#: that ends so has it checked by one endswith and handled without reading it (see _backend_responses).
+_IDLE_TAIL: Final = b"Z\x00\x00\x00\x05I"
 #: Running as the compiled build's extension module (see pgproxy.protocol.COMPILED).
 _COMPILED: Final = not __file__.endswith(".py")
 _LENGTH = struct.Struct("!I").unpack_from
 #: ParseComplete, BindComplete, CloseComplete: empty bodies that answer the head of the queue.
 _STEP_COMPLETE: Final = frozenset((ord("1"), ord("2"), ord("3")))
-#: A ReadyForQuery's status byte -> its status (anything else is Malformed, the general way).
-_READY_STATUS: Final = {ord(status): status for status in "ITE"}
+_PARSE_COMPLETE: Final = ord("1")
+_CLOSE_COMPLETE: Final = ord("3")
+#: A ReadyForQuery's status byte -> its status (None: Malformed, the general way). A tuple
+#: indexed by the byte: under mypyc a dict's get takes a boxed int.
+_READY_STATUS: Final = tuple(chr(i) if chr(i) in "ITE" else None for i in range(256))
 #: Frontend messages a ReadyForQuery answers ("Message Flow"): Query, Sync, FunctionCall.
 _ANSWERED_BY_READY: Final = frozenset((ord("Q"), ord("S"), ord("F")))
 #: Extended-protocol steps that are under way until a Sync follows them:
@@ -302,10 +313,12 @@ class SessionTracker:
             and not self._message_level
             and self.replication is None
         ):
-            count = conv.frontend.feed_whole(data, _BY_FIELDS_TAGS)
+            # libpq's Describe, Execute and Sync ending the chunk: checked by one endswith
+            tail = len(data) - len(_PORTAL_TAIL) if data.endswith(_PORTAL_TAIL) else -1
+            count = conv.frontend.feed_whole(data, _BY_FIELDS_TAGS, tail, _PORTAL_TAIL_MESSAGES)
             if count:
                 self.messages_from_client += count
-                return self._frontend_requests(data, statements, self.clock() if now is None else now)
+                return self._frontend_requests(data, statements, self.clock() if now is None else now, tail)
         if self.ready_at is None:
             self._server_spoke_last = False
         if not conv.decoding:
@@ -362,7 +375,7 @@ class SessionTracker:
             out += statements.take_released()
         return out
 
-    def _frontend_requests(self, data: bytes, statements: StatementTracker, now: float) -> list[Record]:
+    def _frontend_requests(self, data: bytes, statements: StatementTracker, now: float, tail: int) -> list[Record]:
         """:meth:`_frontend_query_detail` for a chunk of whole requests read by their fields, walked in place.
 
         The framer checked the chunk (:meth:`~pgproxy.protocol.framing.Framer.feed_whole`):
@@ -378,7 +391,14 @@ class SessionTracker:
         by_index = _COMPILED
         pos = 0
         n = len(data)
+        # libpq's Describe, Execute and Sync (_PORTAL_TAIL at ``tail``), where the walk reaches
+        # them: what _request_by_fields would read from them, without reading.
         while pos < n:
+            if pos == tail:
+                statements.describe("P", "", now)
+                statements.execute("", now)
+                statements.sync()
+                break
             tag = data[pos]
             if by_index:
                 length = data[pos + 1] << 24 | data[pos + 2] << 16 | data[pos + 3] << 8 | data[pos + 4]
@@ -441,12 +461,13 @@ class SessionTracker:
             and not self._message_level
             and self.replication is None
         ):
-            count = conv.receive_whole(data, _WALKED_RESPONSES)
+            tail = len(data) - len(_IDLE_TAIL) if data.endswith(_IDLE_TAIL) else -1  # an idle ReadyForQuery
+            count = conv.receive_whole(data, _WALKED_RESPONSES, tail, 1)
             if count:
                 self.messages_from_server += count
                 if conv.value_settings_reported != self._value_settings_seen:
                     self._value_settings_changed()
-                return self._backend_responses(data, statements, self.clock() if now is None else now)
+                return self._backend_responses(data, statements, self.clock() if now is None else now, tail)
         if self.ready_at is None and not self._message_level and self.replication is None:
             answer = conv.receive_login_answer(data)
             if answer is not None:
@@ -546,7 +567,7 @@ class SessionTracker:
                     statements.step_complete()
                     continue
                 if tag == _READY_FOR_QUERY and end - start == 1:
-                    status = _READY_STATUS.get(buf[start])
+                    status = _READY_STATUS[buf[start]]
                     if status is not None:
                         records = statements.ready(status, now)
                         if records:
@@ -559,7 +580,7 @@ class SessionTracker:
             statements.count_results(rows, row_bytes, copies, copy_bytes)
         return out
 
-    def _backend_responses(self, data: bytes, statements: StatementTracker, now: float) -> list[Record]:
+    def _backend_responses(self, data: bytes, statements: StatementTracker, now: float, tail: int) -> list[Record]:
         """:meth:`_backend_query_detail` for a ready session's chunk of whole responses, walked in place.
 
         The conversation checked the chunk (:meth:`~pgproxy.protocol.wire.Conversation.receive_whole`):
@@ -575,7 +596,16 @@ class SessionTracker:
         by_index = _COMPILED
         pos = 0
         n = len(data)
+        # An idle ReadyForQuery (_IDLE_TAIL at ``tail``) where the walk reaches it: handled without reading it.
         while pos < n:
+            if pos == tail:
+                if rows:
+                    statements.count_results(rows, row_bytes, 0, 0)
+                    rows = 0
+                records = statements.ready("I", now)
+                if records:
+                    out += records
+                break
             tag = data[pos]
             if by_index:
                 length = data[pos + 1] << 24 | data[pos + 2] << 16 | data[pos + 3] << 8 | data[pos + 4]
@@ -593,11 +623,11 @@ class SessionTracker:
             if tag == _ROW_DESCRIPTION:
                 statements.description_arrived(None, now)  # see _backend_query_detail
                 continue
-            if tag in _STEP_COMPLETE and pos == start:
+            if pos == start and _PARSE_COMPLETE <= tag <= _CLOSE_COMPLETE:  # _STEP_COMPLETE, no boxed int
                 statements.step_complete()
                 continue
             if tag == _READY_FOR_QUERY and pos - start == 1:
-                status = _READY_STATUS.get(data[start])
+                status = _READY_STATUS[data[start]]
                 if status is not None:
                     records = statements.ready(status, now)
                     if records:
