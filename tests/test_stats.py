@@ -9,7 +9,7 @@ from typing import Any
 
 from pgproxy.sink.stats import STATEMENT_STATS, STATS_REPORTED, Aggregate, StatementStats
 from pgproxy.top import LogFollower, render, top_command
-from pgproxy.tracker.records import QUERY, Record
+from pgproxy.tracker.records import QUERY, Record, SessionContext
 from tests.test_fingerprint import rss_mib
 
 
@@ -265,3 +265,43 @@ def test_configuration_of_fingerprints_text_mode_and_statistics() -> None:
     assert stats_from(normalized, lambda records: None).interval == 5.0  # type: ignore[union-attr]
     with pytest.raises(ConfigError, match=r"query\.text_mode .* needs query\.fingerprints"):
         load(env={"PGPROXY_QUERY_TEXT_MODE": "normalized", "PGPROXY_QUERY_FINGERPRINTS": "false"})
+
+
+def test_the_last_entry_shortcut_counts_as_the_lookup_does() -> None:
+    """observe() skips the key's lookup when a record has the last one's session and fingerprint.
+
+    The same records, once with their session's fields shared (a
+    SessionContext: the shortcut can apply) and once joined into each record's
+    own (never the shortcut), must leave the same table: entries, their order
+    (what eviction picks), numbers, evictions and reports.
+    """
+    sessions = [
+        SessionContext({"db.namespace": "app", "user": user, "application_name": "web"}) for user in ("alice", "bob")
+    ]
+    # Runs of one statement, switches of statement and of session, a fingerprint seen again
+    # after others, and a report between two records of one run.
+    script = [(0, "a")] * 3 + [(0, "b"), (1, "b"), (1, "b"), (0, "b"), (0, "a"), (0, "c")] * 3 + [(1, "a")] * 2
+    script += [(0, "d"), (0, "a"), (0, "a"), (1, "d"), (1, "e"), (0, "a")]
+
+    def run(shared: bool, max_entries: int) -> tuple[Any, ...]:
+        clock = Clock()
+        written: list[Record] = []
+        stats = StatementStats(output=written.extend, interval=10, max_entries=max_entries, clock=clock)
+        for step, (session, fp) in enumerate(script):
+            own = query(fp, 0.01 * (step + 1), rows=step).own
+            for key in sessions[session].fields:
+                del own[key]
+            record = Record(QUERY, "info", own, context=sessions[session])
+            if not shared:
+                record.fields  # noqa: B018 - joined: the context is gone
+            stats.observe(record)
+            if step in (4, 20):
+                clock.now += 10
+                stats.tick()
+        tables = [(key, e.total, e.period) for key, e in stats.entries.items()]
+        reports = [(r.event, {k: v for k, v in r.fields.items() if k != "interval_s"}) for r in written]
+        return tables, reports, stats.evicted, stats.snapshot()
+
+    for max_entries in (0, 1, 2, 3, 100):
+        assert run(shared=True, max_entries=max_entries) == run(shared=False, max_entries=max_entries), max_entries
+    assert len(run(shared=True, max_entries=100)[0]) == 8  # alice ran a, b, c, d; bob b, a, d, e

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from pgproxy.tracker.records import QUERY, Record
+from pgproxy.tracker.records import QUERY, Record, SessionContext
 
 STATEMENT_STATS: Final = "statement.stats"
 STATS_REPORTED: Final = "stats.reported"
@@ -230,6 +230,10 @@ class StatementStats:
     _evicted_in_period: int = 0
     _lost_calls: int = 0
     _period_start: float = field(default=0.0)
+    # The entry the last record went to, and what found it: see observe().
+    _last_context: SessionContext | None = None
+    _last_fingerprint: str | None = None
+    _last_entry: Entry | None = None
 
     def __post_init__(self) -> None:
         self._period_start = self.clock()
@@ -257,19 +261,35 @@ class StatementStats:
             self.unattributed += 1  # no SQL text (a function call) or fingerprints switched off
             return
         context = record.context
-        session = fields if context is None else context.fields
-        key: StatsKey = (fingerprint, session.get("db.namespace"), session.get("user"), session.get("application_name"))
-        entries = self.entries
-        entry = entries.get(key)
-        if entry is None:
-            entry = Entry(
-                key, fields.get("db.query.summary"), fields.get("db.operation.name"), fields.get("db.query.text")
-            )
-            entries[key] = entry
-            if len(entries) > self.max_entries:
-                self._evict()
+        last = self._last_entry
+        if last is not None and context is self._last_context and fingerprint == self._last_fingerprint:
+            # The same session (one shared, unchanging SessionContext) and statement as the
+            # last record: the same key, and its entry is still the most recently seen, so
+            # neither the lookup nor the move to the end is needed. A session repeating its
+            # statements (the common case) skips the key's tuple, its hash, three field reads
+            # and move_to_end: ~1.6k of observe's ~4.6k instructions (compiled, callgrind).
+            entry = last
+            key = entry.key
         else:
-            entries.move_to_end(key)
+            session = fields if context is None else context.fields
+            key = (fingerprint, session.get("db.namespace"), session.get("user"), session.get("application_name"))
+            entries = self.entries
+            found = entries.get(key)
+            if found is None:
+                entry = Entry(
+                    key, fields.get("db.query.summary"), fields.get("db.operation.name"), fields.get("db.query.text")
+                )
+                entries[key] = entry
+                if len(entries) > self.max_entries:
+                    self._evict()
+            else:
+                entry = found
+                entries.move_to_end(key)
+            self._last_context = context
+            self._last_fingerprint = fingerprint
+            # No shortcut through a session-less record (its key's fields are its own) or an
+            # entry evicted as soon as made (max_entries 0).
+            self._last_entry = entry if context is not None and self.max_entries > 0 else None
         period = entry.period  # folded into entry.total when reported
         if not period.calls:  # its first call since the last report: the entry has changed
             self._changed[key] = entry
@@ -278,6 +298,10 @@ class StatementStats:
 
     def _evict(self) -> None:
         key, entry = self.entries.popitem(last=False)
+        # Never the last entry (the most recently seen, at the other end): checked anyway, so
+        # a change to eviction cannot leave observe()'s shortcut on an entry no longer kept.
+        if entry is self._last_entry:
+            self._last_entry = None
         self.evicted += 1
         self._evicted_in_period += 1
         if self._changed.pop(key, None) is not None:
