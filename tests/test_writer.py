@@ -153,3 +153,51 @@ def test_write_all_queues_and_drops_as_writing_line_by_line() -> None:
         results.append((dropped, [x for x in lines if "log.dropped" not in x]))
     assert results[0] == results[1]
     assert results[1] == (3, ['{"n":"first"}', "0.0", "0.1", "2.0", "2.1", "3.0"])
+
+
+class _WritesStream(io.StringIO):
+    """A log destination that keeps each write's text apart (a write is one batch)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, s: str) -> int:
+        self.writes.append(s)
+        return super().write(s)
+
+
+def test_utf8_lines_are_written_as_the_same_text() -> None:
+    """Lines queued as UTF-8 bytes (the direct JSON lines) reach the stream as the text they encode.
+
+    Batches of bytes only (decoded at once), of text only, and of both, with
+    flush markers between: each write, and the whole, must be what the lines
+    written as text give.
+    """
+    texts = [f'{{"n":{i},"t":"é€😀 {i}"}}' for i in range(40)]
+    # bytes or str per line: runs of each, alternations, lone ones; a flush after some lines
+    kinds = "bbbbbssssbsbsbbsbbbbbbbbbbsssbbbbsbbbbbb"
+    flushes = {4, 9, 10, 25, 39}
+    outputs = []
+    for as_bytes in (True, False):
+        stream = _WritesStream()
+        writer, gate = _stalled_writer(max_queued=1000)
+        writer.stream = stream  # the gated stream holds the first write; the rest go here
+        start = 0
+        for i in range(len(texts)):
+            if i + 1 in flushes or i == len(texts) - 1:
+                chunk = texts[start : i + 1]
+                writer.write_all(
+                    [t.encode() if as_bytes and k == "b" else t for t, k in zip(chunk, kinds[start:], strict=False)]
+                )
+                start = i + 1
+                if i + 1 in flushes:
+                    marker = threading.Event()
+                    writer._queue.append(marker)  # a flush marker, without waiting for it
+        gate.release.set()
+        assert writer.flush(timeout=30)
+        writer.close()
+        outputs.append(stream.writes)
+    assert outputs[0] == outputs[1]
+    assert "".join(outputs[0]) == "".join(t + "\n" for t in texts)
+    assert len(outputs[0]) == len(flushes) + 1  # one write per batch between markers, and the last

@@ -90,7 +90,7 @@ class LogSink:
             raise ValueError(f"unknown log format {self.fmt!r} (choose json, console or auto)")
         self._stamp = Stamp()
         self._json_line = JsonLines(self._stamp)
-        self._json_writes: list[Callable[[list[str]], None]] = []  # each JSON destination's write_all
+        self._json_writes: list[Callable[[list[bytes]], None]] = []  # each JSON destination's write_all
         self._others: list[_Destination] = []
         self._add(self.stream, fmt, None)
         if self.file:
@@ -158,7 +158,7 @@ class LogSink:
         threshold = self._threshold
         json_writes = self._json_writes
         stamp = b""  # taken once: the records came from one chunk (0.3 µs each; message detail makes ten a transaction)
-        lines: list[str] = []
+        lines: list[bytes] = []  # UTF-8: the writer's thread decodes them, a batch at a time
         for record in records:
             if not record.logged:
                 continue

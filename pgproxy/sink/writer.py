@@ -22,6 +22,7 @@ import json
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import IO, Any, Final, TypeAlias
 
 #: Lines held before dropping: at ~300 bytes a line, about 30 MB at most.
@@ -31,8 +32,9 @@ _BATCH: Final = 4096
 #: A wake that found at least this many lines found the proxy busy: the next wait is ``busy_interval``.
 BUSY_LINES: Final = 32
 
-#: A queued line, or a flush marker set once everything before it is written.
-_Item: TypeAlias = str | threading.Event
+#: A queued line (text, or UTF-8 bytes: see :meth:`QueueWriter.write_all`), or a flush
+#: marker set once everything before it is written.
+_Item: TypeAlias = str | bytes | threading.Event
 
 
 class QueueWriter:
@@ -85,8 +87,8 @@ class QueueWriter:
         with self._drop_lock:
             self._dropped += lines
 
-    def write(self, line: str) -> None:
-        """Queue one line (without its newline). Never blocks on the stream."""
+    def write(self, line: str | bytes) -> None:
+        """Queue one line (without its newline; text, or UTF-8 bytes). Never blocks on the stream."""
         queue = self._queue
         if len(queue) >= self.max_queued:
             self._count_dropped(1)
@@ -95,12 +97,16 @@ class QueueWriter:
         if len(queue) >= self.wake_threshold and not self._wake.is_set():
             self._wake.set()
 
-    def write_all(self, lines: list[str]) -> None:
+    def write_all(self, lines: Sequence[str | bytes]) -> None:
         """Queue lines in their order: what :meth:`write` does for each, in one call.
 
+        The log sink's direct JSON lines come as UTF-8 bytes (orjson's output):
+        this thread decodes a batch of them in one call, rather than the event
+        loop each line (~1.2k instructions a line, compiled, callgrind). The
+        stream still gets text, the same text.
+
         At message detail a chunk's records make a dozen lines; handing them
-        over together saves a call and the queue checks per line (this
-        module is interpreted in the compiled build too). The lines beyond
+        over together saves a call and the queue checks per line. The lines beyond
         ``max_queued`` are dropped and counted, as one by one.
         """
         queue = self._queue
@@ -132,17 +138,21 @@ class QueueWriter:
             self._wake.clear()
             taken = len(queue)
             while queue:
-                batch: list[str] = []
+                batch: list[Any] = []  # str or bytes
+                texts = 0  # how many of them are str
                 markers: list[threading.Event] = []
                 while queue and len(batch) < _BATCH:
                     item = queue.popleft()
-                    if isinstance(item, str):
+                    if isinstance(item, bytes):
                         batch.append(item)
+                    elif isinstance(item, str):
+                        batch.append(item)
+                        texts += 1
                     else:
                         markers.append(item)
                         break  # everything before the marker is in this batch
                 if batch:
-                    self._emit(batch)
+                    self._emit(batch, texts)
                 if markers:
                     self._report_drops()
                     for marker in markers:
@@ -152,13 +162,22 @@ class QueueWriter:
                 return
             interval = self.busy_interval if taken >= BUSY_LINES else self.flush_interval
 
-    def _emit(self, lines: list[str]) -> None:
+    def _emit(self, lines: list[Any], texts: int) -> None:
+        """Write ``lines`` (``texts`` of them str, the rest UTF-8 bytes) as one piece of text."""
+        count = len(lines)
         with self._stream_lock:
             try:
+                if not texts:  # all bytes (the usual batch): joined, then decoded at once
+                    lines.append(b"")  # the last line's newline, without copying the whole again
+                    text = b"\n".join(lines).decode()
+                elif texts == count:
+                    text = "\n".join(lines) + "\n"
+                else:
+                    text = "\n".join([x if isinstance(x, str) else x.decode() for x in lines]) + "\n"
                 with self._process_lock:
-                    self.stream.write("\n".join(lines) + "\n")
+                    self.stream.write(text)
                     self.stream.flush()
-                self.written += len(lines)
+                self.written += count
             except (OSError, ValueError):
                 # A closed or broken log stream must not kill the proxy; count the loss.
                 self._count_dropped(len(lines))
