@@ -6,8 +6,9 @@ import io
 import json
 import threading
 import time
+from pathlib import Path
 
-from pgproxy.sink.writer import BUSY_LINES, QueueWriter
+from pgproxy.sink.writer import BUSY_LINES, QueueWriter, utf8_buffer
 from tests.harness import wait_until
 
 
@@ -201,3 +202,54 @@ def test_utf8_lines_are_written_as_the_same_text() -> None:
     assert outputs[0] == outputs[1]
     assert "".join(outputs[0]) == "".join(t + "\n" for t in texts)
     assert len(outputs[0]) == len(flushes) + 1  # one write per batch between markers, and the last
+
+
+class _FailingBytes(io.BytesIO):
+    """A binary stream whose writes fail, as a closed pipe's do."""
+
+    def write(self, data: object) -> int:
+        raise BrokenPipeError("the reader went away")
+
+
+def test_utf8_lines_go_straight_to_a_utf8_files_buffer_as_the_same_text(tmp_path: Path) -> None:
+    """With ``plain_newlines`` a UTF-8 file gets a batch of bytes lines on its buffer: the same file as the text way.
+
+    Text written to the stream by someone else before a batch stays before it
+    (the text layer is flushed first), and a failing stream counts every line
+    of the batch lost, as the text way does.
+    """
+    texts = [f'{{"n":{i},"t":"é€😀"}}' for i in range(30)]
+    contents = []
+    for plain in (True, False):
+        path = tmp_path / f"log-{plain}.jsonl"
+        with open(path, "w", encoding="utf-8") as handle:
+            assert (utf8_buffer(handle) is handle.buffer) is True
+            writer = QueueWriter(handle, plain_newlines=plain)
+            writer.write_all([t.encode() for t in texts[:10]])
+            assert writer.flush(timeout=30)
+            handle.write("from elsewhere\n")  # left in the text layer, unflushed
+            writer.write_all([t.encode() for t in texts[10:20]])
+            assert writer.flush(timeout=30)
+            writer.write_all([t.encode() if i % 3 else t for i, t in enumerate(texts[20:])])  # mixed: the text way
+            assert writer.flush(timeout=30)
+            writer.close()
+        contents.append(path.read_text(encoding="utf-8"))
+    assert contents[0] == contents[1]
+    assert contents[0] == "".join(t + "\n" for t in texts[:10]) + "from elsewhere\n" + "".join(
+        t + "\n" for t in texts[10:]
+    )
+
+    for plain in (True, False):
+        broken = io.TextIOWrapper(_FailingBytes(), encoding="utf-8")
+        writer = QueueWriter(broken, plain_newlines=plain)
+        writer.write_all([t.encode() for t in texts])
+        writer.flush(timeout=30)
+        writer.close()
+        assert writer.dropped == len(texts), plain
+
+
+def test_only_a_utf8_text_file_has_its_buffer_written_directly(tmp_path: Path) -> None:
+    with open(tmp_path / "latin", "w", encoding="latin-1") as latin, open(tmp_path / "u", "w", encoding="UTF8") as utf8:
+        assert utf8_buffer(latin) is None
+        assert utf8_buffer(utf8) is utf8.buffer  # any spelling of UTF-8
+    assert utf8_buffer(io.StringIO()) is None

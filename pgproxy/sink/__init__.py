@@ -119,7 +119,10 @@ class LogSink:
                 old.close()
 
     def _add(self, stream: IO[str], fmt: str, owned: IO[str] | None) -> None:
-        writer = QueueWriter(stream, self.max_queued, lock=self.lock)
+        # The file opened here and the process's own stdout and stderr write "\n" as it is
+        # (opened without ``newline=``): the writer may put UTF-8 lines straight on their buffer.
+        plain = owned is not None or stream is sys.__stdout__ or stream is sys.__stderr__
+        writer = QueueWriter(stream, self.max_queued, lock=self.lock, plain_newlines=plain)
         renderer: Any = (
             ConsoleRenderer(colors=_isatty(stream)) if fmt == "console" else structlog.processors.JSONRenderer(dumps)
         )
