@@ -151,12 +151,24 @@ def _session(options: TrackerOptions) -> Iterator[tuple[bytes, bool]]:
     yield b.error_response("ERROR", "26000", "prepared statement does not exist") + b.ready_for_query(), False
     yield b.bind("", "s1", (b"x",)) + b.execute() + b.sync(), True
     yield b.message(b"2") + b.error_response("ERROR", "22P02", "invalid input syntax") + b.ready_for_query(), False
-    yield b.query("SELECT 2"), True
-    yield _reply(), False
+    # Simple Queries: plain successes (one of them twice), a batch, an error, an empty one.
+    for text in ("SELECT 2", "select * from pgbench_accounts where aid = 7", "SELECT 2", "SELECT 'x' || 'y'"):
+        yield b.query(text), True
+        yield _reply(), False
+    yield b.query("SELECT 1; SELECT 2"), True
+    yield _reply().replace(b.ready_for_query(), b"") + _reply(), False
+    yield b.query("SELECT nope"), True
+    yield b.error_response("ERROR", "42703", "column does not exist") + b.ready_for_query(), False
+    yield b.query(""), True
+    yield b.message(b"I") + b.ready_for_query(), False
 
 
-def _run(options: TrackerOptions, reloaded: TrackerOptions) -> list[tuple[str, str, list[tuple[str, Any]]]]:
+def _run(
+    options: TrackerOptions, reloaded: TrackerOptions, general: bool = False
+) -> list[tuple[str, str, list[tuple[str, Any]]]]:
     tracker = SessionTracker("s", options, clock=lambda: 0.0)
+    assert tracker.statements is not None
+    tracker.statements.plain_layouts = not general
     out = tracker.frontend(b.startup_message({"user": "u", "database": "d"}), 0.0)
     out += tracker.backend(b.authentication_ok() + b.backend_key_data(1) + b.ready_for_query(), 0.0)
     for round_ in (options, reloaded):
@@ -188,9 +200,11 @@ def test_tracker_gives_the_same_records_and_counts_with_and_without_facts(
     fast_options = options()
     fast = _run(*fast_options)
     assert statements.FACTS.entries  # the facts were used
+    if analyzer != "none":
+        assert statements._ANALYSIS_LAYOUTS  # and the simple Queries' layouts
     monkeypatch.setattr(statements, "statement_facts", lambda options, stmt: None)
     general_options = options()
-    assert _run(*general_options) == fast
+    assert _run(*general_options, general=True) == fast
     if analyzer != "none":
         fast_analyzer, general_analyzer = fast_options[0].analyzer, general_options[0].analyzer
         assert fast_analyzer is not None and general_analyzer is not None
@@ -203,3 +217,6 @@ def test_the_session_covers_the_record_shapes() -> None:
     assert any(r.get("slow") for r in records) and any(r.get("executes") == 2 for r in records)
     assert any(r.get("portal") == "p1" for r in records) and any("error" in r for r in records)
     assert any("statement" not in r and r["outcome"] == "ok" for r in records)
+    assert (
+        sum(r["protocol"] == "simple" and r["outcome"] == "ok" and "statement_index" not in r for r in records) == 8
+    )  # two rounds
