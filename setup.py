@@ -21,7 +21,9 @@ from setuptools import setup
 #: state machine, value and row decoding, hex dumps), the tracker (statement
 #: pairing, the session, SQL analysis, fingerprints, redaction, records) and the
 #: sink's per-record work (the log sink and fan-out, JSON line rendering,
-#: statistics, metrics, the log writer's queue and its thread). mypy type-checks them against the installed
+#: statistics, metrics, the log writer's queue and its thread), and the session's asyncio protocols
+#: (proxy/session.py: every new connection's start-up and every relayed chunk pass through them; a
+#: pgbench -C connection 322.6k -> 265.0k instructions, callgrind). mypy type-checks them against the installed
 #: dependencies, so install those first.
 COMPILED = [
     "pgproxy/protocol/framing.py",
@@ -45,6 +47,7 @@ COMPILED = [
     "pgproxy/sink/stats.py",
     "pgproxy/sink/metrics.py",
     "pgproxy/sink/writer.py",
+    "pgproxy/proxy/session.py",
 ]
 
 

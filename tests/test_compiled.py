@@ -16,12 +16,17 @@ import json
 import os
 import runpy
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+
+from pgproxy.demo.embedded import EmbeddedPostgres, free_port
+from tests.harness import PGPROXY, wait_listening
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPILED: list[str] = runpy.run_path(str(ROOT / "setup.py"), run_name="setup")["COMPILED"]
@@ -106,10 +111,10 @@ def _run(tree: Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
-def builds(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(compiled, pure) outputs: setup.py's modules compiled once into a copy of the package.
+def trees(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(compiled, pure) copies of the package: setup.py's modules compiled once into the first.
 
-    The pure run uses a copy too, without extension modules: a checkout may
+    The pure one is a copy too, without extension modules: a checkout may
     hold a compiled build in place.
     """
     if shutil.which("cc") is None and shutil.which("gcc") is None:
@@ -122,6 +127,13 @@ def builds(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], di
         [str(mypyc), *COMPILED], cwd=compiled, capture_output=True, text=True, timeout=1800, check=False
     )
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    return compiled, pure
+
+
+@pytest.fixture(scope="session")
+def builds(trees: tuple[Path, Path]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(compiled, pure) outputs of the script above."""
+    compiled, pure = trees
     return _run(compiled), _run(pure)
 
 
@@ -152,3 +164,66 @@ def test_compiled_build_gives_the_same_lines(builds: tuple[dict[str, Any], dict[
     compiled, pure = builds
     assert len(compiled[output]) > 10
     assert compiled[output] == pure[output]
+
+
+#: Fields that differ between two runs of the same sessions: clocks, ports, process ids.
+_VARYING = frozenset(("timestamp", "client.port", "backend_pid", "session"))
+
+
+def _proxied_sessions(tree: Path, pg: EmbeddedPostgres, detail: str) -> list[list[dict[str, Any]]]:
+    """The events of a few sessions through a ``pgproxy`` process run from ``tree``, per session, varying fields left out.
+
+    Sessions one after the other: logins that repeat (the known login answer
+    from the third on), simple and extended queries, a transaction, an error.
+    """
+    port = free_port()
+    proc = subprocess.Popen(
+        [*PGPROXY, "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{pg.port}", "--log-detail", detail],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tree,
+        env={**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{ROOT}"},
+    )
+    try:
+        wait_listening(port, proc)
+        for i in range(4):
+            dsn = f"postgresql://postgres@127.0.0.1:{port}/postgres?application_name=compiled-check"
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                assert conn.execute("SELECT %s::int + 1", (i,)).fetchone() == (i + 1,)
+                with conn.transaction():
+                    conn.execute("SELECT 1")
+                with pytest.raises(psycopg.errors.DivisionByZero):
+                    conn.execute("SELECT 1/0")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    sessions: dict[str, list[dict[str, Any]]] = {}
+    for line in stdout.splitlines():
+        event = json.loads(line)
+        if "session" in event:
+            fields = {
+                k: v
+                for k, v in event.items()
+                if k not in _VARYING and not k.endswith(("_ms", "_s")) and "duration" not in k
+            }
+            sessions.setdefault(event["session"], []).append(fields)
+    return list(sessions.values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("detail", ["connection", "query"])
+def test_compiled_proxy_session_logs_what_pure_python_logs(
+    trees: tuple[Path, Path], pg: EmbeddedPostgres, detail: str
+) -> None:
+    """The compiled build's proxy layer (proxy/session.py: the asyncio protocols) relays and logs as pure Python does.
+
+    A real server and client through a ``pgproxy`` process of each build: the
+    same events, fields and values, but for clocks, ports and process ids.
+    """
+    compiled, pure = trees
+    logged = _proxied_sessions(compiled, pg, detail)
+    assert len(logged) == 5  # wait_listening's probe, then the four clients
+    assert [e["event"] for e in logged[-1]][:2] == ["session.started", "session.ready"]
+    assert logged == _proxied_sessions(pure, pg, detail)
