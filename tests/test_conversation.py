@@ -33,7 +33,9 @@ from pgproxy.protocol.decoding import (
     decode_startup_packet,
     decode_tagged,
 )
+from pgproxy.protocol.encodings import python_codec
 from pgproxy.protocol.errors import DecodeError, ProtocolError
+from pgproxy.protocol.framing import UNTAGGED
 from tests.golden import Chunks, recordings
 
 RECORDINGS = recordings()
@@ -547,3 +549,55 @@ def test_a_startup_packet_seen_before_is_the_same_message() -> None:
         assert second.encoding == first.encoding == encoding
         # Decoded with UTF-8: handed on only while that is still the encoding in force.
         assert second.decoded_frontend(frame) is (second.startup if encoding == "utf-8" else None)
+
+
+_STARTUP_PARAMS = st.dictionaries(
+    st.sampled_from(["user", "database", "application_name", "client_encoding", "options", "replication", "x"]),
+    st.sampled_from(["u", "", "LATIN1", "UTF8", "database", "caf\u00e9", "-c a=b"]),
+    max_size=5,
+)
+
+
+def _startup_outcome(packet: bytes | bytearray, later: bytes) -> tuple[object, ...]:
+    """A fresh conversation's state after a start-up packet (the known way first, if it takes it) and a later chunk."""
+    conv = Conversation()
+    known = conv.receive_startup(packet)
+    # The known way makes no frame; the general way's one frame is the packet's, and is handed its message.
+    (frame,) = [(UNTAGGED, packet, 4, len(packet))] if known is not None else conv.receive_frontend(packet)
+    assert (frame[0], frame[2], frame[3]) == (UNTAGGED, 4, len(packet))
+    state = (
+        conv.phase,
+        conv.startup,
+        conv.encoding,
+        conv.frontend.mode,
+        conv.backend.mode,
+        conv.decoded_frontend(frame) is conv.startup,
+    )
+    after = [(tag, start, end) for tag, _, start, end in conv.receive_frontend(later)]
+    error = conv.error
+    return (known is not None, known is None or known is conv.startup, state, after, error and error.offset)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    _STARTUP_PARAMS,
+    st.sampled_from([(3, 0), (3, 2), (2, 0)]),
+    st.sampled_from([b"", message(b"Q", b"SELECT 1\x00"), b"Q\x00\x00\x00\x01"]),
+)
+def test_a_known_startup_packet_agrees_with_framing_it(
+    params: dict[str, str], version: tuple[int, int], later: bytes
+) -> None:
+    """Conversation.receive_startup takes a StartupMessage packet seen before; the same state and offsets as framing it.
+
+    The general way is the same packet as a bytearray (the known way takes bytes only).
+    """
+    packet = startup_message(params)
+    packet = packet[:4] + ((version[0] << 16) | version[1]).to_bytes(4, "big") + packet[8:]
+    general = _startup_outcome(bytearray(packet), later)
+    first = _startup_outcome(packet, later)  # decoded, and kept if it is a protocol 3 StartupMessage
+    second = _startup_outcome(packet, later)
+    assert not general[0]
+    assert first[1:] == general[1:]
+    assert second[1:] == general[1:]
+    # Protocol 3 StartupMessages that keep UTF-8 in force (the encoding they were decoded with).
+    assert second[0] == (version[0] == 3 and python_codec(params.get("client_encoding", "UTF8")) == "utf-8")

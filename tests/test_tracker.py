@@ -879,7 +879,7 @@ def _answer_logins(detail: Detail, answers: list[bytes], general: bool, pipeline
         value_context = None if t.statements is None else t.statements.value_context
         outcome.append(
             (
-                [(r.event, r.level, dict(r.fields)) for r in records],
+                [(r.event, r.level, list(r.fields.items())) for r in records],
                 t.messages_from_server,
                 t.in_transaction,
                 t.backend_pid,
@@ -922,3 +922,41 @@ def test_a_known_login_answer_gives_the_general_records(
     fast = _answer_logins(detail, answers, general=False, pipelined=pipelined)
     assert len(wire._known_answers) == 1  # learnt at the second login, taken at the third
     assert fast == _answer_logins(detail, answers, general=True, pipelined=pipelined)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["user", "database", "application_name", "client_encoding", "options", "replication"]),
+        st.sampled_from(["alice", "", "LATIN1", "database", "true", "caf\u00e9"]),
+        max_size=5,
+    ),
+    st.sampled_from([Detail.CONNECTION, Detail.QUERY, Detail.MESSAGE]),
+)
+def test_a_known_startup_packet_gives_the_general_records(params: dict[str, str], detail: Detail) -> None:
+    """A StartupMessage seen before (Conversation.receive_startup) and its kept fields give the general records.
+
+    The general way is the same packet as a bytearray; the second session
+    with bytes takes the known packet and the fields kept from the first.
+    """
+    from pgproxy.tracker import session as tracker_session
+
+    tracker_session._started_fields.clear()
+    packet = startup_message(params)
+
+    def session(data: bytes | bytearray) -> Any:
+        t = SessionTracker("s", TrackerOptions(detail=detail), client=("127.0.0.1", 50000), clock=lambda: 0.0)
+        records = t.frontend(data, now=0.0)  # type: ignore[arg-type]
+        records += t.backend(b.authentication_ok() + b.backend_key_data(7) + b.ready_for_query(), now=0.001)
+        records += t.closed("client_closed", now=0.002)
+        return (
+            [(r.event, r.level, list(r.fields.items())) for r in records],  # in order: the line's order
+            t.messages_from_client,
+            dict(t.context),
+            t.replication is not None,
+            t.conv.encoding,
+        )
+
+    general = session(bytearray(packet))
+    assert session(packet) == general
+    assert session(packet) == general

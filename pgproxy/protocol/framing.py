@@ -78,6 +78,7 @@ _TAGGED: Final = FramingMode.TAGGED
 #: Running as the compiled build's extension module (see pgproxy.protocol.COMPILED).
 _COMPILED: Final = not __file__.endswith(".py")
 _HALTED: Final = FramingMode.HALTED
+_STARTUP: Final = FramingMode.STARTUP
 
 
 def tag_table(tags: bytes) -> bytes:
@@ -142,6 +143,18 @@ class Framer:
         The state afterwards is what :meth:`feed` leaves after a chunk of whole messages.
         """
         if self._pending or self._skip or self.mode is not _TAGGED:
+            return False
+        self._offset += n
+        self._need = 0
+        return True
+
+    def pass_startup(self, n: int) -> bool:
+        """:meth:`feed` for a whole startup packet of ``n`` bytes its owner reads itself, in STARTUP mode with nothing held back.
+
+        False, with nothing changed, otherwise. The state afterwards is what
+        feed leaves after such a packet (the owner then sets the next mode).
+        """
+        if self._pending or self._skip or self.mode is not _STARTUP:
             return False
         self._offset += n
         self._need = 0
