@@ -24,6 +24,24 @@ LOGGER = frozenset({"structlog"})
 ENTRY_POINTS = frozenset({"cli.py", "__main__.py", "demo/scenario.py"})
 
 
+#: What a module may import for its type annotations alone, under ``if TYPE_CHECKING:`` (never
+#: at run time): mypy_extensions' native integer types (i64), which the compiled build reads
+#: from the annotations and the interpreter never sees.
+TYPE_ONLY = frozenset({"mypy_extensions"})
+
+
+def _type_only_lines(path: Path) -> set[int]:
+    """Lines of the imports that stand in an ``if TYPE_CHECKING:`` block of ``path``."""
+    lines: set[int] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            for inner in node.body:
+                for sub in ast.walk(inner):
+                    if isinstance(sub, ast.Import | ast.ImportFrom):
+                        lines.add(sub.lineno)
+    return lines
+
+
 def _imports(path: Path, root: Path = PACKAGE) -> Iterator[tuple[int, str]]:
     """(line, absolute module name) for every import in ``path``, wherever it stands."""
     package = ["pgproxy", *path.relative_to(root).parent.parts]
@@ -55,10 +73,12 @@ def _violations(rule: str, root: Path = PACKAGE) -> list[str]:
     for path in sorted(root.rglob("*.py")):
         name = path.relative_to(root).as_posix()
         layer = name.split("/")[0] if "/" in name else name.removesuffix(".py")
+        type_only = _type_only_lines(path)
         for line, module in _imports(path, root):
             top = _top(module)
             if rule == "protocol is stdlib only" and layer == "protocol":
                 bad = top not in sys.stdlib_module_names and _layer(module) != "protocol"
+                bad = bad and not (top in TYPE_ONLY and line in type_only)
             elif rule == "tracker is sans-IO" and layer == "tracker":
                 bad = top in ASYNC | LOGGER or _layer(module) not in (None, "protocol", "tracker")
             elif rule == "only sink logs":
@@ -102,7 +122,9 @@ def test_the_rules_cover_the_new_modules() -> None:
 def test_each_rule_catches_a_stray_import(tmp_path: Path) -> None:
     """A tree that breaks every rule once, relative imports included: each rule names its own offender."""
     strays = {
-        "protocol/values.py": "import structlog\nfrom ..tracker import records\n",
+        "protocol/values.py": "import structlog\nfrom ..tracker import records\nimport mypy_extensions\n",
+        # an annotation's type only: not a run-time dependency
+        "protocol/framing.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from mypy_extensions import i64\n",
         "tracker/fingerprint.py": "def f():\n    import asyncio\n",
         "offline/decode.py": "from pgproxy.proxy import server\n",
         "sink/stats.py": "from ..proxy.session import ClientSession\n",
@@ -117,6 +139,7 @@ def test_each_rule_catches_a_stray_import(tmp_path: Path) -> None:
         "protocol is stdlib only": [
             "pgproxy/protocol/values.py:1 imports structlog",
             "pgproxy/protocol/values.py:2 imports pgproxy.tracker",
+            "pgproxy/protocol/values.py:3 imports mypy_extensions",
         ],
         "tracker is sans-IO": ["pgproxy/tracker/fingerprint.py:2 imports asyncio"],
         "only sink logs": [

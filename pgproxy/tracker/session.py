@@ -18,7 +18,7 @@ import enum
 import struct
 import time
 from collections.abc import Callable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from pgproxy.protocol import messages as m
 from pgproxy.protocol.decoding import (
@@ -56,6 +56,9 @@ from pgproxy.tracker.statements import (
     Execution,
     StatementTracker,
 )
+
+if TYPE_CHECKING:  # the compiled build's native integer type; nothing is imported at run time
+    from mypy_extensions import i64
 
 _DATA_ROW: Final = ord("D")
 _COPY_DATA: Final = ord("d")
@@ -398,8 +401,8 @@ class SessionTracker:
         out: list[Record] = []
         encoding = self.conv.encoding
         by_index = _COMPILED
-        pos = 0
-        n = len(data)
+        pos: i64 = 0
+        n: i64 = len(data)
         # libpq's Describe, Execute and Sync (_PORTAL_TAIL at ``tail``), where the walk reaches
         # them: what _request_by_fields would read from them, without reading.
         while pos < n:
@@ -408,12 +411,16 @@ class SessionTracker:
                 statements.execute("", now)
                 statements.sync()
                 break
-            tag = data[pos]
-            if by_index:
-                length = data[pos + 1] << 24 | data[pos + 2] << 16 | data[pos + 3] << 8 | data[pos + 4]
+            tag: i64 = data[pos]
+            if by_index:  # native integers, each byte before its shift (see Framer.feed_whole)
+                b1: i64 = data[pos + 1]
+                b2: i64 = data[pos + 2]
+                b3: i64 = data[pos + 3]
+                b4: i64 = data[pos + 4]
+                length: i64 = b1 << 24 | b2 << 16 | b3 << 8 | b4
             else:
                 length = _LENGTH(data, pos + 1)[0]
-            start = pos + _HEADER_BYTES
+            start: i64 = pos + _HEADER_BYTES
             pos += 1 + length
             if not _request_by_fields(statements, tag, data, start, pos, encoding, now):
                 self._frontend_decoded(tag, data, start, pos, statements, encoding, now, out)
@@ -603,8 +610,8 @@ class SessionTracker:
         rows = row_bytes = 0
         encoding = self.conv.encoding
         by_index = _COMPILED
-        pos = 0
-        n = len(data)
+        pos: i64 = 0
+        n: i64 = len(data)
         # An idle ReadyForQuery (_IDLE_TAIL at ``tail``) where the walk reaches it: handled without reading it.
         while pos < n:
             if pos == tail:
@@ -615,12 +622,16 @@ class SessionTracker:
                 if records:
                     out += records
                 break
-            tag = data[pos]
-            if by_index:
-                length = data[pos + 1] << 24 | data[pos + 2] << 16 | data[pos + 3] << 8 | data[pos + 4]
+            tag: i64 = data[pos]
+            if by_index:  # native integers, each byte before its shift (see Framer.feed_whole)
+                b1: i64 = data[pos + 1]
+                b2: i64 = data[pos + 2]
+                b3: i64 = data[pos + 3]
+                b4: i64 = data[pos + 4]
+                length: i64 = b1 << 24 | b2 << 16 | b3 << 8 | b4
             else:
                 length = _LENGTH(data, pos + 1)[0]
-            start = pos + _HEADER_BYTES
+            start: i64 = pos + _HEADER_BYTES
             pos += 1 + length
             if tag == _DATA_ROW:
                 rows += 1
