@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import bisect
 import io
 import json
+import math
 from typing import Any
 
-from pgproxy.sink.stats import STATEMENT_STATS, STATS_REPORTED, Aggregate, StatementStats
+from pgproxy.sink.stats import LATENCY_BUCKETS_MS, STATEMENT_STATS, STATS_REPORTED, Aggregate, StatementStats
 from pgproxy.top import LogFollower, render, top_command
 from pgproxy.tracker.records import QUERY, Record, SessionContext
 from tests.test_fingerprint import rss_mib
@@ -305,3 +307,17 @@ def test_the_last_entry_shortcut_counts_as_the_lookup_does() -> None:
     for max_entries in (0, 1, 2, 3, 100):
         assert run(shared=True, max_entries=max_entries) == run(shared=False, max_entries=max_entries), max_entries
     assert len(run(shared=True, max_entries=100)[0]) == 8  # alice ran a, b, c, d; bob b, a, d, e
+
+
+def test_the_last_bucket_shortcut_puts_every_duration_where_bisect_does() -> None:
+    """Aggregate.add looks in the last duration's bucket first; every duration must land where bisect_left puts it."""
+    edges = [b + d for b in LATENCY_BUCKETS_MS for d in (-1e-9, 0.0, 1e-9)]
+    specials = [0.0, -1.0, 1e-12, 1e6, math.inf, -math.inf, math.nan]
+    # repeats (the shortcut's case), walks up and down, jumps between far buckets
+    durations = [*edges, *reversed(edges), *specials, *[0.03] * 5, 0.05, 0.05, 0.0500001, 20000.0, 0.0, *edges[::7]]
+    agg = Aggregate()
+    expected = [0] * (len(LATENCY_BUCKETS_MS) + 1)
+    for duration in durations:
+        agg.add(duration, 0, None)
+        expected[bisect.bisect_left(LATENCY_BUCKETS_MS, duration)] += 1
+        assert agg.buckets == expected, duration

@@ -52,6 +52,10 @@ _OTEL_SLICES: Final = tuple(
 _COUNTED: Final = frozenset(("ok", "error", "suspended", "interrupted"))
 DEFAULT_MAX_ENTRIES: Final = 5000
 _bisect_left: Final = bisect.bisect_left
+#: Each fine bucket's exclusive lower and inclusive upper bound (ms): a duration d is in bucket i
+#: when _LOWER_MS[i] < d <= _UPPER_MS[i], the index bisect_left gives.
+_LOWER_MS: Final[tuple[float, ...]] = (-math.inf, *LATENCY_BUCKETS_MS)
+_UPPER_MS: Final[tuple[float, ...]] = (*LATENCY_BUCKETS_MS, math.inf)
 
 StatsKey = tuple[str, str | None, str | None, str | None]
 """(fingerprint, database, user, application)."""
@@ -69,6 +73,8 @@ class Aggregate:
     max_ms: float = 0.0
     errors: dict[str, int] = field(default_factory=dict)
     buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_MS) + 1))
+    #: The bucket of the last duration added: not a count, only where add() looks first.
+    last_bucket: int = field(default=0, compare=False, repr=False)
 
     def add(self, duration_ms: float | None, rows: int, sqlstate: str | None) -> None:
         """Count one statement; ``duration_ms`` None for a statement with no time of its own
@@ -88,7 +94,12 @@ class Aggregate:
         if duration_ms > self.max_ms:  # noqa: PLR1730
             self.max_ms = duration_ms
         # bisect_left: a duration equal to a bound belongs to that bound's bucket (le semantics).
-        self.buckets[_bisect_left(LATENCY_BUCKETS_MS, duration_ms)] += 1
+        # One statement's durations mostly fall in one bucket: the last one is checked first,
+        # two comparisons where the bisect_left call cost ~750 instructions (compiled, callgrind).
+        bucket = self.last_bucket
+        if not _LOWER_MS[bucket] < duration_ms <= _UPPER_MS[bucket]:
+            bucket = self.last_bucket = _bisect_left(LATENCY_BUCKETS_MS, duration_ms)
+        self.buckets[bucket] += 1
 
     def merge(self, other: Aggregate) -> None:
         self.calls += other.calls
