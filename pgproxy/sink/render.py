@@ -111,7 +111,9 @@ class Stamp:
         if second != self._second:
             self._second = second
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second)).encode()
-        micros -= second * 1_000_000
+        # A remainder, not ``micros - second * 1_000_000``: compiled, that product leaves
+        # mypyc's short-integer fast path (~790 of this method's ~2k instructions, callgrind).
+        micros %= 1_000_000
         return self._prefix + _THREE_DIGITS[micros // 1000] + _THREE_DIGITS_Z[micros % 1000]
 
 
