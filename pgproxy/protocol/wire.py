@@ -99,11 +99,14 @@ class ParameterRun:
         bodies: each message's body as (start, end) within ``data``.
         longest: the largest declared length among them (a smaller ``max_frame`` frames them differently).
         pairs: (name, value) of each, in order.
+        parameters: the same as a dict (the last value of a name reported twice, at its first place),
+            which updates a conversation's parameters in one C-level merge: from a list of pairs,
+            each is an insertion of its own (about 5k instructions a login, compiled; callgrind).
         encoding_after: the encoding once its ``client_encoding`` reports were followed.
         value_settings: how many of them report ``client_encoding`` or ``TimeZone``.
     """
 
-    __slots__ = ("bodies", "data", "encoding", "encoding_after", "longest", "pairs", "value_settings")
+    __slots__ = ("bodies", "data", "encoding", "encoding_after", "longest", "pairs", "parameters", "value_settings")
 
     def __init__(
         self,
@@ -120,6 +123,7 @@ class ParameterRun:
         self.bodies = bodies
         self.longest = longest
         self.pairs = pairs
+        self.parameters = dict(pairs)
         self.encoding_after = encoding_after
         self.value_settings = value_settings
 
@@ -225,6 +229,7 @@ class LoginAnswer:
         encoding: the encoding in force before it.
         longest: the largest declared length among its messages.
         pairs: (name, value) of each ParameterStatus, in order.
+        parameters: the same as a dict (see :class:`ParameterRun`'s).
         encoding_after: the encoding once its ``client_encoding`` reports were followed.
         value_settings: how many of them report ``client_encoding`` or ``TimeZone``.
         messages: how many messages the chunk holds.
@@ -238,6 +243,7 @@ class LoginAnswer:
         "longest",
         "messages",
         "pairs",
+        "parameters",
         "size",
         "status",
         "tail",
@@ -260,6 +266,7 @@ class LoginAnswer:
         self.encoding = encoding
         self.longest = longest
         self.pairs = pairs
+        self.parameters = dict(pairs)
         self.encoding_after = encoding_after
         self.value_settings = value_settings
         self.messages = len(pairs) + 3
@@ -550,7 +557,7 @@ class Conversation:
         if self.auth_method is None:
             self.auth_method = "trust"
         # The ParameterStatus run
-        self.parameters.update(answer.pairs)
+        self.parameters.update(answer.parameters)
         self.encoding = answer.encoding_after
         self.value_settings_reported += answer.value_settings
         # BackendKeyData, then ReadyForQuery
@@ -621,7 +628,7 @@ class Conversation:
         malformed = self.parameters_malformed
         size = len(run.data)
         framer.passed(size)
-        self.parameters.update(run.pairs)
+        self.parameters.update(run.parameters)
         self.encoding = run.encoding_after
         self.value_settings_reported += run.value_settings
         rest = run_at + size
