@@ -960,3 +960,16 @@ def test_a_known_startup_packet_gives_the_general_records(params: dict[str, str]
     general = session(bytearray(packet))
     assert session(packet) == general
     assert session(packet) == general
+
+
+def test_value_contexts_are_shared_and_equal_to_new_ones() -> None:
+    """Sessions with the same settings share one frozen ValueContext (tracker.session._value_context), equal to a new one."""
+    from pgproxy.protocol.values import ValueContext
+    from pgproxy.tracker import session as tracker_session
+
+    first = tracker_session._value_context("latin-1", "Europe/Paris", 40)
+    assert first == ValueContext("latin-1", "Europe/Paris", 40)
+    assert tracker_session._value_context("latin-1", "Europe/Paris", 40) is first
+    assert tracker_session._value_context("latin-1", "Europe/Paris", None) == ValueContext("latin-1", "Europe/Paris")
+    t = SessionTracker("s", TrackerOptions(detail=Detail.QUERY, max_value_chars=7))
+    assert t.statements is not None and t.statements.value_context == ValueContext(max_value_chars=7)

@@ -234,7 +234,7 @@ class SessionTracker:
         if client is not None:
             self.context["client.address"], self.context["client.port"] = client
         self.statements: StatementTracker | None = (
-            StatementTracker(self.options, self.context, ValueContext(max_value_chars=self.options.max_value_chars))
+            StatementTracker(self.options, self.context, _value_context("utf-8", "UTC", self.options.max_value_chars))
             if self.detail >= _QUERY_DETAIL
             else None
         )
@@ -931,7 +931,7 @@ class SessionTracker:
         statements.options = options
         # Caps and redaction may have changed: decoders are rebuilt with the new ones.
         statements.set_value_context(
-            ValueContext(self.conv.encoding, self.conv.parameters.get("TimeZone", "UTC"), options.max_value_chars)
+            _value_context(self.conv.encoding, self.conv.parameters.get("TimeZone", "UTC"), options.max_value_chars)
         )
         ctx = self.context
         statements.in_scope = options.query_filter.in_scope(
@@ -1203,7 +1203,7 @@ class SessionTracker:
         self._value_settings_seen = conv.value_settings_reported
         if self.statements is not None:
             self.statements.set_value_context(
-                ValueContext(conv.encoding, conv.parameters.get("TimeZone", "UTC"), self.options.max_value_chars)
+                _value_context(conv.encoding, conv.parameters.get("TimeZone", "UTC"), self.options.max_value_chars)
             )
 
     def _ready(self, now: float) -> Record:
@@ -1260,6 +1260,29 @@ class SessionTracker:
         if events is None:  # a reconfigured session that was below message detail
             events = self._events = MessageEvents(self.session_id, self.options)
         return events.message(msg, frame, frontend, self.statements)
+
+
+#: Value contexts by (encoding, time zone, max_value_chars): frozen, so sessions with the same settings share one.
+_value_contexts: dict[tuple[str, str, int | None], ValueContext] = {}
+_VALUE_CONTEXTS_KEPT: Final = 64
+
+
+def _value_context(encoding: str, timezone: str, max_value_chars: int | None) -> ValueContext:
+    """``ValueContext(encoding, timezone, max_value_chars)``, built once per distinct settings.
+
+    A query-detail session builds two (its statement tracker's, then the one
+    its login's client_encoding and TimeZone reports set); a frozen dataclass
+    sets each field through ``object.__setattr__``, about 5k instructions a
+    context compiled (callgrind), where a look-up costs a tuple and a hash.
+    """
+    key = (encoding, timezone, max_value_chars)
+    context = _value_contexts.get(key)
+    if context is None:
+        context = ValueContext(encoding, timezone, max_value_chars)
+        if len(_value_contexts) >= _VALUE_CONTEXTS_KEPT:
+            _value_contexts.clear()
+        _value_contexts[key] = context
+    return context
 
 
 #: What ``session.started`` takes from a StartupMessage, by the message's id (the message kept
