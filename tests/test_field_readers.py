@@ -193,3 +193,27 @@ def test_bind_and_execute_read_what_the_reader_reads(
     assert (ours[0] == "ok") == (theirs[0] == "ok")
     if ours[0] == "ok":
         assert ours == theirs
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(
+        st.sampled_from(["SELECT 1", "UPDATE 1", "INSERT 0 1", "BEGIN", "SELECT 1\x00x", "SÉLECT 2", ""]), max_size=12
+    )
+)
+def test_a_known_command_complete_is_the_message_decoding_gives(tags: list[str]) -> None:
+    """known_command_complete (its memo of the last tag, then the cache) answers what decoding answers.
+
+    Every body is decoded after the question, so later questions find it
+    cached: the answer is None or the very message decode_tagged returns,
+    for repeated, alternating, malformed and non-ASCII tags.
+    """
+    for tag in tags:
+        frame = b.command_complete(tag)
+        buf = b"\x01" + frame + b"\x01"
+        start, end = 6, 1 + len(frame)
+        known = d.known_command_complete(buf, start, end)
+        decoded = d.decode_tagged(False, ord("C"), buf, start, end, "utf-8")
+        cached = d._COMMAND_COMPLETE_CACHE.get(buf[start : end - 1])
+        assert known is None or known is decoded
+        assert known is cached or (known is None and cached is decoded)
