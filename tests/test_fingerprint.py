@@ -6,6 +6,8 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pgproxy.tracker import fingerprint as fp
 from pgproxy.tracker.fingerprint import (
@@ -347,8 +349,8 @@ def test_keys_of_texts_ending_in_a_number_are_literal_keys() -> None:
     texts = [f"{head}{sep}{n}" for head in heads for sep, n in ((" = ", 42), ("", 7), ("(", "0012"), ("", ""))]
     for text in texts:
         for _ in range(3):  # noted, remembered, then keyed from the memo
-            assert keys(text) == literal_key(text), text
-    assert keys("SELECT abalance FROM pgbench_accounts WHERE aid = 12345") == (
+            assert keys.key(text) == literal_key(text), text
+    assert keys.key("SELECT abalance FROM pgbench_accounts WHERE aid = 12345") == (
         "SELECT abalance FROM pgbench_accounts WHERE aid = \x00n",
         1,
     )
@@ -419,3 +421,24 @@ def test_text_the_library_cannot_take_falls_back_instead_of_raising() -> None:
     assert (a.source, a.fallback, a.operation) == (Source.LEXER, FallbackReason.PARSER_ERROR, "SELECT")
     assert analyzer.split("SELECT 1; SELECT '\udcff'") == ["SELECT 1", "SELECT '\udcff'"]
     assert analyzer.counters["fallback.parser_error"] == 1 and analyzer.counters["split_fallback.parser_error"] == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(["SELECT a", "SELECT b", "SELECT c", "SELECT d", "SELECT e", "SELECT 1", "SELECT 2"]),
+        max_size=40,
+    )
+)
+def test_analysis_cache_keeps_least_recently_used_order(texts: list[str]) -> None:
+    """Using the newest analysis again skips the move to the end; the order stays the plain LRU's."""
+    analyzer = StatementAnalyzer(max_entries=3, use_parser=False)
+    model: dict[str, None] = {}
+    for text in texts:
+        analyzer.analyze(text)
+        cached = text  # the lexer's analyses are cached under their text, never a literal key
+        model.pop(cached, None)
+        model[cached] = None
+        while len(model) > 3:
+            del model[next(iter(model))]
+        assert list(analyzer._cache) == list(model)

@@ -220,3 +220,19 @@ def test_the_session_covers_the_record_shapes() -> None:
     assert (
         sum(r["protocol"] == "simple" and r["outcome"] == "ok" and "statement_index" not in r for r in records) == 8
     )  # two rounds
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["SELECT a", "SELECT b", "SELECT c", "SELECT d", "SELECT e"]), max_size=40))
+def test_facts_cache_keeps_least_recently_used_order(texts: list[str]) -> None:
+    """Using the newest entry again skips the move to the end; the order stays the plain LRU's."""
+    options = TrackerOptions(analyzer=None)
+    cache = statements.FactsCache(max_entries=3)
+    model: dict[str, None] = {}
+    for text in texts:
+        cache.facts(options, text)
+        model.pop(text, None)
+        model[text] = None
+        while len(model) > 3:
+            del model[next(iter(model))]
+        assert list(cache.entries) == list(model)

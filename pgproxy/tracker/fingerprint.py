@@ -325,7 +325,8 @@ class TrailingNumberKeys:
     def __init__(self) -> None:
         self._heads: dict[str, tuple[str, int]] = {}
 
-    def __call__(self, sql: str) -> tuple[str, int] | None:
+    def key(self, sql: str) -> tuple[str, int] | None:
+        """:func:`literal_key` of ``sql`` (a method, not ``__call__``: the compiled build calls a method natively)."""
         head = sql.rstrip("0123456789")
         if len(head) == len(sql) or not head or head[-1] not in _BEFORE_TRAILING_NUMBER or len(head) > _MAX_HEAD_CHARS:
             return literal_key(sql)
@@ -846,6 +847,9 @@ class StatementAnalyzer:
     _bytes: int = 0
     _parser: _Parser = field(default_factory=_Parser, repr=False)
     _literal_key: TrailingNumberKeys = field(default_factory=TrailingNumberKeys, repr=False)
+    #: The analysis stored or used last: the cache's newest entry while it is in there (each analysis
+    #: is stored once, under one key), so using it again needs no move to the end.
+    _newest: Analysis | None = field(default=None, repr=False)
 
     # ------------------------------------------------------------------ public
 
@@ -870,24 +874,30 @@ class StatementAnalyzer:
         cache = self._cache
         hit = cache.get(sql)
         if hit is not None:
-            # Recently used now. Each process's event loop is the analyzer's only user, but proxies run
-            # in threads (tests, embedding) may share it: an entry another thread evicted between the
-            # lookup and here is simply not moved. (Inline, here and below: every statement comes here.)
-            try:
-                cache.move_to_end(sql)
-            except KeyError:
-                pass
+            # Recently used now, unless it is the newest already (a session's statements repeat: the
+            # OrderedDict method call cost ~450 instructions, compiled). Each process's event loop is
+            # the analyzer's only user, but proxies run in threads (tests, embedding) may share it: an
+            # entry another thread evicted between the lookup and here is simply not moved. (Inline,
+            # here and below: every statement comes here.)
+            if hit is not self._newest:
+                try:
+                    cache.move_to_end(sql)
+                except KeyError:
+                    pass
+                self._newest = hit
             self._hits += 1
             return hit
-        keyed = self._literal_key(sql) if len(sql) <= self.max_cached_chars else None
+        keyed = self._literal_key.key(sql) if len(sql) <= self.max_cached_chars else None
         if keyed is not None and keyed[1]:
             key = keyed[0]
             hit = cache.get(key)
             if hit is not None:
-                try:
-                    cache.move_to_end(key)
-                except KeyError:
-                    pass
+                if hit is not self._newest:
+                    try:
+                        cache.move_to_end(key)
+                    except KeyError:
+                        pass
+                    self._newest = hit
                 self._hits += 1
                 self._literal_hits += 1
                 return hit
@@ -1031,6 +1041,7 @@ class StatementAnalyzer:
         if old is not None:
             self._bytes -= old.weight + len(key)
         cache[key] = analysis
+        self._newest = analysis
         self._bytes += analysis.weight + len(key)
         while cache and (len(cache) > self.max_entries or self._bytes > self.max_bytes):
             evicted_key, evicted = cache.popitem(last=False)
