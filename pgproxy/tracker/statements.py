@@ -1387,12 +1387,7 @@ class StatementTracker:
             fields["db.response.returned_rows"] = exe.rows
             fields["bytes"] = exe.bytes
             fields["command_tag"] = tag.tag
-            record = Record(QUERY, "info", fields, logged, context)
-            self.held.append(record)
-            if len(self.held) > MAX_HELD_EVENTS:
-                self.outbox += self.held
-                self.held = []
-            return record
+            return self._hold(Record(QUERY, "info", fields, logged, context))
         analyzer = opts.analyzer
         if (
             self.plain_layouts
@@ -1428,12 +1423,7 @@ class StatementTracker:
             fields["db.response.returned_rows"] = exe.rows
             fields["bytes"] = exe.bytes
             fields["command_tag"] = tag.tag
-            record = Record(QUERY, "info", fields, logged, context)
-            self.held.append(record)
-            if len(self.held) > MAX_HELD_EVENTS:
-                self.outbox += self.held
-                self.held = []
-            return record
+            return self._hold(Record(QUERY, "info", fields, logged, context))
         # The statement's own fields; the session's are shared (SessionContext).
         fields = text_fields(opts, sql, tag) if facts is None else known_text_fields(facts, tag)
         fields["protocol"] = exe.protocol
@@ -1474,10 +1464,14 @@ class StatementTracker:
         if slow:
             fields["slow"] = True
         fields["transaction_status"] = None
-        record = Record(QUERY, level, fields, logged, context)
-        self.held.append(record)
-        if len(self.held) > MAX_HELD_EVENTS:
-            self.outbox += self.held
+        return self._hold(Record(QUERY, level, fields, logged, context))
+
+    def _hold(self, record: Record) -> Record:
+        """Keep a query record until its ReadyForQuery; past MAX_HELD_EVENTS the held ones are released."""
+        held = self.held
+        held.append(record)
+        if len(held) > MAX_HELD_EVENTS:
+            self.outbox += held
             self.held = []
         return record
 
