@@ -1358,72 +1358,55 @@ class StatementTracker:
         rows = tag.rows if tag is not None and tag.rows is not None else exe.rows
         if (
             self.plain_layouts
-            and facts is not None
             and tag is not None
+            and outcome is _OK
             and error is None
             and batch is None
             and not slow
             and not portal_suspended
-            and exe.executes == 1
             and exe.index is None
-            and exe.parameters is not None
             and exe.copy is None
-            and outcome is _OK
         ):
-            # A prepared statement's plain success (nearly every record): the general
-            # way's fields below, filled into a copy of their layout (see record_layout).
-            statement = exe.statement
-            portal = exe.portal
-            fields = facts.record_layout(bool(statement), bool(portal)).copy()
-            fields["db.operation.name"] = tag.command
-            fields["protocol"] = exe.protocol
-            if statement:
-                fields["statement"] = statement
-            if portal:
-                fields["portal"] = portal
-            fields["parameters"] = exe.parameters
-            fields["duration_ms"] = duration_ms
-            fields["rows"] = rows
-            fields["db.response.returned_rows"] = exe.rows
-            fields["bytes"] = exe.bytes
-            fields["command_tag"] = tag.tag
-            return self._hold(Record(QUERY, "info", fields, logged, context))
-        analyzer = opts.analyzer
-        if (
-            self.plain_layouts
-            and facts is None
-            and tag is not None
-            and sql
-            and analyzer is not None
-            and error is None
-            and batch is None
-            and not slow
-            and exe.index is None
-            and exe.parameters is None
-            and exe.copy is None
-            and not exe.statement
-            and not exe.portal
-            and not portal_suspended
-            and exe.executes <= 1
-            and outcome is _OK
-            and sql[0] != "<"
-        ):
-            # A simple Query's plain success (pgbench -S): as above, from its analysis's layout.
-            analysis = analyzer.analyze(sql)
-            fields = analysis_layout(analysis).copy()
-            fields["db.query.text"] = (
-                truncate(analysis.normalized, opts.max_sql_chars)
-                if opts.text_mode is _NORMALIZED
-                else opts.redaction.sql(sql, opts.max_sql_chars)
-            )
-            fields["db.operation.name"] = tag.command
-            fields["protocol"] = exe.protocol
-            fields["duration_ms"] = duration_ms
-            fields["rows"] = rows
-            fields["db.response.returned_rows"] = exe.rows
-            fields["bytes"] = exe.bytes
-            fields["command_tag"] = tag.tag
-            return self._hold(Record(QUERY, "info", fields, logged, context))
+            # A plain success (nearly every record): the general way's fields below, filled into
+            # a copy of their layout (see record_layout) where the statement has one.
+            plain: dict[str, Any] | None = None
+            if facts is not None and exe.executes == 1 and exe.parameters is not None:
+                # A prepared statement's: its text's facts hold the layout.
+                statement = exe.statement
+                portal = exe.portal
+                plain = facts.record_layout(bool(statement), bool(portal)).copy()
+                if statement:
+                    plain["statement"] = statement
+                if portal:
+                    plain["portal"] = portal
+                plain["parameters"] = exe.parameters
+            elif (
+                facts is None
+                and sql
+                and sql[0] != "<"
+                and opts.analyzer is not None
+                and exe.parameters is None
+                and not exe.statement
+                and not exe.portal
+                and exe.executes <= 1
+            ):
+                # A simple Query's (pgbench -S): from its analysis's layout.
+                analysis = opts.analyzer.analyze(sql)
+                plain = analysis_layout(analysis).copy()
+                plain["db.query.text"] = (
+                    truncate(analysis.normalized, opts.max_sql_chars)
+                    if opts.text_mode is _NORMALIZED
+                    else opts.redaction.sql(sql, opts.max_sql_chars)
+                )
+            if plain is not None:
+                plain["db.operation.name"] = tag.command
+                plain["protocol"] = exe.protocol
+                plain["duration_ms"] = duration_ms
+                plain["rows"] = rows
+                plain["db.response.returned_rows"] = exe.rows
+                plain["bytes"] = exe.bytes
+                plain["command_tag"] = tag.tag
+                return self._hold(Record(QUERY, "info", plain, logged, context))
         # The statement's own fields; the session's are shared (SessionContext).
         fields = text_fields(opts, sql, tag) if facts is None else known_text_fields(facts, tag)
         fields["protocol"] = exe.protocol
