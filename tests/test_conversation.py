@@ -365,6 +365,14 @@ def _burst_outcome(chunks: list[bytes | bytearray], startup: bytes, max_frame: i
     error = conv.error
     return (
         frames_seen,
+        *_login_state(conv),
+        None if error is None else (error.offset, error.reason, error.excerpt),
+    )
+
+
+def _login_state(conv: Conversation) -> tuple[object, ...]:
+    """What a login leaves in a conversation: its parameters, encoding, phase, key, authentication and buffer."""
+    return (
         list(conv.parameters.items()),
         conv.encoding,
         conv.value_settings_reported,
@@ -375,7 +383,6 @@ def _burst_outcome(chunks: list[bytes | bytearray], startup: bytes, max_frame: i
         conv.auth_state,
         conv.auth_method,
         conv.backend.buffered,
-        None if error is None else (error.offset, error.reason, error.excerpt),
     )
 
 
@@ -437,18 +444,7 @@ def _answer_outcome(
     known = conv.receive_login_answer(answer)
     if known is None:
         conv.receive_login_backend(answer)
-    state = (
-        list(conv.parameters.items()),
-        conv.encoding,
-        conv.value_settings_reported,
-        conv.parameters_malformed,
-        conv.phase,
-        conv.backend_pid,
-        conv.backend_key,
-        conv.auth_state,
-        conv.auth_method,
-        conv.backend.buffered,
-    )
+    state = _login_state(conv)
     frames = [(tag, start, end) for tag, _, start, end in conv.receive_backend(later)]
     error = conv.error
     return (known is not None, state, frames, None if error is None else (error.offset, error.reason))
