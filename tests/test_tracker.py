@@ -805,31 +805,43 @@ _LOGIN_STATUSES = [("client_encoding", "UTF8"), ("client_encoding", "LATIN1"), (
 _LOGIN_STATUSES += [("DateStyle", "ISO, MDY"), ("server_version", "18.4"), ("application_name", "caf\u00e9")]
 
 
-def _login_outcome(detail: Detail, chunks: list[bytes], general: bool) -> list[Any]:
-    """Three logins bringing the same chunks (the third takes a known ParameterStatus run), then a statement."""
+def _logins(detail: Detail, logins: list[list[bytes]], general: bool, pipelined: bool = False) -> list[Any]:
+    """Logins answered by the server's chunks in ``logins`` (one list per login), each then a statement.
+
+    Records, counts and state per login. ``general``: the chunks as bytearrays,
+    for which no known ParameterStatus run or login answer is taken (those are
+    for bytes only). The kept runs and answers are forgotten first, so the
+    first login of a call is always read the general way.
+    """
     from pgproxy.protocol import wire
 
-    wire._known_runs.clear()
-    wire._runs_seen.clear()
+    for kept in (wire._known_answers, wire._answers_seen, wire._known_runs, wire._runs_seen):
+        kept.clear()
     outcome: list[Any] = []
-    for login in range(3):
+    for login, chunks in enumerate(logins):
         t = SessionTracker(f"s{login}", TrackerOptions(detail=detail), client=("127.0.0.1", 50000), clock=lambda: 0.0)
         records = t.frontend(startup_message({"user": "alice", "database": "app"}), now=0.0)
+        if pipelined:  # a client that does not wait for ReadyForQuery: the login's ReadyForQuery answers nothing
+            records += t.frontend(b.query("SELECT 1"), now=0.0005)
         for chunk in chunks:
             records += t.backend(bytearray(chunk) if general else chunk, now=0.001)  # type: ignore[arg-type]
         # Its parameter decodes by the client_encoding the login reported (before any later server chunk).
         request = b.parse("", "SELECT $1::text") + b.bind("", "", (b"caf\xe9 \xc3\xa9",)) + b.execute() + b.sync()
         records += t.frontend(request, now=0.002)
-        answer = b.message(b"1") + b.message(b"2") + b.data_row([b"x"]) + b.command_complete("SELECT 1")
-        records += t.backend(answer + b.ready_for_query(), now=0.004)
+        reply = b.message(b"1") + b.message(b"2") + b.data_row([b"x"]) + b.command_complete("SELECT 1")
+        records += t.backend(reply + b.ready_for_query(), now=0.004)
         records += t.closed("client_closed", now=0.005)
         value_context = None if t.statements is None else t.statements.value_context
         outcome.append(
             (
-                [(r.event, r.level, dict(r.fields)) for r in records],
+                [(r.event, r.level, list(r.fields.items())) for r in records],
                 t.messages_from_server,
+                t.in_transaction,
+                t.backend_pid,
+                t.cancel_key,
                 dict(t.conv.parameters),
                 t.conv.encoding,
+                t.startup_wait(),
                 None if value_context is None else (value_context.encoding, value_context.timezone),
             )
         )
@@ -855,42 +867,7 @@ def test_a_login_with_a_known_parameter_run_gives_the_general_records(
     run = b"".join(b.parameter_status(name, value) for name, value in statuses)
     tail = odd + b.backend_key_data(4242) + b.ready_for_query()
     chunks = [b.authentication_ok() + run, tail] if split else [b.authentication_ok() + run + tail]
-    assert _login_outcome(detail, chunks, general=False) == _login_outcome(detail, chunks, general=True)
-
-
-def _answer_logins(detail: Detail, answers: list[bytes], general: bool, pipelined: bool) -> list[Any]:
-    """Logins answered by ``answers`` (one chunk each), then a statement: records, counts and state per login."""
-    from pgproxy.protocol import wire
-
-    for kept in (wire._known_answers, wire._answers_seen, wire._known_runs, wire._runs_seen):
-        kept.clear()
-    outcome: list[Any] = []
-    for login, answer in enumerate(answers):
-        t = SessionTracker(f"s{login}", TrackerOptions(detail=detail), client=("127.0.0.1", 50000), clock=lambda: 0.0)
-        records = t.frontend(startup_message({"user": "alice", "database": "app"}), now=0.0)
-        if pipelined:  # a client that does not wait for ReadyForQuery: the login's ReadyForQuery answers nothing
-            records += t.frontend(b.query("SELECT 1"), now=0.0005)
-        records += t.backend(bytearray(answer) if general else answer, now=0.001)  # type: ignore[arg-type]
-        request = b.parse("", "SELECT $1::text") + b.bind("", "", (b"caf\xe9 \xc3\xa9",)) + b.execute() + b.sync()
-        records += t.frontend(request, now=0.002)
-        reply = b.message(b"1") + b.message(b"2") + b.data_row([b"x"]) + b.command_complete("SELECT 1")
-        records += t.backend(reply + b.ready_for_query(), now=0.004)
-        records += t.closed("client_closed", now=0.005)
-        value_context = None if t.statements is None else t.statements.value_context
-        outcome.append(
-            (
-                [(r.event, r.level, list(r.fields.items())) for r in records],
-                t.messages_from_server,
-                t.in_transaction,
-                t.backend_pid,
-                t.cancel_key,
-                dict(t.conv.parameters),
-                t.conv.encoding,
-                t.startup_wait(),
-                None if value_context is None else (value_context.encoding, value_context.timezone),
-            )
-        )
-    return outcome
+    assert _logins(detail, [chunks] * 3, general=False) == _logins(detail, [chunks] * 3, general=True)
 
 
 @settings(max_examples=60, deadline=None)
@@ -919,9 +896,9 @@ def test_a_known_login_answer_gives_the_general_records(
     ]
     from pgproxy.protocol import wire
 
-    fast = _answer_logins(detail, answers, general=False, pipelined=pipelined)
+    fast = _logins(detail, [[answer] for answer in answers], general=False, pipelined=pipelined)
     assert len(wire._known_answers) == 1  # learnt at the second login, taken at the third
-    assert fast == _answer_logins(detail, answers, general=True, pipelined=pipelined)
+    assert fast == _logins(detail, [[answer] for answer in answers], general=True, pipelined=pipelined)
 
 
 @settings(max_examples=60, deadline=None)
