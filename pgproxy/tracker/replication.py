@@ -16,7 +16,7 @@ from typing import Any, Final
 
 from pgproxy.protocol.framing import Frame
 from pgproxy.protocol.replication import ReplicationKind, decode_replication_message, format_lsn
-from pgproxy.tracker.records import Record
+from pgproxy.tracker.records import Record, round_ms
 
 REPLICATION_STREAMED: Final = "replication.streamed"
 REPLICATION_PROGRESS: Final = "replication.progress"
@@ -153,7 +153,7 @@ class ReplicationStreams:
         assert stream is not None
         fields: dict[str, Any] = {
             **{k: v for k, v in self.context.items() if k != "db.system.name"},
-            "duration_ms": round((now - stream.started_at) * 1000.0, 3),
+            "duration_ms": round_ms((now - stream.started_at) * 1000.0),
             "messages_from_server": stream.messages_from_server,
             "bytes_from_server": stream.bytes_from_server,
             "messages_from_client": stream.messages_from_client,

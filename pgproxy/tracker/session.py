@@ -47,6 +47,7 @@ from pgproxy.tracker.records import (
     SESSION_STARTUP_FAILED,
     Detail,
     Record,
+    round_ms,
 )
 from pgproxy.tracker.replication import ReplicationStreams
 from pgproxy.tracker.statements import (
@@ -993,7 +994,7 @@ class SessionTracker:
         end: dict[str, Any] = {
             "session": self.session_id,
             "reason": reason,
-            "duration_ms": round((now - self.started_at) * 1000.0, 3),
+            "duration_ms": round_ms((now - self.started_at) * 1000.0),
             "bytes_from_client": self.bytes_from_client,
             "bytes_from_server": self.bytes_from_server,
             "messages_from_client": self.messages_from_client,
@@ -1228,7 +1229,7 @@ class SessionTracker:
                 if self.negotiated.unrecognized_options:
                     fields["protocol_options_unsupported"] = list(self.negotiated.unrecognized_options)
             fields["protocol_version"] = f"{startup.protocol_major}.{minor}"
-        fields["setup_ms"] = round((now - self.started_at) * 1000.0, 3)
+        fields["setup_ms"] = round_ms((now - self.started_at) * 1000.0)
         return Record(SESSION_READY, "info", fields)
 
     def _desynchronized(self, msg: m.Desynchronized) -> Record:
