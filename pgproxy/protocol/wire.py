@@ -166,6 +166,23 @@ def _known_run(data: bytes, pos: int, encoding: str, max_frame: int) -> Paramete
     return None
 
 
+def _read_status(body: bytes | bytearray, encoding: str) -> tuple[tuple[str, str], str, int] | None:
+    """A ParameterStatus body (its last NUL left out) read as :meth:`Conversation._on_parameter_status` does.
+
+    ((name, value), the encoding in force after it, 1 if it reports ``client_encoding`` or
+    ``TimeZone`` else 0); None unless it is exactly a name and a value. For learning a run or
+    an answer, once: the conversation's own reading stays inline.
+    """
+    parts = body.split(b"\x00")
+    if len(parts) != 2:
+        return None
+    name = parts[0].decode(encoding, "backslashreplace")
+    value = parts[1].decode(encoding, "backslashreplace")
+    if name == "client_encoding":
+        return (name, value), python_codec(value), 1
+    return (name, value), encoding, 1 if name == "TimeZone" else 0
+
+
 def _read_run(frames: list[Frame], first: int, encoding: str) -> ParameterRun | None:
     """The run of ParameterStatus frames from ``frames[first]``, read as :meth:`Conversation._on_parameter_status` does.
 
@@ -187,19 +204,14 @@ def _read_run(frames: list[Frame], first: int, encoding: str) -> ParameterRun | 
             break
         if not (end > start and buf[end - 1] == 0):
             break
-        parts = buf[start : end - 1].split(b"\x00")
-        if len(parts) != 2:
+        status = _read_status(buf[start : end - 1], encoding)
+        if status is None:
             break
-        name = parts[0].decode(encoding, "backslashreplace")
-        value = parts[1].decode(encoding, "backslashreplace")
-        pairs.append((name, value))
+        pair, encoding, setting = status
+        pairs.append(pair)
+        value_settings += setting
         bodies.append((start - run_start, end - run_start))
         longest = max(longest, end - start + 4)
-        if name == "client_encoding":
-            encoding = python_codec(value)
-            value_settings += 1
-        elif name == "TimeZone":
-            value_settings += 1
         expected = end + 5
     if not pairs:
         return None
@@ -319,18 +331,13 @@ def _learn_answer(data: bytes, encoding: str) -> LoginAnswer | None:
         end = pos + 1 + length
         if length < 5 or end > key_at or data[end - 1] != 0:
             return None
-        parts = data[pos + 5 : end - 1].split(b"\x00")
-        if len(parts) != 2:
+        status = _read_status(data[pos + 5 : end - 1], encoding)
+        if status is None:
             return None
-        name = parts[0].decode(encoding, "backslashreplace")
-        value = parts[1].decode(encoding, "backslashreplace")
-        pairs.append((name, value))
+        pair, encoding, setting = status
+        pairs.append(pair)
+        value_settings += setting
         longest = max(longest, length)
-        if name == "client_encoding":
-            encoding = python_codec(value)
-            value_settings += 1
-        elif name == "TimeZone":
-            value_settings += 1
         pos = end
     head = data[: key_at + len(_KEY_HEADER)]
     return LoginAnswer(head, data[n - 6 :], before, longest, pairs, encoding, value_settings)
