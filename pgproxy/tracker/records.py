@@ -131,19 +131,33 @@ class Record:
     (the order every line is written in): asking for it joins the two once,
     after which ``own`` is the whole and ``context`` None. Code on the
     per-statement path reads ``own`` and ``context`` (or :meth:`get`) and
-    adds to ``own``, which is right in either state.
+    adds to ``own``, which is right in either state; nothing removes a field.
+
+    ``layout``, when not None, is the dict ``own`` was copied from (a plain
+    success's layout, kept by its statement's facts or analysis, never changed):
+    ``own`` holds its keys, in its order, and any added later. The log sink
+    checks a layout's keys for reserved and secret names once, not every
+    record's (~2.5k instructions a compiled record, callgrind); while ``own``
+    has as many fields as the layout, its keys are the layout's.
     """
 
-    __slots__ = ("context", "event", "level", "logged", "own")
+    __slots__ = ("context", "event", "layout", "level", "logged", "own")
 
     def __init__(
-        self, event: str, level: str, fields: dict[str, Any], logged: bool = True, context: SessionContext | None = None
+        self,
+        event: str,
+        level: str,
+        fields: dict[str, Any],
+        logged: bool = True,
+        context: SessionContext | None = None,
+        layout: dict[str, Any] | None = None,
     ) -> None:
         self.event = event
         self.level = level  # "debug" | "info" | "warning" | "error"
         self.own = fields
         self.logged = logged
         self.context = context
+        self.layout = layout
 
     @property
     def fields(self) -> dict[str, Any]:
@@ -152,6 +166,7 @@ class Record:
         if context is not None:
             self.own = {**context.fields, **self.own}
             self.context = None
+            self.layout = None  # the joined dict was not copied from it
         return self.own
 
     def __eq__(self, other: object) -> bool:

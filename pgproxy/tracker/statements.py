@@ -1370,11 +1370,13 @@ class StatementTracker:
             # A plain success (nearly every record): the general way's fields below, filled into
             # a copy of their layout (see record_layout) where the statement has one.
             plain: dict[str, Any] | None = None
+            layout: dict[str, Any] | None = None
             if facts is not None and exe.executes == 1 and exe.parameters is not None:
                 # A prepared statement's: its text's facts hold the layout.
                 statement = exe.statement
                 portal = exe.portal
-                plain = facts.record_layout(bool(statement), bool(portal)).copy()
+                layout = facts.record_layout(bool(statement), bool(portal))
+                plain = layout.copy()
                 if statement:
                     plain["statement"] = statement
                 if portal:
@@ -1392,7 +1394,8 @@ class StatementTracker:
             ):
                 # A simple Query's (pgbench -S): from its analysis's layout.
                 analysis = opts.analyzer.analyze(sql)
-                plain = analysis_layout(analysis).copy()
+                layout = analysis_layout(analysis)
+                plain = layout.copy()
                 plain["db.query.text"] = (
                     truncate(analysis.normalized, opts.max_sql_chars)
                     if opts.text_mode is _NORMALIZED
@@ -1406,7 +1409,7 @@ class StatementTracker:
                 plain["db.response.returned_rows"] = exe.rows
                 plain["bytes"] = exe.bytes
                 plain["command_tag"] = tag.tag
-                return self._hold(Record(QUERY, "info", plain, logged, context))
+                return self._hold(Record(QUERY, "info", plain, logged, context, layout))
         # The statement's own fields; the session's are shared (SessionContext).
         fields = text_fields(opts, sql, tag) if facts is None else known_text_fields(facts, tag)
         fields["protocol"] = exe.protocol

@@ -1,0 +1,146 @@
+"""A record copied from a field layout is checked for guarded keys once per layout, and still writes the general path's line.
+
+A plain success's ``query`` record is a copy of its statement's field layout
+with the values filled in (:attr:`~pgproxy.tracker.records.Record.layout`);
+the log sink checks a layout's keys for reserved and secret names once and
+skips the check for every record that still has the layout's keys (as many
+fields as it). These tests hold that shortcut to the general path (structlog,
+the joined fields) byte for byte, with layouts that name guarded keys and
+records that gain fields after they were made (``rolled_back``, or a secret
+one), and check that real records take it.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import re
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pgproxy.protocol import build as b
+from pgproxy.sink import LogSink, render
+from pgproxy.tracker.options import TrackerOptions
+from pgproxy.tracker.records import Detail, Record, SessionContext
+from pgproxy.tracker.session import SessionTracker
+
+_TIMESTAMP = re.compile(r'"timestamp":"[^"]*"')
+_KEYS = st.sampled_from(
+    ["db.query.text", "rows", "outcome", "ü", "password", "Token", "timestamp"]
+)  # not event, level: log() takes those
+_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(1 << 70), max_value=1 << 70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=8),
+    st.lists(st.integers(min_value=0, max_value=9), max_size=3),
+)
+
+
+def _lines(records: list[Record], general: bool) -> list[str]:
+    stream = io.StringIO()
+    sink = LogSink(stream=stream, fmt="json")
+    for record in records:
+        if general:
+            sink.log(record.level, record.event, **record.fields)
+        else:
+            sink.emit_all([record])
+    sink.close()
+    return [_TIMESTAMP.sub('"timestamp":"T"', line) for line in stream.getvalue().splitlines()]
+
+
+@st.composite
+def _records(draw: st.DrawFn) -> list[tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]]:
+    """(context, own, layout) triples: records copied from a few layouts, values set, perhaps a field added."""
+    layouts = draw(st.lists(st.dictionaries(_KEYS, _VALUES, max_size=5), min_size=1, max_size=3))
+    context = draw(st.dictionaries(st.sampled_from(["session", "user", "secret"]), _VALUES, max_size=2))
+    out = []
+    for _ in range(draw(st.integers(min_value=0, max_value=6))):
+        layout = draw(st.sampled_from(layouts))
+        own = layout.copy()
+        for key in layout:
+            if draw(st.booleans()):
+                own[key] = draw(_VALUES)
+        added = draw(
+            st.dictionaries(st.sampled_from(["rolled_back", "secret", "timestamp", "rows"]), _VALUES, max_size=2)
+        )
+        own.update(added)  # after it was made (ReadyForQuery's rolled_back); "rows" may be the layout's own
+        out.append((context, own, draw(st.sampled_from([layout, None]))))
+    return out
+
+
+@settings(max_examples=400, deadline=None)
+@given(made=_records(), level=st.sampled_from(["info", "error"]))
+def test_records_from_layouts_write_the_general_paths_lines(
+    made: list[tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]], level: str
+) -> None:
+    records = [
+        Record("query", level, own, context=SessionContext(context) if context else None, layout=layout)
+        for context, own, layout in made
+    ]
+    joined = [Record("query", level, {**context, **own}) for context, own, _ in made]
+    fast = _lines(records, general=False)  # one sink for them all: a layout is checked once
+    assert fast == _lines(joined, general=True)
+    assert all("hunter" not in line for line in fast)
+
+
+def test_a_secret_added_to_a_checked_layouts_record_is_withheld() -> None:
+    layout: dict[str, Any] = {"db.query.text": "SELECT 1", "rows": None}
+    plain = Record("query", "info", {**layout, "rows": 1}, layout=layout)
+    added = Record("query", "info", {**layout, "rows": 2, "password": "hunter2"}, layout=layout)
+    fast = _lines([plain, added], general=False)
+    assert fast == _lines([Record("query", "info", dict(r.fields)) for r in (plain, added)], general=True)
+    assert "hunter2" not in fast[1] and '"password":"[redacted]"' in fast[1]
+
+
+def _tracker() -> SessionTracker:
+    tracker = SessionTracker(
+        "s1",
+        TrackerOptions(detail=Detail.QUERY),
+        client=("127.0.0.1", 40000),
+        server=("127.0.0.1", 5432),
+        clock=itertools.count(0.0, 0.0007).__next__,
+    )
+    tracker.frontend(b.startup_message({"user": "bench", "database": "bench"}))
+    tracker.backend(b.authentication_ok() + b.backend_key_data(4242) + b.ready_for_query())
+    return tracker
+
+
+_REPLY = b.row_description([("n", 23)]) + b.data_row([b"1"]) + b.command_complete("SELECT 1") + b.ready_for_query()
+
+
+def _statements(tracker: SessionTracker) -> list[Record]:
+    """Two simple Queries and two executions of a prepared statement: plain successes, copied from layouts."""
+    out = []
+    for _ in range(2):
+        out += tracker.frontend(b.query("SELECT 1")) + tracker.backend(_REPLY)
+    out += tracker.frontend(b.parse("s1", "SELECT $1::int", (23,)) + b.sync())
+    out += tracker.backend(b.message(b"1") + b.ready_for_query())
+    for n in (b"7", b"8"):
+        out += tracker.frontend(b.bind("", "s1", (n,)) + b.describe("P", "") + b.execute() + b.sync())
+        out += tracker.backend(b.message(b"2") + _REPLY)
+    return [r for r in out if r.event == "query"]
+
+
+def test_real_plain_records_carry_their_layout_and_skip_the_per_record_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    records = _statements(_tracker())
+    assert len(records) == 4
+    assert all(r.layout is not None and list(r.own) == list(r.layout) for r in records)
+    assert records[0].layout is records[1].layout and records[2].layout is records[3].layout
+    checked: list[list[str]] = []
+    real = render._guarded_keys_absent
+
+    def counting(keys: Any) -> bool:
+        checked.append(list(keys))
+        return real(keys)
+
+    monkeypatch.setattr(render, "_guarded_keys_absent", counting)  # pure Python: read from the module per call
+    fast = _lines(records, general=False)
+    if render.__file__.endswith(".py"):  # compiled, the module's functions read it natively
+        assert len(checked) == 3  # the session's fields once, each of the two layouts once: no record's own
+    assert fast == _lines(records, general=True)
+    assert [r.layout for r in records] == [None] * 4  # joined by the general path: no longer a copy of the layout
