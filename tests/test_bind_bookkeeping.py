@@ -8,9 +8,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pgproxy.protocol import messages as m
-from pgproxy.protocol.values import decoder_for
+from pgproxy.protocol import oids
+from pgproxy.protocol.values import (
+    DECODER_FAILURE,
+    PLAIN_INTEGER,
+    PLAIN_TEXT,
+    ValueContext,
+    decoder_for,
+    plain_decoding,
+)
 from pgproxy.tracker.options import TrackerOptions
 from pgproxy.tracker.records import truncate
+from pgproxy.tracker.redaction import ParameterMode, RedactionPolicy
 from pgproxy.tracker.statements import StatementTracker
 
 NAMES = ["a", "b", "c", "d", ""]
@@ -43,26 +52,70 @@ def test_prepared_statements_stay_a_least_recently_used_table(ops: list[tuple[st
         assert list(tracker.statements) == list(model)
 
 
-OIDS = [0, 16, 20, 21, 23, 25, 114, 700, 701, 1043, 1082, 1114, 1184, 1700, 2950, 3802, 1007]
+OIDS = [0, 16, 18, 19, 20, 21, 23, 25, 26, 28, 29, 114, 142, 700, 701, 705, 1042, 1043, 1082, 1114, 1184, 1700]
+OIDS += [2950, 3802, 5069, 1007, 1009, 199]
 values = st.one_of(
-    st.none(), st.binary(max_size=12), st.sampled_from([b"42", b"-7", b"t", b"3.5", b"{1,2}", b"x" * 300])
+    st.none(),
+    st.binary(max_size=12),
+    st.sampled_from([b"42", b"-7", b" 12 ", b"1_000", b"4a", b"", b"t", b"3.5", b"{1,2}", b"x" * 300]),
+    st.sampled_from(["é", "日本", "\udcff"]).map(lambda text: text.encode("utf-8", "surrogatepass")),
+    st.sampled_from([b"\xff\xfe", b"\x00", b"9" * 5000]),  # not UTF-8, a NUL, more digits than int() takes
 )
+ENCODINGS = ["utf-8", "latin-1", "euc_jp", "ascii", "no-such-codec"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.sampled_from(OIDS + list(oids.ARRAY_ELEMENT)),
+    st.sampled_from([0, 1]),
+    st.sampled_from(ENCODINGS),
+    values,
+)
+def test_plain_decoding_names_what_decoder_for_does(oid: int, fmt: int, encoding: str, raw: bytes | None) -> None:
+    """A type's plain decoding, where it succeeds, is what its guarded decoder gives."""
+    if raw is None:
+        return
+    ctx = ValueContext(encoding=encoding)
+    expected = decoder_for(oid, fmt, ctx)(raw)
+    kind = plain_decoding(oid, fmt)
+    try:
+        if kind == PLAIN_INTEGER:
+            assert int(raw) == expected and type(expected) is int
+        elif kind == PLAIN_TEXT:
+            assert raw.decode(encoding, "backslashreplace") == expected
+    except (ValueError, LookupError):
+        assert type(expected) is dict  # the decoder's placeholder, which the shortcut defers to
+
+
+def test_plain_decoding_covers_text_and_integers() -> None:
+    assert plain_decoding(oids.INT4, 0) == plain_decoding(oids.INT8, 0) == PLAIN_INTEGER
+    assert plain_decoding(0, 0) == plain_decoding(oids.TEXT, 0) == plain_decoding(oids.TEXT, 1) == PLAIN_TEXT
+    assert plain_decoding(oids.INT4, 1) == plain_decoding(oids.FLOAT8, 0) == plain_decoding(1007, 0) == 0
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(OIDS), st.sampled_from([0, 1, 2, -1]), values), max_size=6))
-def test_bound_parameters_are_decoded_as_decoder_for_decodes(params: list[tuple[int, int, bytes | None]]) -> None:
+@given(
+    st.lists(st.tuples(st.sampled_from(OIDS), st.sampled_from([0, 1, 2, -1]), values), max_size=6),
+    st.sampled_from(ENCODINGS),
+)
+def test_bound_parameters_are_decoded_as_decoder_for_decodes(
+    params: list[tuple[int, int, bytes | None]], encoding: str
+) -> None:
     options = TrackerOptions(analyzer=None)
     tracker = StatementTracker(options, {"session": "s"})
+    tracker.set_value_context(ValueContext(encoding=encoding))
     tracker.parse("s", "SELECT " + ", ".join(f"${i + 1}" for i in range(len(params))), tuple(p[0] for p in params), 0.0)
-    for _ in range(2):  # the decoders made, then kept
+    hashed = TrackerOptions(analyzer=None, redaction=RedactionPolicy(parameters=ParameterMode.HASH))
+    for round_ in (options, options, hashed, options):  # the decoders made, kept; then hashed, then shown again
+        tracker.options = round_
         tracker.bind("", "s", tuple(p[1] for p in params), tuple(p[2] for p in params), (), 0.0)
+        decoded = [
+            None if raw is None else decoder_for(oid, fmt, tracker.value_context)(raw) for oid, fmt, raw in params
+        ]
         expected = [
-            None
-            if raw is None
-            else options.redaction.parameter(
-                truncate(decoder_for(oid, fmt, tracker.value_context)(raw), options.max_value_chars), raw, None
-            )
-            for oid, fmt, raw in params
+            None if raw is None else round_.redaction.parameter(truncate(value, round_.max_value_chars), raw, None)
+            for value, (_oid, _fmt, raw) in zip(decoded, params, strict=True)
         ]
         assert tracker.portals[""].parameters == expected
+        failures = [value for value in decoded if isinstance(value, dict) and DECODER_FAILURE in value]
+        assert len(tracker.take_released()) == len(failures)  # one session.anomaly each

@@ -872,6 +872,32 @@ def _raw_decoder(oid: int, fmt: int, ctx: ValueContext) -> ValueDecoder:
     return unknown
 
 
+#: What :func:`plain_decoding` says of a type and format.
+PLAIN_INTEGER: Final = 1
+PLAIN_TEXT: Final = 2
+
+
+def plain_decoding(oid: int, fmt: int) -> int:
+    """How :func:`decoder_for` decodes a well-formed value of ``oid`` in ``fmt``, where that is one C call.
+
+    PLAIN_INTEGER: ``int(data)``; PLAIN_TEXT: ``data.decode(ctx.encoding,
+    "backslashreplace")``; 0: anything else. Where that call raises, the decoder
+    shows a placeholder instead: a caller taking the shortcut asks the decoder
+    then. The statement tracker decodes a Bind's parameters so (a call through
+    the guarded decoder cost ~1.5k instructions a parameter, compiled);
+    tests/test_bind_bookkeeping.py holds it to :func:`decoder_for`.
+    """
+    if fmt == 0:
+        if oids.ARRAY_ELEMENT.get(oid) is not None:
+            return 0
+        if oid in _TEXT_INTEGERS:
+            return PLAIN_INTEGER
+        return PLAIN_TEXT if _TEXT.get(oid) is None else 0
+    if fmt == 1 and _BINARY.get(oid) is None and oid in _TEXTUAL_BINARY:
+        return PLAIN_TEXT
+    return 0
+
+
 @lru_cache(maxsize=4096)
 def decoder_for(oid: int, fmt: int, ctx: ValueContext = DEFAULT_CONTEXT, safe: bool = True) -> ValueDecoder:
     """A decoder for values of type ``oid`` in format ``fmt`` (0 text, 1 binary).

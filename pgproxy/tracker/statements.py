@@ -37,7 +37,16 @@ from typing import Any, Final
 from pgproxy.protocol import messages as m
 from pgproxy.protocol.oids import type_name
 from pgproxy.protocol.rows import RowDecoder
-from pgproxy.protocol.values import DECODER_FAILURE, ValueContext, ValueDecoder, decoder_for
+from pgproxy.protocol.values import (
+    DECODER_FAILURE,
+    PLAIN_INTEGER,
+    PLAIN_TEXT,
+    ValueContext,
+    ValueDecoder,
+    cap_text,
+    decoder_for,
+    plain_decoding,
+)
 from pgproxy.tracker.fingerprint import Analysis, Source, annotate
 from pgproxy.tracker.options import TextMode, TrackerOptions
 from pgproxy.tracker.records import (
@@ -50,6 +59,7 @@ from pgproxy.tracker.records import (
     round_ms,
     truncate,
 )
+from pgproxy.tracker.redaction import ParameterMode
 from pgproxy.tracker.sql import CACHE_BUDGET_CHARS, CACHED_TEXT_CHARS, operation_name, parameter_names, split_statements
 
 #: Transaction status byte of ReadyForQuery -> logged value.
@@ -100,6 +110,21 @@ _NORMALIZED: Final[TextMode] = TextMode.NORMALIZED
 _PARSER: Final[Source] = Source.PARSER
 
 _NO_NAMES: Final[Mapping[int, str]] = {}
+_SHOW_PARAMETERS: Final = ParameterMode.SHOW
+
+
+def _integer_mark(data: bytes) -> Any:
+    """A mark in a statement tracker's decoder table (see _shown_param): never called."""
+    raise AssertionError("a mark, not a decoder")
+
+
+def _text_mark(data: bytes) -> Any:
+    """A mark in a statement tracker's decoder table (see _shown_param): never called."""
+    raise AssertionError("a mark, not a decoder")
+
+
+_INTEGER_MARK: Final[ValueDecoder] = _integer_mark
+_TEXT_MARK: Final[ValueDecoder] = _text_mark
 
 #: Command tags that open and close explicit transaction blocks.
 _BEGIN: Final = frozenset(("BEGIN", "START TRANSACTION"))
@@ -109,7 +134,7 @@ _CONTROL: Final = _BEGIN | _END
 _ROLLBACK_TO: Final = re.compile(r"\s*rollback\s+(?:work\s+|transaction\s+)?to\b", re.IGNORECASE)
 
 
-# The classes made per statement (an Execution, the Expect... of each request,
+# The classes made per statement (an Execution, the Expect... of some requests,
 # a SimpleQuery and its Finished statements) are plain classes with their own
 # ``__init__``, not dataclasses: in the compiled build (mypyc) a dataclass's
 # generated ``__init__`` stays interpreted, and constructing them cost ~16k of
@@ -515,40 +540,11 @@ class SimpleQuery:
 # ---------------------------------------------------------------------- expected responses
 
 
-class ExpectQuery:
-    __slots__ = ("query",)
-
-    def __init__(self, query: SimpleQuery) -> None:
-        self.query = query
-
-
-class ExpectParse:
-    __slots__ = ("statement",)
-
-    def __init__(self, statement: PreparedStatement) -> None:
-        self.statement = statement
-
-
-class ExpectBind:
-    __slots__ = ("portal",)
-
-    def __init__(self, portal: Portal) -> None:
-        self.portal = portal
-
-
 class ExpectDescribe:
     __slots__ = ("target",)
 
     def __init__(self, target: PreparedStatement | Portal | None) -> None:
         self.target = target
-
-
-class ExpectExecute:
-    __slots__ = ("exe", "portal")
-
-    def __init__(self, exe: Execution, portal: Portal | None) -> None:
-        self.exe = exe
-        self.portal = portal
 
 
 class ExpectClose:
@@ -573,11 +569,15 @@ class ExpectFunction:
         self.failed = False  # its ErrorResponse came; ReadyForQuery still ends the cycle
 
 
-#: What the head of the queue waits for: one class per request message. Told
-#: apart by class (no ``kind`` class attribute: mypyc takes a dataclass's
-#: ClassVar for a field).
+#: What the head of the queue waits for, told apart by class (no ``kind`` class
+#: attribute: mypyc takes a dataclass's ClassVar for a field). A Query, Parse,
+#: Bind or Execute queues the object it made, which is all its answer needs: the
+#: SimpleQuery, the PreparedStatement, the Portal, the Execution (whose
+#: ``source`` is the portal it runs). A wrapper per request cost an allocation and
+#: a free (~270 instructions each, compiled, callgrind; four per pgbench -M
+#: extended statement). Describe, Close, Sync and FunctionCall keep theirs.
 Expected = (
-    ExpectQuery | ExpectParse | ExpectBind | ExpectDescribe | ExpectExecute | ExpectClose | ExpectSync | ExpectFunction
+    SimpleQuery | PreparedStatement | Portal | ExpectDescribe | Execution | ExpectClose | ExpectSync | ExpectFunction
 )
 
 
@@ -747,7 +747,7 @@ class StatementTracker:
                     },
                 )
             )
-        if isinstance(item, (ExpectQuery, ExpectSync, ExpectFunction)):
+        if isinstance(item, (SimpleQuery, ExpectSync, ExpectFunction)):
             self.untracked += 1
         return False
 
@@ -755,7 +755,7 @@ class StatementTracker:
         # A statement too long to buffer still gets its responses paired.
         text = f"<{msg.length}-byte {msg.expected} not shown: exceeds max_frame>"
         if msg.expected == "Query":
-            self._expect(ExpectQuery(SimpleQuery(text, None, now)))
+            self._expect(SimpleQuery(text, None, now))
         elif msg.expected == "Parse":
             self.parse("", text, (), now)
 
@@ -773,7 +773,7 @@ class StatementTracker:
             return
         analyzer = self.options.analyzer
         parts = analyzer.split(sql) if analyzer is not None else split_statements(sql)
-        self._expect(ExpectQuery(SimpleQuery(sql, parts, now, _offsets(sql, parts))))
+        self._expect(SimpleQuery(sql, parts, now, _offsets(sql, parts)))
 
     def _on_parse(self, msg: m.Parse, now: float) -> None:
         self.parse(msg.statement, msg.query, msg.parameter_types, now)
@@ -784,8 +784,14 @@ class StatementTracker:
             return
         self._group(now)
         stmt = PreparedStatement(name, sql, parameter_types)
-        self._store_statement(stmt)
-        self._expect(ExpectParse(stmt))
+        replaced = self.statements.get(name)
+        if replaced is not None and replaced.facts is not None and replaced.sql == sql:
+            # The same text again (pgbench -M extended parses the unnamed statement for every
+            # execution): its facts are the text's, so the new statement takes them instead of
+            # looking them up by text in FACTS (hashing the new text, ~1.2k instructions, compiled).
+            stmt.facts = replaced.facts
+        self._store_statement(stmt, replaced)
+        self._expect(stmt)
 
     def _on_bind(self, msg: m.Bind, now: float) -> None:
         self.bind(msg.portal, msg.statement, msg.parameter_formats, msg.parameters, msg.result_formats, now)
@@ -810,7 +816,7 @@ class StatementTracker:
             # one always; asyncpg's fetchrow inside a transaction leaves it so).
             self._finish_suspended(replaced)
         self.portals[portal] = bound
-        self._expect(ExpectBind(bound))
+        self._expect(bound)
 
     def _on_describe(self, msg: m.Describe, now: float) -> None:
         self.describe(msg.kind, msg.name, now)
@@ -851,7 +857,7 @@ class StatementTracker:
         else:
             exe = Execution("extended", None, started, portal=portal_name)
         exe.executes += 1
-        self._expect(ExpectExecute(exe, portal))
+        self._expect(exe)
 
     def _on_close(self, msg: m.Close, now: float) -> None:
         if self.untracked is not None:
@@ -879,9 +885,13 @@ class StatementTracker:
         if self._group_start is None:
             self._group_start = now
 
-    def _store_statement(self, stmt: PreparedStatement) -> None:
+    def _store_statement(self, stmt: PreparedStatement, replaced: PreparedStatement | None) -> None:
+        """Keep ``stmt`` as the most recently used under its name (``replaced``: the one it had)."""
         statements = self.statements
-        statements.pop(stmt.name, None)
+        if replaced is not None and replaced is not self._newest:
+            del statements[stmt.name]  # to be put back at the end
+        # else a new name, or the name's entry is the newest (the last) already: replacing its value in
+        # place keeps the order a removal and insertion would (an OrderedDict pop cost ~800 instructions).
         statements[stmt.name] = stmt
         self._newest = stmt
         while len(statements) > self.options.max_prepared_statements:
@@ -919,17 +929,51 @@ class StatementTracker:
             else:
                 analyzer = self.options.analyzer
                 names = analyzer.parameter_names(sql) if analyzer else parameter_names(sql)
-        params = [
-            self._loggable_param(
-                raw,
-                types[i] if i < len(types) else 0,
-                m.format_code(parameter_formats, i),
-                names.get(i + 1),
-            )
-            for i, raw in enumerate(parameters)
-        ]
+        shown = self.options.redaction.parameters is _SHOW_PARAMETERS
+        params: list[Any] = []
+        for i, raw in enumerate(parameters):
+            oid = types[i] if i < len(types) else 0
+            fmt = m.format_code(parameter_formats, i)
+            name = names.get(i + 1) if names else None
+            if shown and name is None and raw is not None and (fmt == 0 or fmt == 1) and self.plain_layouts:
+                params.append(self._shown_param(raw, oid, fmt))
+            else:
+                params.append(self._loggable_param(raw, oid, fmt, name))
         description = stmt.description if stmt else None
         return Portal(portal, stmt, sql, params, result_formats, description)
+
+    def _shown_param(self, raw: bytes, oid: int, fmt: int) -> Any:
+        """:meth:`_loggable_param` of a value shown as decoded (no name, ``parameters = "show"``), format 0 or 1.
+
+        An integer in text and text itself decode with one C call here (see
+        :func:`~pgproxy.protocol.values.plain_decoding`), not through the guarded
+        decoder (~1.5k instructions a parameter, compiled); the decoder table
+        holds a mark for them. A value that call refuses takes the general way.
+        """
+        decoders = self._decoders
+        key = oid * 2 + fmt
+        decode = decoders.get(key)
+        if decode is None:
+            kind = plain_decoding(oid, fmt)
+            decode = decoders[key] = (
+                _INTEGER_MARK
+                if kind == PLAIN_INTEGER
+                else _TEXT_MARK
+                if kind == PLAIN_TEXT
+                else decoder_for(oid, fmt, self.value_context)
+            )
+        if decode is _INTEGER_MARK:
+            try:
+                return int(raw)
+            except Exception:  # not an integer: the decoder's placeholder, the general way
+                return self._loggable_param(raw, oid, fmt, None)
+        if decode is _TEXT_MARK:
+            try:
+                text = raw.decode(self.value_context.encoding, "backslashreplace")
+            except Exception:
+                return self._loggable_param(raw, oid, fmt, None)
+            return cap_text(text, self.options.max_value_chars)
+        return self._loggable_param(raw, oid, fmt, None)
 
     def _loggable_param(self, raw: bytes | None, oid: int, fmt: int, name: str | None) -> Any:
         policy = self.options.redaction
@@ -941,6 +985,8 @@ class StatementTracker:
             decode = self._decoders.get(oid * 2 + fmt)
             if decode is None:
                 decode = self._decoders[oid * 2 + fmt] = decoder_for(oid, fmt, self.value_context)
+            elif decode is _INTEGER_MARK or decode is _TEXT_MARK:  # see _shown_param
+                decode = decoder_for(oid, fmt, self.value_context)
         else:  # a format code that does not exist: its placeholder says which
             decode = decoder_for(oid, fmt, self.value_context)
         value = decode(raw)
@@ -955,9 +1001,11 @@ class StatementTracker:
         if not self.pending:
             return self.orphan
         for item in self.pending:
-            if isinstance(item, ExpectQuery):
-                return item.query.current
-            if isinstance(item, ExpectExecute | ExpectFunction):
+            if isinstance(item, SimpleQuery):
+                return item.current
+            if isinstance(item, Execution):
+                return item
+            if isinstance(item, ExpectFunction):
                 return item.exe
             if isinstance(item, ExpectSync):
                 return None
@@ -1013,7 +1061,7 @@ class StatementTracker:
         head = self._head()
         if head is None:
             return []
-        if isinstance(head, (ExpectParse, ExpectBind)):
+        if isinstance(head, (PreparedStatement, Portal)):  # a Parse's, a Bind's
             self.pending.popleft()
         elif isinstance(head, ExpectClose):
             self.pending.popleft()
@@ -1045,10 +1093,13 @@ class StatementTracker:
                 self.orphan = Execution("unknown", None, now, description=description)
         elif isinstance(head, ExpectDescribe):
             self.pending.popleft()
-            if head.target is not None:
-                head.target.description = description
-        elif isinstance(head, ExpectQuery):
-            exe = self._simple_current(head.query)
+            target = head.target
+            if (
+                isinstance(target, Portal) or target is not None
+            ):  # each class's own attribute, not the union's (a generic setattr)
+                target.description = description
+        elif isinstance(head, SimpleQuery):
+            exe = self._simple_current(head)
             exe.description = description
             exe.decoder = None
 
@@ -1061,16 +1112,16 @@ class StatementTracker:
 
     def _on_portal_suspended(self, msg: m.Message, now: float) -> list[Record]:
         head = self._head()
-        if isinstance(head, ExpectExecute):
+        if isinstance(head, Execution):
             self.pending.popleft()
-            head.exe.suspended_at = now
-            if head.portal is not None:
-                head.portal.suspended = head.exe
+            head.suspended_at = now
+            if head.source is not None:
+                head.source.suspended = head
         return []
 
     def _on_copy_response(self, msg: m.Message, now: float) -> list[Record]:
         head = self._head()
-        copying = self._simple_current(head.query) if isinstance(head, ExpectQuery) else self.current_execution()
+        copying = self._simple_current(head) if isinstance(head, SimpleQuery) else self.current_execution()
         if copying is not None:
             copying.copy = _COPY_DIRECTION[type(msg)]
         return []
@@ -1113,23 +1164,22 @@ class StatementTracker:
             if orphan is not None:
                 self._finish(orphan, now, outcome, tag)
             return []
-        if isinstance(head, ExpectQuery):
-            sq = head.query
-            exe = self._simple_current(sq)
-            sq.current = None
-            sq.index += 1
-            sq.finished.append(Finished(exe, outcome, tag))
-        elif isinstance(head, ExpectExecute):
+        if isinstance(head, SimpleQuery):
+            exe = self._simple_current(head)
+            head.current = None
+            head.index += 1
+            head.finished.append(Finished(exe, outcome, tag))
+        elif isinstance(head, Execution):
             self.pending.popleft()
-            self._finish(head.exe, now, outcome, tag)
+            self._finish(head, now, outcome, tag)
         return self.take_released() if self.outbox else []
 
     def _error(self, err: m.ErrorResponse, now: float) -> list[Record]:
         head = self._head()
         if head is None:
             return []
-        if isinstance(head, ExpectQuery):
-            self._simple_error(head.query, err)
+        if isinstance(head, SimpleQuery):
+            self._simple_error(head, err)
             return []
         if isinstance(head, ExpectFunction):
             head.failed = True  # ReadyForQuery still ends the cycle
@@ -1146,14 +1196,14 @@ class StatementTracker:
         failed = self.pending.popleft()
         self.transaction.failed()
         subject: PreparedStatement | Portal | None = None
-        if isinstance(failed, ExpectExecute):
-            self._finish(failed.exe, now, _ERROR, error=err)
+        if isinstance(failed, Execution):
+            self._finish(failed, now, _ERROR, error=err)
         else:
-            if isinstance(failed, ExpectParse):
-                subject = failed.statement
+            if isinstance(failed, PreparedStatement):  # its Parse failed
+                subject = failed
                 _forget(self.statements, subject)
-            elif isinstance(failed, ExpectBind):
-                subject = failed.portal
+            elif isinstance(failed, Portal):  # its Bind failed
+                subject = failed
                 _forget(self.portals, subject)
             elif isinstance(failed, ExpectDescribe):
                 subject = failed.target
@@ -1162,7 +1212,7 @@ class StatementTracker:
                 # One statement, one event: the Execute that needed the failed
                 # step carries the error, with its SQL and parameters.
                 self.pending.remove(dependent)
-                self._finish(dependent.exe, now, _ERROR, error=err)
+                self._finish(dependent, now, _ERROR, error=err)
             else:
                 sql = subject.sql if subject is not None else None
                 params = subject.parameters if isinstance(subject, Portal) else None
@@ -1172,21 +1222,21 @@ class StatementTracker:
         self._group_start = None
         while self.pending and not isinstance(self.pending[0], ExpectSync):
             skipped = self.pending.popleft()
-            if isinstance(skipped, ExpectExecute):
-                self._finish(skipped.exe, now, _SKIPPED)
-            elif isinstance(skipped, ExpectParse):
-                _forget(self.statements, skipped.statement)
-            elif isinstance(skipped, ExpectBind):
-                _forget(self.portals, skipped.portal)
+            if isinstance(skipped, Execution):
+                self._finish(skipped, now, _SKIPPED)
+            elif isinstance(skipped, PreparedStatement):
+                _forget(self.statements, skipped)
+            elif isinstance(skipped, Portal):
+                _forget(self.portals, skipped)
         return self.take_released() if self.outbox else []
 
-    def _dependent_execute(self, subject: PreparedStatement | Portal) -> ExpectExecute | None:
+    def _dependent_execute(self, subject: PreparedStatement | Portal) -> Execution | None:
         """The first Execute before the next Sync that runs ``subject`` (a statement or portal)."""
         for item in self.pending:
             if isinstance(item, ExpectSync):
                 return None
-            if isinstance(item, ExpectExecute):
-                portal = item.exe.source
+            if isinstance(item, Execution):
+                portal = item.source
                 if portal is not None and (portal is subject or portal.statement is subject):
                     return item
         return None
@@ -1240,12 +1290,12 @@ class StatementTracker:
             if isinstance(item, (ExpectSync, ExpectFunction)):
                 answered = True
                 break
-            if isinstance(item, ExpectQuery):
-                self._release_query(item.query, now)
+            if isinstance(item, SimpleQuery):
+                self._release_query(item, now)
                 answered = True
                 break
-            if isinstance(item, ExpectExecute):
-                self._finish(item.exe, now, _SKIPPED)
+            if isinstance(item, Execution):
+                self._finish(item, now, _SKIPPED)
         if not answered and self.untracked is not None:
             self.untracked -= 1
             if self.untracked <= 0 and not self.pending:
@@ -1494,13 +1544,15 @@ class StatementTracker:
         count = self.untracked or 0
         for item in self.pending:
             exe: Execution | None = None
-            if isinstance(item, ExpectQuery):
-                sq = item.query
+            if isinstance(item, SimpleQuery):
+                sq = item
                 self._log_query(sq, None, now)
                 if not sq.failed:
                     exe = self._simple_current(sq)
                     count += sq.size - sq.index - 1
-            elif isinstance(item, ExpectExecute) or (isinstance(item, ExpectFunction) and not item.failed):
+            elif isinstance(item, Execution):
+                exe = item
+            elif isinstance(item, ExpectFunction) and not item.failed:
                 exe = item.exe
             if exe is not None:
                 count += 1
