@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pgproxy.protocol import Framer, FramingMode
+from pgproxy.protocol import Framer, FramingMode, framing
 from pgproxy.protocol.build import message, startup_message
 from pgproxy.protocol.framing import FRAMING_ERROR, SINGLE_BYTE, TLS_RECORD, UNTAGGED
 
@@ -179,3 +179,57 @@ def test_feed_tags_agrees_with_feed(
         assert _framer_state(counting) == _framer_state(reference)
     if picks == [0] and len(points) == 2:
         assert taken == 1  # a chunk of whole, plausible messages is taken
+
+
+#: libpq's Describe, Execute and Sync ending an extended-protocol request (the tail feed_tags_before takes).
+_PORTAL_TAIL = message(b"D", b"P\0") + message(b"E", b"\0" + bytes(4)) + message(b"S")
+#: Requests around it: whole ones, a Bind whose body ends as the tail does (the walk steps over
+#: the tail's start), one too large for max_frame=64, and an impossible length.
+_REQUEST_PIECES = [
+    message(b"P", b"\0SELECT $1\0\0\0"),
+    message(b"B", b"\0\0\0\0\0\x01\0\0\0\x011\0\0"),
+    message(b"B", b"\0" + _PORTAL_TAIL),
+    message(b"Q", b"SELECT 1\0"),
+    message(b"d", bytes(100)),
+    struct.pack("!BI", ord("Q"), 2),
+    _PORTAL_TAIL,
+]
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["struct", "by_index"])
+@settings(max_examples=400)
+@given(
+    st.lists(st.sampled_from(range(len(_REQUEST_PIECES))), min_size=1, max_size=8),
+    st.lists(st.integers(min_value=0, max_value=600), max_size=12),
+)
+def test_feed_tags_before_agrees_with_feed_tags(compiled: bool, picks: list[int], cuts: list[int]) -> None:
+    """feed_tags_before (both of its loops) against feed_tags, chunk by chunk, on twin framers.
+
+    A chunk ending in the portal tail is given to feed_tags_before, as the
+    tracker gives it: it answers what feed_tags answers (the same tags, or None
+    with nothing changed) and leaves the framer in the same state.
+    """
+    data = b"".join(_REQUEST_PIECES[i] for i in picks)
+    points = sorted({0, len(data), *(c for c in cuts if c < len(data))})
+    tailing, reference = Framer("frontend", max_frame=64), Framer("frontend", max_frame=64)
+    for framer in (tailing, reference):
+        framer.mode = FramingMode.TAGGED
+    taken = 0
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(framing, "_COMPILED", compiled)
+        for a, b in itertools.pairwise(points):
+            chunk = data[a:b]
+            expected = reference.feed_tags(chunk)
+            if chunk.endswith(_PORTAL_TAIL):
+                tags = tailing.feed_tags_before(chunk, len(chunk) - len(_PORTAL_TAIL), b"DES")
+                taken += tags is not None
+            else:
+                tags = tailing.feed_tags(chunk)
+            assert tags == expected
+            if tags is None:
+                tailing.feed(chunk)
+                reference.feed(chunk)
+            assert _framer_state(tailing) == _framer_state(reference)
+            assert tailing.watched == reference.watched
+    if picks == [0, 1, 6] and len(points) == 2:
+        assert taken == 1  # Parse, Bind and the tail, whole: taken

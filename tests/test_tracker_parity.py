@@ -188,10 +188,15 @@ def test_connection_detail_counting_way_agrees_with_the_framed_way(
     piece both hold the same counts, status and boundaries, and the records agree.
     """
     taken = 0
-    feed_tags = Framer.feed_tags
+    feed_tags, feed_tags_before = Framer.feed_tags, Framer.feed_tags_before
     declining: set[int] = set()  # the framed twin's framers
     monkeypatch.setattr(
         Framer, "feed_tags", lambda self, *args: None if id(self) in declining else feed_tags(self, *args)
+    )
+    monkeypatch.setattr(
+        Framer,
+        "feed_tags_before",
+        lambda self, *args: None if id(self) in declining else feed_tags_before(self, *args),
     )
     for number, conn in enumerate(_pipelined() if scenario == "pipelined" else RECORDINGS[scenario]):
         for seed in range(2 if splitter != "whole" else 1):
