@@ -18,11 +18,12 @@ import re
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from pgproxy.protocol import build as b
 from pgproxy.sink import LogSink, render
+from pgproxy.sink.stats import StatementStats
 from pgproxy.tracker.options import TrackerOptions
 from pgproxy.tracker.records import Detail, Record, SessionContext
 from pgproxy.tracker.session import SessionTracker
@@ -118,7 +119,7 @@ def _statements(tracker: SessionTracker) -> list[Record]:
     out = []
     for _ in range(2):
         out += tracker.frontend(b.query("SELECT 1")) + tracker.backend(_REPLY)
-    out += tracker.frontend(b.parse("s1", "SELECT $1::int", (23,)) + b.sync())
+    out += tracker.frontend(b.parse("s1", "SELECT n FROM t WHERE n = $1", (23,)) + b.sync())
     out += tracker.backend(b.message(b"1") + b.ready_for_query())
     for n in (b"7", b"8"):
         out += tracker.frontend(b.bind("", "s1", (n,)) + b.describe("P", "") + b.execute() + b.sync())
@@ -144,3 +145,94 @@ def test_real_plain_records_carry_their_layout_and_skip_the_per_record_check(mon
         assert len(checked) == 3  # the session's fields once, each of the two layouts once: no record's own
     assert fast == _lines(records, general=True)
     assert [r.layout for r in records] == [None] * 4  # joined by the general path: no longer a copy of the layout
+
+
+#: What a layout's counted fields hold (None: a placeholder each record fills in) and what records fill in.
+_LAYOUT_VALUES: dict[str, st.SearchStrategy[Any]] = {
+    "fingerprint": st.sampled_from([None, "fp1"]),
+    "outcome": st.sampled_from([None, "ok", "skipped"]),
+    "duration_ms": st.none(),
+    "rows": st.none(),
+}
+_FILLED_VALUES: dict[str, st.SearchStrategy[Any]] = {
+    "fingerprint": st.sampled_from(["fp1", "fp2", None]),
+    "outcome": st.sampled_from(["ok", "error", "skipped"]),
+    "duration_ms": st.one_of(st.floats(min_value=0.0, max_value=2000.0), st.none()),
+    "rows": st.one_of(st.integers(min_value=0, max_value=5), st.none()),
+    "db.response.status_code": st.sampled_from([None, "08P01"]),
+}
+_LAYOUTS = st.fixed_dictionaries(
+    _LAYOUT_VALUES, optional={"db.response.status_code": st.sampled_from([None, "42601"]), "summary": st.just("s")}
+)
+
+
+def _filled(outcome: str = "ok", fingerprint: str = "fp1") -> dict[str, Any]:
+    return {"fingerprint": fingerprint, "outcome": outcome, "duration_ms": 0.5, "rows": 1}
+
+
+_PLACEHOLDERS: dict[str, Any] = {"fingerprint": "fp1", "outcome": None, "duration_ms": None, "rows": None}
+
+
+@settings(max_examples=500, deadline=None)
+@example(  # the layout leaves the outcome to its records: a skipped statement is not counted
+    layouts=[_PLACEHOLDERS], steps=[(0, 0, _filled(), {}, False), (0, 0, _filled("skipped"), {}, False)], max_entries=9
+)
+@example(  # and the fingerprint: another statement's entry
+    layouts=[{**_PLACEHOLDERS, "fingerprint": None, "outcome": "ok"}],
+    steps=[(0, 0, _filled(), {}, False), (0, 0, _filled(fingerprint="fp2"), {}, False)],
+    max_entries=9,
+)
+@example(  # a status code added after the record was made: an error
+    layouts=[{**_PLACEHOLDERS, "outcome": "ok"}],
+    steps=[(0, 0, _filled(), {}, False), (0, 0, _filled(), {"db.response.status_code": "08P01"}, False)],
+    max_entries=9,
+)
+@given(
+    layouts=st.lists(_LAYOUTS, min_size=1, max_size=2),
+    steps=st.lists(
+        st.tuples(
+            st.integers(min_value=0, max_value=1),  # which layout
+            st.sampled_from([0, 0, 0, 1, 2]),  # which session (2: none)
+            st.fixed_dictionaries(_FILLED_VALUES),  # values for the layout's empty fields
+            st.sampled_from([{}, {}, {}, {"db.response.status_code": "08P01"}, {"rows": 3}, {"rolled_back": True}]),
+            st.booleans(),  # a report after it
+        ),
+        max_size=10,
+    ),
+    max_entries=st.sampled_from([0, 1, 3, 5000]),
+)
+def test_statistics_of_records_from_layouts_are_the_general_paths(
+    layouts: list[dict[str, Any]], steps: list[tuple[int, int, dict[str, Any], dict[str, Any], bool]], max_entries: int
+) -> None:
+    """Records copied from layouts (their empty values filled in, fields added later) count as their joined fields do."""
+    sessions = [SessionContext({"db.namespace": "app", "user": user}) for user in ("alice", "bob")]
+    now = [0.0]
+    with_layout = StatementStats(interval=0, max_entries=max_entries, clock=lambda: now[0])
+    general = StatementStats(interval=0, max_entries=max_entries, clock=lambda: now[0])
+    reports: tuple[list[Any], list[Any]] = ([], [])
+    for index, session, values, added, report in steps:
+        layout = layouts[index % len(layouts)]
+        own = layout.copy()
+        own.update((key, value) for key, value in values.items() if key in layout and layout[key] is None)
+        own.update(added)
+        context = sessions[session] if session < 2 else None
+        with_layout.emit_all([Record("query", "info", own, context=context, layout=layout)])
+        general.emit_all([Record("query", "info", {**(context.fields if context else {}), **own})])
+        now[0] += 1.0
+        if report:
+            reports[0].append([r.fields for r in with_layout.flush()])
+            reports[1].append([r.fields for r in general.flush()])
+    assert reports[0] == reports[1]
+    assert with_layout.snapshot() == general.snapshot()
+    assert (with_layout.unattributed, with_layout.evicted) == (general.unattributed, general.evicted)
+    assert [r.fields for r in with_layout.flush()] == [r.fields for r in general.flush()]
+
+
+def test_real_records_take_the_statistics_layout_shortcut() -> None:
+    tracker = _tracker()
+    records = _statements(tracker) + _statements(tracker)
+    stats = StatementStats(interval=0)
+    stats.emit_all(records)
+    assert stats._last_layout is records[-1].layout is not None
+    counted = {s["db.query.text"]: s["calls"] for s in stats.snapshot()["statements"]}
+    assert counted == {"SELECT 1": 4, "SELECT n FROM t WHERE n = $1": 4}

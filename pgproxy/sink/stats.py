@@ -245,6 +245,8 @@ class StatementStats:
     _last_context: SessionContext | None = None
     _last_fingerprint: str | None = None
     _last_entry: Entry | None = None
+    # The field layout (Record.layout) of the last record, when its copies go to _last_entry.
+    _last_layout: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self._period_start = self.clock()
@@ -265,14 +267,32 @@ class StatementStats:
     def observe(self, record: Record) -> None:
         """Fold one ``query`` record into its entry."""
         fields = record.own  # the statement's fields; the session's are in record.context (not copied)
+        context = record.context
+        layout = record.layout
+        last = self._last_entry
+        if (
+            layout is not None
+            and layout is self._last_layout
+            and context is self._last_context
+            and last is not None
+            and len(fields) == len(layout)
+        ):
+            # Another copy of the last record's field layout in the same session: the layout's
+            # outcome and fingerprint are its (the tracker fills in only the layout's empty
+            # values), so the same entry, and no error (the layout has no status code). A
+            # session repeating its statements skips reading and comparing those fields:
+            # ~500 of observe's ~1.7k instructions (compiled, callgrind).
+            period = last.period
+            if not period.calls:
+                self._changed[last.key] = last
+            period.add(fields.get("duration_ms"), fields.get("rows") or 0, None)
+            return
         if fields.get("outcome") not in _COUNTED:
             return
         fingerprint = fields.get("fingerprint")
         if fingerprint is None:
             self.unattributed += 1  # no SQL text (a function call) or fingerprints switched off
             return
-        context = record.context
-        last = self._last_entry
         if last is not None and context is self._last_context and fingerprint == self._last_fingerprint:
             # The same session (one shared, unchanging SessionContext) and statement as the
             # last record: the same key, and its entry is still the most recently seen, so
@@ -301,6 +321,17 @@ class StatementStats:
             # No shortcut through a session-less record (its key's fields are its own) or an
             # entry evicted as soon as made (max_entries 0).
             self._last_entry = entry if context is not None and self.max_entries > 0 else None
+        # The layout's copies may take the shortcut above when the layout itself says what this
+        # record's fields said: its fingerprint, a counted outcome, no error.
+        self._last_layout = (
+            layout
+            if layout is not None
+            and len(fields) == len(layout)
+            and layout.get("fingerprint") == fingerprint
+            and layout.get("outcome") in _COUNTED
+            and "db.response.status_code" not in layout
+            else None
+        )
         period = entry.period  # folded into entry.total when reported
         if not period.calls:  # its first call since the last report: the entry has changed
             self._changed[key] = entry

@@ -135,10 +135,13 @@ class Record:
 
     ``layout``, when not None, is the dict ``own`` was copied from (a plain
     success's layout, kept by its statement's facts or analysis, never changed):
-    ``own`` holds its keys, in its order, and any added later. The log sink
-    checks a layout's keys for reserved and secret names once, not every
-    record's (~2.5k instructions a compiled record, callgrind); while ``own``
-    has as many fields as the layout, its keys are the layout's.
+    ``own`` holds its keys, in its order, and any added later; the tracker
+    fills in only the layout's None values, so the others (the text's
+    analysis, ``outcome``) are the record's too. The log sink checks a layout's
+    keys for reserved and secret names once, not every record's (~2.5k
+    instructions a compiled record, callgrind), and statistics find a layout's
+    entry once per run of its records; while ``own`` has as many fields as the
+    layout, its keys are the layout's.
     """
 
     __slots__ = ("context", "event", "layout", "level", "logged", "own")
