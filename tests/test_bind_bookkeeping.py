@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Final
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -119,3 +120,68 @@ def test_bound_parameters_are_decoded_as_decoder_for_decodes(
         assert tracker.portals[""].parameters == expected
         failures = [value for value in decoded if isinstance(value, dict) and DECODER_FAILURE in value]
         assert len(tracker.take_released()) == len(failures)  # one session.anomaly each
+
+
+_ROW: Final = "row"  # a DataRow, counted as the session's loops count one
+_COLUMNS: Final = "columns"  # a RowDescription, paired as the session's loops pair one
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.integers(min_value=0, max_value=5),
+    st.lists(st.tuples(st.booleans(), st.booleans()), min_size=100, max_size=400),
+)
+def test_the_queue_pairs_pipelined_requests_in_order(ahead: int, steps: list[tuple[bool, bool]]) -> None:
+    """Requests sent ahead of their answers (``ahead`` statements at least, until the end): answers pair in order.
+
+    The queue is a list whose answered head is dropped when the queue empties or
+    grows long (see StatementTracker._head); hundreds of steps cross both.
+    """
+    tracker = StatementTracker(TrackerOptions(analyzer=None), {"session": "s"})
+    answers: list[tuple[bool, list[m.Message | str]]] = []  # per statement sent: simple?, its responses to come
+    logged: list[tuple[str, int]] = []
+
+    def send(number: int, simple: bool) -> None:
+        text = f"SELECT {number}"
+        done: list[m.Message | str] = [_ROW] * (number % 3)
+        done += [m.CommandComplete("SELECT 1", "SELECT", 1), m.ReadyForQuery("I")]
+        if simple:
+            tracker.frontend(m.Query(text), 0.0)
+            done = [_COLUMNS, *done]
+        else:
+            for request in (m.Parse("", text, ()), m.Bind("", "", (), (), ()), m.Execute("", 0), m.Sync()):
+                tracker.frontend(request, 0.0)
+            done = [m.ParseComplete(), m.BindComplete(), *done]
+        answers.append((simple, done))
+        assert len(tracker.pending) - len(tracker._waiting()) < 64  # answered ones are dropped as requests come
+
+    def answer() -> None:
+        response = answers[0][1].pop(0)
+        if response == _ROW:
+            tracker.count_results(1, 10)
+        elif response == _COLUMNS:
+            tracker.description_arrived(None, 1.0)
+        else:
+            assert isinstance(response, m.Message)
+            logged.extend((r["db.query.text"], r["db.response.returned_rows"]) for r in tracker.backend(response, 1.0))
+        if not answers[0][1]:
+            answers.pop(0)
+        # A Query waits as one request until its ReadyForQuery; Parse, Bind, Execute and Sync one each.
+        waiting = sum(1 if simple else len([r for r in left if isinstance(r, m.Message)]) for simple, left in answers)
+        assert len(tracker._waiting()) == waiting
+        assert tracker.awaiting == bool(answers)
+
+    sent = 0
+    for _ in range(ahead):
+        send(sent, False)
+        sent += 1
+    for is_send, simple in steps:
+        if is_send:
+            send(sent, simple)
+            sent += 1
+        elif len(answers) > ahead:
+            answer()
+    while answers:
+        answer()
+    assert logged == [(f"SELECT {n}", n % 3) for n in range(sent)]
+    assert not tracker.awaiting and tracker._waiting() == []

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -67,6 +67,9 @@ TRANSACTION_STATUS: Final = {"I": "idle", "T": "in_transaction", "E": "failed_tr
 
 #: Completed events held while waiting for ReadyForQuery before they are released anyway.
 MAX_HELD_EVENTS: Final = 1000
+
+#: Answered requests left at the head of a statement tracker's queue before they are dropped (see its _head).
+_ANSWERED_KEPT: Final = 64
 
 #: Requests awaiting their responses, per session. A client that sends without
 #: reading (15 MB of empty queries) would otherwise grow the queue without
@@ -140,7 +143,7 @@ _ROLLBACK_TO: Final = re.compile(r"\s*rollback\s+(?:work\s+|transaction\s+)?to\b
 # generated ``__init__`` stays interpreted, and constructing them cost ~16k of
 # the ~97k instructions of a pgbench -S statement (tracker and sink, callgrind);
 # a written-out ``__init__`` is compiled. They compare by identity (nothing
-# compares them by value; ``pending.remove`` must remove that very request).
+# compares them by value; ``_remove_waiting`` must remove that very request).
 
 
 class PreparedStatement:
@@ -680,7 +683,8 @@ class StatementTracker:
     max_pending: int = MAX_PENDING
     statements: OrderedDict[str, PreparedStatement] = field(default_factory=OrderedDict)
     portals: dict[str, Portal] = field(default_factory=dict)
-    pending: deque[Expected] = field(default_factory=deque)
+    #: What the requests sent expect, in order, from ``_first`` on: see :meth:`_head`.
+    pending: list[Expected] = field(default_factory=list)
     held: list[Record] = field(default_factory=list)
     #: Records made while reading requests (the pending-bound anomaly): the owner takes them.
     outbox: list[Record] = field(default_factory=list)
@@ -703,6 +707,7 @@ class StatementTracker:
     _newest: PreparedStatement | None = None
     _statement_chars: int = 0  # SQL held by ``statements``; an upper bound (Close is not subtracted)
     _shared_context: SessionContext | None = None  # a snapshot of ``context`` for query records
+    _first: int = 0  # where the queue starts in ``pending`` (see _head)
     #: Plain successes fill a copy of their layout (see record_layout); False: every
     #: record is made the general way (tests/test_statement_facts.py compares the two).
     plain_layouts: bool = True
@@ -731,8 +736,17 @@ class StatementTracker:
     def _expect(self, item: Expected) -> bool:
         """Queue what a request expects; False (and counted only) past the bound."""
         if self.untracked is None:
-            if len(self.pending) < self.max_pending:
-                self.pending.append(item)
+            pending = self.pending
+            first = self._first
+            if first:  # the answered head of the list goes now, all at once (see _head)
+                if first == len(pending):
+                    pending.clear()
+                    self._first = first = 0
+                elif first >= _ANSWERED_KEPT:
+                    del pending[:first]
+                    self._first = first = 0
+            if len(pending) - first < self.max_pending:
+                pending.append(item)
                 return True
             self.untracked = 0
             self.outbox.append(
@@ -998,9 +1012,12 @@ class StatementTracker:
 
     def current_execution(self) -> Execution | None:
         """The statement whose results are arriving now, if any."""
-        if not self.pending:
+        pending = self.pending
+        first = self._first
+        if first >= len(pending):
             return self.orphan
-        for item in self.pending:
+        for index in range(first, len(pending)):
+            item = pending[index]
             if isinstance(item, SimpleQuery):
                 return item.current
             if isinstance(item, Execution):
@@ -1048,10 +1065,32 @@ class StatementTracker:
     @property
     def awaiting(self) -> bool:
         """Requests went to the server that it has not answered (queued or only counted)."""
-        return bool(self.pending) or bool(self.untracked)
+        return len(self.pending) > self._first or bool(self.untracked)
 
     def _head(self) -> Expected | None:
-        return self.pending[0] if self.pending else None
+        """What the server answers next: the head of the queue, ``pending[_first]``, if any.
+
+        The queue is a list and an index, not a deque: the compiled build calls
+        a deque's methods generically (~230 instructions each for ``append``,
+        ``popleft`` and ``[0]``, five of each per pgbench -M extended statement,
+        callgrind), a list's natively. Taking the head is ``_first += 1``; the
+        answered items before ``_first`` are dropped when the next request is
+        queued (:meth:`_expect`: all of them once the server answered everything,
+        as it does at every ReadyForQuery, else once there are _ANSWERED_KEPT).
+        """
+        first = self._first
+        pending = self.pending
+        return pending[first] if first < len(pending) else None
+
+    def _pop_head(self) -> Expected:
+        """Take the head of the queue (there is one)."""
+        first = self._first
+        self._first = first + 1
+        return self.pending[first]
+
+    def _waiting(self) -> list[Expected]:
+        """The queue, a copy (for the paths that walk it: errors, the end)."""
+        return self.pending[self._first :]
 
     def _on_step_complete(self, msg: m.Message, now: float) -> list[Record]:
         return self.step_complete()
@@ -1062,9 +1101,9 @@ class StatementTracker:
         if head is None:
             return []
         if isinstance(head, (PreparedStatement, Portal)):  # a Parse's, a Bind's
-            self.pending.popleft()
+            self._first += 1
         elif isinstance(head, ExpectClose):
-            self.pending.popleft()
+            self._first += 1
             self._closed(head)
         return []
 
@@ -1092,7 +1131,7 @@ class StatementTracker:
                 # Results whose request we never saw (a capture joined mid-stream).
                 self.orphan = Execution("unknown", None, now, description=description)
         elif isinstance(head, ExpectDescribe):
-            self.pending.popleft()
+            self._first += 1
             target = head.target
             if (
                 isinstance(target, Portal) or target is not None
@@ -1113,7 +1152,7 @@ class StatementTracker:
     def _on_portal_suspended(self, msg: m.Message, now: float) -> list[Record]:
         head = self._head()
         if isinstance(head, Execution):
-            self.pending.popleft()
+            self._first += 1
             head.suspended_at = now
             if head.source is not None:
                 head.source.suspended = head
@@ -1170,7 +1209,7 @@ class StatementTracker:
             head.index += 1
             head.finished.append(Finished(exe, outcome, tag))
         elif isinstance(head, Execution):
-            self.pending.popleft()
+            self._first += 1
             self._finish(head, now, outcome, tag)
         return self.take_released() if self.outbox else []
 
@@ -1193,7 +1232,7 @@ class StatementTracker:
             self._finish(exe, now, _ERROR, error=err)
             return []
         # Extended protocol: the failing step, then everything up to Sync is skipped.
-        failed = self.pending.popleft()
+        failed = self._pop_head()
         self.transaction.failed()
         subject: PreparedStatement | Portal | None = None
         if isinstance(failed, Execution):
@@ -1211,7 +1250,7 @@ class StatementTracker:
             if dependent is not None:
                 # One statement, one event: the Execute that needed the failed
                 # step carries the error, with its SQL and parameters.
-                self.pending.remove(dependent)
+                self._remove_waiting(dependent)
                 self._finish(dependent, now, _ERROR, error=err)
             else:
                 sql = subject.sql if subject is not None else None
@@ -1220,8 +1259,8 @@ class StatementTracker:
                 exe = Execution("extended", sql, self._group_start or now, statement=name, parameters=params)
                 self._finish(exe, now, _ERROR, error=err)
         self._group_start = None
-        while self.pending and not isinstance(self.pending[0], ExpectSync):
-            skipped = self.pending.popleft()
+        while self._first < len(self.pending) and not isinstance(self.pending[self._first], ExpectSync):
+            skipped = self._pop_head()
             if isinstance(skipped, Execution):
                 self._finish(skipped, now, _SKIPPED)
             elif isinstance(skipped, PreparedStatement):
@@ -1232,7 +1271,7 @@ class StatementTracker:
 
     def _dependent_execute(self, subject: PreparedStatement | Portal) -> Execution | None:
         """The first Execute before the next Sync that runs ``subject`` (a statement or portal)."""
-        for item in self.pending:
+        for item in self._waiting():
             if isinstance(item, ExpectSync):
                 return None
             if isinstance(item, Execution):
@@ -1240,6 +1279,14 @@ class StatementTracker:
                 if portal is not None and (portal is subject or portal.statement is subject):
                     return item
         return None
+
+    def _remove_waiting(self, item: Expected) -> None:
+        """Take ``item`` (that very object, waiting in the queue) out of the queue."""
+        pending = self.pending
+        for index in range(self._first, len(pending)):
+            if pending[index] is item:
+                del pending[index]
+                return
 
     def _simple_error(self, sq: SimpleQuery, err: m.ErrorResponse) -> None:
         """An error ends a simple Query: attribute it, and the statements after it never ran.
@@ -1285,8 +1332,10 @@ class StatementTracker:
     def ready(self, status: str, now: float) -> list[Record]:
         """A ReadyForQuery with transaction ``status`` (I, T, E) ended a cycle: the records it releases."""
         answered = False
-        while self.pending:
-            item = self.pending.popleft()
+        pending = self.pending
+        while self._first < len(pending):
+            item = pending[self._first]
+            self._first += 1
             if isinstance(item, (ExpectSync, ExpectFunction)):
                 answered = True
                 break
@@ -1298,7 +1347,7 @@ class StatementTracker:
                 self._finish(item, now, _SKIPPED)
         if not answered and self.untracked is not None:
             self.untracked -= 1
-            if self.untracked <= 0 and not self.pending:
+            if self.untracked <= 0 and self._first == len(pending):
                 self.untracked = None  # drained: pair requests and responses again
         self.status = status
         self.transaction_status = TRANSACTION_STATUS.get(status, status)
@@ -1542,7 +1591,7 @@ class StatementTracker:
         """
         first: Execution | None = None
         count = self.untracked or 0
-        for item in self.pending:
+        for item in self._waiting():
             exe: Execution | None = None
             if isinstance(item, SimpleQuery):
                 sq = item
@@ -1559,6 +1608,7 @@ class StatementTracker:
                 if first is None:
                     first = exe
         self.pending.clear()
+        self._first = 0
         if first is not None:
             record = self._finish(first, now, _INTERRUPTED)
             if record is not None and count > 1:
