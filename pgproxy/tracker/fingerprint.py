@@ -338,10 +338,14 @@ class TrailingNumberKeys:
             heads[head] = _SEEN_ONCE
             return literal_key(sql)
         if keyed == _SEEN_ONCE:  # seen again: a shape that repeats, its key worth remembering (==, not is: mypyc)
-            keyed = heads[head] = (literal_key(head) if _plain(head) else None) or _NOT_PLAIN
+            of_head = literal_key(head) if _plain(head) else None
+            # Remembered as the key of the head and a number: the same string object every time, whose
+            # hash the analyzer's cache lookup then finds made (no concatenation, no new tuple, no
+            # hashing a new key: ~700 instructions a pgbench -S statement, compiled, callgrind).
+            keyed = heads[head] = (of_head[0] + _NUMBER_MARK, of_head[1] + 1) if of_head is not None else _NOT_PLAIN
         if keyed[1] < 0:
             return literal_key(sql)
-        return keyed[0] + _NUMBER_MARK, keyed[1] + 1
+        return keyed
 
 
 _PARAM_NUMBER = re.compile(r"\$(\d+)")
