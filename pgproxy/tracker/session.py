@@ -203,6 +203,26 @@ class SessionTracker:
         messages_from_client, messages_from_server: frames seen.
     """
 
+    # What a session rarely changes starts as a class attribute, read through the
+    # instance until the session sets its own: CPython 3.11 keeps at most 30 of an
+    # instance's attributes in its compact layout, and a tracker that set 34 in
+    # __init__ paid for moving them to a dict of their own, and a slower access ever
+    # after (pure Python, callgrind). Each is read once or twice a connection at most.
+    # (The compiled build makes them instance attributes with these defaults.)
+    #: Message detail's record maker (see _message_record).
+    _events: MessageEvents | None = None
+    # Message detail: decoded RowDescriptions by their body (see _row_description).
+    _descriptions: dict[bytes, m.Message] | None = None
+    _descriptions_encoding = ""
+    encrypted: str | None = None
+    #: TLS protocol version per leg ("client", "upstream") where pgproxy itself runs TLS (replaced, never changed).
+    tls: dict[str, str] = {}  # never mutated: tls_established replaces it
+    #: The server's NegotiateProtocolVersion, if it sent one (older minor version, unknown ``_pq_.`` options).
+    negotiated: m.NegotiateProtocolVersion | None = None
+    auth_failed = False
+    anomalies = 0
+    _value_settings_seen = 0  # the conversation's value_settings_reported when last applied
+
     def __init__(
         self,
         session_id: str,
@@ -216,10 +236,8 @@ class SessionTracker:
         self.options = options or TrackerOptions()
         self.detail = self.options.detail
         self._message_level = self.detail >= _MESSAGE_DETAIL  # checked per frame: keep it a plain bool
-        self._events = MessageEvents(session_id, self.options) if self._message_level else None
-        # Message detail: decoded RowDescriptions by their body (see _row_description).
-        self._descriptions: dict[bytes, m.Message] | None = None
-        self._descriptions_encoding = ""
+        if self._message_level:
+            self._events = MessageEvents(session_id, self.options)
         self.clock = clock
         self.conv = Conversation(self.options.max_frame)
         self.started_at = clock()
@@ -240,14 +258,8 @@ class SessionTracker:
             if self.detail >= _QUERY_DETAIL
             else None
         )
-        self.encrypted: str | None = None
         #: Replication stream summaries, on walsender connections (``replication`` start-up parameter).
         self.replication: ReplicationStreams | None = None
-        #: TLS protocol version per leg ("client", "upstream") where pgproxy itself runs TLS.
-        self.tls: dict[str, str] = {}
-        #: The server's NegotiateProtocolVersion, if it sent one (older minor version, unknown ``_pq_.`` options).
-        self.negotiated: m.NegotiateProtocolVersion | None = None
-        self.auth_failed = False
         self.terminated = False
         # Connection detail only (query detail asks the statement tracker): how
         # many ReadyForQuery are still due, whether extended-protocol steps were
@@ -255,13 +267,11 @@ class SessionTracker:
         self._ready_due = 0
         self._unsynced = False
         self._status: str | None = None
-        self.anomalies = 0
         self._ended = False
         # Start-up only: which side sent last, and whether the server has
         # answered the StartupMessage at all (for startup_wait()).
         self._server_spoke_last = False
         self._server_answered_startup = False
-        self._value_settings_seen = 0  # the conversation's value_settings_reported when last applied
         #: Connection detail and ready: requests and responses are only counted (see _follow_counting).
         self._counting = False
 
@@ -272,7 +282,7 @@ class SessionTracker:
         decrypted stream starts up afresh (the proxy says so rather than
         reaching into the conversation it does not own).
         """
-        self.tls[leg] = version
+        self.tls = {**self.tls, leg: version}  # a dict of its own: the class's empty one is shared
         if leg == "client":
             self.conv.tls_terminated()
 
