@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import socket
 import threading
 from pathlib import Path
@@ -14,7 +15,7 @@ from pgproxy.demo.embedded import EmbeddedPostgres
 from pgproxy.protocol.build import query as query_message
 from pgproxy.protocol.build import startup_message
 from pgproxy.proxy.server import ProxySettings
-from pgproxy.proxy.session import OBSERVE_SLICE
+from pgproxy.proxy.session import OBSERVE_SLICE, ClientSession, UpstreamSide
 from pgproxy.tracker.options import TrackerOptions
 from pgproxy.tracker.records import Detail
 from pgproxy.tracker.session import SessionTracker
@@ -248,3 +249,34 @@ def test_a_client_that_floods_and_leaves_releases_its_server_connection(pg: Embe
         proxy.wait_idle()
         (ended,) = proxy.events("session.ended", application_name="flooder")
         assert ended["bytes_from_client"] == len(hello) + len(flood)
+
+
+def _session_objects() -> list[object]:
+    return [o for o in gc.get_objects() if isinstance(o, ClientSession | UpstreamSide)]
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_an_ended_session_is_freed_without_the_cyclic_collector(pg: EmbeddedPostgres, loop: str) -> None:
+    """A session over on both legs is freed at once by reference counting, whichever leg ended first.
+
+    Its two protocols refer to each other; were that cycle left standing, the
+    session and everything it holds (tracker, conversation, framers) would wait
+    for the cyclic collector, which is switched off here: they would stay.
+    """
+    gc.collect()
+    gc.disable()
+    try:
+        with ProxyHarness(("127.0.0.1", pg.port), TrackerOptions(), loop=loop) as proxy:
+            # The client leaves first: a socket closed without a Terminate.
+            sock = socket.create_connection((proxy.host, proxy.port))
+            sock.sendall(startup_message({"user": "postgres", "database": "postgres", "application_name": "leaves"}))
+            recv_until_ready(sock)
+            sock.close()
+            # The server ends it first: the backend terminates itself.
+            with psycopg.connect(proxy.dsn(application_name="ended")) as conn, pytest.raises(psycopg.OperationalError):
+                conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+            proxy.wait_idle()
+            assert {e["application_name"] for e in proxy.events("session.ended")} == {"leaves", "ended"}
+            proxy.wait_for(lambda: not _session_objects(), timeout=10)
+    finally:
+        gc.enable()

@@ -969,7 +969,7 @@ class ClientSession(asyncio.Protocol):
 
     def upstream_lost(self, exc: Exception | None) -> None:
         if self._ended:  # the client left first; its last requests are now delivered (or failed)
-            self.server.session_closed(self)
+            self._let_go()
             return
         if self.close_reason is None:
             self.close_reason = "server_error" if exc else "server_closed"
@@ -1088,7 +1088,21 @@ class ClientSession(asyncio.Protocol):
             self._ended = True
             upstream = self.upstream
             if upstream is None or upstream.transport is None or upstream.gone:
-                self.server.session_closed(self)
+                self._let_go()
+
+    def _let_go(self) -> None:
+        """Both legs are gone and session.ended is logged: the server forgets the session, and it its upstream side.
+
+        The two protocols refer to each other (the side's ``session``, and its
+        ``data_received`` bound to :meth:`upstream_data`): a reference cycle, which
+        left the whole session (tracker, conversation, framers, read gates,
+        the dial's task: 24 objects) for Python's cyclic collector to find and
+        free, traversing them on the way. Let go of, they are freed at once
+        (callgrind, a pgbench -C-like churn, pure, connection detail: main thread 370k -> 356k instructions
+        per connection).
+        """
+        self.server.session_closed(self)
+        self.upstream = None
 
     def _log_end(self, exc: Exception | None) -> None:
         if self._cancel_connection:
