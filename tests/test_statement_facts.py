@@ -236,3 +236,18 @@ def test_facts_cache_keeps_least_recently_used_order(texts: list[str]) -> None:
         while len(model) > 3:
             del model[next(iter(model))]
         assert list(cache.entries) == list(model)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.sampled_from(["SELECT 1", "SELECT a FROM t", "UPDATE t SET a = 1", "BEGIN", "SELECT 1"]), max_size=30)
+)
+def test_analysis_layouts_are_the_analysis_own(texts: list[str]) -> None:
+    """The layout asked for again (the one asked for last, or one in the table) is the one made for that analysis."""
+    analyzer = StatementAnalyzer(use_parser=False)
+    for text in texts:
+        analysis = analyzer.analyze(text)
+        head: dict[str, Any] = {"db.query.text": None, "db.operation.name": None, **analysis.fields}
+        layout = statements.analysis_layout(analysis)
+        assert list(layout.items()) == list(statements.record_layout(head, False, False, False).items())
+        assert statements.analysis_layout(analysis) is layout  # asked again at once: the same dict
