@@ -7,7 +7,8 @@ skips the check for every record that still has the layout's keys (as many
 fields as it). These tests hold that shortcut to the general path (structlog,
 the joined fields) byte for byte, with layouts that name guarded keys and
 records that gain fields after they were made (``rolled_back``, or a secret
-one), and check that real records take it.
+one), check that real records take it, and that the tracker fills in only a
+layout's empty values (the contract statistics' shortcut relies on).
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from pgproxy.sink import LogSink, render
 from pgproxy.sink.stats import StatementStats
 from pgproxy.tracker.options import TrackerOptions
 from pgproxy.tracker.records import Detail, Record, SessionContext
+from pgproxy.tracker.redaction import ParameterMode, RedactionPolicy
 from pgproxy.tracker.session import SessionTracker
+from tests.golden import recordings
 
 _TIMESTAMP = re.compile(r'"timestamp":"[^"]*"')
 _KEYS = st.sampled_from(
@@ -236,3 +239,44 @@ def test_real_records_take_the_statistics_layout_shortcut() -> None:
     assert stats._last_layout is records[-1].layout is not None
     counted = {s["db.query.text"]: s["calls"] for s in stats.snapshot()["statements"]}
     assert counted == {"SELECT 1": 4, "SELECT n FROM t WHERE n = $1": 4}
+
+
+def test_the_tracker_fills_in_only_a_layouts_empty_values() -> None:
+    """The tracker's side of the contract both shortcuts rely on (Record.layout's docstring).
+
+    Every recorded conversation at query detail, with each redaction of
+    parameters: a record copied from a layout keeps the layout's keys first and
+    in order, and every value the layout gives (not None) unchanged; the layout
+    itself never changes. Statistics take a layout's outcome and fingerprint
+    from the layout, so a tracker that overwrote one in its copy would count
+    the statement under the wrong ones without this test failing elsewhere.
+    """
+    seen: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}  # id -> (layout, its values at first sight)
+    copies = 0
+    for mode in ParameterMode:
+        options = TrackerOptions(detail=Detail.QUERY, redaction=RedactionPolicy(parameters=mode, hash_key=b"k"))
+        for conns in recordings().values():
+            for conn in conns:
+                tracker = SessionTracker(
+                    "s",
+                    options,
+                    client=("127.0.0.1", 1),
+                    server=("127.0.0.1", 2),
+                    clock=itertools.count(0, 0.0007).__next__,
+                )
+                records = [
+                    r
+                    for frontend, data in conn
+                    for r in (tracker.frontend(data) if frontend else tracker.backend(data))
+                ]
+                for record in records:
+                    layout = record.layout
+                    if layout is None:
+                        continue
+                    copies += 1
+                    first = seen.setdefault(id(layout), (layout, dict(layout)))[1]
+                    assert list(record.own)[: len(layout)] == list(layout)
+                    given_values = {k: v for k, v in layout.items() if v is not None}
+                    assert {k: record.own[k] for k in given_values} == given_values
+                    assert layout == first and list(layout) == list(first)
+    assert copies >= 20 and len(seen) >= 3  # the recordings' plain successes do take layouts
