@@ -690,7 +690,7 @@ def decoder_failure_record(session: Any, oid: int, placeholder: dict[str, Any]) 
     )
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class StatementTracker:
     """Correlates one session's requests and responses into ``query`` events.
 
@@ -737,6 +737,45 @@ class StatementTracker:
     #: Plain successes fill a copy of their layout (see record_layout); False: every
     #: record is made the general way (tests/test_statement_facts.py compares the two).
     plain_layouts: bool = True
+
+    def __init__(
+        self,
+        options: TrackerOptions,
+        context: dict[str, Any],
+        value_context: ValueContext | None = None,
+        max_pending: int = MAX_PENDING,
+    ) -> None:
+        """Every field at its declared default, written out rather than the dataclass's generated ``__init__``.
+
+        Compiled, the generated one stays interpreted and sets each of the 24
+        native attributes generically: ~14k instructions per query-detail
+        connection (callgrind), where this one is native. tests/test_statement_tracker_init.py
+        holds it to the declared defaults.
+        """
+        self.options = options
+        self.context = context
+        self.value_context = ValueContext() if value_context is None else value_context
+        self.max_pending = max_pending
+        self.statements = OrderedDict()
+        self.portals = {}
+        self.pending = []
+        self.held = []
+        self.outbox = []
+        self.transaction_status = None
+        self.status = None
+        self.executed = 0
+        self.in_scope = True
+        self.orphan = None
+        self.untracked = None
+        self.unlogged = 0
+        self.transaction = ImplicitTransaction()
+        self._group_start = None
+        self._decoders = {}
+        self._newest = None
+        self._statement_chars = 0
+        self._shared_context = None
+        self._first = 0
+        self.plain_layouts = True
 
     def context_changed(self) -> None:
         """The owner changed ``context``: the next query record takes a new snapshot of it."""
