@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import io
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from pgproxy.proxy.loop import loop_factory
 from pgproxy.proxy.server import ProxyServer, ProxySettings
 from pgproxy.sink import Fanout, LogSink, RecordConsumer, Sink
 from pgproxy.tracker.options import TrackerOptions
+from pgproxy.tracker.records import Record
 
 if TYPE_CHECKING:
     from pgproxy.demo.embedded import EmbeddedPostgres
@@ -295,3 +297,25 @@ def recv_until_ready(sock: socket.socket) -> bytes:
         assert chunk, data
         data += chunk
     return data
+
+
+_TIMESTAMP = re.compile(r'"timestamp":"[^"]*"')
+
+
+def json_lines(records: Sequence[Record], general: bool) -> list[str]:
+    """``records`` as one JSON log sink writes them, timestamps blanked.
+
+    ``general``: each through structlog's general path (``LogSink.log`` with
+    the joined fields), the reference every fast path of the sink is held to;
+    else through ``emit_all``, one sink for them all (so what it keeps between
+    records, such as checked layouts and the last line's head, is exercised).
+    """
+    stream = io.StringIO()
+    sink = LogSink(stream=stream, fmt="json")
+    for record in records:
+        if general:
+            sink.log(record.level, record.event, **record.fields)
+        else:
+            sink.emit_all([record])
+    sink.close()
+    return [_TIMESTAMP.sub('"timestamp":"T"', line) for line in stream.getvalue().splitlines()]

@@ -13,9 +13,7 @@ layout's empty values (the contract statistics' shortcut relies on).
 
 from __future__ import annotations
 
-import io
 import itertools
-import re
 from typing import Any
 
 import pytest
@@ -23,15 +21,15 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from pgproxy.protocol import build as b
-from pgproxy.sink import LogSink, render
+from pgproxy.sink import render
 from pgproxy.sink.stats import StatementStats
 from pgproxy.tracker.options import TrackerOptions
 from pgproxy.tracker.records import Detail, Record, SessionContext
 from pgproxy.tracker.redaction import ParameterMode, RedactionPolicy
 from pgproxy.tracker.session import SessionTracker
 from tests.golden import recordings
+from tests.harness import json_lines
 
-_TIMESTAMP = re.compile(r'"timestamp":"[^"]*"')
 _KEYS = st.sampled_from(
     ["db.query.text", "rows", "outcome", "ü", "password", "Token", "timestamp"]
 )  # not event, level: log() takes those
@@ -43,18 +41,6 @@ _VALUES = st.one_of(
     st.text(max_size=8),
     st.lists(st.integers(min_value=0, max_value=9), max_size=3),
 )
-
-
-def _lines(records: list[Record], general: bool) -> list[str]:
-    stream = io.StringIO()
-    sink = LogSink(stream=stream, fmt="json")
-    for record in records:
-        if general:
-            sink.log(record.level, record.event, **record.fields)
-        else:
-            sink.emit_all([record])
-    sink.close()
-    return [_TIMESTAMP.sub('"timestamp":"T"', line) for line in stream.getvalue().splitlines()]
 
 
 @st.composite
@@ -87,8 +73,8 @@ def test_records_from_layouts_write_the_general_paths_lines(
         for context, own, layout in made
     ]
     joined = [Record("query", level, {**context, **own}) for context, own, _ in made]
-    fast = _lines(records, general=False)  # one sink for them all: a layout is checked once
-    assert fast == _lines(joined, general=True)
+    fast = json_lines(records, general=False)  # one sink for them all: a layout is checked once
+    assert fast == json_lines(joined, general=True)
     assert all("hunter" not in line for line in fast)
 
 
@@ -96,8 +82,8 @@ def test_a_secret_added_to_a_checked_layouts_record_is_withheld() -> None:
     layout: dict[str, Any] = {"db.query.text": "SELECT 1", "rows": None}
     plain = Record("query", "info", {**layout, "rows": 1}, layout=layout)
     added = Record("query", "info", {**layout, "rows": 2, "password": "hunter2"}, layout=layout)
-    fast = _lines([plain, added], general=False)
-    assert fast == _lines([Record("query", "info", dict(r.fields)) for r in (plain, added)], general=True)
+    fast = json_lines([plain, added], general=False)
+    assert fast == json_lines([Record("query", "info", dict(r.fields)) for r in (plain, added)], general=True)
     assert "hunter2" not in fast[1] and '"password":"[redacted]"' in fast[1]
 
 
@@ -143,10 +129,10 @@ def test_real_plain_records_carry_their_layout_and_skip_the_per_record_check(mon
         return real(keys)
 
     monkeypatch.setattr(render, "_guarded_keys_absent", counting)  # pure Python: read from the module per call
-    fast = _lines(records, general=False)
+    fast = json_lines(records, general=False)
     if render.__file__.endswith(".py"):  # compiled, the module's functions read it natively
         assert len(checked) == 3  # the session's fields once, each of the two layouts once: no record's own
-    assert fast == _lines(records, general=True)
+    assert fast == json_lines(records, general=True)
     assert [r.layout for r in records] == [None] * 4  # joined by the general path: no longer a copy of the layout
 
 

@@ -25,6 +25,7 @@ from pgproxy.sink.stats import StatementStats
 from pgproxy.tracker.options import TrackerOptions
 from pgproxy.tracker.records import Detail, Record, SessionContext
 from pgproxy.tracker.session import SessionTracker
+from tests.harness import json_lines
 
 _TIMESTAMP = re.compile(r'"timestamp":"[^"]*"')
 
@@ -42,18 +43,6 @@ _VALUES = st.one_of(
 )
 
 
-def _lines(records: list[Record], general: bool) -> list[str]:
-    stream = io.StringIO()
-    sink = LogSink(stream=stream, fmt="json")
-    for record in records:
-        if general:
-            sink.log(record.level, record.event, **record.fields)
-        else:
-            sink.emit_all([record])
-    sink.close()
-    return [_TIMESTAMP.sub('"timestamp":"T"', line) for line in stream.getvalue().splitlines()]
-
-
 @settings(max_examples=300, deadline=None)
 @given(
     context=st.dictionaries(_KEYS, _VALUES, max_size=5),
@@ -69,9 +58,9 @@ def test_spliced_lines_are_the_general_paths(context: dict[str, Any], own: list[
     for record, fields in zip(records, joined, strict=True):
         assert record.get("session", "absent") == fields.get("session", "absent")
         assert ("user" in record) == ("user" in fields)
-    fast = _lines(records, general=False)
+    fast = json_lines(records, general=False)
     plain = [Record("query", level, dict(fields)) for fields in joined]
-    assert fast == _lines(plain, general=True)
+    assert fast == json_lines(plain, general=True)
     assert [r.fields for r in records] == joined  # joined on demand, context first
     assert list(records[0].fields) == list(joined[0]) if records else True
     assert context == shared.fields  # never changed by the records
@@ -109,7 +98,9 @@ def test_query_records_share_the_sessions_fields_and_show_them_first() -> None:
         *("user", "db.namespace", "application_name", "backend_pid"),
     ]
     assert first["backend_pid"] == 4242 and first.fields["transaction_status"] == "idle"
-    assert _lines([second], general=False) == _lines([Record("query", "info", dict(second.fields))], general=True)
+    assert json_lines([second], general=False) == json_lines(
+        [Record("query", "info", dict(second.fields))], general=True
+    )
 
 
 def test_a_change_of_the_sessions_fields_reaches_the_next_record() -> None:
@@ -118,7 +109,7 @@ def test_a_change_of_the_sessions_fields_reaches_the_next_record() -> None:
     tracker.backend(b.backend_key_data(777))  # a BackendKeyData after start-up: the context's backend_pid changes
     after = _query(tracker)
     assert before["backend_pid"] == 4242 and after["backend_pid"] == 777
-    assert _lines([before, after], general=False) == _lines(
+    assert json_lines([before, after], general=False) == json_lines(
         [Record("query", "info", dict(r.fields)) for r in (before, after)], general=True
     )
 
