@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import itertools
 import json
 import re
 import socket
@@ -21,11 +22,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pgproxy.protocol import build
 from pgproxy.proxy.loop import loop_factory
 from pgproxy.proxy.server import ProxyServer, ProxySettings
 from pgproxy.sink import Fanout, LogSink, RecordConsumer, Sink
 from pgproxy.tracker.options import TrackerOptions
-from pgproxy.tracker.records import Record
+from pgproxy.tracker.records import Detail, Record
+from pgproxy.tracker.session import SessionTracker
 
 if TYPE_CHECKING:
     from pgproxy.demo.embedded import EmbeddedPostgres
@@ -319,3 +322,17 @@ def json_lines(records: Sequence[Record], general: bool) -> list[str]:
             sink.emit_all([record])
     sink.close()
     return [_TIMESTAMP.sub('"timestamp":"T"', line) for line in stream.getvalue().splitlines()]
+
+
+def logged_in_tracker() -> SessionTracker:
+    """A query-detail tracker of a session past its login (pgbench's start-up, a steady clock)."""
+    tracker = SessionTracker(
+        "s1",
+        TrackerOptions(detail=Detail.QUERY),
+        client=("127.0.0.1", 40000),
+        server=("127.0.0.1", 5432),
+        clock=itertools.count(0.0, 0.0007).__next__,
+    )
+    tracker.frontend(build.startup_message({"user": "bench", "database": "bench", "application_name": "pgbench"}))
+    tracker.backend(build.authentication_ok() + build.backend_key_data(4242) + build.ready_for_query())
+    return tracker

@@ -28,7 +28,7 @@ from pgproxy.tracker.records import Detail, Record, SessionContext
 from pgproxy.tracker.redaction import ParameterMode, RedactionPolicy
 from pgproxy.tracker.session import SessionTracker
 from tests.golden import recordings
-from tests.harness import json_lines
+from tests.harness import json_lines, logged_in_tracker
 
 _KEYS = st.sampled_from(
     ["db.query.text", "rows", "outcome", "ü", "password", "Token", "timestamp"]
@@ -87,19 +87,6 @@ def test_a_secret_added_to_a_checked_layouts_record_is_withheld() -> None:
     assert "hunter2" not in fast[1] and '"password":"[redacted]"' in fast[1]
 
 
-def _tracker() -> SessionTracker:
-    tracker = SessionTracker(
-        "s1",
-        TrackerOptions(detail=Detail.QUERY),
-        client=("127.0.0.1", 40000),
-        server=("127.0.0.1", 5432),
-        clock=itertools.count(0.0, 0.0007).__next__,
-    )
-    tracker.frontend(b.startup_message({"user": "bench", "database": "bench"}))
-    tracker.backend(b.authentication_ok() + b.backend_key_data(4242) + b.ready_for_query())
-    return tracker
-
-
 _REPLY = b.row_description([("n", 23)]) + b.data_row([b"1"]) + b.command_complete("SELECT 1") + b.ready_for_query()
 
 
@@ -117,7 +104,7 @@ def _statements(tracker: SessionTracker) -> list[Record]:
 
 
 def test_real_plain_records_carry_their_layout_and_skip_the_per_record_check(monkeypatch: pytest.MonkeyPatch) -> None:
-    records = _statements(_tracker())
+    records = _statements(logged_in_tracker())
     assert len(records) == 4
     assert all(r.layout is not None and list(r.own) == list(r.layout) for r in records)
     assert records[0].layout is records[1].layout and records[2].layout is records[3].layout
@@ -218,7 +205,7 @@ def test_statistics_of_records_from_layouts_are_the_general_paths(
 
 
 def test_real_records_take_the_statistics_layout_shortcut() -> None:
-    tracker = _tracker()
+    tracker = logged_in_tracker()
     records = _statements(tracker) + _statements(tracker)
     stats = StatementStats(interval=0)
     stats.emit_all(records)

@@ -12,7 +12,6 @@ reaches the next record.
 from __future__ import annotations
 
 import io
-import itertools
 import re
 from typing import Any
 
@@ -22,10 +21,9 @@ from hypothesis import strategies as st
 from pgproxy.protocol import build as b
 from pgproxy.sink import Fanout, LogSink
 from pgproxy.sink.stats import StatementStats
-from pgproxy.tracker.options import TrackerOptions
-from pgproxy.tracker.records import Detail, Record, SessionContext
+from pgproxy.tracker.records import Record, SessionContext
 from pgproxy.tracker.session import SessionTracker
-from tests.harness import json_lines
+from tests.harness import json_lines, logged_in_tracker
 
 _TIMESTAMP = re.compile(r'"timestamp":"[^"]*"')
 
@@ -66,19 +64,6 @@ def test_spliced_lines_are_the_general_paths(context: dict[str, Any], own: list[
     assert context == shared.fields  # never changed by the records
 
 
-def _tracker() -> SessionTracker:
-    tracker = SessionTracker(
-        "s1",
-        TrackerOptions(detail=Detail.QUERY),
-        client=("127.0.0.1", 40000),
-        server=("127.0.0.1", 5432),
-        clock=itertools.count(0.0, 0.0007).__next__,
-    )
-    tracker.frontend(b.startup_message({"user": "bench", "database": "bench", "application_name": "pgbench"}))
-    tracker.backend(b.authentication_ok() + b.backend_key_data(4242) + b.ready_for_query())
-    return tracker
-
-
 _REPLY = b.row_description([("n", 23)]) + b.data_row([b"1"]) + b.command_complete("SELECT 1") + b.ready_for_query()
 
 
@@ -89,7 +74,7 @@ def _query(tracker: SessionTracker, sql: str = "SELECT 1") -> Record:
 
 
 def test_query_records_share_the_sessions_fields_and_show_them_first() -> None:
-    tracker = _tracker()
+    tracker = logged_in_tracker()
     first, second = _query(tracker), _query(tracker, "SELECT 'ü', 2")
     assert first.context is not None and first.context is second.context
     assert "session" not in first.own
@@ -104,7 +89,7 @@ def test_query_records_share_the_sessions_fields_and_show_them_first() -> None:
 
 
 def test_a_change_of_the_sessions_fields_reaches_the_next_record() -> None:
-    tracker = _tracker()
+    tracker = logged_in_tracker()
     before = _query(tracker)
     tracker.backend(b.backend_key_data(777))  # a BackendKeyData after start-up: the context's backend_pid changes
     after = _query(tracker)
@@ -116,7 +101,7 @@ def test_a_change_of_the_sessions_fields_reaches_the_next_record() -> None:
 
 def test_statistics_and_log_see_the_same_fields_either_way() -> None:
     def run(join: bool) -> tuple[list[str], list[Any]]:
-        tracker = _tracker()
+        tracker = logged_in_tracker()
         stream = io.StringIO()
         log = LogSink(stream=stream, fmt="json")
         stats = StatementStats(interval=0)
