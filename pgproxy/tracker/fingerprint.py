@@ -873,36 +873,36 @@ class StatementAnalyzer:
             self._literal_hits = 0
         return self._counts
 
+    def _used(self, key: str, hit: Analysis) -> None:
+        """Count a cache hit on ``key`` and make it the most recently used entry.
+
+        Unless it is the newest already: a session's statements repeat, and the
+        OrderedDict method call cost ~450 instructions (compiled). Each
+        process's event loop is the analyzer's only user, but proxies run in
+        threads (tests, embedding) may share it: an entry another thread
+        evicted between the lookup and here is simply not moved.
+        """
+        if hit is not self._newest:
+            try:
+                self._cache.move_to_end(key)
+            except KeyError:
+                pass
+            self._newest = hit
+        self._hits += 1
+
     def analyze(self, sql: str) -> Analysis:
         """Describe one statement's text (cached)."""
         cache = self._cache
         hit = cache.get(sql)
         if hit is not None:
-            # Recently used now, unless it is the newest already (a session's statements repeat: the
-            # OrderedDict method call cost ~450 instructions, compiled). Each process's event loop is
-            # the analyzer's only user, but proxies run in threads (tests, embedding) may share it: an
-            # entry another thread evicted between the lookup and here is simply not moved. (Inline,
-            # here and below: every statement comes here.)
-            if hit is not self._newest:
-                try:
-                    cache.move_to_end(sql)
-                except KeyError:
-                    pass
-                self._newest = hit
-            self._hits += 1
+            self._used(sql, hit)
             return hit
         keyed = self._literal_key.key(sql) if len(sql) <= self.max_cached_chars else None
         if keyed is not None and keyed[1]:
             key = keyed[0]
             hit = cache.get(key)
             if hit is not None:
-                if hit is not self._newest:
-                    try:
-                        cache.move_to_end(key)
-                    except KeyError:
-                        pass
-                    self._newest = hit
-                self._hits += 1
+                self._used(key, hit)
                 self._literal_hits += 1
                 return hit
         self.counters["cache_misses"] += 1
