@@ -724,6 +724,8 @@ class StatementTracker:
     untracked: int | None = None
     unlogged: int = 0  # statements completed while untracked
     transaction: ImplicitTransaction = field(default_factory=ImplicitTransaction)
+    #: When the requests up to the next Execute began (a Parse's, Bind's, Describe's or Close's arrival):
+    #: set by each request written out, not through a method (a call per request, pure Python).
     _group_start: float | None = None
     #: Parameter decoders by ``oid * 2 + format`` (text 0, binary 1; any other format is not kept):
     #: an int key, where an ``(oid, format)`` tuple cost ~250 instructions per parameter to make and hash.
@@ -856,7 +858,8 @@ class StatementTracker:
         """A Parse: a prepared statement ``name`` (empty: the unnamed one)."""
         if self.untracked is not None:
             return
-        self._group(now)
+        if self._group_start is None:  # the first request of a group (see _group_start)
+            self._group_start = now
         stmt = PreparedStatement(name, sql, parameter_types)
         replaced = self.statements.get(name)
         if replaced is not None and replaced.facts is not None and replaced.sql == sql:
@@ -882,7 +885,8 @@ class StatementTracker:
         """A Bind: ``statement``'s parameters bound into ``portal``."""
         if self.untracked is not None:
             return
-        self._group(now)
+        if self._group_start is None:  # the first request of a group (see _group_start)
+            self._group_start = now
         bound = self._bind(portal, statement, parameter_formats, parameters, result_formats)
         replaced = self.portals.get(portal)
         if replaced is not None and replaced.suspended is not None:
@@ -899,7 +903,8 @@ class StatementTracker:
         """A Describe of a prepared statement (``kind`` S) or a portal (P)."""
         if self.untracked is not None:
             return
-        self._group(now)
+        if self._group_start is None:  # the first request of a group (see _group_start)
+            self._group_start = now
         target = self.statements.get(name) if kind == "S" else self.portals.get(name)
         self._expect(ExpectDescribe(target))
 
@@ -917,16 +922,20 @@ class StatementTracker:
             exe = portal.suspended
             portal.suspended = None
         elif portal is not None:
+            statement = portal.statement
+            # Positional (statement, portal, parameters, index, description, result_formats, source):
+            # keyword arguments are matched by name at every call (pure Python).
             exe = Execution(
                 "extended",
                 portal.sql,
                 started,
-                statement=portal.statement.name if portal.statement else None,
-                portal=portal_name,
-                parameters=portal.parameters,
-                description=portal.description,
-                result_formats=portal.result_formats,
-                source=portal,
+                statement.name if statement else None,
+                portal_name,
+                portal.parameters,
+                None,
+                portal.description,
+                portal.result_formats,
+                portal,
             )
         else:
             exe = Execution("extended", None, started, portal=portal_name)
@@ -936,7 +945,8 @@ class StatementTracker:
     def _on_close(self, msg: m.Close, now: float) -> None:
         if self.untracked is not None:
             return
-        self._group(now)
+        if self._group_start is None:  # the first request of a group (see _group_start)
+            self._group_start = now
         self._expect(ExpectClose(msg.name, msg.kind == "P"))
 
     def _on_sync(self, msg: m.Sync, now: float) -> None:
@@ -954,10 +964,6 @@ class StatementTracker:
         args = [self._loggable_param(raw, 0, msg.argument_format(i), None) for i, raw in enumerate(msg.arguments)]
         exe = Execution("function", f"<function call oid={msg.function_oid}>", now, parameters=args)
         self._expect(ExpectFunction(exe))
-
-    def _group(self, now: float) -> None:
-        if self._group_start is None:
-            self._group_start = now
 
     def _store_statement(self, stmt: PreparedStatement, replaced: PreparedStatement | None) -> None:
         """Keep ``stmt`` as the most recently used under its name (``replaced``: the one it had)."""
@@ -997,7 +1003,13 @@ class StatementTracker:
         types = stmt.parameter_types if stmt else ()
         names: Mapping[int, str] = _NO_NAMES
         if stmt is not None and sql and parameters:
-            facts = statement_facts(self.options, stmt)
+            facts = stmt.facts
+            if facts is not None and facts.options is self.options:  # statement_facts, its usual answer written out
+                analyzer = facts.options.analyzer
+                if analyzer is not None:
+                    analyzer.count_hit(facts.literal)
+            else:
+                facts = statement_facts(self.options, stmt)
             if facts is not None:
                 names = facts.sensitive_names
             else:
@@ -1162,7 +1174,10 @@ class StatementTracker:
 
     def step_complete(self) -> list[Record]:
         """A ParseComplete, BindComplete or CloseComplete answered the head of the queue."""
-        head = self._head()
+        try:  # self._head(), written out: the answers of every statement take this way
+            head: Expected | None = self.pending[self._first]
+        except IndexError:
+            head = None
         if head is None:
             return []
         if isinstance(head, (PreparedStatement, Portal)):  # a Parse's, a Bind's
@@ -1190,7 +1205,10 @@ class StatementTracker:
         Callers that do not decode rows pass None for a RowDescription too:
         only row decoding needs the columns, the pairing does not.
         """
-        head = self._head()
+        try:  # self._head(), written out: the answers of every statement take this way
+            head: Expected | None = self.pending[self._first]
+        except IndexError:
+            head = None
         if head is None:
             if self.untracked is None:
                 # Results whose request we never saw (a capture joined mid-stream).
@@ -1259,7 +1277,10 @@ class StatementTracker:
         return Execution("simple", sql, sq.started, index=shown_index)
 
     def _complete(self, now: float, outcome: Outcome, tag: m.CommandComplete | None = None) -> list[Record]:
-        head = self._head()
+        try:  # self._head(), written out: the answers of every statement take this way
+            head: Expected | None = self.pending[self._first]
+        except IndexError:
+            head = None
         if head is None:
             if self.untracked is not None:
                 self.executed += 1
@@ -1442,12 +1463,21 @@ class StatementTracker:
         if sq.current is not None:  # answered without CommandComplete (a COPY cut short)
             sq.finished.append(Finished(sq.current, _OK))
             sq.current = None
+        finished = sq.finished
+        parts = sq.parts
+        if len(finished) == 1 and (len(parts) if parts else 1) == 1:
+            # One statement (nearly every Query): _log_query's way for it, written out (a call fewer).
+            sq.finished = []
+            item = finished[0]
+            self._finish(item.exe, now, item.outcome, item.tag, item.error)
+            return
         self._log_query(sq, now - sq.started, now)
 
     def _log_query(self, sq: SimpleQuery, total: float | None, now: float) -> None:
         """Log a simple Query's finished statements; ``total`` is its duration when its ReadyForQuery came."""
         finished, sq.finished = sq.finished, []
-        size = sq.size if sq.parts else len(finished)
+        parts = sq.parts
+        size = len(parts) if parts else len(finished)  # sq.size when it has parts: no property call
         if size <= 1:
             for item in finished:
                 self._finish(item.exe, now, item.outcome, item.tag, item.error)
@@ -1526,7 +1556,15 @@ class StatementTracker:
             context = self._shared_context = SessionContext(dict(self.context))
         source = exe.source
         stmt = source.statement if source is not None else None
-        facts = statement_facts(opts, stmt) if stmt is not None and sql is stmt.sql else None
+        facts: StatementFacts | None = None
+        if stmt is not None and sql is stmt.sql:
+            facts = stmt.facts
+            if facts is not None and facts.options is opts:  # statement_facts, its usual answer written out
+                analyzer = opts.analyzer
+                if analyzer is not None:
+                    analyzer.count_hit(facts.literal)
+            else:
+                facts = statement_facts(opts, stmt)
         rows = tag.rows if tag is not None and tag.rows is not None else exe.rows
         if (
             self.plain_layouts
