@@ -670,11 +670,6 @@ class ImplicitTransaction:
                 record.own["rolled_back"] = True  # own: right whether or not its fields were joined
         self.uncommitted.clear()
 
-    def ready(self, status: str) -> None:
-        self.explicit = status == "T" or status == "E"
-        if self.uncommitted:
-            self.uncommitted.clear()
-
 
 def decoder_failure_record(session: Any, oid: int, placeholder: dict[str, Any]) -> Record:
     """One ``session.anomaly`` for a value whose decoder failed (the value itself is shown as a placeholder)."""
@@ -868,7 +863,11 @@ class StatementTracker:
             # looking them up by text in FACTS (hashing the new text, ~1.2k instructions, compiled).
             stmt.facts = replaced.facts
         self._store_statement(stmt, replaced)
-        self._expect(stmt)
+        pending = self.pending
+        if len(pending) < _ANSWERED_KEPT and len(pending) < self.max_pending:  # _expect's usual way, written out
+            pending.append(stmt)
+        else:
+            self._expect(stmt)
 
     def _on_bind(self, msg: m.Bind, now: float) -> None:
         self.bind(msg.portal, msg.statement, msg.parameter_formats, msg.parameters, msg.result_formats, now)
@@ -894,7 +893,11 @@ class StatementTracker:
             # one always; asyncpg's fetchrow inside a transaction leaves it so).
             self._finish_suspended(replaced)
         self.portals[portal] = bound
-        self._expect(bound)
+        pending = self.pending
+        if len(pending) < _ANSWERED_KEPT and len(pending) < self.max_pending:  # _expect's usual way, written out
+            pending.append(bound)
+        else:
+            self._expect(bound)
 
     def _on_describe(self, msg: m.Describe, now: float) -> None:
         self.describe(msg.kind, msg.name, now)
@@ -906,7 +909,11 @@ class StatementTracker:
         if self._group_start is None:  # the first request of a group (see _group_start)
             self._group_start = now
         target = self.statements.get(name) if kind == "S" else self.portals.get(name)
-        self._expect(ExpectDescribe(target))
+        pending = self.pending
+        if len(pending) < _ANSWERED_KEPT and len(pending) < self.max_pending:  # _expect's usual way, written out
+            pending.append(ExpectDescribe(target))
+        else:
+            self._expect(ExpectDescribe(target))
 
     def _on_execute(self, msg: m.Execute, now: float) -> None:
         self.execute(msg.portal, now)
@@ -940,7 +947,11 @@ class StatementTracker:
         else:
             exe = Execution("extended", None, started, portal=portal_name)
         exe.executes += 1
-        self._expect(exe)
+        pending = self.pending
+        if len(pending) < _ANSWERED_KEPT and len(pending) < self.max_pending:  # _expect's usual way, written out
+            pending.append(exe)
+        else:
+            self._expect(exe)
 
     def _on_close(self, msg: m.Close, now: float) -> None:
         if self.untracked is not None:
@@ -1017,9 +1028,13 @@ class StatementTracker:
                 names = analyzer.parameter_names(sql) if analyzer else parameter_names(sql)
         shown = self.options.redaction.parameters is _SHOW_PARAMETERS
         params: list[Any] = []
+        # m.format_code's rules, its call per parameter only for one code per parameter.
+        fmt = parameter_formats[0] if len(parameter_formats) == 1 else 0
+        per_parameter = len(parameter_formats) > 1
         for i, raw in enumerate(parameters):
             oid = types[i] if i < len(types) else 0
-            fmt = m.format_code(parameter_formats, i)
+            if per_parameter:
+                fmt = m.format_code(parameter_formats, i)
             name = names.get(i + 1) if names else None
             if shown and name is None and raw is not None and (fmt == 0 or fmt == 1) and self.plain_layouts:
                 params.append(self._shown_param(raw, oid, fmt))
@@ -1450,7 +1465,11 @@ class StatementTracker:
                 if portal.suspended is not None:
                     self._finish_suspended(portal)
             self.portals.clear()
-        self.transaction.ready(status)
+        # The implicit transaction ends (an explicit block goes on while the status says so).
+        transaction = self.transaction
+        transaction.explicit = status == "T" or status == "E"
+        if transaction.uncommitted:
+            transaction.uncommitted.clear()
         held, self.held = self.held, []
         for record in held:
             record.own["transaction_status"] = self.transaction_status
@@ -1585,7 +1604,9 @@ class StatementTracker:
                 # A prepared statement's: its text's facts hold the layout.
                 statement = exe.statement
                 portal = exe.portal
-                layout = facts.record_layout(bool(statement), bool(portal))
+                layout = facts.layouts[(2 if statement else 0) + (1 if portal else 0)]  # see record_layout
+                if layout is None:
+                    layout = facts.record_layout(bool(statement), bool(portal))
                 plain = layout.copy()
                 if statement:
                     plain["statement"] = statement
@@ -1619,7 +1640,13 @@ class StatementTracker:
                 plain["db.response.returned_rows"] = exe.rows
                 plain["bytes"] = exe.bytes
                 plain["command_tag"] = tag.tag
-                return self._hold(Record(QUERY, "info", plain, logged, context, layout))
+                record = Record(QUERY, "info", plain, logged, context, layout)
+                held = self.held  # self._hold(record), written out
+                held.append(record)
+                if len(held) > MAX_HELD_EVENTS:
+                    self.outbox += held
+                    self.held = []
+                return record
         # The statement's own fields; the session's are shared (SessionContext).
         fields = text_fields(opts, sql, tag) if facts is None else known_text_fields(facts, tag)
         fields["protocol"] = exe.protocol
