@@ -1107,6 +1107,8 @@ class StatementTracker:
             return self.orphan
         if isinstance(head, Execution):  # an Execute's rows (the usual answer: no walk)
             return head
+        if isinstance(head, SimpleQuery):  # a Query's rows (no walk either)
+            return head.current
         for index in range(first, len(pending)):
             item = pending[index]
             if isinstance(item, SimpleQuery):
@@ -1440,11 +1442,11 @@ class StatementTracker:
             item = pending[first]
             first += 1
             self._first = first
-            if isinstance(item, (ExpectSync, ExpectFunction)):
-                answered = True
-                break
             if isinstance(item, SimpleQuery):
                 self._release_query(item, now)
+                answered = True
+                break
+            if item is _SYNC or isinstance(item, (ExpectSync, ExpectFunction)):  # _SYNC: the usual one, no tuple
                 answered = True
                 break
             if isinstance(item, Execution):
@@ -1569,7 +1571,11 @@ class StatementTracker:
         sql = exe.sql
         # Every statement makes its record (metrics and statistics count them all); the filter
         # only decides whether the log writes it. Out of scope: no draw is spent.
-        logged = self.in_scope and opts.query_filter.keep(sql, duration_ms, failed, slow, opts.draw)
+        query_filter = opts.query_filter
+        if query_filter.unsampled:  # keep()'s answer without its call: only the duration's test is left
+            logged = self.in_scope and (failed or slow or not duration_ms < query_filter.min_duration_ms)
+        else:
+            logged = self.in_scope and query_filter.keep(sql, duration_ms, failed, slow, opts.draw)
         context = self._shared_context
         if context is None:
             context = self._shared_context = SessionContext(dict(self.context))
