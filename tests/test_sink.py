@@ -110,6 +110,21 @@ def test_direct_rendering_writes_the_general_paths_lines() -> None:
         assert _untimed(a) == _untimed(b)  # byte for byte, key order included
 
 
+@pytest.mark.parametrize("formatted", [False, True])
+def test_a_lines_pieces_formatted_or_joined_make_the_general_paths_line(
+    monkeypatch: pytest.MonkeyPatch, formatted: bool
+) -> None:
+    """The compiled build puts a line together by ``b"%b" %``, the pure one by a join: the same line either way."""
+    from pgproxy.sink import render
+
+    if not render.__file__.endswith(".py"):  # compiled: the module reads its own flag natively
+        pytest.skip("the compiled build's choice is fixed; tests/test_compiled.py holds its lines to these")
+    monkeypatch.setattr(render, "_FORMAT_PIECES", formatted)
+    records = [r for r in real_records() if r.event in ("query", "session.started", "session.ended")][:200]
+    assert sum(r.context is not None for r in records) > 20  # the session's fields spliced in, too
+    assert [_untimed(x) for x in _emitted_lines(records)] == [_untimed(x) for x in _general_lines(records)]
+
+
 def test_both_json_destinations_get_the_same_lines(tmp_path: Path) -> None:
     records = [r for r in real_records() if r.event == "query"][:20]
     stdout = _emitted_lines(records, tmp_path / "log.jsonl")
