@@ -854,7 +854,8 @@ class StatementTracker:
             return
         analyzer = self.options.analyzer
         parts = analyzer.split(sql) if analyzer is not None else split_statements(sql)
-        sq = SimpleQuery(sql, parts, now, _offsets(sql, parts))
+        offsets = _offsets(sql, parts) if parts is not None and len(parts) > 1 else None  # one part: none, no call
+        sq = SimpleQuery(sql, parts, now, offsets)
         if analyzer is not None and parts is not None and len(parts) == 1 and self._first == len(self.pending):
             # Analyzed now, while the server works on it, rather than when its answer is
             # recorded: between that answer's arrival and the client's next request (one
@@ -1261,13 +1262,15 @@ class StatementTracker:
             elif target is not None:
                 target.description = description
         elif isinstance(head, SimpleQuery):
-            exe = self._simple_current(head)
+            exe = head.current  # self._simple_current(head), written out
+            if exe is None:
+                exe = head.current = self._simple_execution(head, head.index)
             exe.description = description
             exe.decoder = None
 
     def command_complete(self, msg: m.CommandComplete, now: float) -> list[Record]:
         """A CommandComplete: the statement at the head of the queue succeeded; the records it releases."""
-        return self._complete(now, _OK, tag=msg)
+        return self._complete(now, _OK, msg)
 
     def _on_empty_query(self, msg: m.Message, now: float) -> list[Record]:
         return self._complete(now, _EMPTY)
@@ -1313,7 +1316,7 @@ class StatementTracker:
         else:
             sql = sq.sql
             shown_index = index if (sq.parts is None or index > 0) else None
-        exe = Execution("simple", sql, sq.started, index=shown_index)
+        exe = Execution("simple", sql, sq.started, None, None, None, shown_index)  # positional: see execute()
         if index == 0 and sq.analysis is not None:  # of sq.parts[0], this sql (see query)
             exe.analysis = sq.analysis
         return exe
@@ -1333,8 +1336,11 @@ class StatementTracker:
                 self._finish(orphan, now, outcome, tag)
             return []
         if isinstance(head, SimpleQuery):
-            exe = self._simple_current(head)
-            head.current = None
+            exe = head.current  # self._simple_current(head), written out, and taken
+            if exe is None:
+                exe = self._simple_execution(head, head.index)
+            else:
+                head.current = None
             head.index += 1
             head.finished.append(Finished(exe, outcome, tag))
         elif isinstance(head, Execution):
