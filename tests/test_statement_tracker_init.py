@@ -7,7 +7,7 @@ from typing import Any
 
 from pgproxy.protocol.values import ValueContext
 from pgproxy.tracker.options import TrackerOptions
-from pgproxy.tracker.statements import MAX_PENDING, StatementTracker
+from pgproxy.tracker.statements import MAX_PENDING, ImplicitTransaction, StatementTracker
 
 
 def _declared_default(f: dataclasses.Field[Any]) -> Any:
@@ -34,3 +34,13 @@ def test_two_trackers_share_no_mutable_state() -> None:
         value = getattr(a, f.name)
         if isinstance(value, list | dict) or dataclasses.is_dataclass(value):
             assert value is not getattr(b, f.name), f.name
+
+
+def test_implicit_transaction_starts_at_its_declared_defaults() -> None:
+    """ImplicitTransaction's written-out __init__ too: the declared defaults, and a list of its own each."""
+    a, b = ImplicitTransaction(), ImplicitTransaction(explicit=True)
+    for f in dataclasses.fields(ImplicitTransaction):
+        assert getattr(a, f.name) == _declared_default(f), f.name
+    assert b.explicit is True and b.uncommitted == []
+    assert a.uncommitted is not b.uncommitted
+    assert a == ImplicitTransaction(False) and a != b

@@ -649,7 +649,7 @@ def _offsets(sql: str, parts: list[str] | None) -> list[int] | None:
     return out
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class ImplicitTransaction:
     """Which logged statements an error would roll back.
 
@@ -662,6 +662,16 @@ class ImplicitTransaction:
 
     explicit: bool = False
     uncommitted: list[Record] = field(default_factory=list)
+
+    def __init__(self, explicit: bool = False) -> None:
+        """The dataclass's fields at their declared defaults, written out (as StatementTracker's).
+
+        Compiled, the dataclass's generated ``__init__`` stays interpreted: every
+        query-detail connection (its StatementTracker) and multi-statement Query
+        builds one. tests/test_statement_tracker_init.py holds it to the declared defaults.
+        """
+        self.explicit = explicit
+        self.uncommitted = []
 
     def completed(self, command: str | None, sql: str | None, record: Record | None) -> None:
         if command not in _CONTROL:
