@@ -896,11 +896,7 @@ class StatementTracker:
             # looking them up by text in FACTS (hashing the new text, ~1.2k instructions, compiled).
             stmt.facts = replaced.facts
         self._store_statement(stmt, replaced)
-        pending = self.pending
-        if len(pending) < _ANSWERED_KEPT and len(pending) < self.max_pending:  # _expect's usual way, written out
-            pending.append(stmt)
-        else:
-            self._expect(stmt)
+        self._expect(stmt)
 
     def _on_bind(self, msg: m.Bind, now: float) -> None:
         self.bind(msg.portal, msg.statement, msg.parameter_formats, msg.parameters, msg.result_formats, now)
@@ -926,11 +922,7 @@ class StatementTracker:
             # one always; asyncpg's fetchrow inside a transaction leaves it so).
             self._finish_suspended(replaced)
         self.portals[portal] = bound
-        pending = self.pending
-        if len(pending) < _ANSWERED_KEPT and len(pending) < self.max_pending:  # _expect's usual way, written out
-            pending.append(bound)
-        else:
-            self._expect(bound)
+        self._expect(bound)
 
     def _on_describe(self, msg: m.Describe, now: float) -> None:
         self.describe(msg.kind, msg.name, now)
@@ -942,11 +934,7 @@ class StatementTracker:
         if self._group_start is None:  # the first request of a group (see _group_start)
             self._group_start = now
         target = self.statements.get(name) if kind == "S" else self.portals.get(name)
-        pending = self.pending
-        if len(pending) < _ANSWERED_KEPT and len(pending) < self.max_pending:  # _expect's usual way, written out
-            pending.append(ExpectDescribe(target))
-        else:
-            self._expect(ExpectDescribe(target))
+        self._expect(ExpectDescribe(target))
 
     def _on_execute(self, msg: m.Execute, now: float) -> None:
         self.execute(msg.portal, now)
@@ -980,11 +968,7 @@ class StatementTracker:
         else:
             exe = Execution("extended", None, started, portal=portal_name)
         exe.executes += 1
-        pending = self.pending
-        if len(pending) < _ANSWERED_KEPT and len(pending) < self.max_pending:  # _expect's usual way, written out
-            pending.append(exe)
-        else:
-            self._expect(exe)
+        self._expect(exe)
 
     def _on_close(self, msg: m.Close, now: float) -> None:
         if self.untracked is not None:
@@ -1047,13 +1031,7 @@ class StatementTracker:
         types = stmt.parameter_types if stmt else ()
         names: Mapping[int, str] = _NO_NAMES
         if stmt is not None and sql and parameters:
-            facts = stmt.facts
-            if facts is not None and facts.options is self.options:  # statement_facts, its usual answer written out
-                analyzer = facts.options.analyzer
-                if analyzer is not None:
-                    analyzer.count_hit(facts.literal)
-            else:
-                facts = statement_facts(self.options, stmt)
+            facts = statement_facts(self.options, stmt)
             if facts is not None:
                 names = facts.sensitive_names
             else:
@@ -1622,15 +1600,7 @@ class StatementTracker:
             context = self._shared_context = SessionContext(dict(self.context))
         source = exe.source
         stmt = source.statement if source is not None else None
-        facts: StatementFacts | None = None
-        if stmt is not None and sql is stmt.sql:
-            facts = stmt.facts
-            if facts is not None and facts.options is opts:  # statement_facts, its usual answer written out
-                analyzer = opts.analyzer
-                if analyzer is not None:
-                    analyzer.count_hit(facts.literal)
-            else:
-                facts = statement_facts(opts, stmt)
+        facts = statement_facts(opts, stmt) if stmt is not None and sql is stmt.sql else None
         rows = tag.rows if tag is not None and tag.rows is not None else exe.rows
         if (
             self.plain_layouts
