@@ -389,3 +389,19 @@ def test_a_known_tail_inside_a_message_is_read_as_that_message() -> None:
     )
     assert walked == framed
     assert [fields["db.query.text"] for event, _, fields in walked if event == "query"] == ["SELECT $1"]
+
+
+def test_a_query_alone_in_its_chunk_is_taken_as_the_walk_takes_it() -> None:
+    """SessionTracker.frontend's way for a Query alone in its chunk (Framer.feed_one) against the framed way.
+
+    Well formed, with a body that does not read (a NUL inside, none at its end:
+    Malformed, and the session goes on undecoded), and with a length that
+    says more or less than the chunk holds.
+    """
+    query = b.query("SELECT 1")
+    answer = b.row_description([("a", 23)]) + b.data_row([b"1"]) + b.command_complete("SELECT 1") + b.ready_for_query()
+    wrong_length = [query[:-1], query + b.sync(), query[:1] + struct.pack("!I", 99) + query[5:]]
+    for chunk in [query, *wrong_length, b"Q\x00\x00\x00\x0bSE\x00T 1\x00", b"Q\x00\x00\x00\x0cSELECT 1x"]:
+        walked, framed = _walked_and_framed([(True, query), (False, answer), (True, chunk), (False, answer)])
+        assert walked == framed, chunk
+        assert [event for event, _, _ in walked].count("query") >= 1

@@ -348,6 +348,18 @@ class SessionTracker:
                 self.messages_from_client += 1
                 self.terminated = True
                 return statements.take_released() if statements.outbox else []
+            if data and data[0] == _QUERY and conv.frontend.feed_one(data):
+                # A Query alone in its chunk (pgbench -S, psql, simple-protocol clients): what the walk
+                # below does with it, without its loops (see Framer.feed_one); a body that does not read
+                # goes to the walk, which decodes it the general way (nothing was done with it here).
+                self.messages_from_client += 1
+                now = self.clock() if now is None else now
+                try:
+                    sql = read_query(data, _HEADER_BYTES, len(data), conv.encoding)
+                except UNREADABLE_BODY:
+                    return self._frontend_requests(data, statements, now, -1)
+                statements.query(sql, now)
+                return statements.take_released() if statements.outbox else []
             # libpq's Describe, Execute and Sync ending the chunk: checked by one endswith
             tail = len(data) - len(_PORTAL_TAIL) if data.endswith(_PORTAL_TAIL) else -1
             count = conv.frontend.feed_whole(data, _BY_FIELDS_TAGS, tail, _PORTAL_TAIL_MESSAGES)
