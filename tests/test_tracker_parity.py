@@ -405,3 +405,38 @@ def test_a_query_alone_in_its_chunk_is_taken_as_the_walk_takes_it() -> None:
         walked, framed = _walked_and_framed([(True, query), (False, answer), (True, chunk), (False, answer)])
         assert walked == framed, chunk
         assert [event for event, _, _ in walked].count("query") >= 1
+
+
+def test_an_answer_ending_as_the_last_one_did_is_walked_as_the_framed_way() -> None:
+    """The pure build's memo of the last answer's end (SessionTracker._done_tail) against the framed way.
+
+    Answers that end in the remembered CommandComplete and idle ReadyForQuery
+    (alone, after another CommandComplete in the same chunk, after a different
+    one), one whose last DataRow's value ends in those bytes (the walk never
+    reaches them on a message boundary), and answers that end otherwise.
+    """
+    select = b.command_complete("SELECT 1")
+    done_tail = select + b.ready_for_query()
+    head = b.row_description([("a", 23)]) + b.data_row([b"1"])
+    answers = [
+        head + done_tail,  # learnt
+        head + done_tail,  # taken at the tail
+        head + select + head + done_tail,  # "SELECT 1; SELECT 1": a CommandComplete before the tail
+        head + b.command_complete("SELECT 2") + head + done_tail,
+        head + b.command_complete("INSERT 0 3") + b.ready_for_query(),  # another end, learnt
+        head + done_tail,
+        head + done_tail,
+        b.row_description([("a", 25)]) + b.data_row([b"x" + select]) + b.ready_for_query(),  # inside a DataRow
+        b.error_response("ERROR", "42P01", "no such table") + b.ready_for_query(),
+        head + select + b.ready_for_query("T"),
+        head + done_tail[:-1] + b"E",
+        head + done_tail,
+    ]
+    chunks: list[tuple[bool, bytes]] = []
+    for answer in answers:
+        two = answer.count(b"C\x00\x00\x00") == 2
+        chunks += [(True, b.query("SELECT 1; SELECT 2" if two else "SELECT 1")), (False, answer)]
+    walked, framed = _walked_and_framed(chunks)
+    assert walked == framed
+    tags = [fields.get("command_tag") for event, _, fields in walked if event == "query"]
+    assert tags[:6] == ["SELECT 1", "SELECT 1", "SELECT 1", "SELECT 1", "SELECT 2", "SELECT 1"]
