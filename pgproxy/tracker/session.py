@@ -357,20 +357,23 @@ class SessionTracker:
                 self.messages_from_client += 1
                 self.terminated = True
                 return statements.take_released() if statements.outbox else []
-            if data and data[0] == _QUERY and conv.frontend.feed_one(data):
-                # A Query alone in its chunk (pgbench -S, psql, simple-protocol clients): what the walk
-                # below does with it, without its loops (see Framer.feed_one); a body that does not read
-                # goes to the walk, which decodes it the general way (nothing was done with it here).
-                self.messages_from_client += 1
-                now = self.clock() if now is None else now
-                try:
-                    sql = read_query(data, _HEADER_BYTES, len(data), conv.encoding)
-                except UNREADABLE_BODY:
-                    return self._frontend_requests(data, statements, now, -1)
-                statements.query(sql, now)
-                return statements.take_released() if statements.outbox else []
             # libpq's Describe, Execute and Sync ending the chunk: checked by one endswith
-            tail = len(data) - len(_PORTAL_TAIL) if data.endswith(_PORTAL_TAIL) else -1
+            if data.endswith(_PORTAL_TAIL):
+                tail = len(data) - len(_PORTAL_TAIL)
+            else:
+                tail = -1
+                if data and data[0] == _QUERY and conv.frontend.feed_one(data):
+                    # A Query alone in its chunk (pgbench -S, psql, simple-protocol clients): what the walk
+                    # below does with it, without its loops (see Framer.feed_one); a body that does not
+                    # read goes to the walk, which decodes it the general way (nothing was done with it).
+                    self.messages_from_client += 1
+                    now = self.clock() if now is None else now
+                    try:
+                        sql = read_query(data, _HEADER_BYTES, len(data), conv.encoding)
+                    except UNREADABLE_BODY:
+                        return self._frontend_requests(data, statements, now, -1)
+                    statements.query(sql, now)
+                    return statements.take_released() if statements.outbox else []
             count = conv.frontend.feed_whole(data, _BY_FIELDS_TAGS, tail, _PORTAL_TAIL_MESSAGES)
             if count:
                 self.messages_from_client += count
@@ -531,15 +534,11 @@ class SessionTracker:
             and not self._message_level
             and self.replication is None
         ):
+            tail = len(data) - len(_IDLE_TAIL) if data.endswith(_IDLE_TAIL) else -1  # an idle ReadyForQuery
             done: m.CommandComplete | None = None
-            if data.endswith(_IDLE_TAIL):  # an idle ReadyForQuery
-                if not _COMPILED and data.endswith(self._done_tail):  # after the CommandComplete seen last
-                    tail = len(data) - len(self._done_tail)
-                    done = self._done_message
-                else:
-                    tail = len(data) - len(_IDLE_TAIL)
-            else:
-                tail = -1
+            if not _COMPILED and tail >= 0 and data.endswith(self._done_tail):  # after the CommandComplete seen last
+                tail = len(data) - len(self._done_tail)
+                done = self._done_message
             count = conv.receive_whole(data, _WALKED_RESPONSES, tail, 1 if done is None else 2)
             if count:
                 self.messages_from_server += count
