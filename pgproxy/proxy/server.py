@@ -18,6 +18,7 @@ import stat
 import time
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 from pgproxy.protocol.build import error_response
 from pgproxy.proxy.address import host_port, socket_address
@@ -191,14 +192,14 @@ class ProxyServer:
         return [
             s.getsockname()[:2]
             for server in self._servers
-            for s in server.sockets
+            for s in _sockets(server)
             if isinstance(s.getsockname(), tuple)
         ]
 
     @property
     def addresses(self) -> list[str]:
         """Every listening address as text: ``host:port`` (``[v6]:port``) or a socket path."""
-        return [socket_address(sock.getsockname()) for server in self._servers for sock in server.sockets]
+        return [socket_address(sock.getsockname()) for server in self._servers for sock in _sockets(server)]
 
     @property
     def at_connection_limit(self) -> bool:
@@ -239,7 +240,7 @@ class ProxyServer:
                     )
                     # Accepted TCP sockets inherit the listener's buffer sizes: capped
                     # here once, before listen(), rather than twice per session.
-                    for sock in server.sockets:
+                    for sock in _sockets(server):
                         limit_socket_buffers(sock, self.config.socket_buffer)
                     await server.start_serving()
                 self._servers.append(server)
@@ -412,6 +413,12 @@ class ProxyServer:
 
 #: Seconds closing sessions get to flush their last bytes before they are aborted.
 _CLOSE_TIMEOUT = 2.0
+
+
+def _sockets(server: Any) -> list[Any]:
+    """A listener's sockets: uvloop's ``Server.sockets`` is a list where typeshed declares a tuple,
+    which the compiled build (mypyc) would check, and refuse."""
+    return list(server.sockets)
 
 
 def _remove_stale_socket(path: str) -> None:
