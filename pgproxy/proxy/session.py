@@ -1129,7 +1129,7 @@ class ClientSession(asyncio.Protocol):
         if not self.decoding:
             extra["decoding"] = "stopped after a decoder failure"
         try:
-            records = tracker.closed(reason, **extra)
+            records = tracker.closed(reason, None, extra)
         except Exception as err:
             self.sink.log(
                 "error", "session.ended", session=self.session_id, reason=reason, tracker_error=str(err), **extra

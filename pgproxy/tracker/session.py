@@ -114,6 +114,8 @@ _ANSWERED_BY_READY: Final = frozenset((ord("Q"), ord("S"), ord("F")))
 #: Extended-protocol steps that are under way until a Sync follows them:
 #: Parse, Bind, Describe, Execute, Close, Flush.
 _UNSYNCED_STEPS: Final = frozenset((ord("P"), ord("B"), ord("D"), ord("E"), ord("C"), ord("H")))
+#: The session context's fields ``session.ended`` repeats, where present.
+_ENDED_CONTEXT: Final = ("user", "db.namespace", "application_name", "backend_pid", "client.address", "client.port")
 #: Ways a session can end after the client's Terminate, all of them that Terminate's doing.
 _ENDED_BY_TERMINATE: Final = frozenset(("client_closed", "client_eof", "client_error", "server_closed", "server_error"))
 #: ReadyForQuery status bytes of an open transaction (in a block, or failed).
@@ -1048,8 +1050,14 @@ class SessionTracker:
             SESSION_ANOMALY, "warning", {"session": self.session_id, "kind": kind, "reason": reason, **fields}
         )
 
-    def closed(self, reason: str, now: float | None = None, **fields: Any) -> list[Record]:
-        """The session ended; statements under way are reported, then ``session.ended``."""
+    def closed(self, reason: str, now: float | None = None, fields: dict[str, Any] | None = None) -> list[Record]:
+        """The session ended; statements under way are reported, then ``session.ended``.
+
+        ``fields`` (the proxy's byte counts and the like) are added to
+        ``session.ended`` last. A dict, not keyword arguments: compiled, a call
+        with ``**`` takes the generic entry point, its keywords parsed into a
+        new dict (~1.5k instructions a connection, callgrind).
+        """
         if self._ended:
             return []
         self._ended = True
@@ -1072,9 +1080,10 @@ class SessionTracker:
             "messages_from_client": self.messages_from_client,
             "messages_from_server": self.messages_from_server,
         }
-        for key in ("user", "db.namespace", "application_name", "backend_pid", "client.address", "client.port"):
-            if key in self.context:
-                end[key] = self.context[key]
+        context = self.context
+        for key in _ENDED_CONTEXT:
+            if key in context:
+                end[key] = context[key]
         if self.statements is not None:
             end["statements"] = self.statements.executed
             end["transaction_status"] = self.statements.transaction_status
@@ -1089,7 +1098,8 @@ class SessionTracker:
             end["encrypted"] = self.encrypted
         if self.anomalies:
             end["anomalies"] = self.anomalies
-        end.update(fields)
+        if fields:
+            end.update(fields)
         # The server hanging up on a session that had started is worth a warning;
         # after a refused login it is the expected end.
         unexpected = reason in ("server_closed", "server_error") and not self.auth_failed
