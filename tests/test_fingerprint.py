@@ -348,8 +348,10 @@ def test_keys_of_texts_ending_in_a_number_are_literal_keys() -> None:
     keys = fp.TrailingNumberKeys()
     texts = [f"{head}{sep}{n}" for head in heads for sep, n in ((" = ", 42), ("", 7), ("(", "0012"), ("", ""))]
     for text in texts:
-        for _ in range(3):  # noted, remembered, then keyed from the memo
+        for _ in range(3):  # noted, remembered, then keyed from the memo (the last head's, too)
             assert keys.key(text) == literal_key(text), text
+        bare = text.rstrip("0123456789")  # the last head itself: no number after it
+        assert keys.key(bare) == literal_key(bare), bare
     assert keys.key("SELECT abalance FROM pgbench_accounts WHERE aid = 12345") == (
         "SELECT abalance FROM pgbench_accounts WHERE aid = \x00n",
         1,

@@ -320,14 +320,21 @@ class TrailingNumberKeys:
     Any other text gets :func:`literal_key` itself.
     """
 
-    __slots__ = ("_heads",)
+    __slots__ = ("_heads", "_last_head", "_last_key")
 
     def __init__(self) -> None:
         self._heads: dict[str, tuple[str, int]] = {}
+        # The head whose remembered key was answered last, and that key: a session repeats its
+        # shape, so the next text's head is compared with it (one memcmp) before the checks and
+        # the dict's lookup (hashing the new head). "0" is never a head (its digits are stripped).
+        self._last_head = "0"
+        self._last_key: tuple[str, int] = _NOT_PLAIN
 
     def key(self, sql: str) -> tuple[str, int] | None:
         """:func:`literal_key` of ``sql`` (a method, not ``__call__``: the compiled build calls a method natively)."""
         head = sql.rstrip("0123456789")
+        if head == self._last_head and len(head) != len(sql):  # the last head again, a number after it
+            return self._last_key
         if len(head) == len(sql) or not head or head[-1] not in _BEFORE_TRAILING_NUMBER or len(head) > _MAX_HEAD_CHARS:
             return literal_key(sql)
         heads = self._heads
@@ -345,6 +352,8 @@ class TrailingNumberKeys:
             keyed = heads[head] = (of_head[0] + _NUMBER_MARK, of_head[1] + 1) if of_head is not None else _NOT_PLAIN
         if keyed[1] < 0:
             return literal_key(sql)
+        self._last_head = head
+        self._last_key = keyed
         return keyed
 
 
