@@ -440,3 +440,53 @@ def test_an_answer_ending_as_the_last_one_did_is_walked_as_the_framed_way() -> N
     assert walked == framed
     tags = [fields.get("command_tag") for event, _, fields in walked if event == "query"]
     assert tags[:6] == ["SELECT 1", "SELECT 1", "SELECT 1", "SELECT 1", "SELECT 2", "SELECT 1"]
+
+
+def test_an_answer_starting_as_the_last_one_did_is_walked_as_the_framed_way() -> None:
+    """The pure build's memo of the last answer's start (SessionTracker._answer_head) against the framed way.
+
+    Extended-protocol answers whose step completions and RowDescription repeat
+    (taken unread), change (learnt again), or are followed by a malformed
+    message or cut short (the chunk goes the framed way), and a RowDescription
+    after other messages (not learnt).
+    """
+    parse, bind = b.message(b"1"), b.message(b"2")
+    desc, other = b.row_description([("a", 23)]), b.row_description([("b", 25)])
+    rest = b.data_row([b"1"]) + b.command_complete("SELECT 1") + b.ready_for_query()
+    answers = [
+        bind + desc + rest,  # learnt
+        bind + desc + rest,  # taken unread
+        bind + desc + b.data_row([b"2"]) + b.command_complete("SELECT 1") + b.ready_for_query("T"),
+        bind + desc + b.error_response("ERROR", "22012", "division by zero") + b.ready_for_query(),
+        parse + bind + other + rest,  # learnt again
+        parse + bind + other + rest,
+        parse + bind + other,  # cut short: the rest follows
+        rest,
+        bind + desc + rest,
+        desc + rest,  # a Query's answer: no step completions
+        desc + rest,
+        b.notice_response("NOTICE", "00000", "n") + desc + rest,  # not learnt: a notice first
+        desc + desc + rest,
+        bind + desc + rest,
+        bind + desc + b"D\x00\x00\x00\x02",  # an impossible length after the remembered start: decoding stops
+    ]
+    requests = {
+        0: b.bind("", "s1", (b"1",)) + b.describe("P", "") + b.execute() + b.sync(),
+        1: b.parse("", "SELECT 1", ()) + b.bind("", "", ()) + b.describe("P", "") + b.execute() + b.sync(),
+    }
+    chunks: list[tuple[bool, bytes]] = [
+        (True, b.parse("s1", "SELECT $1") + b.sync()),
+        (False, parse + b.ready_for_query()),
+    ]
+    for answer in answers:
+        if answer.startswith(bind):
+            chunks.append((True, requests[0]))
+        elif answer.startswith(parse):
+            chunks.append((True, requests[1]))
+        elif answer != rest:
+            chunks.append((True, b.query("SELECT 1")))
+        chunks.append((False, answer))
+    walked, framed = _walked_and_framed(chunks)
+    assert walked == framed
+    assert [event for event, _, _ in walked].count("query") >= 12
+    assert any(event == "session.anomaly" for event, _, _ in walked)

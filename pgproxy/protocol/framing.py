@@ -251,7 +251,15 @@ class Framer:
         self._offset += consumed
         return out
 
-    def feed_whole(self, data: bytes, accepted: bytes, tail_at: int = -1, tail_count: int = 0) -> int:
+    def feed_whole(
+        self,
+        data: bytes,
+        accepted: bytes,
+        tail_at: int = -1,
+        tail_count: int = 0,
+        head_end: int = 0,
+        head_count: int = 0,
+    ) -> int:
         """Take a chunk of whole messages whose owner reads them itself: how many, or 0 (nothing changed).
 
         Only the common case is taken: TAGGED mode with nothing held back or
@@ -265,6 +273,10 @@ class Framer:
         messages that qualify, as its owner found (a driver's usual Describe,
         Execute and Sync, by one ``endswith``), or -1: when the walk reaches it on
         a message boundary, the run is counted without reading its headers.
+        ``head_end`` is where a run of ``head_count`` whole messages that qualify
+        starts the chunk, as its owner found (bytes this framer took before, by
+        one ``startswith``): the interpreter's walk starts there (the compiled
+        build's native walk reads them, the same count).
         """
         if self._pending or self._skip or self.mode is not _TAGGED:
             return 0
@@ -275,10 +287,10 @@ class Framer:
             return count
         # The interpreter's way, in place (a call of its own cost ~700 instructions a
         # statement, pure): the header by struct (see _scan_tagged).
-        pos = 0
+        pos = head_end
         n = len(data)
         max_frame = self.max_frame
-        count = 0
+        count = head_count
         while pos < n:
             if pos == tail_at:
                 count += tail_count
