@@ -408,7 +408,7 @@ def test_a_query_alone_in_its_chunk_is_taken_as_the_walk_takes_it() -> None:
 
 
 def test_an_answer_ending_as_the_last_one_did_is_walked_as_the_framed_way() -> None:
-    """The pure build's memo of the last answer's end (SessionTracker._done_tail) against the framed way.
+    """The pure build's memo of the last answer's end (_AnswerMemo.done_tail) against the framed way.
 
     Answers that end in the remembered CommandComplete and idle ReadyForQuery
     (alone, after another CommandComplete in the same chunk, after a different
@@ -423,6 +423,9 @@ def test_an_answer_ending_as_the_last_one_did_is_walked_as_the_framed_way() -> N
         head + done_tail,  # taken at the tail
         head + select + head + done_tail,  # "SELECT 1; SELECT 1": a CommandComplete before the tail
         head + b.command_complete("SELECT 2") + head + done_tail,
+        b.command_complete("UPDATE 1") + done_tail,  # a CommandComplete just before the remembered one
+        b.command_complete("UPDATE 1") + done_tail,
+        b.command_complete("UPDATE 1") + done_tail,
         head + b.command_complete("INSERT 0 3") + b.ready_for_query(),  # another end, learnt
         head + done_tail,
         head + done_tail,
@@ -443,7 +446,7 @@ def test_an_answer_ending_as_the_last_one_did_is_walked_as_the_framed_way() -> N
 
 
 def test_an_answer_starting_as_the_last_one_did_is_walked_as_the_framed_way() -> None:
-    """The pure build's memo of the last answer's start (SessionTracker._answer_head) against the framed way.
+    """The pure build's memo of the last answer's start (_AnswerMemo.head) against the framed way.
 
     Extended-protocol answers whose step completions and RowDescription repeat
     (taken unread), change (learnt again), or are followed by a malformed

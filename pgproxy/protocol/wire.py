@@ -477,27 +477,30 @@ class Conversation:
             self._decoded = {}
         return self._follow_backend(self.backend.feed(data))
 
-    def receive_whole(
-        self,
-        data: bytes,
-        accepted: bytes,
-        tail_at: int = -1,
-        tail_count: int = 0,
-        head_end: int = 0,
-        head_count: int = 0,
-    ) -> int:
+    def receive_whole(self, data: bytes, accepted: bytes, tail_at: int = -1, tail_count: int = 0) -> int:
         """:meth:`receive_backend` for a ready conversation's chunk its owner walks in place: how many messages, or 0.
 
         Only whole messages with tags ``accepted`` are taken (see
-        :meth:`~pgproxy.protocol.framing.Framer.feed_whole`, which ``tail_at``,
-        ``tail_count``, ``head_end`` and ``head_count`` are passed to), none of them one the conversation follows
+        :meth:`~pgproxy.protocol.framing.Framer.feed_whole`, which ``tail_at`` and
+        ``tail_count`` are passed to), none of them one the conversation follows
         (ParameterStatus, which ``accepted`` must not take); otherwise 0 is
         returned, nothing has changed, and :meth:`receive_backend` takes the
         same chunk.
         """
         if self.phase is not _READY:
             return 0
-        count = self.backend.feed_whole(data, accepted, tail_at, tail_count, head_end, head_count)
+        count = self.backend.feed_whole(data, accepted, tail_at, tail_count)
+        if count and self._decoded:
+            self._decoded = {}
+        return count
+
+    def receive_whole_from(
+        self, data: bytes, accepted: bytes, head_end: int, head_count: int, tail_at: int, tail_count: int
+    ) -> int:
+        """:meth:`receive_whole` by :meth:`~pgproxy.protocol.framing.Framer.feed_whole_from` (the interpreter's)."""
+        if self.phase is not _READY:
+            return 0
+        count = self.backend.feed_whole_from(data, accepted, head_end, head_count, tail_at, tail_count)
         if count and self._decoded:
             self._decoded = {}
         return count

@@ -99,6 +99,7 @@ _WALKED_RESPONSES: Final = tag_table(b"123CDEINTZnst")
 #: The end of nearly every answer outside a transaction block: ReadyForQuery, idle. A chunk
 #: that ends so has it checked by one endswith and handled without reading it (see _backend_responses).
 _IDLE_TAIL: Final = b"Z\x00\x00\x00\x05I"
+_IDLE_TAIL_BYTES: Final = 6
 #: Empty ParseComplete, BindComplete and CloseComplete runs a driver's answer may start with, before its
 #: RowDescription (pgbench -M prepared: BindComplete; extended: ParseComplete, BindComplete) -> how many.
 _STEP_RUNS: Final = {
@@ -201,6 +202,40 @@ _AUTH_REPLY: Final = {
 }
 
 
+class _AnswerMemo:
+    """The pure build's memo of how a session's last walked answer ended and started.
+
+    ``done_tail`` holds the bytes of its CommandComplete and idle ReadyForQuery,
+    ``done_message`` the CommandComplete's message (known_command_complete's,
+    the same object for the same bytes): an answer that ends in the same bytes
+    (pgbench -S: every one, "SELECT 1") has both taken at the walk's tail
+    without reading them, a loop turn fewer in Framer.feed_whole_from and in
+    SessionTracker._backend_responses. ``done_tail`` is never a chunk's end
+    before one is learnt (it does not end in _IDLE_TAIL). ``head`` holds the
+    bytes of its first step completions (``head_steps`` of them: a driver's
+    ParseComplete and BindComplete) and RowDescription, taken the same way by
+    an answer that starts with them (pgbench: every one); ``head_end`` is where
+    the chunk being walked starts after them (0: it does not). Callgrind, pure,
+    instructions a statement: pgbench -M simple 98.2k -> 86.4k with the Query's
+    own way (Framer.feed_one), prepared 108.1k -> 99.3k, extended 127.6k -> 114.7k.
+
+    One attribute of the tracker rather than five: CPython 3.11 keeps an
+    object's attributes in its class's shared key table up to 30 keys, and
+    the tracker's reads and method lookups became the slow kind past that
+    (~1.7k instructions a statement). The compiled build walks natively and
+    makes none.
+    """
+
+    __slots__ = ("done_message", "done_tail", "head", "head_end", "head_steps")
+
+    def __init__(self) -> None:
+        self.done_tail = b"\x00"
+        self.done_message: m.CommandComplete | None = None
+        self.head: bytes | None = None
+        self.head_steps = 0
+        self.head_end = 0
+
+
 class SessionTracker:
     """Everything pgproxy knows and logs about one client session.
 
@@ -235,21 +270,6 @@ class SessionTracker:
     auth_failed = False
     anomalies = 0
     _value_settings_seen = 0  # the conversation's value_settings_reported when last applied
-    #: The pure build's memo of how the last walked answer ended: the bytes of its CommandComplete
-    #: and idle ReadyForQuery, and the CommandComplete's message (known_command_complete's, the
-    #: same object for the same bytes). An answer that ends in the same bytes (pgbench -S: every
-    #: one, "SELECT 1") has both taken at ``tail`` without reading them: a loop turn fewer in
-    #: Framer.feed_whole and in _backend_responses (~4.8k of 92k instructions a pgbench
-    #: -S statement, pure, callgrind). The compiled build walks natively and keeps no memo.
-    #: Never a chunk's end before one is learnt (it does not end in _IDLE_TAIL).
-    _done_tail = b"\x00"
-    _done_message: m.CommandComplete | None = None
-    #: The same for how it started: the bytes of its step completions (``_head_steps`` of them) and
-    #: RowDescription, taken without reading them by an answer that starts with the same bytes
-    #: (pgbench: every one; pure, callgrind, instructions a statement: -M simple 87.2k -> 86.0k, prepared
-    #: 103.6k -> 98.8k, extended 123.2k -> 114.3k). None before one is learnt.
-    _answer_head: bytes | None = None
-    _head_steps = 0
 
     def __init__(
         self,
@@ -302,6 +322,8 @@ class SessionTracker:
         self._server_answered_startup = False
         #: Connection detail and ready: requests and responses are only counted (see _follow_counting).
         self._counting = False
+        #: The pure build's memo of how the last walked answer ended and started (query detail only).
+        self._memo = _AnswerMemo() if not _COMPILED and self.statements is not None else None
 
     def tls_established(self, leg: str, version: str) -> None:
         """pgproxy itself runs TLS ``version`` on ``leg`` (``client`` or ``upstream``); ``session.ready`` names it.
@@ -552,33 +574,27 @@ class SessionTracker:
             and self.replication is None
         ):
             tail = len(data) - len(_IDLE_TAIL) if data.endswith(_IDLE_TAIL) else -1  # an idle ReadyForQuery
-            if _COMPILED:  # the native walk keeps no memo (see _done_tail)
+            if _COMPILED:  # the native walk keeps no memo (see AnswerMemo)
                 count = conv.receive_whole(data, _WALKED_RESPONSES, tail, 1)
-                if count:
-                    self.messages_from_server += count
-                    if conv.value_settings_reported != self._value_settings_seen:
-                        self._value_settings_changed()
-                    return self._backend_responses(data, statements, self.clock() if now is None else now, tail)
             else:
-                done: m.CommandComplete | None = None
-                if tail >= 0 and data.endswith(self._done_tail):  # after the CommandComplete seen last
-                    tail = len(data) - len(self._done_tail)
-                    done = self._done_message
-                head = self._answer_head
-                head_end = steps = 0
-                if head is not None and data.startswith(head):  # the steps and RowDescription seen last
-                    head_end = len(head)
-                    steps = self._head_steps
-                count = conv.receive_whole(
-                    data, _WALKED_RESPONSES, tail, 1 if done is None else 2, head_end, steps + 1 if head_end else 0
-                )
-                if count:
-                    self.messages_from_server += count
-                    if conv.value_settings_reported != self._value_settings_seen:
-                        self._value_settings_changed()
-                    return self._backend_responses(
-                        data, statements, self.clock() if now is None else now, tail, done, head_end, steps
-                    )
+                tail_count = 1
+                head_end = head_count = 0
+                memo = self._memo
+                if memo is not None:
+                    if tail >= 0 and data.endswith(memo.done_tail):  # after the CommandComplete seen last
+                        tail = len(data) - len(memo.done_tail)
+                        tail_count = 2
+                    head = memo.head
+                    if head is not None and data.startswith(head):  # the steps and RowDescription seen last
+                        head_end = len(head)
+                        head_count = memo.head_steps + 1
+                    memo.head_end = head_end
+                count = conv.receive_whole_from(data, _WALKED_RESPONSES, head_end, head_count, tail, tail_count)
+            if count:
+                self.messages_from_server += count
+                if conv.value_settings_reported != self._value_settings_seen:
+                    self._value_settings_changed()
+                return self._backend_responses(data, statements, self.clock() if now is None else now, tail)
         if self.ready_at is None and not self._message_level and self.replication is None:
             answer = conv.receive_login_answer(data)
             if answer is not None:
@@ -691,16 +707,7 @@ class SessionTracker:
             statements.count_results(rows, row_bytes, copies, copy_bytes)
         return out
 
-    def _backend_responses(
-        self,
-        data: bytes,
-        statements: StatementTracker,
-        now: float,
-        tail: int,
-        done: m.CommandComplete | None = None,
-        head_end: int = 0,
-        steps: int = 0,
-    ) -> list[Record]:
+    def _backend_responses(self, data: bytes, statements: StatementTracker, now: float, tail: int) -> list[Record]:
         """:meth:`_backend_query_detail` for a ready session's chunk of whole responses, walked in place.
 
         The conversation checked the chunk (:meth:`~pgproxy.protocol.wire.Conversation.receive_whole`):
@@ -714,23 +721,29 @@ class SessionTracker:
         rows = row_bytes = 0
         encoding = self.conv.encoding
         by_index = _COMPILED
-        pos: i64 = head_end
+        pos: i64 = 0
         n: i64 = len(data)
-        if head_end:  # the ``steps`` step completions and the RowDescription that start the chunk (_answer_head)
-            for _ in range(steps):
-                statements.step_complete()
-            statements.description_arrived(None, now)
-        # An idle ReadyForQuery (_IDLE_TAIL at ``tail``) where the walk reaches it, after ``done``'s
-        # CommandComplete when the chunk ends in the one seen last (_done_tail): handled without reading them.
+        memo: _AnswerMemo | None = None
+        if not by_index:
+            memo = self._memo
+            if memo is not None and memo.head_end:  # the chunk starts as the last one did (AnswerMemo.head)
+                pos = memo.head_end
+                for _ in range(memo.head_steps):
+                    statements.step_complete()
+                statements.description_arrived(None, now)
+        # An idle ReadyForQuery (_IDLE_TAIL at ``tail``) where the walk reaches it, in the pure build after
+        # the CommandComplete seen last when the chunk ends so (_AnswerMemo): handled without reading them.
         while pos < n:
             if pos == tail:
                 if rows:
                     statements.count_results(rows, row_bytes, 0, 0)
                     rows = 0
-                if done is not None:
-                    records = statements.command_complete(done, now)
-                    if records:
-                        out += records
+                if memo is not None and n - tail != _IDLE_TAIL_BYTES:  # after AnswerMemo.done_message's
+                    done = memo.done_message
+                    if done is not None:
+                        records = statements.command_complete(done, now)
+                        if records:
+                            out += records
                 records = statements.ready("I", now)
                 if records:
                     out += records
@@ -755,13 +768,13 @@ class SessionTracker:
                 rows = row_bytes = 0
             if tag == _ROW_DESCRIPTION:
                 statements.description_arrived(None, now)  # see _backend_query_detail
-                if not by_index and start <= _LEARNT_HEAD_STARTS:
+                if memo is not None and start <= _LEARNT_HEAD_STARTS:
                     # The chunk's start up to here, when it is step completions (a driver's ParseComplete
                     # and BindComplete) and this RowDescription: the next answer likely starts the same.
                     learnt = _STEP_RUNS.get(data[: start - _HEADER_BYTES])
                     if learnt is not None:
-                        self._answer_head = data[:pos]
-                        self._head_steps = learnt
+                        memo.head = data[:pos]
+                        memo.head_steps = learnt
                 continue
             if pos == start and _PARSE_COMPLETE <= tag <= _CLOSE_COMPLETE:  # _STEP_COMPLETE, no boxed int
                 statements.step_complete()
@@ -776,11 +789,16 @@ class SessionTracker:
             elif tag == _COMMAND_COMPLETE:
                 completed = known_command_complete(data, start, pos)
                 if completed is not None:
-                    if pos == tail and not by_index and completed is not self._done_message:
-                        # Just before the idle ReadyForQuery that ends the chunk: the next answer
-                        # likely ends the same (see _done_tail).
-                        self._done_tail = data[start - _HEADER_BYTES :]
-                        self._done_message = completed
+                    if (
+                        memo is not None
+                        and pos == tail
+                        and n - tail == _IDLE_TAIL_BYTES
+                        and completed is not memo.done_message
+                    ):
+                        # Just before the idle ReadyForQuery that ends the chunk (not before the
+                        # remembered CommandComplete that does): the next answer likely ends the same.
+                        memo.done_tail = data[start - _HEADER_BYTES :]
+                        memo.done_message = completed
                     records = statements.command_complete(completed, now)
                     if records:
                         out += records
