@@ -723,8 +723,7 @@ class SessionTracker:
         by_index = _COMPILED
         pos: i64 = 0
         n: i64 = len(data)
-        memo: _AnswerMemo | None = None
-        if not by_index:
+        if not by_index:  # the pure build's memo (the compiled build asks no more of it than this)
             memo = self._memo
             if memo is not None and memo.head_end:  # the chunk starts as the last one did (AnswerMemo.head)
                 pos = memo.head_end
@@ -738,10 +737,10 @@ class SessionTracker:
                 if rows:
                     statements.count_results(rows, row_bytes, 0, 0)
                     rows = 0
-                if memo is not None and n - tail != _IDLE_TAIL_BYTES:  # after AnswerMemo.done_message's
-                    done = memo.done_message
-                    if done is not None:
-                        records = statements.command_complete(done, now)
+                if not by_index and n - tail != _IDLE_TAIL_BYTES:  # after _AnswerMemo.done_message's
+                    memo = self._memo
+                    if memo is not None and memo.done_message is not None:
+                        records = statements.command_complete(memo.done_message, now)
                         if records:
                             out += records
                 records = statements.ready("I", now)
@@ -768,13 +767,8 @@ class SessionTracker:
                 rows = row_bytes = 0
             if tag == _ROW_DESCRIPTION:
                 statements.description_arrived(None, now)  # see _backend_query_detail
-                if memo is not None and start <= _LEARNT_HEAD_STARTS:
-                    # The chunk's start up to here, when it is step completions (a driver's ParseComplete
-                    # and BindComplete) and this RowDescription: the next answer likely starts the same.
-                    learnt = _STEP_RUNS.get(data[: start - _HEADER_BYTES])
-                    if learnt is not None:
-                        memo.head = data[:pos]
-                        memo.head_steps = learnt
+                if not by_index and start <= _LEARNT_HEAD_STARTS:
+                    self._learn_head(data, start, pos)
                 continue
             if pos == start and _PARSE_COMPLETE <= tag <= _CLOSE_COMPLETE:  # _STEP_COMPLETE, no boxed int
                 statements.step_complete()
@@ -789,16 +783,8 @@ class SessionTracker:
             elif tag == _COMMAND_COMPLETE:
                 completed = known_command_complete(data, start, pos)
                 if completed is not None:
-                    if (
-                        memo is not None
-                        and pos == tail
-                        and n - tail == _IDLE_TAIL_BYTES
-                        and completed is not memo.done_message
-                    ):
-                        # Just before the idle ReadyForQuery that ends the chunk (not before the
-                        # remembered CommandComplete that does): the next answer likely ends the same.
-                        memo.done_tail = data[start - _HEADER_BYTES :]
-                        memo.done_message = completed
+                    if not by_index and pos == tail and n - tail == _IDLE_TAIL_BYTES:
+                        self._learn_end(data, start, completed)
                     records = statements.command_complete(completed, now)
                     if records:
                         out += records
@@ -807,6 +793,31 @@ class SessionTracker:
         if rows:
             statements.count_results(rows, row_bytes, 0, 0)
         return out
+
+    def _learn_head(self, data: bytes, start: int, end: int) -> None:
+        """The pure build's walk met a RowDescription near the chunk's start (body at ``start``, ending at ``end``).
+
+        When all before it is step completions (a driver's ParseComplete and
+        BindComplete), the next answer likely starts the same (_AnswerMemo.head).
+        A method of its own: the compiled walk, which never calls it, stays smaller.
+        """
+        memo = self._memo
+        learnt = _STEP_RUNS.get(data[: start - _HEADER_BYTES])
+        if memo is not None and learnt is not None:
+            memo.head = data[:end]
+            memo.head_steps = learnt
+
+    def _learn_end(self, data: bytes, start: int, completed: m.CommandComplete) -> None:
+        """The pure build's walk met ``completed``'s CommandComplete (body at ``start``) just before the idle end.
+
+        Not before the remembered CommandComplete that ends the chunk: the caller
+        asks that the chunk end in _IDLE_TAIL right after it. The next answer
+        likely ends the same (_AnswerMemo.done_tail).
+        """
+        memo = self._memo
+        if memo is not None and completed is not memo.done_message:
+            memo.done_tail = data[start - _HEADER_BYTES :]
+            memo.done_message = completed
 
     def _backend_decoded(
         self,
