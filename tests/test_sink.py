@@ -191,3 +191,31 @@ def test_records_that_take_structlogs_way_keep_their_place_among_direct_lines(tm
     assert [_untimed(x) for x in fast] == [_untimed(x) for x in general]
     assert [_untimed(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()] == [_untimed(x) for x in fast]
     assert [json.loads(x).get("n") for x in fast] == [0, None, 1, 2, 1 << 70, 3, 4, 5]
+
+
+def test_session_ready_parameters_shared_by_sessions_render_as_on_the_general_path() -> None:
+    """A parameters dict that comes back (sessions with one known login answer share it) is rendered once and reused.
+
+    Runs of records sharing a dict, dicts that alternate, an equal dict of its
+    own, one that only a ``default`` renders, and records without parameters:
+    each line the general path's, byte for byte.
+    """
+    shared = {"application_name": "pgbench", "client_encoding": "UTF8", "server_version": "18.4", "TimeZone": "UTC"}
+    other = {"client_encoding": "LATIN1", "DateStyle": "ISO, DMY"}
+    odd = {"raw": b"\x00\xff"}
+
+    def ready(session: str, parameters: dict[str, object] | None) -> Record:
+        fields: dict[str, object] = {"session": session, "user": "bench", "backend_pid": 7, "auth_method": "trust"}
+        if parameters is not None:
+            fields["parameters"] = parameters
+        fields["protocol_version"] = "3.0"
+        fields["setup_ms"] = 1.25
+        return Record("session.ready", "info", fields)
+
+    order = [shared, shared, shared, other, other, shared, shared, dict(shared), dict(shared), odd, odd, odd, None]
+    records = [ready(f"s{i}", parameters) for i, parameters in enumerate(order)]
+    records.insert(3, Record("session.started", "info", {"session": "s", "parameters": shared}))
+    fast, general = _emitted_lines(records), _general_lines(records)
+    assert len(fast) == len(records)
+    assert [_untimed(x) for x in fast] == [_untimed(x) for x in general]
+    assert '"parameters":{"client_encoding":"LATIN1","DateStyle":"ISO, DMY"}' in fast[5]

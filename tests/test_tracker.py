@@ -805,6 +805,10 @@ _LOGIN_STATUSES = [("client_encoding", "UTF8"), ("client_encoding", "LATIN1"), (
 _LOGIN_STATUSES += [("DateStyle", "ISO, MDY"), ("server_version", "18.4"), ("application_name", "caf\u00e9")]
 
 
+def _in_order(value: Any) -> Any:
+    return list(value.items()) if isinstance(value, dict) else value
+
+
 def _logins(detail: Detail, logins: list[list[bytes]], general: bool, pipelined: bool = False) -> list[Any]:
     """Logins answered by the server's chunks in ``logins`` (one list per login), each then a statement.
 
@@ -834,7 +838,8 @@ def _logins(detail: Detail, logins: list[list[bytes]], general: bool, pipelined:
         value_context = None if t.statements is None else t.statements.value_context
         outcome.append(
             (
-                [(r.event, r.level, list(r.fields.items())) for r in records],
+                # nested dicts (session.ready's parameters) in order too: the line's order
+                [(r.event, r.level, [(k, _in_order(v)) for k, v in r.fields.items()]) for r in records],
                 t.messages_from_server,
                 t.in_transaction,
                 t.backend_pid,
@@ -899,6 +904,36 @@ def test_a_known_login_answer_gives_the_general_records(
     fast = _logins(detail, [[answer] for answer in answers], general=False, pipelined=pipelined)
     assert len(wire._known_answers) == 1  # learnt at the second login, taken at the third
     assert fast == _logins(detail, [[answer] for answer in answers], general=True, pipelined=pipelined)
+
+
+def test_sessions_answered_by_one_known_login_answer_share_their_parameters() -> None:
+    """session.ready's parameters: one dict for every session of a known answer, the conversation's in its order.
+
+    Not when the server reported a parameter before the answer (then the
+    conversation's parameters are more than the answer's): that session gets
+    a copy of its own, with every parameter.
+    """
+    answer = b.authentication_ok() + b"".join(b.parameter_status(k, v) for k, v in _LOGIN_STATUSES)
+    answer += b.backend_key_data(4242) + b.ready_for_query()
+
+    def ready(early: bytes = b"") -> tuple[dict[str, str], dict[str, str]]:
+        t = SessionTracker("s", TrackerOptions(detail=Detail.QUERY), client=("127.0.0.1", 50000), clock=lambda: 0.0)
+        t.frontend(startup_message({"user": "alice", "database": "app"}), now=0.0)
+        if early:
+            t.backend(early, now=0.0005)
+        (record,) = [r for r in t.backend(answer, now=0.001) if r.event == "session.ready"]
+        assert list(record.fields["parameters"].items()) == list(t.conv.parameters.items())
+        return record.fields["parameters"], t.conv.parameters
+
+    from pgproxy.protocol import wire
+
+    for kept in (wire._known_answers, wire._answers_seen, wire._known_runs, wire._runs_seen):
+        kept.clear()
+    first, second, third, fourth = ready()[0], ready()[0], ready()[0], ready()[0]
+    assert first is not second and second is not third  # learnt at the second login, known from the third
+    assert third is fourth and third == first
+    early, conversation = ready(b.parameter_status("is_superuser", "on"))
+    assert early is not third and early["is_superuser"] == "on" and early is not conversation
 
 
 @settings(max_examples=60, deadline=None)

@@ -9,7 +9,7 @@ from typing import Any, Final
 
 import structlog
 
-from pgproxy.tracker.records import Record
+from pgproxy.tracker.records import SESSION_READY, Record
 from pgproxy.tracker.redaction import DEFAULT_SENSITIVE_NAMES, REDACTED
 
 #: Top-level keys that never carry values: a defence in depth behind the
@@ -158,7 +158,17 @@ class JsonLines:
     caller then takes the general path.
     """
 
-    __slots__ = ("_head", "_head_event", "_head_level", "_heads", "_layout", "_layouts", "_stamp")
+    __slots__ = (
+        "_head",
+        "_head_event",
+        "_head_level",
+        "_heads",
+        "_layout",
+        "_layouts",
+        "_parameters",
+        "_parameters_rendered",
+        "_stamp",
+    )
 
     def __init__(self, stamp: Stamp) -> None:
         self._stamp = stamp
@@ -174,6 +184,10 @@ class JsonLines:
         self._head_event: str | None = None  # None: no line yet (no event is None)
         self._head_level: str | None = None
         self._head = b""
+        # The last session.ready's ``parameters`` dict (kept, so its id is not reused) and, once a
+        # second record brought the same dict, its rendering (see _ready_fields).
+        self._parameters: dict[str, Any] | None = None
+        self._parameters_rendered: Any = None
 
     def __call__(self, event: str, level: str, fields: dict[str, Any]) -> str | None:
         return self.line(event, level, fields, self._stamp.stamp())
@@ -211,6 +225,8 @@ class JsonLines:
         start: bytes
         if context is None:
             start = b"{"
+            if record.event == SESSION_READY:
+                fields = self._ready_fields(fields)
         else:
             rendered = context.rendered  # None (not rendered yet): not a bytes value, compiled
             if rendered is None:
@@ -237,6 +253,34 @@ class JsonLines:
         if _FORMAT_PIECES:
             return b"%b%b%b%b" % (start, body[1:-1], head, closing)
         return b"".join((start, body[1:-1], head, closing))
+
+    def _ready_fields(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """``session.ready``'s fields, its ``parameters`` as their rendering when the last record brought the same dict.
+
+        Sessions answered by a login answer the tracker knew share one
+        parameters dict (tracker/session.py _answer_parameters); its dozen
+        entries cost ~3.5k instructions to render per connection (compiled,
+        callgrind), where a copy of the record's ten fields with the dict's
+        rendering (an ``orjson.Fragment``, written as it is) costs a fraction.
+        The same dict renders to the same bytes; a dict seen for the first time
+        (a session's own copy) is rendered with its record as before, so only
+        a dict that comes back is rendered apart. tests/test_sink.py holds the
+        lines to the general path's.
+        """
+        parameters = fields.get("parameters")
+        if parameters is None:
+            return fields
+        if parameters is not self._parameters:
+            self._parameters = parameters
+            self._parameters_rendered = None
+            return fields
+        rendered = self._parameters_rendered
+        if rendered is None:
+            try:
+                rendered = self._parameters_rendered = _orjson.Fragment(_orjson_dumps(parameters, default=_default))
+            except TypeError:
+                return fields
+        return {**fields, "parameters": rendered}
 
     def _free(self, layout: dict[str, Any]) -> bool:
         """Whether ``layout``'s keys are free of guarded ones (then it is the last layout used).

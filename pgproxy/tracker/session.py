@@ -596,9 +596,10 @@ class SessionTracker:
                     self._value_settings_changed()
                 return self._backend_responses(data, statements, self.clock() if now is None else now, tail)
         if self.ready_at is None and not self._message_level and self.replication is None:
+            fresh = not conv.parameters  # nothing reported before: the answer's parameters become all of them
             answer = conv.receive_login_answer(data)
             if answer is not None:
-                return self._login_answered(answer, statements, now)
+                return self._login_answered(answer, statements, now, fresh)
         malformed = conv.parameters_malformed
         if self.ready_at is None:
             self._server_spoke_last = True
@@ -1322,7 +1323,7 @@ class SessionTracker:
         out += records
 
     def _login_answered(
-        self, answer: LoginAnswer, statements: StatementTracker | None, now: float | None
+        self, answer: LoginAnswer, statements: StatementTracker | None, now: float | None, fresh: bool = False
     ) -> list[Record]:
         """A login's whole answer the conversation knew (:meth:`~pgproxy.protocol.wire.Conversation.receive_login_answer`).
 
@@ -1333,6 +1334,10 @@ class SessionTracker:
         value context, BackendKeyData names the backend, and ReadyForQuery
         makes the session ready (``session.ready``, then whatever the statement
         tracker releases). tests/test_tracker.py holds it to the general way.
+
+        ``fresh``: the conversation had no parameters before this answer, so
+        they are now the answer's, in its order, and ``session.ready`` gets the
+        copy every session with this answer shares (see _answer_parameters).
         """
         self._server_spoke_last = True
         self._server_answered_startup = True
@@ -1350,7 +1355,7 @@ class SessionTracker:
         self._status = status
         self.ready_at = now
         self._follow_counting()
-        out = [self._ready(now)]
+        out = [self._ready(now, _answer_parameters(answer) if fresh else None)]
         if records:
             out += records
         return out
@@ -1368,13 +1373,14 @@ class SessionTracker:
                 _value_context(conv.encoding, conv.parameters.get("TimeZone", "UTC"), self.options.max_value_chars)
             )
 
-    def _ready(self, now: float) -> Record:
+    def _ready(self, now: float, parameters: dict[str, str] | None = None) -> Record:
+        """``session.ready``; ``parameters``: the conversation's parameters as a shared copy, if there is one."""
         fields: dict[str, Any] = {"session": self.session_id}
         for key in ("user", "db.namespace", "application_name", "backend_pid"):
             if key in self.context:
                 fields[key] = self.context[key]
         fields["auth_method"] = self.conv.auth_method or "trust"
-        params = dict(self.conv.parameters)
+        params = dict(self.conv.parameters) if parameters is None else parameters
         if "server_version" in params:
             fields["server_version"] = params["server_version"]
         fields["parameters"] = params
@@ -1445,6 +1451,31 @@ def _value_context(encoding: str, timezone: str, max_value_chars: int | None) ->
             _value_contexts.clear()
         _value_contexts[key] = context
     return context
+
+
+#: ``session.ready``'s parameters by known login answer's id (the answer kept with them).
+_ready_parameters: dict[int, tuple[LoginAnswer, dict[str, str]]] = {}
+_READY_PARAMETERS_KEPT: Final = 64
+
+
+def _answer_parameters(answer: LoginAnswer) -> dict[str, str]:
+    """A copy of a known login answer's parameters, made once and shared by every ``session.ready`` it answers.
+
+    Every connection of an application gets the same answer, so its
+    sessions' ``parameters`` (a dozen entries) are one dict: not copied per
+    session, and the JSON log sink renders it once and reuses the rendering
+    while the next record brings the same dict (see
+    :meth:`~pgproxy.sink.render.JsonLines.record_line`). Nothing changes a
+    record's fields, so the copy never changes; it is not the answer's own
+    dict, which the protocol package keeps.
+    """
+    known = _ready_parameters.get(id(answer))
+    if known is None or known[0] is not answer:
+        known = (answer, dict(answer.parameters))
+        if len(_ready_parameters) >= _READY_PARAMETERS_KEPT:
+            _ready_parameters.clear()
+        _ready_parameters[id(answer)] = known
+    return known[1]
 
 
 #: What ``session.started`` takes from a StartupMessage, by the message's id (the message kept
