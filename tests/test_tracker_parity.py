@@ -347,8 +347,13 @@ def test_the_walks_known_tails_are_what_libpq_and_the_server_send() -> None:
     assert b.ready_for_query("I") == _IDLE_TAIL
 
 
-def _walked_and_framed(chunks: list[tuple[bool, bytes]]) -> tuple[list[Any], list[Any]]:
-    """Feed the chunks (frontend?, bytes) to a tracker as bytes (walked) and to its twin as bytearrays (framed)."""
+def _walked_and_framed(
+    chunks: list[tuple[bool, bytes]], also: Callable[[SessionTracker], object] = lambda t: None
+) -> tuple[list[Any], list[Any]]:
+    """Feed the chunks (frontend?, bytes) to a tracker as bytes (walked) and to its twin as bytearrays (framed).
+
+    After every chunk their states (and ``also``'s answers) agree.
+    """
     walked, framed = (SessionTracker("s1", TrackerOptions(detail=Detail.QUERY), clock=lambda: 0.0) for _ in range(2))
     records: list[list[Any]] = [[], []]
     login = b.authentication_ok() + b.ready_for_query()
@@ -360,6 +365,7 @@ def _walked_and_framed(chunks: list[tuple[bool, bytes]]) -> tuple[list[Any], lis
             feed = tracker.frontend if frontend else tracker.backend
             out += feed(chunk, float(index))  # type: ignore[arg-type]
         assert _walk_state(walked) == _walk_state(framed)
+        assert also(walked) == also(framed)
     for tracker, out in zip((walked, framed), records, strict=True):
         out += tracker.closed("end_of_recording", now=99.0)
     return [(r.event, r.level, r.fields) for r in records[0]], [(r.event, r.level, r.fields) for r in records[1]]
@@ -493,3 +499,30 @@ def test_an_answer_starting_as_the_last_one_did_is_walked_as_the_framed_way() ->
     assert walked == framed
     assert [event for event, _, _ in walked].count("query") >= 12
     assert any(event == "session.anomaly" for event, _, _ in walked)
+
+
+def test_a_bind_before_libpqs_tail_is_taken_as_the_walk_takes_it() -> None:
+    """SessionTracker.frontend's way for a Bind, Describe, Execute and Sync chunk (Framer.feed_one) against the framed way.
+
+    Well formed, with a body that does not read (Malformed, and the session
+    goes on undecoded), and with a length that says more or less than the
+    chunk holds before the tail.
+    """
+    bind = b.bind("", "s1", (b"1",))
+    unreadable = bind[:12] + b"\x00\x09" + bind[14:]  # nine parameters, one there
+    assert len(unreadable) == len(bind)
+    wrong_length = [bind[:1] + struct.pack("!I", len(bind) - 2) + bind[5:], bind[:1] + struct.pack("!I", 99) + bind[5:]]
+    answer = b.message(b"2") + _ANSWER
+    for first in [bind, *wrong_length, unreadable]:
+        chunks = [(True, b.parse("s1", "SELECT $1") + b.sync()), (False, b.message(b"1") + b.ready_for_query())]
+        chunks += [(True, bind + _PORTAL_TAIL), (False, answer), (True, first + _PORTAL_TAIL), (False, answer)]
+        walked, framed = _walked_and_framed(chunks, _awaited)
+        assert walked == framed, first
+        assert [event for event, _, _ in walked].count("query") >= 1
+
+
+def _awaited(t: SessionTracker) -> list[str]:
+    """What the statement tracker awaits answers to (every request's expectation is queued, even unanswered ones)."""
+    statements = t.statements
+    assert statements is not None
+    return [type(item).__name__ for item in statements.pending[statements._first :]]

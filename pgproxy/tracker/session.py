@@ -399,9 +399,24 @@ class SessionTracker:
             # libpq's Describe, Execute and Sync ending the chunk: checked by one endswith
             if data.endswith(_PORTAL_TAIL):
                 tail = len(data) - len(_PORTAL_TAIL)
+                if data[0] == _BIND and conv.frontend.feed_one(data, tail):
+                    # A Bind before them (pgbench -M prepared, a driver's prepared statement): what the
+                    # walk below does with them, without its loops (see Framer.feed_one); a body that
+                    # does not read goes to the walk, which decodes it the general way.
+                    self.messages_from_client += 1 + _PORTAL_TAIL_MESSAGES
+                    now = self.clock() if now is None else now
+                    try:
+                        bind = read_bind(data, _HEADER_BYTES, tail, conv.encoding)
+                    except UNREADABLE_BODY:
+                        return self._frontend_requests(data, statements, now, tail)
+                    statements.bind(bind[0], bind[1], bind[2], bind[3], bind[4], now)
+                    statements.describe("P", "", now)
+                    statements.execute("", now)
+                    statements.sync()
+                    return statements.take_released() if statements.outbox else []
             else:
                 tail = -1
-                if data and data[0] == _QUERY and conv.frontend.feed_one(data):
+                if data and data[0] == _QUERY and conv.frontend.feed_one(data, len(data)):
                     # A Query alone in its chunk (pgbench -S, psql, simple-protocol clients): what the walk
                     # below does with it, without its loops (see Framer.feed_one); a body that does not
                     # read goes to the walk, which decodes it the general way (nothing was done with it).
