@@ -526,3 +526,31 @@ def _awaited(t: SessionTracker) -> list[str]:
     statements = t.statements
     assert statements is not None
     return [type(item).__name__ for item in statements.pending[statements._first :]]
+
+
+def test_a_parse_and_bind_before_libpqs_tail_are_taken_as_the_walk_takes_them() -> None:
+    """SessionTracker.frontend's way for a Parse, Bind, Describe, Execute and Sync chunk (Framer.feed_pair).
+
+    Against the framed way: well formed, either body unreadable, lengths that
+    do not meet the next message or the tail, and another message second.
+    """
+    parse, bind = b.parse("", "SELECT $1", ()), b.bind("", "", (b"1",))
+    unreadable_parse = parse[:-1] + b"x"  # its types' count cut: no terminating zero
+    unreadable_bind = bind[:11] + b"\x00\x09" + bind[13:]  # nine parameters, one there
+    firsts = [
+        parse + bind,
+        unreadable_parse + bind,
+        parse + unreadable_bind,
+        parse[:1] + struct.pack("!I", len(parse) - 2) + parse[5:] + bind,
+        parse[:1] + struct.pack("!I", len(parse) + 3) + parse[5:] + bind,
+        parse + bind[:1] + struct.pack("!I", len(bind) - 2) + bind[5:],
+        parse + b.describe("S", ""),
+        parse + b"E" + struct.pack("!I", 12) + bytes(8),  # an Execute whose body would read as a Bind's
+        parse + bind[:1] + struct.pack("!I", 2) + bind[5:],
+    ]
+    answer = b.message(b"1") + b.message(b"2") + _ANSWER
+    for first in firsts:
+        chunks = [(True, parse + bind + _PORTAL_TAIL), (False, answer), (True, first + _PORTAL_TAIL), (False, answer)]
+        walked, framed = _walked_and_framed(chunks, _awaited)
+        assert walked == framed, first
+        assert [event for event, _, _ in walked].count("query") >= 1

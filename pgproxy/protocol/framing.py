@@ -363,6 +363,42 @@ class Framer:
         self._offset += len(data)
         return True
 
+    def feed_pair(self, data: bytes, second: int, end: int) -> int:
+        """:meth:`feed_one` for two messages, the second tagged ``second``: where it starts, or 0 (nothing changed).
+
+        The chunk's first message (its tag checked by the owner) and a message
+        tagged ``second`` after it must be whole, within ``max_frame`` and end
+        at ``end`` (see :meth:`feed_one`): libpq's Parse and Bind before its
+        Describe, Execute and Sync (pgbench -M extended; pure, callgrind, the
+        tracker per statement: 114.8k -> 107.4k instructions).
+        """
+        n = len(data)
+        if self._pending or self._skip or self.mode is not _TAGGED or end < 10 or end > n:
+            return 0
+        if _COMPILED:  # native integers, each byte before its shift (see _whole_by_index)
+            b1: i64 = data[1]
+            b2: i64 = data[2]
+            b3: i64 = data[3]
+            b4: i64 = data[4]
+            length: i64 = b1 << 24 | b2 << 16 | b3 << 8 | b4
+        else:
+            length = _INT32(data, 1)[0]
+        at = 1 + length
+        if length < 4 or length > self.max_frame or at > end - 5 or data[at] != second:
+            return 0
+        if _COMPILED:
+            c1: i64 = data[at + 1]
+            c2: i64 = data[at + 2]
+            c3: i64 = data[at + 3]
+            c4: i64 = data[at + 4]
+            length = c1 << 24 | c2 << 16 | c3 << 8 | c4
+        else:
+            length = _INT32(data, at + 1)[0]
+        if length != end - at - 1 or length > self.max_frame:
+            return 0
+        self._offset += n
+        return at
+
     def feed_tags(self, data: bytes | bytearray | memoryview, stop: bytes = b"", watch: int = -1) -> bytearray | None:
         """:meth:`feed` for a caller that only counts: the tags of the whole messages a chunk completes.
 

@@ -414,6 +414,23 @@ class SessionTracker:
                     statements.execute("", now)
                     statements.sync()
                     return statements.take_released() if statements.outbox else []
+                bind_at = conv.frontend.feed_pair(data, _BIND, tail) if data[0] == _PARSE else 0
+                if bind_at:
+                    # A Parse and a Bind before them (pgbench -M extended, an unnamed statement): the
+                    # same, both read before anything is done (a body that does not read: the walk).
+                    self.messages_from_client += 2 + _PORTAL_TAIL_MESSAGES
+                    now = self.clock() if now is None else now
+                    try:
+                        name, sql, types = read_parse(data, _HEADER_BYTES, bind_at, conv.encoding)
+                        bind = read_bind(data, bind_at + _HEADER_BYTES, tail, conv.encoding)
+                    except UNREADABLE_BODY:
+                        return self._frontend_requests(data, statements, now, tail)
+                    statements.parse(name, sql, types, now)
+                    statements.bind(bind[0], bind[1], bind[2], bind[3], bind[4], now)
+                    statements.describe("P", "", now)
+                    statements.execute("", now)
+                    statements.sync()
+                    return statements.take_released() if statements.outbox else []
             else:
                 tail = -1
                 if data and data[0] == _QUERY and conv.frontend.feed_one(data, len(data)):
