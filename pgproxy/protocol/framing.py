@@ -273,34 +273,13 @@ class Framer:
             if count:
                 self._offset += len(data)
             return count
-        # The interpreter's way, in place (a call of its own cost ~700 instructions a
-        # statement, pure): the header by struct (see _scan_tagged).
-        pos = 0
-        n = len(data)
-        max_frame = self.max_frame
-        count = 0
-        while pos < n:
-            if pos == tail_at:
-                count += tail_count
-                pos = n
-                break
-            if n - pos < 5:
-                return 0
-            tag, length = _TAGGED_HEADER(data, pos)
-            # A table lookup, not ``tag in tags`` (see _whole_by_index).
-            if length > max_frame or length < 4 or not accepted[tag]:
-                return 0
-            pos += 1 + length
-            count += 1
-        if pos != n:
-            return 0
-        self._offset += n
-        return count
+        # The interpreter's walk is feed_whole_from's, from the chunk's start.
+        return self.feed_whole_from(data, accepted, 0, 0, tail_at, tail_count)
 
     def feed_whole_from(
         self, data: bytes, accepted: bytes, head_end: int, head_count: int, tail_at: int, tail_count: int
     ) -> int:
-        """:meth:`feed_whole` (the interpreter's walk) for a chunk whose owner found how it starts too.
+        """:meth:`feed_whole`'s walk, the interpreter's, for a chunk whose owner may have found how it starts too.
 
         ``head_end`` is where a run of ``head_count`` whole messages that
         qualify starts the chunk (bytes this framer took before, found by one
@@ -315,7 +294,8 @@ class Framer:
         n = len(data)
         max_frame = self.max_frame
         count = head_count
-        while pos < n:  # as feed_whole's
+        # The header by struct (see _scan_tagged); a table lookup, not ``tag in tags`` (see _whole_by_index).
+        while pos < n:
             if pos == tail_at:
                 count += tail_count
                 pos = n
