@@ -184,7 +184,9 @@ def start_proxy(
         stdout=open(log, "ab"),  # noqa: SIM115 (the child owns it; append mode lets us truncate it between runs)
         stderr=subprocess.STDOUT,
         env=env,
-        cwd=source,  # `python -m` puts the working directory first on sys.path
+        # `python -m` puts the working directory first on sys.path: this checkout's code unless another's is asked
+        # for, wherever the benchmark was started from
+        cwd=source or BENCH_DIR.parent,
     )
     wait_port(port, proc)
     return Target(label, port, proc, log)
