@@ -554,3 +554,100 @@ def test_a_parse_and_bind_before_libpqs_tail_are_taken_as_the_walk_takes_them() 
         walked, framed = _walked_and_framed(chunks, _awaited)
         assert walked == framed, first
         assert [event for event, _, _ in walked].count("query") >= 1
+
+
+_MEMO_SELECT = b.command_complete("SELECT 1")
+#: Answer pieces around the pure build's _AnswerMemo: step runs, RowDescriptions, rows whose values spell the
+#: remembered bytes, other CommandCompletes, ReadyForQuery of each status, and messages the walk does not take.
+_MEMO_PIECES = [
+    b.message(b"1"),
+    b.message(b"2"),
+    b.message(b"3"),
+    b.row_description([("a", 23)]),
+    b.row_description([("b", 25)]),
+    b.data_row([b"1"]),
+    b.data_row([b"x" + _MEMO_SELECT + _IDLE_TAIL]),
+    b.data_row([b"\x00" + b.message(b"2") + b.row_description([("a", 23)])]),
+    _MEMO_SELECT,
+    b.command_complete("UPDATE 1"),
+    b.ready_for_query(),
+    b.ready_for_query("T"),
+    b.ready_for_query("E"),
+    b.error_response("ERROR", "22012", "division by zero"),
+    b.notice_response("NOTICE", "00000", "n"),
+    b.notification_response(7, "ch", "p"),
+    b.parameter_status("TimeZone", "UTC"),
+    b.parameter_status("client_encoding", "LATIN1"),
+    b.message(b"I"),
+    b.message(b"s"),
+    b.message(b"n"),
+    b.copy_response(b"H", 1) + b.copy_data(b"x") + b.copy_done(),
+]
+_MEMO_ANSWERS = [
+    b.message(b"2") + b.row_description([("a", 23)]) + b.data_row([b"1"]) + _MEMO_SELECT + b.ready_for_query(),
+    b.message(b"1") + b.message(b"2") + b.row_description([("a", 23)]) + _MEMO_SELECT + b.ready_for_query(),
+    b.row_description([("a", 23)]) + b.data_row([b"1"]) + _MEMO_SELECT + b.ready_for_query(),
+]
+_MEMO_REQUESTS = [
+    b.query("SELECT 1"),
+    b.bind("", "s1", (b"1",)) + _PORTAL_TAIL,
+    b.parse("", "SELECT $1", ()) + b.bind("", "", (b"1",)) + _PORTAL_TAIL,
+    b.parse("", "SELECT 1") + b.bind("", "") + b.describe("P", "") + b.execute("", 1) + b.sync(),
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, len(_MEMO_REQUESTS) - 1),
+            st.lists(
+                st.one_of(
+                    st.integers(0, len(_MEMO_PIECES) - 1).map(lambda i: _MEMO_PIECES[i]),
+                    st.integers(0, len(_MEMO_ANSWERS) - 1).map(lambda i: _MEMO_ANSWERS[i]),
+                ),
+                min_size=1,
+                max_size=6,
+            ),
+            st.lists(st.integers(1, 60), max_size=2),
+        ),
+        min_size=1,
+        max_size=10,
+    )
+)
+def test_the_answer_memos_agree_with_the_framed_way_on_any_answer(
+    steps: list[tuple[int, list[bytes], list[int]]],
+) -> None:
+    """The pure build's _AnswerMemo (how the last answer started and ended) against the framed way and message detail.
+
+    Answers that repeat the remembered start or end, hold them inside a
+    DataRow's value or after another CommandComplete, end in another status,
+    carry errors, notices, notifications, parameter changes or a COPY, come
+    cut anywhere (the remembered bytes across two chunks), several a chunk:
+    after every chunk the walked tracker (bytes: the memos learn and are
+    taken) and its framed twin (bytearrays) agree, and so do their records
+    and message detail's.
+    """
+    chunks: list[tuple[bool, bytes]] = [
+        (True, b.parse("s1", "SELECT $1") + b.sync()),
+        (False, b.message(b"1") + b.ready_for_query()),
+    ]
+    for request, pieces, cuts in steps:
+        chunks.append((True, _MEMO_REQUESTS[request]))
+        answer = b"".join(pieces)
+        at = 0
+        for cut in sorted({min(c, len(answer)) for c in cuts}):
+            if cut > at:
+                chunks.append((False, answer[at:cut]))
+                at = cut
+        if at < len(answer):
+            chunks.append((False, answer[at:]))
+    walked, framed = _walked_and_framed(chunks)
+    assert walked == framed
+    message = SessionTracker("s1", TrackerOptions(detail=Detail.MESSAGE), clock=lambda: 0.0)
+    out = message.frontend(b.startup_message({"user": "u", "database": "d"}), 0.0)
+    out += message.backend(b.authentication_ok() + b.ready_for_query(), 0.0)
+    for index, (frontend, data) in enumerate(chunks):
+        out += message.frontend(data, float(index)) if frontend else message.backend(data, float(index))
+    out += message.closed("end_of_recording", now=99.0)
+    assert [(r.event, r.level, r.fields) for r in out if r.event != "message"] == walked
