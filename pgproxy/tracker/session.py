@@ -270,6 +270,9 @@ class SessionTracker:
     auth_failed = False
     anomalies = 0
     _value_settings_seen = 0  # the conversation's value_settings_reported when last applied
+    #: The pure build's memo of how the last walked answer ended and started (query detail only: message
+    #: detail never walks, and its tracker would otherwise hold 31 attributes).
+    _memo: _AnswerMemo | None = None
 
     def __init__(
         self,
@@ -322,8 +325,8 @@ class SessionTracker:
         self._server_answered_startup = False
         #: Connection detail and ready: requests and responses are only counted (see _follow_counting).
         self._counting = False
-        #: The pure build's memo of how the last walked answer ended and started (query detail only).
-        self._memo = _AnswerMemo() if not _COMPILED and self.statements is not None else None
+        if not _COMPILED and self.statements is not None and not self._message_level:
+            self._memo = _AnswerMemo()
 
     def tls_established(self, leg: str, version: str) -> None:
         """pgproxy itself runs TLS ``version`` on ``leg`` (``client`` or ``upstream``); ``session.ready`` names it.
@@ -923,7 +926,9 @@ class SessionTracker:
             tag, buf, start, end = frame
             if tag == _DATA_ROW:
                 exe = statements.data_row((end - start if buf is not None else end) + _HEADER_BYTES)
-                self.anomalies += events.row(frame, exe, statements, out)
+                found = events.row(frame, exe, statements, out)
+                if found:  # set on the instance only when there is one (see the class attributes)
+                    self.anomalies += found
                 continue
             if buf is None or tag < 0 or tag == _COPY_DATA:
                 if tag == _COPY_DATA and self._copy_capped(statements):
@@ -1453,7 +1458,9 @@ class SessionTracker:
     def _row_record(self, frame: Frame, exe: Execution | None, out: list[Record]) -> None:
         events = self._events
         if events is not None:
-            self.anomalies += events.row(frame, exe, self.statements, out)
+            found = events.row(frame, exe, self.statements, out)
+            if found:
+                self.anomalies += found
 
     def _message_record(self, msg: m.Message, frame: Frame, frontend: bool) -> Record:
         events = self._events
