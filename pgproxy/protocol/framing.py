@@ -119,6 +119,15 @@ def _whole_by_index(data: bytes, accepted: bytes, max_frame: i64, tail_at: i64, 
     return count if pos == n else 0
 
 
+def _length_at(data: bytes, at: i64) -> i64:
+    """The length field of a message whose tag is at ``at``, read as :func:`_whole_by_index` reads it (compiled build)."""
+    b1: i64 = data[at + 1]
+    b2: i64 = data[at + 2]
+    b3: i64 = data[at + 3]
+    b4: i64 = data[at + 4]
+    return b1 << 24 | b2 << 16 | b3 << 8 | b4
+
+
 class Framer:
     """Incremental framer for one direction of one conversation.
 
@@ -330,14 +339,7 @@ class Framer:
         """
         if self._pending or self._skip or self.mode is not _TAGGED or end < 5 or end - 1 > self.max_frame:
             return False
-        if _COMPILED:  # native integers, each byte before its shift (see _whole_by_index)
-            b1: i64 = data[1]
-            b2: i64 = data[2]
-            b3: i64 = data[3]
-            b4: i64 = data[4]
-            length: i64 = b1 << 24 | b2 << 16 | b3 << 8 | b4
-        else:
-            length = _INT32(data, 1)[0]
+        length: i64 = _length_at(data, 0) if _COMPILED else _INT32(data, 1)[0]
         if length != end - 1:
             return False
         self._offset += len(data)
@@ -355,25 +357,11 @@ class Framer:
         n = len(data)
         if self._pending or self._skip or self.mode is not _TAGGED or end < 10 or end > n:
             return 0
-        if _COMPILED:  # native integers, each byte before its shift (see _whole_by_index)
-            b1: i64 = data[1]
-            b2: i64 = data[2]
-            b3: i64 = data[3]
-            b4: i64 = data[4]
-            length: i64 = b1 << 24 | b2 << 16 | b3 << 8 | b4
-        else:
-            length = _INT32(data, 1)[0]
+        length: i64 = _length_at(data, 0) if _COMPILED else _INT32(data, 1)[0]
         at = 1 + length
         if length < 4 or length > self.max_frame or at > end - 5 or data[at] != second:
             return 0
-        if _COMPILED:
-            c1: i64 = data[at + 1]
-            c2: i64 = data[at + 2]
-            c3: i64 = data[at + 3]
-            c4: i64 = data[at + 4]
-            length = c1 << 24 | c2 << 16 | c3 << 8 | c4
-        else:
-            length = _INT32(data, at + 1)[0]
+        length = _length_at(data, at) if _COMPILED else _INT32(data, at + 1)[0]
         if length != end - at - 1 or length > self.max_frame:
             return 0
         self._offset += n
