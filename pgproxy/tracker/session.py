@@ -402,33 +402,27 @@ class SessionTracker:
             # libpq's Describe, Execute and Sync ending the chunk: checked by one endswith
             if data.endswith(_PORTAL_TAIL):
                 tail = len(data) - len(_PORTAL_TAIL)
-                if data[0] == _BIND and conv.frontend.feed_one(data, tail):
-                    # A Bind before them (pgbench -M prepared, a driver's prepared statement): what the
-                    # walk below does with them, without its loops (see Framer.feed_one); a body that
-                    # does not read goes to the walk, which decodes it the general way.
-                    self.messages_from_client += 1 + _PORTAL_TAIL_MESSAGES
+                # A Bind before them (pgbench -M prepared, a driver's prepared statement), or a Parse and
+                # a Bind (pgbench -M extended, an unnamed statement): what the walk below does with them,
+                # without its loops (see Framer.feed_one and feed_pair), every body read before anything
+                # is done; a body that does not read goes to the walk, which decodes it the general way.
+                first = data[0]
+                bind_at = -1  # where the Bind starts: 0 alone, after the Parse otherwise; -1: the walk
+                if first == _BIND:
+                    if conv.frontend.feed_one(data, tail):
+                        bind_at = 0
+                elif first == _PARSE:
+                    bind_at = conv.frontend.feed_pair(data, _BIND, tail) or -1
+                if bind_at >= 0:
+                    self.messages_from_client += (2 if bind_at else 1) + _PORTAL_TAIL_MESSAGES
                     now = self.clock() if now is None else now
                     try:
-                        bind = read_bind(data, _HEADER_BYTES, tail, conv.encoding)
-                    except UNREADABLE_BODY:
-                        return self._frontend_requests(data, statements, now, tail)
-                    statements.bind(bind[0], bind[1], bind[2], bind[3], bind[4], now)
-                    statements.describe("P", "", now)
-                    statements.execute("", now)
-                    statements.sync()
-                    return statements.take_released() if statements.outbox else []
-                bind_at = conv.frontend.feed_pair(data, _BIND, tail) if data[0] == _PARSE else 0
-                if bind_at:
-                    # A Parse and a Bind before them (pgbench -M extended, an unnamed statement): the
-                    # same, both read before anything is done (a body that does not read: the walk).
-                    self.messages_from_client += 2 + _PORTAL_TAIL_MESSAGES
-                    now = self.clock() if now is None else now
-                    try:
-                        name, sql, types = read_parse(data, _HEADER_BYTES, bind_at, conv.encoding)
+                        parsed = read_parse(data, _HEADER_BYTES, bind_at, conv.encoding) if bind_at else None
                         bind = read_bind(data, bind_at + _HEADER_BYTES, tail, conv.encoding)
                     except UNREADABLE_BODY:
                         return self._frontend_requests(data, statements, now, tail)
-                    statements.parse(name, sql, types, now)
+                    if parsed is not None:
+                        statements.parse(parsed[0], parsed[1], parsed[2], now)
                     statements.bind(bind[0], bind[1], bind[2], bind[3], bind[4], now)
                     statements.describe("P", "", now)
                     statements.execute("", now)
