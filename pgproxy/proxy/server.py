@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import os
 import resource
 import secrets
@@ -18,7 +17,7 @@ import stat
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from pgproxy.protocol.build import error_response
 from pgproxy.proxy.address import host_port, socket_address
@@ -82,6 +81,9 @@ class ProxySettings:
 #: sockets, the log file, cancel connections in flight, the loop's own.
 _FD_RESERVE = 32
 
+#: "00" to "ff": a session id's counter as two table lookups (see ProxyServer.new_session_id).
+_HEX2: Final = tuple(f"{n:02x}" for n in range(256))
+
 
 def raise_fd_limit() -> int:
     """Raise the soft RLIMIT_NOFILE to the hard limit (as PgBouncer advises); returns the soft limit now in force.
@@ -127,7 +129,7 @@ class ProxyServer:
         self.draining = False
         self._servers: list[asyncio.Server] = []
         self._unix_paths: list[str] = []
-        self._ids = itertools.count(1)
+        self._last_id = 0  # the counter of the last session id handed out
         worker = current_worker()  # several processes: ids unique across them, and a shared port
         self._id_prefix = worker.session_prefix if worker is not None else secrets.token_hex(2)
         self._reuse_port = worker is not None
@@ -183,8 +185,16 @@ class ProxyServer:
         self.client_certificate_der = certificate_der(cfg.tls_client_cert_file)
 
     def new_session_id(self) -> str:
-        """Short, unique within this process, and not guessable across restarts."""
-        return f"{self._id_prefix}{next(self._ids):04x}"
+        """Short, unique within this process, and not guessable across restarts.
+
+        The counter in four hex digits (more past 65535) is the prefix and two
+        table lookups: formatted (``f"{n:04x}"`` of ``next(itertools.count)``) it
+        cost ~5k instructions a connection compiled, against ~1k (callgrind).
+        """
+        n = self._last_id = self._last_id + 1
+        if n < 0x10000:
+            return self._id_prefix + _HEX2[n >> 8] + _HEX2[n & 0xFF]
+        return f"{self._id_prefix}{n:04x}"
 
     @property
     def sockets(self) -> list[tuple[str, int]]:
