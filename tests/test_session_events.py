@@ -1,0 +1,94 @@
+"""session.started, session.ready and session.ended: the usual session's fast way gives the general way's fields.
+
+Every connection builds these three records; a session with the usual shape
+(both addresses known, user, database and application name in its start-up,
+nothing unusual at its end) builds them as copies of a layout, which the log
+sink checks once (tracker/session.py _STARTED_LAYOUT). These tests hold each
+to the general way's fields, in their order, and their lines to the general
+path's, byte for byte.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pgproxy.protocol import build as b
+from pgproxy.protocol.build import startup_message
+from pgproxy.tracker import session as tracker_session
+from pgproxy.tracker.options import TrackerOptions
+from pgproxy.tracker.records import Detail, Record
+from pgproxy.tracker.session import SessionTracker
+from tests.test_sink import _emitted_lines, _general_lines, _untimed
+
+_LOGIN = (
+    b.authentication_ok()
+    + b.parameter_status("client_encoding", "UTF8")
+    + b.parameter_status("server_version", "15.8")
+    + b.parameter_status("TimeZone", "Etc/UTC")
+    + b.backend_key_data(4242)
+    + b.ready_for_query("I")
+)
+_ANSWER = b.row_description([("n", 23)]) + b.data_row([b"1"]) + b.command_complete("SELECT 1") + b.ready_for_query("I")
+
+
+def _items(fields: dict[str, Any]) -> list[tuple[str, Any]]:
+    return list(fields.items())  # the order too: it is the line's
+
+
+def _session(detail: Detail, parameters: dict[str, str]) -> tuple[SessionTracker, list[Record], dict[str, Any]]:
+    """A whole usual session; its records, and its context as session.started saw it."""
+    t = SessionTracker(
+        "ab120001", TrackerOptions(detail=detail), client=("127.0.0.1", 50123), server=("10.0.0.5", 5432), clock=lambda: 0.25
+    )
+    records = t.frontend(startup_message(parameters), now=0.5)
+    context = dict(t.context)
+    for _ in range(3):  # the second and later logins take the known answer's way
+        records += t.backend(_LOGIN, now=0.75)
+        if t.ready:
+            break
+    records += t.frontend(b.query("SELECT 1"), now=1.0)
+    records += t.backend(_ANSWER, now=1.25)
+    records += t.frontend(b.message(b"X"), now=1.5)
+    records += t.closed("client_closed", 2.0, {"bytes_from_client": 133, "bytes_from_server": 457})
+    return t, records, context
+
+
+@pytest.mark.parametrize("detail", [Detail.CONNECTION, Detail.QUERY, Detail.MESSAGE])
+@pytest.mark.parametrize(
+    "parameters",
+    [
+        {"user": "alice", "database": "app", "application_name": "web"},
+        {"user": "alice", "database": "app", "application_name": "web", "client_encoding": "UTF8"},
+    ],
+)
+def test_the_usual_sessions_records_are_the_general_ways(detail: Detail, parameters: dict[str, str]) -> None:
+    for _ in range(2):  # the second session meets the login answer and start-up packet known
+        t, records, context = _session(detail, parameters)
+        by_event = {r.event: r for r in records if r.event.startswith("session.")}
+        started, ready, ended = by_event["session.started"], by_event["session.ready"], by_event["session.ended"]
+        assert started.layout is not None and ready.layout is not None and ended.layout is not None
+        extra = {k: v for k, v in parameters.items() if k not in ("user", "database", "application_name")}
+        assert _items(started.fields) == _items(tracker_session._started_record_fields(context, "3.0", extra))
+        assert _items(ready.fields) == _items(t._ready_fields(0.75, ready["parameters"]))
+        assert _items(ended.fields) == _items(
+            t._ended_fields("client_terminated", 2.0, {"bytes_from_client": 133, "bytes_from_server": 457})
+        )
+        for record in (started, ready, ended):
+            assert list(record.fields) == list(record.layout or ())[: len(record.fields)]
+        assert ended["reason"] == "client_terminated" and ended["bytes_from_server"] == 457
+        lines = [_untimed(x) for x in _emitted_lines(records)]
+        assert lines == [_untimed(x) for x in _general_lines(records)]
+
+
+def test_an_unusual_session_takes_the_general_way() -> None:
+    """A Unix-socket client (no address), a start-up without application_name, an end with more to say."""
+    t = SessionTracker("ab120002", TrackerOptions(detail=Detail.QUERY), server=("10.0.0.5", 5432), clock=lambda: 0.25)
+    records = t.frontend(startup_message({"user": "alice", "database": "app"}), now=0.5)
+    records += t.backend(_LOGIN, now=0.75)
+    records += t.closed("client_closed", 2.0, {"bytes_from_client": 1, "bytes_from_server": 2, "error": "E: x"})
+    assert [r.event for r in records] == ["session.started", "session.ready", "session.ended"]
+    assert all(r.layout is None for r in records)
+    assert records[2]["error"] == "E: x" and "client.address" not in records[2]
+    assert [_untimed(x) for x in _emitted_lines(records)] == [_untimed(x) for x in _general_lines(records)]
