@@ -8,11 +8,18 @@ type arriving with another tag.
 
 from __future__ import annotations
 
+import io
+import re
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from pgproxy.protocol import build as b
+from pgproxy.sink import LogSink
+from pgproxy.tracker.message_events import MessageEvents
 from pgproxy.tracker.options import TrackerOptions
-from pgproxy.tracker.records import Detail, Record
+from pgproxy.tracker.records import Detail, KeptRecord, Record
 from pgproxy.tracker.redaction import RedactionPolicy
 from tests.test_tracker import session
 
@@ -165,3 +172,117 @@ def test_a_row_description_seen_again_is_decoded_under_the_encoding_in_force() -
         b.command_complete("SET") + b.parameter_status("client_encoding", "LATIN1") + b.ready_for_query(), now=2.1
     )
     assert column_name() == "é"
+
+
+#: Requests and responses a session's events are kept for (MessageEvents.known), and some they are not.
+_KEPT_REQUESTS = [
+    b.parse("s1", "SELECT $1::int4", (23,)) + b.sync(),
+    b.bind("", "s1", (b"7",)) + b.describe("P", "") + b.execute() + b.sync(),
+    b.parse("", "SELECT 'é', $1", ()) + b.bind("", "", (b"7",)) + b.describe("P", "") + b.execute() + b.sync(),
+    b.describe("S", "s1") + b.flush(),
+    b.close("P", "") + b.sync(),
+    b.query("SELECT 1"),
+]
+_LATIN1_NAME = b.row_description([("X", 25)]).replace(b"X", b"\xe9")  # é in Latin-1, not UTF-8
+_KEPT_RESPONSES = [
+    b.message(b"1"),
+    b.message(b"2"),
+    b.message(b"3"),
+    b.message(b"n"),
+    b.message(b"t", b"\x00\x01\x00\x00\x00\x17"),
+    b.row_description([("a", 23)]),
+    _LATIN1_NAME,
+    b.data_row([b"1"]),
+    b.command_complete("SELECT 1"),
+    b.ready_for_query(),
+    b.ready_for_query("T"),
+    b.message(b"s"),
+    b.message(b"I"),
+    b.error_response("ERROR", "42P01", "no such table"),
+    b.parameter_status("client_encoding", "LATIN1"),
+    b.parameter_status("client_encoding", "UTF8"),
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.booleans(), st.lists(st.integers(0, len(_KEPT_RESPONSES) - 1), min_size=1, max_size=6)),
+        min_size=1,
+        max_size=12,
+    ),
+    st.sampled_from([Detail.MESSAGE, Detail.WIRE]),
+)
+def test_kept_events_are_the_events_built_for_the_same_bytes(
+    chunks: list[tuple[bool, list[int]]], detail: Detail
+) -> None:
+    """A session keeping events by their bytes (MessageEvents.known) against a twin building every one.
+
+    Repeated requests and answers, in chunks of several messages, with the
+    encoding switched between chunks and within them (a column name whose
+    bytes read differently in UTF-8 and Latin-1): every record the same, in
+    the same order, hex dumps included.
+    """
+    kept, built = session(detail=detail), session(detail=detail)
+    built._events = MessageEvents("s1", built.options, keeping=False)
+    got: list[list[Record]] = [[], []]
+    for index, (frontend, picks) in enumerate(chunks):
+        if frontend:
+            data = b"".join(_KEPT_REQUESTS[i % len(_KEPT_REQUESTS)] for i in picks)
+        else:
+            data = b"".join(_KEPT_RESPONSES[i] for i in picks)
+        for tracker, out in zip((kept, built), got, strict=True):
+            out += tracker.frontend(data, float(index)) if frontend else tracker.backend(data, float(index))
+    for tracker, out in zip((kept, built), got, strict=True):
+        out += tracker.closed("end_of_recording", now=99.0)
+    assert not any(isinstance(r, KeptRecord) for r in got[1])
+    assert [(r.event, r.level, r.fields) for r in got[0]] == [(r.event, r.level, r.fields) for r in got[1]]
+
+
+def test_a_statement_run_again_gets_its_kept_events_and_the_log_the_same_lines() -> None:
+    t = session(detail=Detail.MESSAGE)
+    t.frontend(b.parse("s", "SELECT $1::int4 AS n", (23,)) + b.sync(), now=1.0)
+    t.backend(b.message(b"1") + b.ready_for_query(), now=1.1)
+    runs = []
+    for n in range(3):
+        sent = t.frontend(b.bind("", "s", (b"7",)) + b.describe("P", "") + b.execute() + b.sync(), now=2.0 + n)
+        answered = t.backend(b.message(b"2") + _select([("n", 23)], [b"7"]), now=2.5 + n)
+        runs.append(sent + answered)
+    kinds = [[type(r).__name__ for r in run if r.event == "message"] for run in runs]
+    # Bind (its parameters) and DataRow (its row) are built each time; the rest kept from the first run on
+    assert kinds[0] == ["Record"] + ["KeptRecord"] * 5 + ["Record"] + ["KeptRecord"] * 2
+    assert kinds[1] == kinds[2] == kinds[0]
+    # the very same records handed out again
+    assert all(a is b_ for a, b_ in zip(runs[1], runs[2], strict=True) if isinstance(a, KeptRecord))
+    assert [r.fields for r in runs[1]] == [r.fields for r in runs[2]]
+    # the log sink renders a kept record once and writes the general path's line every time
+    records = [r for run in runs for r in run]
+    stream = io.StringIO()
+    sink = LogSink(stream=stream, fmt="json")
+    sink.emit_all(records[: len(runs[0])])
+    sink.emit_all(records[len(runs[0]) :])
+    sink.close()
+    fast = stream.getvalue().splitlines()
+    general_stream = io.StringIO()
+    general = LogSink(stream=general_stream, fmt="json")
+    for r in records:
+        general.log(r.level, r.event, **r.fields)
+    general.close()
+    untimed = [re.sub(r'"timestamp":"[^"]*"', "T", line) for line in fast]
+    assert untimed == [re.sub(r'"timestamp":"[^"]*"', "T", line) for line in general_stream.getvalue().splitlines()]
+    assert all(r.rendered for r in records if isinstance(r, KeptRecord))
+
+
+def test_an_event_kept_in_one_encoding_is_not_taken_in_another() -> None:
+    t = session(detail=Detail.MESSAGE)
+
+    def names(answer: bytes) -> list[str]:
+        t.frontend(b.query("SELECT 1"), now=1.0)
+        records = t.backend(answer + b.command_complete("SELECT 0") + b.ready_for_query(), now=1.1)
+        return [str(f["columns"][0]["name"]) for f in messages(records) if f["type"] == "RowDescription"]
+
+    assert names(_LATIN1_NAME) == names(_LATIN1_NAME) == ["\\xe9"]  # kept, read as UTF-8
+    # The conversation follows the switch as it frames the chunk: the whole chunk reads in Latin-1
+    assert names(_LATIN1_NAME + b.parameter_status("client_encoding", "LATIN1") + _LATIN1_NAME) == ["é", "é"]
+    assert names(_LATIN1_NAME) == ["é"]
+    assert names(b.parameter_status("client_encoding", "UTF8") + _LATIN1_NAME) == ["\\xe9"]

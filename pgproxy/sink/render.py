@@ -9,7 +9,7 @@ from typing import Any, Final
 
 import structlog
 
-from pgproxy.tracker.records import SESSION_READY, Record
+from pgproxy.tracker.records import SESSION_READY, KeptRecord, Record
 from pgproxy.tracker.redaction import DEFAULT_SENSITIVE_NAMES, REDACTED
 
 #: Top-level keys that never carry values: a defence in depth behind the
@@ -200,7 +200,9 @@ class JsonLines:
     def record_line(self, record: Record, closing: bytes) -> bytes | None:
         """A record's line in UTF-8, ending with ``closing`` (``Stamp.stamp(closing=True)``: the timestamp's value and ``"}``).
 
-        A ``query`` record's session fields come from their rendering cached for the session.
+        A ``query`` record's session fields come from their rendering cached for the session;
+        a :class:`~pgproxy.tracker.records.KeptRecord` keeps its line up to the
+        timestamp (``rendered``), which the log sink then uses as it is.
 
         Bytes, as orjson renders them: the log writer's thread turns a whole
         batch of them into text at once (:class:`~pgproxy.sink.writer.QueueWriter`),
@@ -248,6 +250,9 @@ class JsonLines:
                 self._heads[(event, level)] = found
             head = self._head = found
             self._head_event, self._head_level = event, level
+        if isinstance(record, KeptRecord):  # handed out again: its line up to the timestamp is kept with it
+            rendered = record.rendered = b"".join((start, head[1:])) if len(body) == 2 else start + body[1:-1] + head
+            return rendered + closing
         if len(body) == 2:  # no fields: '{}'
             return b"".join((start, head[1:], closing))
         if _FORMAT_PIECES:

@@ -9,6 +9,14 @@ fields every event of a message class starts with (``session``,
 which of them are secret per class, and which columns of a result are
 redacted per row decoder. Events are built from those by copying a dict and
 adding what the message itself says.
+
+Most of a statement's messages are the same bytes every time it runs
+(Describe, Execute, Sync, a Parse of the same text; BindComplete, the same
+RowDescription, CommandComplete, ReadyForQuery), and for most kinds the
+bytes alone make the event: those are kept per session with the message
+decoded from them (:meth:`MessageEvents.known`), so the next one is neither
+decoded nor described, and its record (shared, never changed: its fields are
+its ``layout``) is rendered once by the log sink.
 """
 
 from __future__ import annotations
@@ -26,11 +34,41 @@ from pgproxy.protocol.oids import type_name
 from pgproxy.protocol.rows import RowDecoder
 from pgproxy.protocol.values import DECODER_FAILURE, cap_text
 from pgproxy.tracker.options import TrackerOptions
-from pgproxy.tracker.records import MESSAGE, Detail, Record, truncate
+from pgproxy.tracker.records import MESSAGE, Detail, KeptRecord, Record, truncate
 from pgproxy.tracker.redaction import REDACTED, ParameterMode
 from pgproxy.tracker.statements import TRANSACTION_STATUS, Execution, StatementTracker, decoder_failure_record
 
 _HEADER_BYTES: Final = 5  # tag + Int32 length
+#: Events a session keeps per direction (then it forgets them and starts again), and the
+#: largest body kept: a few tens of KiB per session at most.
+_KNOWN_KEPT: Final = 32
+KNOWN_BODY_BYTES: Final = 1024
+#: Message kinds whose event is made by their bytes alone (with the session's options and
+#: encoding), and the statement tracker's handling of them by the message alone: never a
+#: Bind (its parameters are the portal's), a DataRow (rows have their own path), nor a
+#: kind the session itself reacts to.
+_KEPT_FRONTEND: Final = frozenset((m.Parse, m.Describe, m.Execute, m.Sync, m.Flush, m.Close))
+_KEPT_BACKEND: Final = frozenset(
+    (
+        m.ParseComplete,
+        m.BindComplete,
+        m.CloseComplete,
+        m.NoData,
+        m.ParameterDescription,
+        m.RowDescription,
+        m.CommandComplete,
+        m.ReadyForQuery,
+        m.EmptyQueryResponse,
+        m.PortalSuspended,
+    )
+)
+#: Their tags, asked before anything is sliced: Parse, Describe, Execute, Sync, Flush, Close;
+#: ParseComplete, BindComplete, CloseComplete, NoData, ParameterDescription, RowDescription,
+#: CommandComplete, ReadyForQuery, EmptyQueryResponse, PortalSuspended.
+KNOWN_FRONTEND_TAGS: Final = frozenset(b"PDESHC")
+KNOWN_BACKEND_TAGS: Final = frozenset(b"123ntTCZIs")
+#: A kept message's event record, and the message it was decoded to.
+Known: TypeAlias = tuple[Record, m.Message]
 
 #: Adds a message's own fields to its event; True when its body must be masked in hex dumps.
 Describer: TypeAlias = Callable[["MessageEvents", Any, dict[str, Any], "StatementTracker | None"], bool]
@@ -65,14 +103,30 @@ class MessageEvents:
     Args:
         session_id: the session every event names.
         options: caps, redaction and detail; a reconfigured session builds a new instance.
+        keeping: whether events are kept by their message's bytes (:meth:`known`); tests
+            compare a session that keeps them with one that builds every event.
 
     """
 
-    __slots__ = ("_backend", "_columns", "_frontend", "_row_head", "_row_plan", "options", "session_id", "wire")
+    __slots__ = (
+        "_backend",
+        "_columns",
+        "_frontend",
+        "_known_backend",
+        "_known_encoding",
+        "_known_frontend",
+        "_row_head",
+        "_row_plan",
+        "keeping",
+        "options",
+        "session_id",
+        "wire",
+    )
 
-    def __init__(self, session_id: str, options: TrackerOptions) -> None:
+    def __init__(self, session_id: str, options: TrackerOptions, keeping: bool = True) -> None:
         self.session_id = session_id
         self.options = options
+        self.keeping = keeping
         self.wire = options.detail >= Detail.WIRE
         # Per message class and direction: (tag, the event's first fields, its describer).
         self._frontend: dict[type, tuple[int, dict[str, Any], Describer | None]] = {}
@@ -82,6 +136,42 @@ class MessageEvents:
         self._row_plan: tuple[RowDecoder | None, tuple[int, ...]] = (None, ())
         # The last RowDescription described and its columns (each event gets copies).
         self._columns: tuple[m.RowDescription | None, list[dict[str, Any]]] = (None, [])
+        # Kept events by their message's bytes (header included), per direction, and the
+        # encoding they were decoded in (see known()).
+        self._known_frontend: dict[bytes, Known] = {}
+        self._known_backend: dict[bytes, Known] = {}
+        self._known_encoding = ""
+
+    def known(self, frontend: bool, encoding: str) -> dict[bytes, Known]:
+        """The events kept for one direction, by their message's bytes (header included), in ``encoding``.
+
+        The session's message-detail loops look a message of a kept kind
+        (KNOWN_FRONTEND_TAGS, KNOWN_BACKEND_TAGS) up here by its bytes before
+        decoding it: a record found is the one :meth:`message` made for the
+        same bytes, and its message the one they decoded to (frozen). The
+        statement tracker still handles the message. Asked once per chunk: a
+        changed encoding forgets them all.
+        """
+        if encoding != self._known_encoding:
+            self._known_encoding = encoding
+            self._known_frontend = {}
+            self._known_backend = {}
+        return self._known_frontend if frontend else self._known_backend
+
+    def keep(self, known: dict[bytes, Known], key: bytes, msg: m.Message, record: Record, frontend: bool) -> Record:
+        """``record``, :meth:`message`'s event of ``msg`` decoded from ``key``: kept when its kind's bytes make it.
+
+        A kept record is shared from then on (a :class:`~pgproxy.tracker.records.KeptRecord`,
+        fields never changed), so the log sink keeps its rendering too.
+        Returns the record to hand out: the kept one, or ``record``.
+        """
+        if not self.keeping or type(msg) not in (_KEPT_FRONTEND if frontend else _KEPT_BACKEND):
+            return record
+        if len(known) >= _KNOWN_KEPT:
+            known.clear()
+        kept = KeptRecord(record.event, record.level, record.own)
+        known[key] = (kept, msg)
+        return kept
 
     def message(self, msg: m.Message, frame: Frame, frontend: bool, statements: StatementTracker | None) -> Record:
         """The ``message`` event of one decoded message (every message but a DataRow at query tracking)."""

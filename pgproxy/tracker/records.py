@@ -202,3 +202,22 @@ class Record:
         if context is not None:
             return context.fields.get(key, default)
         return default
+
+
+class KeptRecord(Record):
+    """A record the tracker hands out again and again, the same object, because the same bytes made it.
+
+    Message detail keeps a session's ``message`` events by their message's
+    bytes (:meth:`~pgproxy.tracker.message_events.MessageEvents.known`): most
+    of a statement's messages are the same every time it runs. Its fields are
+    its ``layout`` and never change, so ``rendered`` may keep the log sink's
+    rendering of it (see :meth:`~pgproxy.sink.render.JsonLines.record_line`):
+    its line up to the timestamp's value, or b"" when the sink's fast way
+    cannot write it; None until the sink looked.
+    """
+
+    __slots__ = ("rendered",)
+
+    def __init__(self, event: str, level: str, fields: dict[str, Any]) -> None:
+        super().__init__(event, level, fields, True, None, fields)
+        self.rendered: bytes | None = None
