@@ -51,6 +51,7 @@ from pgproxy.tracker.session import SessionTracker
 from tests.golden import recordings
 
 options = [
+    TrackerOptions(detail=Detail.CONNECTION),  # the counting way (Framer.count_tags)
     TrackerOptions(detail=Detail.WIRE, slow_query_ms=2.0),
     TrackerOptions(detail=Detail.MESSAGE, redaction=RedactionPolicy(parameters=ParameterMode.HIDE)),
     TrackerOptions(

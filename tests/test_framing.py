@@ -181,6 +181,57 @@ def test_feed_tags_agrees_with_feed(
         assert taken == 1  # a chunk of whole, plausible messages is taken
 
 
+def _count_by_index(framer: Framer, chunk: bytes, table: bytes, end: int = -1) -> int:
+    """count_tags as the compiled build takes it (native integers), whichever build runs the test."""
+    if framer.buffered or framer.skipping or framer.mode is not FramingMode.TAGGED:
+        return -1
+    return framer._count_by_index(chunk, table, end)
+
+
+#: Responses as connection detail counts them: ReadyForQuery marked, ErrorResponse a stop.
+_RESPONSE_TABLE = framing.count_table(b"Z", stopping=b"E")
+
+
+@pytest.mark.parametrize("way", [Framer.count_tags, _count_by_index], ids=["count_tags", "by_index"])
+@settings(max_examples=400)
+@given(
+    st.lists(st.sampled_from(range(len(_PIECES))), min_size=1, max_size=8),
+    st.lists(st.integers(min_value=0, max_value=600), max_size=12),
+)
+def test_count_tags_agrees_with_feed(
+    way: Callable[[Framer, bytes, bytes], int], picks: list[int], cuts: list[int]
+) -> None:
+    """The counting way (count_tags, both of its loops) against feed, chunk by chunk, on twin framers.
+
+    Where count_tags takes a chunk it counts exactly the frames feed gives,
+    leaves both framers in the same state, counts the marked ones and finds
+    the last one's body; where it declines it has changed nothing, and feed is fed.
+    """
+    data = b"".join(_PIECES[i] for i in picks)
+    points = sorted({0, len(data), *(c for c in cuts if c < len(data))})
+    counting, reference = Framer("backend", max_frame=64), Framer("backend", max_frame=64)
+    taken = 0
+    for a, b in itertools.pairwise(points):
+        chunk = data[a:b]
+        before = _framer_state(counting)
+        frames = reference.feed(chunk)
+        count = way(counting, chunk, _RESPONSE_TABLE)
+        if count < 0:
+            assert count == -1
+            assert _framer_state(counting) == before
+            counting.feed(chunk)
+        else:
+            taken += 1
+            assert count == len(frames)
+            assert all(frame[1] is chunk and frame[0] != ord("E") for frame in frames)
+            ready = [frame[2] for frame in frames if frame[0] == ord("Z")]
+            assert (counting.marks, counting.watched) == (len(ready), ready[-1] if ready else -1)
+            assert not counting.opened
+        assert _framer_state(counting) == _framer_state(reference)
+    if picks == [0] and len(points) == 2:
+        assert taken == 1  # a chunk of whole, plausible messages is taken
+
+
 #: libpq's Describe, Execute and Sync ending an extended-protocol request (the tail feed_tags_before takes).
 _PORTAL_TAIL = message(b"D", b"P\0") + message(b"E", b"\0" + bytes(4)) + message(b"S")
 #: Requests around it: whole ones, a Bind whose body ends as the tail does (the walk steps over
@@ -231,5 +282,71 @@ def test_feed_tags_before_agrees_with_feed_tags(compiled: bool, picks: list[int]
                 reference.feed(chunk)
             assert _framer_state(tailing) == _framer_state(reference)
             assert tailing.watched == reference.watched
+    if picks == [0, 1, 6] and len(points) == 2:
+        assert taken == 1  # Parse, Bind and the tail, whole: taken
+
+
+#: Requests as connection detail counts them: Sync and Query marked, extended-protocol steps opening.
+_REQUEST_TABLE = framing.count_table(b"QS", opening=b"PBDE")
+
+
+def _opened(tags: list[int]) -> bool:
+    """Whether a step follows the last marked request (any step, with none marked): count_tags' ``opened``."""
+    opened = False
+    for tag in tags:
+        if tag in b"QS":
+            opened = False
+        elif tag in b"PBDE":
+            opened = True
+    return opened
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["struct", "by_index"])
+@settings(max_examples=400)
+@given(
+    st.lists(st.sampled_from(range(len(_REQUEST_PIECES))), min_size=1, max_size=8),
+    st.lists(st.integers(min_value=0, max_value=600), max_size=12),
+    st.booleans(),
+)
+def test_count_tags_with_a_run_agrees_with_feed(compiled: bool, picks: list[int], cuts: list[int], tail: bool) -> None:
+    """count_tags on requests, with and without the owner's run (libpq's tail), against feed on twin framers.
+
+    A chunk ending in the portal tail is walked up to the tail when ``tail``
+    is drawn, as an owner that found it by ``endswith`` asks: the walk either
+    lands on the tail (its messages then the owner's to count) or declines,
+    nothing changed. Counts, marks and ``opened`` agree with the frames.
+    """
+    data = b"".join(_REQUEST_PIECES[i] for i in picks)
+    points = sorted({0, len(data), *(c for c in cuts if c < len(data))})
+    counting, reference = Framer("frontend", max_frame=64), Framer("frontend", max_frame=64)
+    for framer in (counting, reference):
+        framer.mode = FramingMode.TAGGED
+    taken = 0
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(framing, "_COMPILED", compiled)
+        for a, b in itertools.pairwise(points):
+            chunk = data[a:b]
+            before = _framer_state(counting)
+            frames = reference.feed(chunk)
+            tags = [frame[0] for frame in frames]
+            run = 0
+            if tail and chunk.endswith(_PORTAL_TAIL):
+                run = 3
+                count = counting.count_tags(chunk, _REQUEST_TABLE, len(chunk) - len(_PORTAL_TAIL))
+                if count >= 0:
+                    tags = tags[:-3]  # the owner's
+            else:
+                count = counting.count_tags(chunk, _REQUEST_TABLE)
+            if count < 0:
+                assert count == -1
+                assert _framer_state(counting) == before
+                counting.feed(chunk)
+            else:
+                taken += 1
+                assert count + (run if tail and chunk.endswith(_PORTAL_TAIL) else 0) == len(frames)
+                assert all(frame[1] is chunk for frame in frames)
+                assert counting.marks == sum(tag in b"QS" for tag in tags)
+                assert counting.opened == _opened(tags)
+            assert _framer_state(counting) == _framer_state(reference)
     if picks == [0, 1, 6] and len(points) == 2:
         assert taken == 1  # Parse, Bind and the tail, whole: taken

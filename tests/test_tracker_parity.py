@@ -181,26 +181,21 @@ def _counting_state(t: SessionTracker) -> tuple[object, ...]:
 def test_connection_detail_counting_way_agrees_with_the_framed_way(
     scenario: str, splitter: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Connection detail's counting way (the framer's feed_tags) against its framed way, step by step.
+    """Connection detail's counting way (the framer's count_tags) against its framed way, step by step.
 
-    The twin tracker's framers never take the counting way (feed_tags declines
+    The twin tracker's framers never take the counting way (count_tags declines
     every chunk), so it frames every chunk and counts the frames: after every
     piece both hold the same counts, status and boundaries, and the records agree.
     """
     taken = 0
-    feed_tags, feed_tags_before, pass_whole = Framer.feed_tags, Framer.feed_tags_before, Framer.pass_whole
+    count_tags, pass_whole = Framer.count_tags, Framer.pass_whole
     declining: set[int] = set()  # the framed twin's framers
     # (pass_whole: a lone Terminate's way, and the login burst's, which the twin then frames too)
     monkeypatch.setattr(
         Framer, "pass_whole", lambda self, *args: False if id(self) in declining else pass_whole(self, *args)
     )
     monkeypatch.setattr(
-        Framer, "feed_tags", lambda self, *args: None if id(self) in declining else feed_tags(self, *args)
-    )
-    monkeypatch.setattr(
-        Framer,
-        "feed_tags_before",
-        lambda self, *args: None if id(self) in declining else feed_tags_before(self, *args),
+        Framer, "count_tags", lambda self, *args: -1 if id(self) in declining else count_tags(self, *args)
     )
     for number, conn in enumerate(_pipelined() if scenario == "pipelined" else RECORDINGS[scenario]):
         for seed in range(2 if splitter != "whole" else 1):

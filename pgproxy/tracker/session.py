@@ -31,7 +31,7 @@ from pgproxy.protocol.decoding import (
     read_parse,
     read_query,
 )
-from pgproxy.protocol.framing import FRAMING_ERROR, TLS_RECORD, Frame, tag_table
+from pgproxy.protocol.framing import FRAMING_ERROR, TLS_RECORD, Frame, Framer, count_table, tag_table
 from pgproxy.protocol.replication import is_replication_connection
 from pgproxy.protocol.values import ValueContext
 from pgproxy.protocol.wire import Conversation, LoginAnswer, Phase
@@ -73,6 +73,7 @@ _EXECUTE: Final = ord("E")
 _DESCRIBE: Final = ord("D")
 _SYNC: Final = ord("S")
 _QUERY: Final = ord("Q")
+_QUERY_TAG: Final = b"Q"
 _PARSE: Final = ord("P")
 #: Requests query detail reads by their fields, without a message object (see _request_by_fields).
 _COMMAND_COMPLETE: Final = ord("C")
@@ -84,7 +85,6 @@ _BY_FIELDS_TAGS: Final = tag_table(b"BEDSQP")
 #: checked by one endswith and handled without reading them (see _frontend_requests).
 _PORTAL_TAIL: Final = b"D\x00\x00\x00\x06P\x00" + b"E\x00\x00\x00\x09\x00\x00\x00\x00\x00" + b"S\x00\x00\x00\x04"
 _PORTAL_TAIL_MESSAGES: Final = 3
-_PORTAL_TAIL_TAGS: Final = b"DES"  # _PORTAL_TAIL's tags, for connection detail's count (Framer.feed_tags)
 #: Terminate, as every client sends it: the whole chunk that ends a connection (see SessionTracker.frontend).
 _TERMINATE_MESSAGE: Final = b"X\x00\x00\x00\x04"
 _READY_PHASE: Final = Phase.READY
@@ -138,10 +138,12 @@ _DESCRIPTION_KEPT_BYTES: Final = 2048
 #: Backend tags still decoded at connection detail after ReadyForQuery:
 #: ErrorResponse (FATAL terminations) and ParameterStatus (encoding changes).
 _CONNECTION_LEVEL_BACKEND: Final = frozenset((ord("E"), ord("S"), FRAMING_ERROR))
-#: The same as tags for the framer's feed_tags: a chunk with one of them takes the general way.
-_CONNECTION_LEVEL_TAGS: Final = b"ES"
-#: _ANSWERED_BY_READY as bytes (for bytes.translate).
-_ANSWERED_TAGS: Final = b"QSF"
+#: Connection detail's count of a ready session's responses (Framer.count_tags): ReadyForQuery marked,
+#: a chunk with an ErrorResponse or a ParameterStatus (_CONNECTION_LEVEL_BACKEND) takes the general way.
+_COUNTED_RESPONSES: Final = count_table(b"Z", stopping=b"ES")
+#: Connection detail's count of a ready session's requests (Framer.count_tags; see _count_requests):
+#: _ANSWERED_BY_READY marked, _UNSYNCED_STEPS opening, a Terminate the general way.
+_COUNTED_REQUESTS: Final = count_table(b"QSF", opening=b"PBDECH", stopping=b"X")
 #: A ReadyForQuery status byte as its character, without a call to chr().
 _STATUS_BYTES: Final = tuple(chr(i) for i in range(256))
 
@@ -416,31 +418,33 @@ class SessionTracker:
         """Account for bytes the client sent (already forwarded)."""
         self.bytes_from_client += len(data)
         if self._counting:
-            if data == _TERMINATE_MESSAGE and self.conv.frontend.pass_whole(len(data)):
+            framer = self.conv.frontend
+            if data == _TERMINATE_MESSAGE and framer.pass_whole(len(data)):
                 # The client's goodbye alone in its chunk, once per connection: _count_requests' doing
                 # without the framer's walk and a loop (~5k instructions, pure; callgrind)
                 self.messages_from_client += 1
                 self.terminated = True
                 return []
-            # libpq's Describe, Execute and Sync ending the chunk (pgbench -M extended and prepared):
-            # one endswith, and the framer takes them without a loop turn each (see Framer.feed_tags_before)
-            if data.endswith(_PORTAL_TAIL):
-                tags = self.conv.frontend.feed_tags_before(data, len(data) - len(_PORTAL_TAIL), _PORTAL_TAIL_TAGS)
+            if _COMPILED:
+                count = framer.count_tags(data, _COUNTED_REQUESTS)
+            elif self._count_known_requests(data, framer):
+                return []
             else:
-                tags = self.conv.frontend.feed_tags(data)
-            if tags is None:  # anything but whole, plausible messages (and a partial last one)
-                framed = [frame[0] for frame in self.conv.receive_frontend(data)]
-                self.messages_from_client += len(framed)
-                self._count_requests(framed)
-            elif tags:
-                self.messages_from_client += len(tags)
-                if tags[-1] in _ANSWERED_BY_READY and _TERMINATE not in tags:
-                    # The usual chunk ends in a Sync or Query: _count_requests' result
-                    # in two C calls instead of a Python loop over the tags.
-                    self._ready_due += len(tags) - len(tags.translate(None, _ANSWERED_TAGS))
-                    self._unsynced = False
-                else:
-                    self._count_requests(tags)
+                count = framer.count_tags(data, _COUNTED_REQUESTS)
+            if count >= 0:  # whole, plausible messages (and a partial last one), no Terminate among them
+                self.messages_from_client += count
+                # _count_requests' result: every Query, Sync or FunctionCall is due a ReadyForQuery, and
+                # extended-protocol steps after the last of them are unsynced
+                marks = framer.marks
+                if marks:
+                    self._ready_due += marks
+                    self._unsynced = framer.opened
+                elif framer.opened:
+                    self._unsynced = True
+                return []
+            framed = [frame[0] for frame in self.conv.receive_frontend(data)]
+            self.messages_from_client += len(framed)
+            self._count_requests(framed)
             return []
         conv = self.conv
         statements = self.statements
@@ -639,17 +643,16 @@ class SessionTracker:
         conv = self.conv
         if self._counting:
             framer = conv.backend
-            # (No idle ReadyForQuery taken so: its check cost about what the one loop turn saves, callgrind.)
-            tags = framer.feed_tags(data, _CONNECTION_LEVEL_TAGS, _READY_FOR_QUERY)
-            if tags is not None:  # no error, no parameter change, nothing odd: counted
-                self.messages_from_server += len(tags)
-                ready = framer.watched  # the body of the chunk's last ReadyForQuery, if any
-                if ready >= 0:
-                    self._status = _STATUS_BYTES[data[ready]]
+            # (No idle ReadyForQuery taken by one endswith: its check cost about what the one loop turn saves, callgrind.)
+            count = framer.count_tags(data, _COUNTED_RESPONSES)
+            if count >= 0:  # no error, no parameter change, nothing odd: counted
+                self.messages_from_server += count
+                ready = framer.marks  # ReadyForQuery messages; the body of the chunk's last in watched
+                if ready:
+                    self._status = _STATUS_BYTES[data[framer.watched]]
                     due = self._ready_due
                     if due:
-                        answered = tags.count(_READY_FOR_QUERY)
-                        self._ready_due = due - answered if due > answered else 0
+                        self._ready_due = due - ready if due > ready else 0
                 return []
             malformed = conv.parameters_malformed
             frames = conv.receive_backend(data)
@@ -1065,6 +1068,37 @@ class SessionTracker:
                 cache.clear()
             cache[key] = msg
         return msg
+
+    def _count_known_requests(self, data: bytes, framer: Framer) -> bool:
+        """The pure build's count of a request chunk shaped as drivers send them: True if counted, or nothing changed.
+
+        A Query alone (pgbench -S, psql), or a Bind, or a Parse and a Bind,
+        before libpq's Describe, Execute and Sync (pgbench -M prepared and
+        extended; the tail by one ``endswith``): one or two header reads
+        (Framer.feed_one and feed_pair) instead of a loop turn per message in
+        Framer.count_tags, ~2k instructions each under the interpreter. The
+        compiled build's walk is native and takes every chunk.
+        """
+        if data.endswith(_PORTAL_TAIL):
+            tail = len(data) - len(_PORTAL_TAIL)
+            first = data[0]
+            if first == _BIND and framer.feed_one(data, tail):
+                count = 1
+            elif first == _PARSE and framer.feed_pair(data, _BIND, tail):
+                count = 2
+            else:
+                count = framer.count_tags(data, _COUNTED_REQUESTS, tail)
+                if count < 0:
+                    return False
+                self._ready_due += framer.marks
+            self.messages_from_client += count + _PORTAL_TAIL_MESSAGES
+        elif data[:1] == _QUERY_TAG and framer.feed_one(data, len(data)):
+            self.messages_from_client += 1
+        else:
+            return False
+        self._ready_due += 1  # the Sync, or the Query
+        self._unsynced = False
+        return True
 
     def _count_requests(self, tags: bytearray | list[int]) -> None:
         """Connection detail, once ready: only Terminate and what makes the session busy matter; nothing is decoded.
