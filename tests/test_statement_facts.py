@@ -251,3 +251,43 @@ def test_analysis_layouts_are_the_analysis_own(texts: list[str]) -> None:
         layout = statements.analysis_layout(analysis)
         assert list(layout.items()) == list(statements.record_layout(head, False, False, False).items())
         assert statements.analysis_layout(analysis) is layout  # asked again at once: the same dict
+
+
+@pytest.mark.parametrize("request_bytes", ["simple", "prepared"])
+def test_fields_filled_in_on_arrival_give_way_to_options_changed_before_the_answer(request_bytes: str) -> None:
+    """A record takes the fields filled in when its request came only under the options they were made with.
+
+    The session changes options only at a quiet point (SessionTracker.reconfigure), so this is the
+    statement tracker's own promise: options replaced while the answer is awaited are the record's.
+    """
+    first = TrackerOptions(analyzer=StatementAnalyzer())
+    reloaded = TrackerOptions(
+        analyzer=first.analyzer,
+        max_sql_chars=12,
+        redaction=RedactionPolicy(parameters=ParameterMode.HASH, mask_sql_literals=True),
+    )
+
+    def run(general: bool) -> list[list[tuple[str, Any]]]:
+        tracker = SessionTracker("s", first, clock=lambda: 0.0)
+        assert tracker.statements is not None
+        tracker.statements.plain_layouts = not general
+        tracker.frontend(b.startup_message({"user": "u", "database": "d"}), 0.0)
+        tracker.backend(b.authentication_ok() + b.backend_key_data(1) + b.ready_for_query(), 0.0)
+        if request_bytes == "simple":
+            request, answer = b.query("SELECT abalance FROM t WHERE aid = 7"), _reply()
+        else:
+            tracker.frontend(b.parse("s1", TEXTS[0], (23,)) + b.sync(), 0.0)
+            tracker.backend(b.message(b"1") + b.ready_for_query(), 0.0)
+            request = b.bind("", "s1", (b"7",)) + b.execute() + b.sync()
+            answer = b.message(b"2") + _reply()
+        out = []
+        for options in (first, reloaded, first):  # the first execution learns the facts; then filled in on arrival
+            tracker.frontend(request, 1.0)
+            tracker.statements.options = options
+            out += tracker.backend(answer, 1.01)
+            tracker.statements.options = first
+        return [list(r.fields.items()) for r in out if r.event == "query"]
+
+    fast = run(general=False)
+    assert fast == run(general=True)
+    assert len(fast) == 3 and dict(fast[1])["db.query.text"] != dict(fast[2])["db.query.text"]
