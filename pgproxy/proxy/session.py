@@ -111,6 +111,16 @@ class _ReadGate:
             self.transport.resume_reading()
 
 
+# What limit_socket_buffers uses, bound once: compiled, each name read on its module at every call
+# (seven of them) cost ~1.7k of its ~5.9k instructions per upstream connection (callgrind).
+_RAW_SOCKET: Final = _socket.socket
+_AF_INET: Final = int(socket.AF_INET)
+_SOCK_STREAM: Final = int(socket.SOCK_STREAM)
+_SOL_SOCKET: Final = socket.SOL_SOCKET
+_SO_SNDBUF: Final = socket.SO_SNDBUF
+_SO_RCVBUF: Final = socket.SO_RCVBUF
+
+
 def limit_socket_buffers(sock: Any, size: int) -> None:
     """Cap the kernel buffers of one of the proxy's sockets (``proxy.socket_buffer``).
 
@@ -130,10 +140,10 @@ def limit_socket_buffers(sock: Any, size: int) -> None:
     # hands out builds a new Python socket for every setsockopt call. (try, not
     # contextlib.suppress: that is three Python calls on every upstream connection.)
     try:
-        raw = _socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, sock.fileno())  # family unused by SOL_SOCKET
+        raw = _RAW_SOCKET(_AF_INET, _SOCK_STREAM, 0, sock.fileno())  # family unused by SOL_SOCKET
         try:
-            raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
-            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+            raw.setsockopt(_SOL_SOCKET, _SO_SNDBUF, size)
+            raw.setsockopt(_SOL_SOCKET, _SO_RCVBUF, size)
         finally:
             raw.detach()
     except OSError:
