@@ -40,7 +40,11 @@ def _items(fields: dict[str, Any]) -> list[tuple[str, Any]]:
 def _session(detail: Detail, parameters: dict[str, str]) -> tuple[SessionTracker, list[Record], dict[str, Any]]:
     """A whole usual session; its records, and its context as session.started saw it."""
     t = SessionTracker(
-        "ab120001", TrackerOptions(detail=detail), client=("127.0.0.1", 50123), server=("10.0.0.5", 5432), clock=lambda: 0.25
+        "ab120001",
+        TrackerOptions(detail=detail),
+        client=("127.0.0.1", 50123),
+        server=("10.0.0.5", 5432),
+        clock=lambda: 0.25,
     )
     records = t.frontend(startup_message(parameters), now=0.5)
     context = dict(t.context)
@@ -92,3 +96,14 @@ def test_an_unusual_session_takes_the_general_way() -> None:
     assert all(r.layout is None for r in records)
     assert records[2]["error"] == "E: x" and "client.address" not in records[2]
     assert [_untimed(x) for x in _emitted_lines(records)] == [_untimed(x) for x in _general_lines(records)]
+
+
+def test_the_recent_value_contexts_are_the_ones_asked_for() -> None:
+    """_value_context compares the last two it returned first: any run of settings still gets its own context."""
+    from pgproxy.protocol.values import ValueContext
+
+    settings = [("utf-8", "UTC", None), ("utf-8", "Etc/UTC", None), ("latin-1", "UTC", 7), ("utf-8", "UTC", 7)]
+    for encoding, timezone, chars in settings * 3 + settings[::-1] * 2 + [settings[1], settings[0]] * 3:
+        context = tracker_session._value_context(encoding, timezone, chars)
+        assert context == ValueContext(encoding, timezone, chars)
+        assert tracker_session._value_context(encoding, timezone, chars) is context

@@ -129,11 +129,11 @@ class ParameterRun:
 
 
 #: Runs recently read, newest last (see :class:`ParameterRun`).
-_known_runs: list[ParameterRun] = []
+_known_runs: Final[list[ParameterRun]] = []
 #: Hashes of runs seen once: a run is kept the second time it is seen, so that
 #: logins which never repeat (a unique application_name each) pay one hash, not
 #: a second reading.
-_runs_seen: set[int] = set()
+_runs_seen: Final[set[int]] = set()
 
 
 def _run_start(data: bytes, max_frame: int) -> int:
@@ -296,11 +296,11 @@ _READY_STATUSES: Final = b"ITE"
 #: A login answer's bytes before BackendKeyData, when it ends with one of 3.0's and a ReadyForQuery.
 _ANSWER_END: Final = len(_KEY_HEADER) + _KEY_BODY + len(_READY_HEADER) + 1
 #: Login answers recently learnt, newest last (see :class:`LoginAnswer`), and how many are kept.
-_known_answers: list[LoginAnswer] = []
+_known_answers: Final[list[LoginAnswer]] = []
 _ANSWERS_KEPT: Final = 8
 #: Hashes of answers seen once (their bytes before BackendKeyData): an answer is
 #: learnt the second time, so that logins which never repeat pay one hash.
-_answers_seen: set[int] = set()
+_answers_seen: Final[set[int]] = set()
 
 
 def _learn_answer(data: bytes, encoding: str) -> LoginAnswer | None:
@@ -362,7 +362,7 @@ def _remember_answer(data: bytes, encoding: str) -> None:
 
 
 #: StartupMessages by their packet bytes (see :func:`_startup_message`), and how many are kept.
-_startups: dict[bytes, tuple[m.StartupMessage, str | None]] = {}
+_startups: Final[dict[bytes, tuple[m.StartupMessage, str | None]]] = {}
 _STARTUPS_KEPT: Final = 64
 #: Larger packets are decoded each time (pgbench's is 60 bytes).
 _STARTUP_KEPT_BYTES: Final = 1024

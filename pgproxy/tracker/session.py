@@ -1680,7 +1680,9 @@ class SessionTracker:
 
 
 #: Value contexts by (encoding, time zone, max_value_chars): frozen, so sessions with the same settings share one.
-_value_contexts: dict[tuple[str, str, int | None], ValueContext] = {}
+_value_contexts: Final[dict[tuple[str, str, int | None], ValueContext]] = {}
+#: The last two contexts _value_context returned, newest last: a session asks for the two the last one did.
+_recent_value_contexts: Final[list[ValueContext]] = []
 _VALUE_CONTEXTS_KEPT: Final = 64
 
 
@@ -1700,19 +1702,28 @@ def _value_context(encoding: str, timezone: str, max_value_chars: int | None) ->
     its login's client_encoding and TimeZone reports set); a frozen dataclass
     sets each field through ``object.__setattr__``, about 5k instructions a
     context compiled (callgrind), where a look-up costs a tuple and a hash.
+    The last two returned are compared first, without the tuple: every
+    session of an application asks for the two the last one did.
     """
+    recent = _recent_value_contexts
+    for context in recent:
+        if context.encoding == encoding and context.timezone == timezone and context.max_value_chars == max_value_chars:
+            return context
     key = (encoding, timezone, max_value_chars)
-    context = _value_contexts.get(key)
-    if context is None:
-        context = ValueContext(encoding, timezone, max_value_chars)
+    found = _value_contexts.get(key)
+    if found is None:
+        found = ValueContext(encoding, timezone, max_value_chars)
         if len(_value_contexts) >= _VALUE_CONTEXTS_KEPT:
             _value_contexts.clear()
-        _value_contexts[key] = context
-    return context
+        _value_contexts[key] = found
+    recent.append(found)
+    if len(recent) > 2:
+        del recent[0]
+    return found
 
 
 #: ``session.ready``'s parameters by known login answer's id (the answer kept with them).
-_ready_parameters: dict[int, tuple[LoginAnswer, dict[str, str]]] = {}
+_ready_parameters: Final[dict[int, tuple[LoginAnswer, dict[str, str]]]] = {}
 _READY_PARAMETERS_KEPT: Final = 64
 
 
@@ -1739,7 +1750,7 @@ def _answer_parameters(answer: LoginAnswer) -> dict[str, str]:
 #: What ``session.started`` takes from a StartupMessage, by the message's id (the message kept
 #: with it): the conversation decodes one message per distinct packet and every connection of one
 #: application brings the same packet, so its fields are worked out once (see _startup_fields).
-_started_fields: dict[int, tuple[m.StartupMessage, list[tuple[str, Any]], bool, str, dict[str, str]]] = {}
+_started_fields: Final[dict[int, tuple[m.StartupMessage, list[tuple[str, Any]], bool, str, dict[str, str]]]] = {}
 _STARTED_KEPT: Final = 64
 
 
