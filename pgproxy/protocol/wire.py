@@ -44,12 +44,12 @@ from pgproxy.protocol.framing import (
     FramingMode,
 )
 
-_TAG_AUTH = ord("R")
-_TAG_PARAMETER_STATUS = ord("S")
-_TAG_BACKEND_KEY = ord("K")
-_TAG_READY = ord("Z")
-_TAG_ERROR = ord("E")
-_STARTUP_WATCH = frozenset((_TAG_AUTH, _TAG_PARAMETER_STATUS, _TAG_BACKEND_KEY, _TAG_READY, _TAG_ERROR))
+_TAG_AUTH: Final = ord("R")
+_TAG_PARAMETER_STATUS: Final = ord("S")
+_TAG_BACKEND_KEY: Final = ord("K")
+_TAG_READY: Final = ord("Z")
+_TAG_ERROR: Final = ord("E")
+_STARTUP_WATCH: Final = frozenset((_TAG_AUTH, _TAG_PARAMETER_STATUS, _TAG_BACKEND_KEY, _TAG_READY, _TAG_ERROR))
 #: Parameter runs kept (see :class:`ParameterRun`): a few server, user and
 #: application combinations; beyond that the oldest is forgotten.
 _RUNS_KEPT: Final = 8
@@ -392,9 +392,9 @@ def _startup_message(buf: bytes, start: int, end: int) -> tuple[m.StartupMessage
 
 # Asked per chunk: module constants, because an enum class's attribute
 # (``Phase.READY``) costs about 1,000 instructions under CPython 3.11 (callgrind).
-_READY = Phase.READY
-_AUTHENTICATING = Phase.AUTHENTICATING
-_TAGGED = FramingMode.TAGGED
+_READY: Final = Phase.READY
+_AUTHENTICATING: Final = Phase.AUTHENTICATING
+_TAGGED: Final = FramingMode.TAGGED
 _ENCRYPTED: Final = Phase.ENCRYPTED
 _DESYNCHRONIZED: Final = Phase.DESYNCHRONIZED
 # Asked or set on every login (a dozen times a connection): constants too.

@@ -79,7 +79,7 @@ class ProxySettings:
 
 #: Descriptors kept free for everything that is not a session: the listening
 #: sockets, the log file, cancel connections in flight, the loop's own.
-_FD_RESERVE = 32
+_FD_RESERVE: Final = 32
 
 #: "00" to "ff": a session id's counter as two table lookups (see ProxyServer.new_session_id).
 _HEX2: Final = tuple(f"{n:02x}" for n in range(256))
@@ -422,7 +422,7 @@ class ProxyServer:
 
 
 #: Seconds closing sessions get to flush their last bytes before they are aborted.
-_CLOSE_TIMEOUT = 2.0
+_CLOSE_TIMEOUT: Final = 2.0
 
 
 def _sockets(server: Any) -> list[Any]:

@@ -36,14 +36,14 @@ from pgproxy.tracker.session import SessionTracker, Side
 if TYPE_CHECKING:
     from pgproxy.proxy.server import ProxyServer
 
-_TLS_HANDSHAKE = 0x16
+_TLS_HANDSHAKE: Final = 0x16
 #: Bytes shown to the tracker in one step; a larger chunk is shown in slices. (Final: compiled,
 #: a plain module global is a dictionary lookup and an int unboxing on every relayed chunk.)
 OBSERVE_SLICE: Final = 4096
 #: Bytes waiting for the tracker beyond which reading the session pauses.
 OBSERVE_BACKLOG_PAUSE: Final = 1 << 20
-_NEGOTIATION_NAMES = {SSL_REQUEST_CODE: "SSLRequest", GSSENC_REQUEST_CODE: "GSSENCRequest"}
-_TERMINATE = b"X\x00\x00\x00\x04"  # Terminate ("Message Formats"): a clean goodbye to the server
+_NEGOTIATION_NAMES: Final = {SSL_REQUEST_CODE: "SSLRequest", GSSENC_REQUEST_CODE: "GSSENCRequest"}
+_TERMINATE: Final = b"X\x00\x00\x00\x04"  # Terminate ("Message Formats"): a clean goodbye to the server
 
 
 class State(enum.Enum):

@@ -111,7 +111,7 @@ _STEP_RUNS: Final = {
 _LEARNT_HEAD_STARTS: Final = 15
 #: Running as the compiled build's extension module (see pgproxy.protocol.COMPILED).
 _COMPILED: Final = not __file__.endswith(".py")
-_LENGTH = struct.Struct("!I").unpack_from
+_LENGTH: Final = struct.Struct("!I").unpack_from
 #: ParseComplete, BindComplete, CloseComplete: empty bodies that answer the head of the queue.
 _STEP_COMPLETE: Final = frozenset((ord("1"), ord("2"), ord("3")))
 _PARSE_COMPLETE: Final = ord("1")
