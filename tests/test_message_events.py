@@ -21,6 +21,7 @@ from pgproxy.tracker.message_events import MessageEvents
 from pgproxy.tracker.options import TrackerOptions
 from pgproxy.tracker.records import Detail, KeptRecord, Record
 from pgproxy.tracker.redaction import RedactionPolicy
+from pgproxy.tracker.session import _DESCRIBE_PORTAL, _EXECUTE_PORTAL, _SYNC_MESSAGE
 from tests.test_tracker import session
 
 
@@ -224,7 +225,7 @@ def test_kept_events_are_the_events_built_for_the_same_bytes(
     the same order, hex dumps included.
     """
     kept, built = session(detail=detail), session(detail=detail)
-    built._events = MessageEvents("s1", built.options, keeping=False)
+    built._events = MessageEvents("s1", built.options, shortcuts=False)
     got: list[list[Record]] = [[], []]
     for index, (frontend, picks) in enumerate(chunks):
         if frontend:
@@ -286,3 +287,18 @@ def test_an_event_kept_in_one_encoding_is_not_taken_in_another() -> None:
     assert names(_LATIN1_NAME + b.parameter_status("client_encoding", "LATIN1") + _LATIN1_NAME) == ["é", "é"]
     assert names(_LATIN1_NAME) == ["é"]
     assert names(b.parameter_status("client_encoding", "UTF8") + _LATIN1_NAME) == ["\\xe9"]
+
+
+def test_the_portal_tail_taken_straight_is_libpqs_describe_execute_and_sync() -> None:
+    """The three kept events a Bind's chunk ends with are looked up by these bytes (SessionTracker._portal_statement_events)."""
+    assert (b.describe("P", ""), b.execute(), b.sync()) == (_DESCRIBE_PORTAL, _EXECUTE_PORTAL, _SYNC_MESSAGE)
+    t = session(detail=Detail.MESSAGE)
+    t.frontend(b.parse("s", "SELECT $1::int4 AS n", (23,)) + b.sync(), now=1.0)
+    t.backend(b.message(b"1") + b.ready_for_query(), now=1.1)
+    chunk = b.bind("", "s", (b"7",)) + _DESCRIBE_PORTAL + _EXECUTE_PORTAL + _SYNC_MESSAGE
+    first = t.frontend(chunk, now=2.0)  # the tail's events kept from here on
+    t.backend(b.message(b"2") + _select([("n", 23)], [b"7"]), now=2.5)
+    again = t.frontend(chunk, now=3.0)
+    assert [r.fields for r in again] == [r.fields for r in first]
+    assert all(a is b_ for a, b_ in zip(first[1:], again[1:], strict=True))
+    assert t.messages_from_client == 1 + 2 + 4 + 4  # the start-up packet, Parse and Sync, twice four

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any, Final, TypeAlias
 
 from pgproxy.protocol import messages as m
-from pgproxy.protocol.decoding import data_row_values
+from pgproxy.protocol.decoding import BindFields, data_row_values
 from pgproxy.protocol.errors import DecodeError
 from pgproxy.protocol.framing import FRAMING_ERROR, UNTAGGED, Frame
 from pgproxy.protocol.hexdump import hexdump, mask
@@ -103,8 +103,9 @@ class MessageEvents:
     Args:
         session_id: the session every event names.
         options: caps, redaction and detail; a reconfigured session builds a new instance.
-        keeping: whether events are kept by their message's bytes (:meth:`known`); tests
-            compare a session that keeps them with one that builds every event.
+        shortcuts: whether events take their shortcuts (kept by their message's bytes,
+            :meth:`known`; a Bind's made from its fields, :meth:`bind`); tests compare a
+            session that takes them with one that builds every event the general way.
 
     """
 
@@ -117,16 +118,16 @@ class MessageEvents:
         "_known_frontend",
         "_row_head",
         "_row_plan",
-        "keeping",
         "options",
         "session_id",
+        "shortcuts",
         "wire",
     )
 
-    def __init__(self, session_id: str, options: TrackerOptions, keeping: bool = True) -> None:
+    def __init__(self, session_id: str, options: TrackerOptions, shortcuts: bool = True) -> None:
         self.session_id = session_id
         self.options = options
-        self.keeping = keeping
+        self.shortcuts = shortcuts
         self.wire = options.detail >= Detail.WIRE
         # Per message class and direction: (tag, the event's first fields, its describer).
         self._frontend: dict[type, tuple[int, dict[str, Any], Describer | None]] = {}
@@ -165,7 +166,7 @@ class MessageEvents:
         fields never changed), so the log sink keeps its rendering too.
         Returns the record to hand out: the kept one, or ``record``.
         """
-        if not self.keeping or type(msg) not in (_KEPT_FRONTEND if frontend else _KEPT_BACKEND):
+        if not self.shortcuts or type(msg) not in (_KEPT_FRONTEND if frontend else _KEPT_BACKEND):
             return record
         if len(known) >= _KNOWN_KEPT:
             known.clear()
@@ -180,26 +181,49 @@ class MessageEvents:
         heads = self._frontend if frontend else self._backend
         head = heads.get(kind)
         if head is None or head[0] != tag:
-            head = heads[kind] = (tag, self._head(msg, tag, frontend), _DESCRIBERS.get(kind))
+            head = heads[kind] = (tag, self._head(msg.type, tag, frontend), _DESCRIBERS.get(kind))
         fields = head[1].copy()
         if buf is not None and tag != FRAMING_ERROR:
             fields["length"] = end - start + 4 if tag >= 0 or tag == UNTAGGED else end - start
         describe = head[2]
         masked_body = describe(self, msg, fields, statements) if describe is not None else self._fields(msg, fields)
         if self.wire and buf is not None and tag != FRAMING_ERROR:
-            header = _HEADER_BYTES if tag >= 0 else (4 if tag == UNTAGGED else 0)
-            raw = buf[start - header : end]
-            if masked_body:
-                # Keep the header (and a startup packet's code word) readable.
-                raw = mask(raw, [(header + (4 if tag == UNTAGGED else 0), len(raw))])
-            fields["hex"] = hexdump(raw, self.options.max_hexdump_bytes)
+            self._hex(fields, tag, buf, start, end, masked_body)
         return Record(MESSAGE, "debug", fields)
 
-    def _head(self, msg: m.Message, tag: int, frontend: bool) -> dict[str, Any]:
+    def bind(
+        self, bound: BindFields, tag: int, buf: bytes, start: int, end: int, statements: StatementTracker
+    ) -> Record:
+        """:meth:`message`'s event of a Bind, from its fields as read (``read_bind``) rather than a message object.
+
+        A Bind is the one request of a prepared statement's that is not kept
+        (its parameters change): the session's message-detail loop reads it
+        as query detail does and hands the fields here, without the frozen
+        message's construction or the generic decoding and describing.
+        """
+        head = self._frontend.get(m.Bind)
+        if head is None or head[0] != tag:
+            head = self._frontend[m.Bind] = (tag, self._head("Bind", tag, True), _DESCRIBERS.get(m.Bind))
+        fields = head[1].copy()
+        fields["length"] = end - start + 4
+        masked_body = self._bind_fields(bound[0], bound[1], bound[2], bound[3], bound[4], fields, statements)
+        if self.wire:
+            self._hex(fields, tag, buf, start, end, masked_body)
+        return Record(MESSAGE, "debug", fields)
+
+    def _hex(self, fields: dict[str, Any], tag: int, buf: bytes, start: int, end: int, masked_body: bool) -> None:
+        header = _HEADER_BYTES if tag >= 0 else (4 if tag == UNTAGGED else 0)
+        raw = buf[start - header : end]
+        if masked_body:
+            # Keep the header (and a startup packet's code word) readable.
+            raw = mask(raw, [(header + (4 if tag == UNTAGGED else 0), len(raw))])
+        fields["hex"] = hexdump(raw, self.options.max_hexdump_bytes)
+
+    def _head(self, type_name: str, tag: int, frontend: bool) -> dict[str, Any]:
         fields: dict[str, Any] = {
             "session": self.session_id,
             "direction": "frontend" if frontend else "backend",
-            "type": msg.type,
+            "type": type_name,
         }
         if tag >= 0:
             fields["tag"] = chr(tag)
@@ -312,15 +336,27 @@ class MessageEvents:
         return len(msg.query) > limit or shown != msg.query
 
     def _bind(self, msg: m.Bind, fields: dict[str, Any], statements: StatementTracker | None) -> bool:
-        fields["portal"] = msg.portal
-        fields["statement"] = msg.statement
-        portal = statements.portals.get(msg.portal) if statements is not None else None
-        params = (
-            portal.parameters if portal is not None else [REDACTED if p is not None else None for p in msg.parameters]
+        return self._bind_fields(
+            msg.portal, msg.statement, msg.parameter_formats, msg.parameters, msg.result_formats, fields, statements
         )
+
+    def _bind_fields(
+        self,
+        portal_name: str,
+        statement: str,
+        parameter_formats: tuple[int, ...],
+        parameters: tuple[bytes | None, ...],
+        result_formats: tuple[int, ...],
+        fields: dict[str, Any],
+        statements: StatementTracker | None,
+    ) -> bool:
+        fields["portal"] = portal_name
+        fields["statement"] = statement
+        portal = statements.portals.get(portal_name) if statements is not None else None
+        params = portal.parameters if portal is not None else [REDACTED if p is not None else None for p in parameters]
         fields["parameters"] = params
-        fields["parameter_formats"] = list(msg.parameter_formats)
-        fields["result_formats"] = list(msg.result_formats)
+        fields["parameter_formats"] = list(parameter_formats)
+        fields["result_formats"] = list(result_formats)
         return self.options.redaction.parameters is not ParameterMode.SHOW or portal is None or REDACTED in params
 
     def _error(
