@@ -516,14 +516,14 @@ class SessionTracker:
                 return self._frontend_requests(data, statements, self.clock() if now is None else now, tail)
         elif (
             self._message_level
+            and type(data) is bytes
+            and data.endswith(_PORTAL_TAIL)
             and self._events is not None
             and statements is not None
-            and type(data) is bytes
             and self.ready_at is not None
             and conv.phase is _READY_PHASE
             and conv.decoding
             and self.replication is None
-            and data.endswith(_PORTAL_TAIL)
         ):
             records = self._portal_statement_events(data, statements, self._events, now)
             if records is not None:
