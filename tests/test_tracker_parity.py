@@ -168,7 +168,42 @@ def _pipelined() -> list[Chunks]:
             (True, b.query("x" * (1 << 20)) + b.query("SELECT 3")),
             (False, b.message(b"S", b"malformed") + reply + b.ready_for_query()),
             (True, b.query("SELECT 4") + b.message(b"X") + b.sync()),  # a Sync after Terminate: still terminated
-        ]
+        ],
+        _remembered_tails(),
+    ]
+
+
+def _remembered_tails() -> Chunks:
+    """Answers the pure build's count takes by their idle end and a remembered CommandComplete, and some it must not.
+
+    Drivers' requests (a Query alone, a Bind or a Parse and Bind before libpq's
+    Describe, Execute and Sync), answers ending idle in the same CommandComplete
+    (learnt, then taken), another one, and chunks that end in the remembered
+    bytes or an idle ReadyForQuery's inside a DataRow (the walk steps over them).
+    """
+    done = b.command_complete("SELECT 1") + b.ready_for_query()
+    head = b.row_description([("a", 23)])
+    tail = _PORTAL_TAIL
+    return [
+        (True, b.startup_message({"user": "u", "database": "d"})),
+        (False, b.authentication_ok() + b.ready_for_query()),
+        (True, b.query("SELECT 1")),
+        (False, head + b.data_row([b"1"]) + done),  # learnt
+        (True, b.query("SELECT 2")),
+        (False, head + b.data_row([b"2"]) + done),  # taken
+        (True, b.bind("", "s1", (b"7",)) + tail),
+        (False, b.message(b"2") + head + b.data_row([b"3"]) + b.data_row([b"4"]) + done),
+        (True, b.parse("", "SELECT $1", ()) + b.bind("", "", (b"7",)) + tail),
+        (False, b.message(b"1") + b.message(b"2") + head + done),
+        (True, b.query("SELECT 5") + b.query("SELECT 6")),
+        (False, done + head + b.command_complete("SELECT 0") + b.ready_for_query()),  # another one, learnt
+        (True, b.query("SELECT 7") + b.query("SELECT 8")),
+        (False, head + b.data_row([b"x" + b.command_complete("SELECT 0") + b.ready_for_query()])),  # steps over it
+        (False, b.command_complete("SELECT 1") + head + b.data_row([b"y" + b.ready_for_query()])),  # and over it
+        (False, b.command_complete("SELECT 1") + b.ready_for_query("T")),
+        (True, b.describe("P", "") + b.query("SELECT 9") + b.bind("", "", ()) + tail),  # walked before the tail
+        (False, b.message(b"2") + done + b.message(b"2") + done),
+        (True, b.bind("", "s1") + b.message(b"X") + tail),  # a Terminate before the tail: the general way
     ]
 
 
@@ -188,15 +223,25 @@ def test_connection_detail_counting_way_agrees_with_the_framed_way(
     piece both hold the same counts, status and boundaries, and the records agree.
     """
     taken = 0
-    count_tags, pass_whole = Framer.count_tags, Framer.pass_whole
+    count_tags, pass_whole, feed_one, feed_pair = (
+        Framer.count_tags,
+        Framer.pass_whole,
+        Framer.feed_one,
+        Framer.feed_pair,
+    )
     declining: set[int] = set()  # the framed twin's framers
-    # (pass_whole: a lone Terminate's way, and the login burst's, which the twin then frames too)
+    # (pass_whole: a lone Terminate's way, and the login burst's, which the twin then frames too;
+    # feed_one and feed_pair: the pure build's way for a Query alone and libpq's extended requests)
     monkeypatch.setattr(
         Framer, "pass_whole", lambda self, *args: False if id(self) in declining else pass_whole(self, *args)
     )
     monkeypatch.setattr(
         Framer, "count_tags", lambda self, *args: -1 if id(self) in declining else count_tags(self, *args)
     )
+    monkeypatch.setattr(
+        Framer, "feed_one", lambda self, *args: False if id(self) in declining else feed_one(self, *args)
+    )
+    monkeypatch.setattr(Framer, "feed_pair", lambda self, *args: 0 if id(self) in declining else feed_pair(self, *args))
     for number, conn in enumerate(_pipelined() if scenario == "pipelined" else RECORDINGS[scenario]):
         for seed in range(2 if splitter != "whole" else 1):
             rng = random.Random(seed)

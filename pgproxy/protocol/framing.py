@@ -164,6 +164,7 @@ class Framer:
         "_skip",
         "direction",
         "error",
+        "last",
         "marks",
         "max_frame",
         "mode",
@@ -189,6 +190,8 @@ class Framer:
         #: came after the last of them (or, with none marked, at all).
         self.marks = 0
         self.opened = False
+        #: After :meth:`count_tags`: where the last whole message it counted starts, or -1.
+        self.last = -1
 
     @property
     def buffered(self) -> int:
@@ -413,6 +416,7 @@ class Framer:
         ``end`` (if not -1) is where the chunk ends in a run of whole messages
         its owner found by one ``endswith`` and accounts for itself: the walk
         stops there, and must land there (-1 otherwise, nothing changed).
+        :attr:`last` is set to where the last message counted starts (-1: none).
 
         No frame (a tuple each, in a list) and no list of tags is built: what
         connection detail needs per chunk once a session is ready is three
@@ -427,7 +431,7 @@ class Framer:
         limit = n if end < 0 else end
         last = limit - 5
         pos = count = marks = 0
-        watched = -1
+        watched = previous = -1
         opened = False
         max_frame = self.max_frame
         need = 0
@@ -447,7 +451,9 @@ class Framer:
             elif kind == OPENS:
                 opened = True
             count += 1
+            previous = pos
             pos = after
+        self.last = previous
         if pos == n:  # the usual chunk: whole messages
             self._offset += n
             self.marks = marks
@@ -465,6 +471,7 @@ class Framer:
         count: i64 = 0
         marks: i64 = 0
         watched: i64 = -1
+        previous: i64 = -1
         opened = False
         max_frame: i64 = self.max_frame
         need: i64 = 0
@@ -485,7 +492,9 @@ class Framer:
             elif kind == OPENS:
                 opened = True
             count += 1
+            previous = pos
             pos = after
+        self.last = previous
         if pos == n:  # the usual chunk: whole messages
             self._offset += n
             self.marks = marks

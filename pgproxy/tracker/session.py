@@ -73,7 +73,6 @@ _EXECUTE: Final = ord("E")
 _DESCRIBE: Final = ord("D")
 _SYNC: Final = ord("S")
 _QUERY: Final = ord("Q")
-_QUERY_TAG: Final = b"Q"
 _PARSE: Final = ord("P")
 #: Requests query detail reads by their fields, without a message object (see _request_by_fields).
 _COMMAND_COMPLETE: Final = ord("C")
@@ -104,6 +103,7 @@ _WALKED_RESPONSES: Final = tag_table(b"123CDEINTZnst")
 #: that ends so has it checked by one endswith and handled without reading it (see _backend_responses).
 _IDLE_TAIL: Final = b"Z\x00\x00\x00\x05I"
 _IDLE_TAIL_BYTES: Final = 6
+_IDLE: Final = "I"  # its status
 #: Empty ParseComplete, BindComplete and CloseComplete runs a driver's answer may start with, before its
 #: RowDescription (pgbench -M prepared: BindComplete; extended: ParseComplete, BindComplete) -> how many.
 _STEP_RUNS: Final = {
@@ -391,7 +391,7 @@ class SessionTracker:
         self._server_answered_startup = False
         #: Connection detail and ready: requests and responses are only counted (see _follow_counting).
         self._counting = False
-        if not _COMPILED and self.statements is not None and not self._message_level:
+        if not _COMPILED and not self._message_level:  # (connection detail counts with its done_tail)
             self._memo = _AnswerMemo()
 
     def tls_established(self, leg: str, version: str) -> None:
@@ -429,8 +429,15 @@ class SessionTracker:
                 self.messages_from_client += 1
                 self.terminated = True
                 return []
-            if _COMPILED:
+            if _COMPILED:  # its walk is native
                 count = framer.count_tags(data, _COUNTED_REQUESTS)
+            elif data and data[0] == _QUERY and framer.feed_one(data, len(data)):
+                # The pure build: a Query alone in its chunk (pgbench -S, psql) by one header read
+                # (Framer.feed_one), not count_tags' loop turn (~2k instructions under the interpreter)
+                self.messages_from_client += 1
+                self._ready_due += 1
+                self._unsynced = False
+                return []
             elif self._count_known_requests(data, framer):
                 return []
             else:
@@ -661,7 +668,9 @@ class SessionTracker:
         conv = self.conv
         if self._counting:
             framer = conv.backend
-            # (No idle ReadyForQuery taken by one endswith: its check cost about what the one loop turn saves, callgrind.)
+            memo = self._memo  # the pure build's (see _count_known_responses); the compiled walk is native
+            if memo is not None and self._count_known_responses(data, framer, memo):
+                return []
             count = framer.count_tags(data, _COUNTED_RESPONSES)
             if count >= 0:  # no error, no parameter change, nothing odd: counted
                 self.messages_from_server += count
@@ -1150,34 +1159,62 @@ class SessionTracker:
         return msg
 
     def _count_known_requests(self, data: bytes, framer: Framer) -> bool:
-        """The pure build's count of a request chunk shaped as drivers send them: True if counted, or nothing changed.
+        """The pure build's count of an extended-protocol request as libpq sends it: True if counted, or nothing changed.
 
-        A Query alone (pgbench -S, psql), or a Bind, or a Parse and a Bind,
-        before libpq's Describe, Execute and Sync (pgbench -M prepared and
-        extended; the tail by one ``endswith``): one or two header reads
-        (Framer.feed_one and feed_pair) instead of a loop turn per message in
-        Framer.count_tags, ~2k instructions each under the interpreter. The
-        compiled build's walk is native and takes every chunk.
+        A Bind, or a Parse and a Bind, or any whole requests, before libpq's
+        Describe, Execute and Sync (pgbench -M prepared and extended; the tail
+        by one ``endswith``): one or two header reads (Framer.feed_one and
+        feed_pair), or a walk that stops before the tail, instead of a loop
+        turn per message in Framer.count_tags (~2k instructions each under the
+        interpreter). The compiled build's walk is native and takes every chunk.
         """
-        if data.endswith(_PORTAL_TAIL):
-            tail = len(data) - len(_PORTAL_TAIL)
-            first = data[0]
-            if first == _BIND and framer.feed_one(data, tail):
-                count = 1
-            elif first == _PARSE and framer.feed_pair(data, _BIND, tail):
-                count = 2
-            else:
-                count = framer.count_tags(data, _COUNTED_REQUESTS, tail)
-                if count < 0:
-                    return False
-                self._ready_due += framer.marks
-            self.messages_from_client += count + _PORTAL_TAIL_MESSAGES
-        elif data[:1] == _QUERY_TAG and framer.feed_one(data, len(data)):
-            self.messages_from_client += 1
+        if not data.endswith(_PORTAL_TAIL):
+            return False
+        tail = len(data) - len(_PORTAL_TAIL)
+        first = data[0]
+        if first == _BIND and framer.feed_one(data, tail):
+            count = 1
+        elif first == _PARSE and framer.feed_pair(data, _BIND, tail):
+            count = 2
+        else:
+            count = framer.count_tags(data, _COUNTED_REQUESTS, tail)
+            if count < 0:
+                return False
+            self._ready_due += framer.marks
+        self.messages_from_client += count + _PORTAL_TAIL_MESSAGES
+        self._ready_due += 1  # the tail's Sync
+        self._unsynced = False
+        return True
+
+    def _count_known_responses(self, data: bytes, framer: Framer, memo: _AnswerMemo) -> bool:
+        """The pure build's count of an answer that ends idle: True if counted, or nothing changed.
+
+        The idle ReadyForQuery ending the chunk, and the CommandComplete before
+        it when it is the one that ended the last such answer (pgbench -S: every
+        one, "SELECT 1"; ``memo.done_tail``), are taken by one ``endswith``
+        instead of a loop turn each in Framer.count_tags (~2k instructions a
+        message under the interpreter). A remembered tail is whole messages by
+        its own lengths: an answer whose walk lands on it ends in them.
+        """
+        done_tail = memo.done_tail  # (never a chunk's end before one is learnt: it does not end idle)
+        if data.endswith(done_tail):
+            run = 2
+            count = framer.count_tags(data, _COUNTED_RESPONSES, len(data) - len(done_tail))
+        elif data.endswith(_IDLE_TAIL):
+            run = 1
+            count = framer.count_tags(data, _COUNTED_RESPONSES, len(data) - _IDLE_TAIL_BYTES)
+            if count > 0 and data[framer.last] == _COMMAND_COMPLETE:  # it ends the idle tail's run
+                memo.done_tail = data[framer.last :]
         else:
             return False
-        self._ready_due += 1  # the Sync, or the Query
-        self._unsynced = False
+        if count < 0:
+            return False
+        self.messages_from_server += count + run
+        ready = framer.marks + 1  # and the idle one ends the chunk
+        self._status = _IDLE
+        due = self._ready_due
+        if due:
+            self._ready_due = due - ready if due > ready else 0
         return True
 
     def _count_requests(self, tags: bytearray | list[int]) -> None:
