@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from pgproxy.protocol import build as b
 from pgproxy.sink import LogSink
+from pgproxy.tracker import message_events
 from pgproxy.tracker.message_events import MessageEvents
 from pgproxy.tracker.options import TrackerOptions
 from pgproxy.tracker.records import Detail, KeptRecord, Record
@@ -302,3 +303,25 @@ def test_the_portal_tail_taken_straight_is_libpqs_describe_execute_and_sync() ->
     assert [r.fields for r in again] == [r.fields for r in first]
     assert all(a is b_ for a, b_ in zip(first[1:], again[1:], strict=True))
     assert t.messages_from_client == 1 + 2 + 4 + 4  # the start-up packet, Parse and Sync, twice four
+
+
+def test_kept_events_hold_a_bounded_share_of_the_messages_seen() -> None:
+    """Distinct large messages (an ORM's unnamed Parse of each of its statements) do not pile up per session.
+
+    A kept event holds its message's bytes, its fields and its rendered line: at most
+    _KNOWN_BYTES of message bytes are kept per direction, then the session forgets them and starts again.
+    """
+    t = session(detail=Detail.MESSAGE)
+    t.frontend(b.sync(), now=0.5)
+    t.backend(b.ready_for_query(), now=0.6)
+    events = t._events
+    assert events is not None
+    for i in range(40):
+        text = f"SELECT {i} AS n, '" + "x" * 900 + "' AS pad"
+        sent = t.frontend(b.parse("", text, ()) + b.sync(), now=1.0 + i)
+        t.backend(b.message(b"1") + b.ready_for_query(), now=1.1 + i)
+        kept = events.known(True, t.conv.encoding)
+        assert sum(len(key) for key in kept) <= message_events._KNOWN_BYTES
+        assert [f["query"] for f in messages(sent) if f["type"] == "Parse"] == [text]
+    again = t.frontend(b.parse("", text, ()) + b.sync(), now=50.0)  # the last one is still kept
+    assert isinstance(again[0], KeptRecord)

@@ -39,10 +39,16 @@ from pgproxy.tracker.redaction import REDACTED, ParameterMode
 from pgproxy.tracker.statements import TRANSACTION_STATUS, Execution, StatementTracker, decoder_failure_record
 
 _HEADER_BYTES: Final = 5  # tag + Int32 length
-#: Events a session keeps per direction (then it forgets them and starts again), and the
-#: largest body kept: a few tens of KiB per session at most.
+#: Events a session keeps per direction (then it forgets them and starts again), the largest
+#: body kept, and the message bytes kept per direction. What a kept event holds grows with its
+#: message (its key, its fields, its rendered line; at wire detail a hex dump too): with only the
+#: count and body caps, 32 distinct Parses of 1 KiB held 44 KiB per session at message detail and
+#: 132 KiB at wire detail (tracemalloc). A statement's usual repeated messages (libpq's Describe,
+#: Execute and Sync, BindComplete, a RowDescription, CommandComplete, ReadyForQuery, a driver's
+#: unnamed Parse) are tens of bytes each and fit many times over.
 _KNOWN_KEPT: Final = 32
 KNOWN_BODY_BYTES: Final = 1024
+_KNOWN_BYTES: Final = 4096
 #: Message kinds whose event is made by their bytes alone (with the session's options and
 #: encoding), and the statement tracker's handling of them by the message alone: never a
 #: Bind (its parameters are the portal's), a DataRow (rows have their own path), nor a
@@ -114,8 +120,10 @@ class MessageEvents:
         "_columns",
         "_frontend",
         "_known_backend",
+        "_known_backend_bytes",
         "_known_encoding",
         "_known_frontend",
+        "_known_frontend_bytes",
         "_row_head",
         "_row_plan",
         "options",
@@ -142,6 +150,9 @@ class MessageEvents:
         self._known_frontend: dict[bytes, Known] = {}
         self._known_backend: dict[bytes, Known] = {}
         self._known_encoding = ""
+        # The bytes of the messages kept per direction (see _KNOWN_BYTES).
+        self._known_frontend_bytes = 0
+        self._known_backend_bytes = 0
 
     def known(self, frontend: bool, encoding: str) -> dict[bytes, Known]:
         """The events kept for one direction, by their message's bytes (header included), in ``encoding``.
@@ -157,6 +168,7 @@ class MessageEvents:
             self._known_encoding = encoding
             self._known_frontend = {}
             self._known_backend = {}
+            self._known_frontend_bytes = self._known_backend_bytes = 0
         return self._known_frontend if frontend else self._known_backend
 
     def keep(self, known: dict[bytes, Known], key: bytes, msg: m.Message, record: Record, frontend: bool) -> Record:
@@ -168,8 +180,14 @@ class MessageEvents:
         """
         if not self.shortcuts or type(msg) not in (_KEPT_FRONTEND if frontend else _KEPT_BACKEND):
             return record
-        if len(known) >= _KNOWN_KEPT:
+        held = (self._known_frontend_bytes if frontend else self._known_backend_bytes) + len(key)
+        if len(known) >= _KNOWN_KEPT or held > _KNOWN_BYTES:  # forget them all and start again
             known.clear()
+            held = len(key)
+        if frontend:
+            self._known_frontend_bytes = held
+        else:
+            self._known_backend_bytes = held
         kept = KeptRecord(record.event, record.level, record.own)
         known[key] = (kept, msg)
         return kept
