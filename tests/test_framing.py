@@ -125,7 +125,7 @@ def _framer_state(framer: Framer) -> tuple[object, ...]:
     return (framer.mode, bytes(framer._pending), framer._need, framer._skip, framer._offset, str(framer.error))
 
 
-# Messages of every kind feed_tags must tell apart: whole ones, a stop tag (E),
+# Messages of every kind count_tags must tell apart: whole ones, a stop tag (E),
 # one too large for max_frame=64 (streamed past by feed), and an impossible length.
 _PIECES = [
     STREAM,
@@ -134,51 +134,6 @@ _PIECES = [
     message(b"Z", b"T"),
     struct.pack("!BI", ord("Q"), 2),
 ]
-
-
-def _tags_by_index(framer: Framer, chunk: bytes, stop: bytes, watch: int) -> bytearray | None:
-    """feed_tags as the compiled build takes it (header read byte by byte), whichever build runs the test."""
-    if framer.buffered or framer.skipping or framer.mode is not FramingMode.TAGGED:
-        return None
-    return framer._tags_by_index(chunk, stop, watch)
-
-
-@pytest.mark.parametrize("way", [Framer.feed_tags, _tags_by_index], ids=["feed_tags", "by_index"])
-@settings(max_examples=400)
-@given(
-    st.lists(st.sampled_from(range(len(_PIECES))), min_size=1, max_size=8),
-    st.lists(st.integers(min_value=0, max_value=600), max_size=12),
-)
-def test_feed_tags_agrees_with_feed(
-    way: Callable[[Framer, bytes, bytes, int], bytearray | None], picks: list[int], cuts: list[int]
-) -> None:
-    """The counting way (feed_tags, both of its loops) against feed, chunk by chunk, on twin framers.
-
-    Where feed_tags takes a chunk it gives the tags of exactly the frames feed
-    gives, leaves both framers in the same state and marks the last watched
-    message's body; where it declines it has changed nothing, and feed is fed.
-    """
-    data = b"".join(_PIECES[i] for i in picks)
-    points = sorted({0, len(data), *(c for c in cuts if c < len(data))})
-    counting, reference = Framer("backend", max_frame=64), Framer("backend", max_frame=64)
-    taken = 0
-    for a, b in itertools.pairwise(points):
-        chunk = data[a:b]
-        before = _framer_state(counting)
-        frames = reference.feed(chunk)
-        tags = way(counting, chunk, b"E", ord("Z"))
-        if tags is None:
-            assert _framer_state(counting) == before
-            counting.feed(chunk)
-        else:
-            taken += 1
-            assert list(tags) == [frame[0] for frame in frames]
-            assert all(frame[1] is chunk for frame in frames)
-            ready = [frame[2] for frame in frames if frame[0] == ord("Z")]
-            assert counting.watched == (ready[-1] if ready else -1)
-        assert _framer_state(counting) == _framer_state(reference)
-    if picks == [0] and len(points) == 2:
-        assert taken == 1  # a chunk of whole, plausible messages is taken
 
 
 def _count_by_index(framer: Framer, chunk: bytes, table: bytes, end: int = -1) -> int:
@@ -232,7 +187,7 @@ def test_count_tags_agrees_with_feed(
         assert taken == 1  # a chunk of whole, plausible messages is taken
 
 
-#: libpq's Describe, Execute and Sync ending an extended-protocol request (the tail feed_tags_before takes).
+#: libpq's Describe, Execute and Sync ending an extended-protocol request (the owner's run count_tags stops before).
 _PORTAL_TAIL = message(b"D", b"P\0") + message(b"E", b"\0" + bytes(4)) + message(b"S")
 #: Requests around it: whole ones, a Bind whose body ends as the tail does (the walk steps over
 #: the tail's start), one too large for max_frame=64, and an impossible length.
@@ -245,45 +200,6 @@ _REQUEST_PIECES = [
     struct.pack("!BI", ord("Q"), 2),
     _PORTAL_TAIL,
 ]
-
-
-@pytest.mark.parametrize("compiled", [False, True], ids=["struct", "by_index"])
-@settings(max_examples=400)
-@given(
-    st.lists(st.sampled_from(range(len(_REQUEST_PIECES))), min_size=1, max_size=8),
-    st.lists(st.integers(min_value=0, max_value=600), max_size=12),
-)
-def test_feed_tags_before_agrees_with_feed_tags(compiled: bool, picks: list[int], cuts: list[int]) -> None:
-    """feed_tags_before (both of its loops) against feed_tags, chunk by chunk, on twin framers.
-
-    A chunk ending in the portal tail is given to feed_tags_before, as the
-    tracker gives it: it answers what feed_tags answers (the same tags, or None
-    with nothing changed) and leaves the framer in the same state.
-    """
-    data = b"".join(_REQUEST_PIECES[i] for i in picks)
-    points = sorted({0, len(data), *(c for c in cuts if c < len(data))})
-    tailing, reference = Framer("frontend", max_frame=64), Framer("frontend", max_frame=64)
-    for framer in (tailing, reference):
-        framer.mode = FramingMode.TAGGED
-    taken = 0
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(framing, "_COMPILED", compiled)
-        for a, b in itertools.pairwise(points):
-            chunk = data[a:b]
-            expected = reference.feed_tags(chunk)
-            if chunk.endswith(_PORTAL_TAIL):
-                tags = tailing.feed_tags_before(chunk, len(chunk) - len(_PORTAL_TAIL), b"DES")
-                taken += tags is not None
-            else:
-                tags = tailing.feed_tags(chunk)
-            assert tags == expected
-            if tags is None:
-                tailing.feed(chunk)
-                reference.feed(chunk)
-            assert _framer_state(tailing) == _framer_state(reference)
-            assert tailing.watched == reference.watched
-    if picks == [0, 1, 6] and len(points) == 2:
-        assert taken == 1  # Parse, Bind and the tail, whole: taken
 
 
 #: Requests as connection detail counts them: Sync and Query marked, extended-protocol steps opening.

@@ -183,8 +183,7 @@ class Framer:
         self._need = 0  # total bytes the pending partial unit needs before it is worth rescanning
         self._skip = 0  # body bytes of an oversized frame still to stream past
         self._offset = 0  # stream offset of the first byte in _pending (or of the next chunk)
-        #: After :meth:`feed_tags`: where the body of the chunk's last message with the watched tag starts, or -1.
-        #: After :meth:`count_tags`: the same for the last message marked ``MARK``.
+        #: After :meth:`count_tags`: where the body of the chunk's last message marked ``MARK`` starts, or -1.
         self.watched = -1
         #: After :meth:`count_tags`: how many messages were marked ``MARK``, and whether one marked ``OPENS``
         #: came after the last of them (or, with none marked, at all).
@@ -421,7 +420,7 @@ class Framer:
         No frame (a tuple each, in a list) and no list of tags is built: what
         connection detail needs per chunk once a session is ready is three
         numbers (compiled, callgrind, per pgbench -S round trip: the tracker's
-        feed_tags way ~7.9k instructions, this one ~1k).
+        earlier way, a bytearray of tags scanned again, ~7.9k instructions, this one ~1k).
         """
         if self._pending or self._skip or self.mode is not _TAGGED:
             return -1
@@ -528,124 +527,6 @@ class Framer:
         self.watched = watched
         self.opened = opened
         return count
-
-    def feed_tags(self, data: bytes | bytearray | memoryview, stop: bytes = b"", watch: int = -1) -> bytearray | None:
-        """:meth:`feed` for a caller that only counts: the tags of the whole messages a chunk completes.
-
-        Only the common case is taken: the framer is in TAGGED mode with
-        nothing held back or streamed past, every length in the chunk is
-        plausible and within ``max_frame``, and no tag is in ``stop``. Otherwise None is returned and nothing has changed: call
-        :meth:`feed` with the same chunk. A partial last message is held back
-        as :meth:`feed` holds it. :attr:`watched` is set to where the body of
-        the last whole message tagged ``watch`` starts (-1 if none).
-
-        Building no frame (a tuple each, in a list) and walking the chunk once
-        is what connection detail needs per chunk once a session is ready.
-        """
-        if self._pending or self._skip or self.mode is not _TAGGED:
-            return None
-        if _COMPILED and type(data) is bytes:
-            return self._tags_by_index(data, stop, watch)
-        tags = bytearray()
-        pos = 0
-        n = len(data)
-        last = n - 5
-        max_frame = self.max_frame
-        watched = -1
-        while pos <= last:
-            tag, length = _TAGGED_HEADER(data, pos)
-            if length > max_frame or length < 4 or tag in stop:
-                return None
-            end = pos + 1 + length
-            if end > n:
-                self._need = end - pos
-                break
-            if tag == watch:
-                watched = pos + 5
-            tags.append(tag)
-            pos = end
-        else:
-            if pos == n:  # nothing held back: _need stays 0, as it is whenever nothing is
-                self._offset += n
-                self.watched = watched
-                return tags
-            self._need = 5
-        self._pending = bytearray(data[pos:])
-        self._offset += pos
-        self.watched = watched
-        return tags
-
-    def feed_tags_before(self, data: bytes, tail_at: int, tail_tags: bytes) -> bytearray | None:
-        """:meth:`feed_tags` (no ``stop``, no ``watch``) for a chunk its owner found to end in known whole messages.
-
-        The chunk ends at ``tail_at`` in a run of whole messages tagged
-        ``tail_tags`` (a driver's usual Describe, Execute and Sync, by one
-        ``endswith``): when the walk reaches ``tail_at`` on a message boundary,
-        the run is taken without reading its headers. Under the interpreter a
-        loop turn costs ~2,000 instructions (callgrind), three of them per
-        extended-protocol request at connection detail; the check, ~1,000 on
-        every request chunk, is paid by the caller. A walk that steps over
-        ``tail_at`` leaves the chunk to :meth:`feed_tags`, nothing changed.
-        """
-        if self._pending or self._skip or self.mode is not _TAGGED:
-            return None
-        tags = bytearray()
-        pos = 0
-        max_frame = self.max_frame
-        by_index = _COMPILED
-        while pos < tail_at:  # a header always fits: the tail follows
-            if by_index:
-                tag = data[pos]
-                length = data[pos + 1] << 24 | data[pos + 2] << 16 | data[pos + 3] << 8 | data[pos + 4]
-            else:
-                tag, length = _TAGGED_HEADER(data, pos)
-            if length > max_frame or length < 4:
-                return None  # as feed_tags
-            tags.append(tag)
-            pos += 1 + length
-        if pos != tail_at:
-            return self.feed_tags(data)
-        tags += tail_tags
-        self._offset += len(data)
-        self.watched = -1
-        return tags
-
-    def _tags_by_index(self, data: bytes, stop: bytes, watch: int) -> bytearray | None:
-        """:meth:`feed_tags` for the compiled build: the header read byte by byte, natively.
-
-        mypyc indexes bytes natively, where a call to struct's unpack_from stays
-        a Python call (about 2,000 instructions a message, compiled); under the
-        interpreter it is the other way round, so the pure build keeps struct.
-        """
-        tags = bytearray()
-        pos = 0
-        n = len(data)
-        last = n - 5
-        max_frame = self.max_frame
-        watched = -1
-        while pos <= last:
-            tag = data[pos]
-            length = data[pos + 1] << 24 | data[pos + 2] << 16 | data[pos + 3] << 8 | data[pos + 4]
-            if length > max_frame or length < 4 or tag in stop:
-                return None
-            end = pos + 1 + length
-            if end > n:
-                self._need = end - pos
-                break
-            if tag == watch:
-                watched = pos + 5
-            tags.append(tag)
-            pos = end
-        else:
-            if pos == n:
-                self._offset += n
-                self.watched = watched
-                return tags
-            self._need = 5
-        self._pending = bytearray(data[pos:])
-        self._offset += pos
-        self.watched = watched
-        return tags
 
     def _scan_tagged(self, buf: bytes, out: list[Frame]) -> int:
         pos = 0

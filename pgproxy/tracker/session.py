@@ -1220,8 +1220,8 @@ class SessionTracker:
     def _count_requests(self, tags: bytearray | list[int]) -> None:
         """Connection detail, once ready: only Terminate and what makes the session busy matter; nothing is decoded.
 
-        ``tags`` are the requests' tags (pseudo tags included), as the framer's
-        :meth:`~pgproxy.protocol.framing.Framer.feed_tags` gives them; the
+        ``tags`` are the requests' tags (pseudo tags included), of the frames the
+        framer gave (a chunk :meth:`~pgproxy.protocol.framing.Framer.count_tags` declined); the
         caller has counted the messages.
         """
         for tag in tags:
