@@ -211,25 +211,15 @@ def _counting_state(t: SessionTracker) -> tuple[object, ...]:
     return (*_state(t), t._ready_due, t._unsynced, t._status, t.terminated, t.anomalies, t.conv.phase)
 
 
-@pytest.mark.parametrize("scenario", [*sorted(RECORDINGS), "pipelined"])
-@pytest.mark.parametrize("splitter", ["whole", "random", "headers"])
-def test_connection_detail_counting_way_agrees_with_the_framed_way(
-    scenario: str, splitter: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Connection detail's counting way (the framer's count_tags) against its framed way, step by step.
-
-    The twin tracker's framers never take the counting way (count_tags declines
-    every chunk), so it frames every chunk and counts the frames: after every
-    piece both hold the same counts, status and boundaries, and the records agree.
-    """
-    taken = 0
+def _declining_framers(monkeypatch: pytest.MonkeyPatch) -> set[int]:
+    """The ids of framers that never take a counting or in-place way (a framed twin's): fill it in."""
     count_tags, pass_whole, feed_one, feed_pair = (
         Framer.count_tags,
         Framer.pass_whole,
         Framer.feed_one,
         Framer.feed_pair,
     )
-    declining: set[int] = set()  # the framed twin's framers
+    declining: set[int] = set()
     # (pass_whole: a lone Terminate's way, and the login burst's, which the twin then frames too;
     # feed_one and feed_pair: the pure build's way for a Query alone and libpq's extended requests)
     monkeypatch.setattr(
@@ -242,6 +232,74 @@ def test_connection_detail_counting_way_agrees_with_the_framed_way(
         Framer, "feed_one", lambda self, *args: False if id(self) in declining else feed_one(self, *args)
     )
     monkeypatch.setattr(Framer, "feed_pair", lambda self, *args: 0 if id(self) in declining else feed_pair(self, *args))
+    return declining
+
+
+def _logged_in(detail: Detail) -> SessionTracker:
+    t = SessionTracker("s1", TrackerOptions(detail=detail), clock=lambda: 0.0)
+    t.frontend(b.startup_message({"user": "u", "database": "d"}), 0.0)
+    t.backend(b.authentication_ok() + b.backend_key_data(1) + b.ready_for_query(), 0.0)
+    return t
+
+
+def test_a_chunk_ending_in_a_stray_zero_byte_is_counted_as_the_framed_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before connection detail's count has learnt how answers end, no chunk's end is taken for it.
+
+    A server's message with the tag 0 cut after its tag byte (its length in the next chunk) must
+    leave the count where framing leaves it: one message held back, not two idle ones taken.
+    """
+    declining = _declining_framers(monkeypatch)
+    counting, framed = _logged_in(Detail.CONNECTION), _logged_in(Detail.CONNECTION)
+    declining.update((id(framed.conv.frontend), id(framed.conv.backend)))
+    stray = b"\x00" + struct.pack("!I", 4)  # tag 0, no body
+    pieces = [
+        (True, b.query("SELECT 1")),
+        (False, b.command_complete("SELECT 1") + b.ready_for_query() + stray[:1]),
+        (False, stray[1:]),
+        (True, b.query("SELECT 1")),
+        (False, b.command_complete("SELECT 1") + b.ready_for_query()),
+    ]
+    for frontend, piece in pieces:
+        for t in (counting, framed):
+            t.frontend(piece, 1.0) if frontend else t.backend(piece, 1.0)
+        assert _counting_state(counting) == _counting_state(framed), piece
+
+
+def test_a_reload_from_connection_to_query_detail_logs_the_next_statement_in_full() -> None:
+    """What connection detail's count remembered of the last answer's end is not query detail's memo.
+
+    The pure build's count learns the bytes an idle answer ended with; query detail's walk takes an
+    answer ending in those bytes with the CommandComplete it remembered: after a reload the
+    statement is logged as by a session that never counted.
+    """
+    sessions = [_logged_in(Detail.CONNECTION) for _ in range(2)]
+    sessions[1]._memo = None  # as the compiled build: no memo at all
+    answer = b.row_description([("n", 23)]) + b.data_row([b"1"]) + b.command_complete("SELECT 1") + b.ready_for_query()
+    logged: list[list[tuple[str, dict[str, Any]]]] = []
+    for t in sessions:
+        for _ in range(2):  # the count learns how the answer ends
+            t.frontend(b.query("SELECT 1"), 1.0)
+            t.backend(answer, 1.1)
+        assert t.reconfigure(TrackerOptions(detail=Detail.QUERY))
+        records = t.frontend(b.query("SELECT 1"), 2.0) + t.backend(answer, 2.5)
+        logged.append([(r.event, r.fields) for r in records])
+    assert [event for event, _ in logged[0]] == ["query"]
+    assert logged[0] == logged[1]
+
+
+@pytest.mark.parametrize("scenario", [*sorted(RECORDINGS), "pipelined"])
+@pytest.mark.parametrize("splitter", ["whole", "random", "headers"])
+def test_connection_detail_counting_way_agrees_with_the_framed_way(
+    scenario: str, splitter: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Connection detail's counting way (the framer's count_tags) against its framed way, step by step.
+
+    The twin tracker's framers never take the counting way (count_tags declines
+    every chunk), so it frames every chunk and counts the frames: after every
+    piece both hold the same counts, status and boundaries, and the records agree.
+    """
+    taken = 0
+    declining = _declining_framers(monkeypatch)
     for number, conn in enumerate(_pipelined() if scenario == "pipelined" else RECORDINGS[scenario]):
         for seed in range(2 if splitter != "whole" else 1):
             rng = random.Random(seed)

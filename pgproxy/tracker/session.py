@@ -268,6 +268,11 @@ _AUTH_REPLY: Final = {
 }
 
 
+#: _AnswerMemo.done_tail before one is learnt: it does not end in _IDLE_TAIL, so query detail's
+#: walk never takes it; connection detail's count asks for it by identity (a chunk may end in it).
+_NO_TAIL: Final = b"\x00"
+
+
 class _AnswerMemo:
     """The pure build's memo of how a session's last walked answer ended and started.
 
@@ -295,7 +300,7 @@ class _AnswerMemo:
     __slots__ = ("done_message", "done_tail", "head", "head_end", "head_steps")
 
     def __init__(self) -> None:
-        self.done_tail = b"\x00"
+        self.done_tail = _NO_TAIL
         self.done_message: m.CommandComplete | None = None
         self.head: bytes | None = None
         self.head_steps = 0
@@ -1196,8 +1201,8 @@ class SessionTracker:
         message under the interpreter). A remembered tail is whole messages by
         its own lengths: an answer whose walk lands on it ends in them.
         """
-        done_tail = memo.done_tail  # (never a chunk's end before one is learnt: it does not end idle)
-        if data.endswith(done_tail):
+        done_tail = memo.done_tail
+        if done_tail is not _NO_TAIL and data.endswith(done_tail):  # (a chunk may end in a stray 0 byte)
             run = 2
             count = framer.count_tags(data, _COUNTED_RESPONSES, len(data) - len(done_tail))
         elif data.endswith(_IDLE_TAIL):
@@ -1347,6 +1352,10 @@ class SessionTracker:
         self.options = options
         self.detail = options.detail
         self._message_level = self.detail >= Detail.MESSAGE
+        if self._memo is not None:
+            # Connection detail's count learns only the bytes of how an answer ended; query detail's
+            # walk, taking them, handles the CommandComplete it remembers with them: a new memo.
+            self._memo = _AnswerMemo()
         self._events = MessageEvents(self.session_id, options) if self._message_level else None
         statements = self.statements
         if self.detail < Detail.QUERY:
