@@ -169,15 +169,18 @@ def test_count_tags_agrees_with_feed(
     for a, b in itertools.pairwise(points):
         chunk = data[a:b]
         before = _framer_state(counting)
+        last = counting.last
         frames = reference.feed(chunk)
         count = way(counting, chunk, _RESPONSE_TABLE)
         if count < 0:
             assert count == -1
             assert _framer_state(counting) == before
+            assert counting.last == last
             counting.feed(chunk)
         else:
             taken += 1
             assert count == len(frames)
+            assert counting.last == (frames[-1][2] - 5 if frames else -1)  # where the last one counted starts
             assert all(frame[1] is chunk and frame[0] != ord("E") for frame in frames)
             ready = [frame[2] for frame in frames if frame[0] == ord("Z")]
             assert (counting.marks, counting.watched) == (len(ready), ready[-1] if ready else -1)
@@ -246,19 +249,24 @@ def test_count_tags_with_a_run_agrees_with_feed(compiled: bool, picks: list[int]
             frames = reference.feed(chunk)
             tags = [frame[0] for frame in frames]
             run = 0
+            last = counting.last
+            counted = frames
             if tail and chunk.endswith(_PORTAL_TAIL):
                 run = 3
                 count = counting.count_tags(chunk, _REQUEST_TABLE, len(chunk) - len(_PORTAL_TAIL))
                 if count >= 0:
                     tags = tags[:-3]  # the owner's
+                    counted = frames[:-3]
             else:
                 count = counting.count_tags(chunk, _REQUEST_TABLE)
             if count < 0:
                 assert count == -1
                 assert _framer_state(counting) == before
+                assert counting.last == last
                 counting.feed(chunk)
             else:
                 taken += 1
+                assert counting.last == (counted[-1][2] - 5 if counted else -1)
                 assert count + (run if tail and chunk.endswith(_PORTAL_TAIL) else 0) == len(frames)
                 assert all(frame[1] is chunk for frame in frames)
                 assert counting.marks == sum(tag in b"QS" for tag in tags)

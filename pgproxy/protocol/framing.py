@@ -452,14 +452,14 @@ class Framer:
             count += 1
             previous = pos
             pos = after
-        self.last = previous
         if pos == n:  # the usual chunk: whole messages
             self._offset += n
             self.marks = marks
             self.watched = watched
             self.opened = opened
+            self.last = previous
             return count
-        return self._counted(data, n, end, pos, need, count, marks, watched, opened)
+        return self._counted(data, n, end, pos, need, count, marks, watched, opened, previous)
 
     def _count_by_index(self, data: bytes, table: bytes, end: i64) -> int:
         """:meth:`count_tags`' walk for the compiled build: native integers (see :func:`_whole_by_index`)."""
@@ -493,14 +493,14 @@ class Framer:
             count += 1
             previous = pos
             pos = after
-        self.last = previous
         if pos == n:  # the usual chunk: whole messages
             self._offset += n
             self.marks = marks
             self.watched = watched
             self.opened = opened
+            self.last = previous
             return count
-        return self._counted(data, n, end, pos, need, count, marks, watched, opened)
+        return self._counted(data, n, end, pos, need, count, marks, watched, opened, previous)
 
     def _counted(
         self,
@@ -513,6 +513,7 @@ class Framer:
         marks: int,
         watched: int,
         opened: bool,
+        previous: int,
     ) -> int:
         """:meth:`count_tags`' end for a chunk that does not end where its walk did: its owner's run, or a partial message."""
         if end >= 0:
@@ -526,6 +527,7 @@ class Framer:
         self.marks = marks
         self.watched = watched
         self.opened = opened
+        self.last = previous
         return count
 
     def _scan_tagged(self, buf: bytes, out: list[Frame]) -> int:
