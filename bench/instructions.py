@@ -1,0 +1,180 @@
+"""Instructions per statement, counted by callgrind: the repeatable half of the speed work.
+
+The proxy benchmark (``proxy_bench.py``) is the judge, but on a 2-core machine
+shared by pgbench, PostgreSQL and the proxy its ratios move by several per cent
+from run to run. Instruction counts do not: the same build, input and
+environment give the same count, whatever else the machine is doing. Every
+before/after figure in the speed notes of issue 11 is one of these.
+
+Subcommands:
+
+``build DEST [--rev REV] [--pure]``
+    Copies ``pgproxy/`` (from the working tree, or from commit REV) to DEST and
+    compiles setup.py's modules in place with mypyc, as the docker image does.
+    ``--pure`` copies without compiling. Run the other subcommands with
+    ``--tree DEST`` to count that build.
+
+``statement [--tree DIR] [--detail D] [--workload W]``
+    The main thread's instructions per statement for the session tracker plus
+    the sinks the proxy builds with the default configuration (the JSON log
+    sink writing to a file, and the statement statistics), fed the exact bytes
+    of ``pgbench -S`` in one of its three protocols, one request chunk and one
+    answer chunk per statement as the proxy sees them. The count is the
+    difference of two runs of different length, so interpreter start-up,
+    imports and the warm-up do not count; the log writer's thread is left out.
+
+Needs valgrind. ``PYTHONHASHSEED=0`` is set for the counted process.
+Run: ``python bench/instructions.py statement --workload prepared``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKLOADS = ("simple", "extended", "prepared")
+DETAILS = ("connection", "query", "message", "wire")
+
+#: The counted script: builds the tracker and sinks, warms up, then feeds ``count`` statements.
+_STATEMENT_CHILD = r"""
+import sys, tempfile, os
+from pgproxy.config import load
+from pgproxy.proxy.lifecycle import sink_from, stats_from
+from pgproxy.protocol import build as b
+from pgproxy.sink import Fanout
+from pgproxy.tracker.session import SessionTracker
+
+detail, workload, warm, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+log = tempfile.NamedTemporaryFile(suffix=".log", delete=False).name
+config = load(env={}, overrides={"log.file": log, "log.detail": detail})
+log_sink = sink_from(config)
+stats = stats_from(config, log_sink.emit_all)
+sink = Fanout(log_sink, [stats]) if stats is not None else log_sink
+tracker = SessionTracker("bench", config.tracker_options(), client=("127.0.0.1", 1), server=("127.0.0.1", 2))
+sink.emit_all(tracker.frontend(b.startup_message({"user": "bench", "database": "bench", "application_name": "pgbench"})))
+sink.emit_all(tracker.backend(b.authentication_ok() + b.backend_key_data(1) + b.ready_for_query()))
+SQL = "SELECT abalance FROM pgbench_accounts WHERE aid = {};"
+PARAM_SQL = "SELECT abalance FROM pgbench_accounts WHERE aid = $1;"
+ROWS = b.row_description([("abalance", 23)]) + b.data_row([b"0"]) + b.command_complete("SELECT 1") + b.ready_for_query()
+if workload == "simple":
+    requests = [b.query(SQL.format(i * 7919 % 100000 + 1)) for i in range(1000)]
+    reply = ROWS
+elif workload == "extended":
+    requests = [
+        b.parse("", PARAM_SQL, ()) + b.bind("", "", (str(i * 7919 % 100000 + 1).encode(),))
+        + b.describe("P", "") + b.execute() + b.sync()
+        for i in range(1000)
+    ]
+    reply = b.message(b"1") + b.message(b"2") + ROWS
+else:
+    sink.emit_all(tracker.frontend(b.parse("P_0", PARAM_SQL, ()) + b.sync()))
+    sink.emit_all(tracker.backend(b.message(b"1") + b.ready_for_query()))
+    requests = [
+        b.bind("", "P_0", (str(i * 7919 % 100000 + 1).encode(),)) + b.describe("P", "") + b.execute() + b.sync()
+        for i in range(1000)
+    ]
+    reply = b.message(b"2") + ROWS
+frontend, backend, emit_all = tracker.frontend, tracker.backend, sink.emit_all
+for i in range(warm + count):
+    emit_all(frontend(requests[i % 1000]))
+    emit_all(backend(reply))
+sink.close()
+os.unlink(log)
+"""
+
+
+def _main_thread_instructions(tree: Path, script: str, args: list[str]) -> int:
+    """Instructions the main thread of ``python -c script args`` ran, under callgrind."""
+    with tempfile.TemporaryDirectory() as out:
+        prefix = Path(out) / "cg"
+        subprocess.run(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                "--separate-threads=yes",
+                f"--callgrind-out-file={prefix}.%p",
+                sys.executable,
+                "-c",
+                script,
+                *args,
+            ],
+            cwd=tree,
+            env={**os.environ, "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"},
+            check=True,
+            capture_output=True,
+        )
+        main = [p for p in Path(out).iterdir() if p.name.endswith("-01")]
+        if len(main) != 1:
+            raise RuntimeError(f"expected one main-thread profile, found {sorted(p.name for p in Path(out).iterdir())}")
+        text = main[0].read_text()
+        found = re.search(r"^(?:summary|totals): (\d+)", text, re.MULTILINE)
+        if found is None:
+            raise RuntimeError(f"no total in {main[0]}")
+        return int(found.group(1))
+
+
+def statement(tree: Path, detail: str, workload: str, count: int, warm: int) -> float:
+    """Main-thread instructions per statement (difference of a run of ``count`` and one of ``3 * count``)."""
+    short = _main_thread_instructions(tree, _STATEMENT_CHILD, [detail, workload, str(warm), str(count)])
+    long = _main_thread_instructions(tree, _STATEMENT_CHILD, [detail, workload, str(warm), str(3 * count)])
+    return (long - short) / (2 * count)
+
+
+def build(dest: Path, rev: str | None, pure: bool) -> None:
+    """A copy of the package at ``dest``, compiled in place unless ``pure``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    if (dest / "pgproxy").exists():
+        shutil.rmtree(dest / "pgproxy")
+    if rev is None:
+        shutil.copytree(ROOT / "pgproxy", dest / "pgproxy", ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+        setup_py = (ROOT / "setup.py").read_text()
+    else:
+        archive = subprocess.run(["git", "archive", rev, "pgproxy"], cwd=ROOT, check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+        setup_py = subprocess.run(
+            ["git", "show", f"{rev}:setup.py"], cwd=ROOT, check=True, capture_output=True, text=True
+        ).stdout
+    if pure:
+        return
+    listed = re.search(r"COMPILED = \[(.*?)\]", setup_py, re.DOTALL)
+    assert listed is not None, "setup.py lists no COMPILED modules"
+    modules = re.findall(r'"([^"]+\.py)"', listed.group(1))
+    mypyc = Path(sys.executable).parent / "mypyc"
+    subprocess.run([str(mypyc), *modules], cwd=dest, check=True, capture_output=True)
+    for leftover in ("build",):
+        shutil.rmtree(dest / leftover, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    b = commands.add_parser("build", help="copy (and compile) the package into DEST")
+    b.add_argument("dest", type=Path)
+    b.add_argument("--rev", help="a commit to take the package from (default: the working tree)")
+    b.add_argument("--pure", action="store_true", help="copy without compiling")
+    s = commands.add_parser("statement", help="instructions per statement, tracker and sinks")
+    s.add_argument("--tree", type=Path, default=ROOT, help="directory holding the pgproxy package to count")
+    s.add_argument("--detail", choices=DETAILS, default="query")
+    s.add_argument("--workload", choices=(*WORKLOADS, "all"), default="all")
+    s.add_argument("--statements", type=int, default=1000, help="statements in the shorter counted run")
+    s.add_argument("--warm", type=int, default=1000, help="statements before counting (fills every cache)")
+    args = parser.parse_args()
+    if args.command == "build":
+        build(args.dest.resolve(), args.rev, args.pure)
+        print(f"built {args.dest} ({'pure' if args.pure else 'compiled'}, {args.rev or 'working tree'})")
+        return
+    workloads = WORKLOADS if args.workload == "all" else (args.workload,)
+    for workload in workloads:
+        per = statement(args.tree.resolve(), args.detail, workload, args.statements, args.warm)
+        print(f"{args.detail:<10} {workload:<9} {per / 1000:8.1f}k instructions per statement (main thread)")
+
+
+if __name__ == "__main__":
+    main()
