@@ -23,6 +23,16 @@ Subcommands:
     difference of two runs of different length, so interpreter start-up,
     imports and the warm-up do not count; the log writer's thread is left out.
 
+``connection [--tree DIR] [--detail D] [--connections N] [--forwarder]``
+    The main thread's instructions per new connection for the whole proxy
+    (``python -m pgproxy``, or ``bench/forwarder.py`` with ``--forwarder``)
+    under callgrind, with a real PostgreSQL behind it and ``pgbench -S -C``
+    (one client, one SELECT per connection, then Terminate) in front, the
+    issue's churn workload. The count is the difference of a run of N
+    connections and one of 3N, each from the proxy's start to its exit on
+    SIGTERM, so start-up, the drain and the first connection's one-time work
+    (imports, caches) fall out. PostgreSQL and pgbench run outside callgrind.
+
 Needs valgrind. ``PYTHONHASHSEED=0`` is set for the counted process.
 Run: ``python bench/instructions.py statement --workload prepared``.
 """
@@ -33,10 +43,15 @@ import argparse
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pgproxy.demo.embedded import EmbeddedPostgres
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKLOADS = ("simple", "extended", "prepared")
@@ -90,34 +105,34 @@ os.unlink(log)
 """
 
 
+def _callgrind(out: str) -> list[str]:
+    """The valgrind command line that writes one profile per thread under ``out``."""
+    return ["valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={out}/cg.%p"]
+
+
+def _main_thread_total(out: str) -> int:
+    """The instruction total of the one main-thread profile callgrind wrote under ``out``."""
+    main = [p for p in Path(out).iterdir() if p.name.endswith("-01")]
+    if len(main) != 1:
+        raise RuntimeError(f"expected one main-thread profile, found {sorted(p.name for p in Path(out).iterdir())}")
+    text = main[0].read_text()
+    found = re.search(r"^(?:summary|totals): (\d+)", text, re.MULTILINE)
+    if found is None:
+        raise RuntimeError(f"no total in {main[0]}")
+    return int(found.group(1))
+
+
 def _main_thread_instructions(tree: Path, script: str, args: list[str]) -> int:
     """Instructions the main thread of ``python -c script args`` ran, under callgrind."""
     with tempfile.TemporaryDirectory() as out:
-        prefix = Path(out) / "cg"
         subprocess.run(
-            [
-                "valgrind",
-                "--tool=callgrind",
-                "--separate-threads=yes",
-                f"--callgrind-out-file={prefix}.%p",
-                sys.executable,
-                "-c",
-                script,
-                *args,
-            ],
+            [*_callgrind(out), sys.executable, "-c", script, *args],
             cwd=tree,
             env={**os.environ, "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"},
             check=True,
             capture_output=True,
         )
-        main = [p for p in Path(out).iterdir() if p.name.endswith("-01")]
-        if len(main) != 1:
-            raise RuntimeError(f"expected one main-thread profile, found {sorted(p.name for p in Path(out).iterdir())}")
-        text = main[0].read_text()
-        found = re.search(r"^(?:summary|totals): (\d+)", text, re.MULTILINE)
-        if found is None:
-            raise RuntimeError(f"no total in {main[0]}")
-        return int(found.group(1))
+        return _main_thread_total(out)
 
 
 def statement(tree: Path, detail: str, workload: str, count: int, warm: int) -> float:
@@ -125,6 +140,59 @@ def statement(tree: Path, detail: str, workload: str, count: int, warm: int) -> 
     short = _main_thread_instructions(tree, _STATEMENT_CHILD, [detail, workload, str(warm), str(count)])
     long = _main_thread_instructions(tree, _STATEMENT_CHILD, [detail, workload, str(warm), str(3 * count)])
     return (long - short) / (2 * count)
+
+
+def _proxy_run(
+    tree: Path, pg: EmbeddedPostgres, detail: str, connections: int, forwarder: bool, keep: Path | None
+) -> int:
+    """Main-thread instructions of one proxy process serving ``connections`` pgbench -C connections."""
+    from common import wait_port  # bench/common.py: the scripts import it by its bare name
+
+    from pgproxy.demo.embedded import free_port
+
+    port = free_port()
+    upstream = pg.port
+    if forwarder:
+        command = [sys.executable, str(ROOT / "bench" / "forwarder.py"), str(port), str(upstream)]
+    else:
+        command = [sys.executable, "-m", "pgproxy", "--listen", f"127.0.0.1:{port}"]
+        command += ["--upstream", f"127.0.0.1:{upstream}", "--log-detail", detail, "--log-format", "json"]
+    with tempfile.TemporaryDirectory() as out:
+        log = Path(out) / "proxy.log"
+        with open(log, "wb") as stdout:
+            proc = subprocess.Popen(
+                [*_callgrind(out), *command],
+                cwd=tree,
+                env={**os.environ, "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"},
+                stdout=stdout,
+                stderr=subprocess.STDOUT,
+            )
+            try:
+                wait_port(port, proc, timeout=300)
+                client = [pg.tool("pgbench"), "-n", "-S", "-C", "-M", "simple", "-c", "1", "-t", str(connections)]
+                client += ["-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "postgres"]
+                subprocess.run(client, check=True, capture_output=True)
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                if proc.wait(timeout=300) not in (0, -signal.SIGTERM):
+                    raise RuntimeError(f"proxy exited {proc.returncode}: {log.read_text()[-2000:]}")
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+            for profile in Path(out).glob("cg.*"):
+                shutil.copy(profile, keep / f"{profile.name}.{connections}")
+        return _main_thread_total(out)
+
+
+def connection(tree: Path, detail: str, connections: int, forwarder: bool, keep: Path | None) -> float:
+    """Main-thread instructions per pgbench -C connection (difference of N and 3N connections)."""
+    from pgproxy.demo.embedded import EmbeddedPostgres
+
+    with EmbeddedPostgres(settings={"max_connections": "20"}) as pg:
+        init = [pg.tool("pgbench"), "-i", "-q", "-s", "1", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres"]
+        subprocess.run([*init, "postgres"], check=True, capture_output=True)
+        short = _proxy_run(tree, pg, detail, connections, forwarder, keep)
+        long = _proxy_run(tree, pg, detail, 3 * connections, forwarder, keep)
+    return (long - short) / (2 * connections)
 
 
 def build(dest: Path, rev: str | None, pure: bool) -> None:
@@ -165,7 +233,18 @@ def main() -> None:
     s.add_argument("--workload", choices=(*WORKLOADS, "all"), default="all")
     s.add_argument("--statements", type=int, default=1000, help="statements in the shorter counted run")
     s.add_argument("--warm", type=int, default=1000, help="statements before counting (fills every cache)")
+    c = commands.add_parser("connection", help="instructions per new connection, whole proxy, pgbench -S -C")
+    c.add_argument("--tree", type=Path, default=ROOT, help="directory holding the pgproxy package to count")
+    c.add_argument("--detail", choices=DETAILS, default="query")
+    c.add_argument("--connections", type=int, default=100, help="connections in the shorter counted run")
+    c.add_argument("--forwarder", action="store_true", help="count bench/forwarder.py instead of the proxy")
+    c.add_argument("--keep", type=Path, help="copy the callgrind profiles here (for callgrind_annotate)")
     args = parser.parse_args()
+    if args.command == "connection":
+        per = connection(args.tree.resolve(), args.detail, args.connections, args.forwarder, args.keep)
+        what = "forwarder" if args.forwarder else args.detail
+        print(f"{what:<10} pgbench -C {per / 1000:8.1f}k instructions per connection (main thread)")
+        return
     if args.command == "build":
         build(args.dest.resolve(), args.rev, args.pure)
         print(f"built {args.dest} ({'pure' if args.pure else 'compiled'}, {args.rev or 'working tree'})")
