@@ -241,6 +241,63 @@ def test_kept_events_are_the_events_built_for_the_same_bytes(
     assert [(r.event, r.level, r.fields) for r in got[0]] == [(r.event, r.level, r.fields) for r in got[1]]
 
 
+_ANSWER_HEADS = [b"", b.message(b"2"), b.message(b"1") + b.message(b"2"), b.message(b"2") + b.message(b"n")]
+_ANSWER_TAILS = [
+    b.command_complete("SELECT 1") + b.ready_for_query(),
+    b.command_complete("SELECT 2") + b.ready_for_query(),
+    b.ready_for_query(),
+    b.command_complete("SELECT 1") + b.ready_for_query("T"),
+    b"",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, len(_ANSWER_HEADS) - 1),
+            st.integers(0, 2),  # a RowDescription: none, one, another
+            st.integers(0, 3),  # rows
+            st.integers(0, len(_ANSWER_TAILS) - 1),
+            st.integers(0, 2),  # the answer cut in two there: not, after its first message, before its last
+        ),
+        min_size=1,
+        max_size=10,
+    ),
+    st.sampled_from([Detail.MESSAGE, Detail.WIRE]),
+)
+def test_answers_walked_in_place_get_the_events_built_from_frames(
+    answers: list[tuple[int, int, int, int, int]], detail: Detail
+) -> None:
+    """The message-detail walk of whole answers (SessionTracker._backend_events) against a twin building every event.
+
+    Prepared statements answered by the usual runs of kept responses around
+    their rows (remembered by MessageEvents.remember_answer), the runs varied
+    from one answer to the next and answers cut mid-way: every record, the
+    statements' ``query`` events included, the same and in the same order.
+    """
+    walked, built = session(detail=detail), session(detail=detail)
+    built._events = MessageEvents("s1", built.options, shortcuts=False)
+    got: list[list[Record]] = [[], []]
+    setup = b.parse("s", "SELECT $1::int4 AS n", (23,)) + b.sync()
+    for tracker, out in zip((walked, built), got, strict=True):
+        out += tracker.frontend(setup, 0.5) + tracker.backend(b.message(b"1") + b.ready_for_query(), 0.6)
+    for index, (head, described, rows, tail, cut) in enumerate(answers):
+        request = b.bind("", "s", (b"7",)) + b.describe("P", "") + b.execute() + b.sync()
+        description = (b"", b.row_description([("n", 23)]), b.row_description([("m", 25)]))[described]
+        answer = _ANSWER_HEADS[head] + description + b.data_row([b"7"]) * rows + _ANSWER_TAILS[tail]
+        cut_at = (0, len(answer) - 6, 6)[cut] if len(answer) > 6 else 0
+        chunks = [answer[:cut_at], answer[cut_at:]] if cut_at else [answer]
+        for tracker, out in zip((walked, built), got, strict=True):
+            out += tracker.frontend(request, float(index))
+            for chunk in chunks:
+                out += tracker.backend(chunk, index + 0.5)
+    for tracker, out in zip((walked, built), got, strict=True):
+        out += tracker.closed("end_of_recording", now=99.0)
+    assert [(r.event, r.level, r.fields) for r in got[0]] == [(r.event, r.level, r.fields) for r in got[1]]
+    assert walked.messages_from_server == built.messages_from_server
+
+
 def test_a_statement_run_again_gets_its_kept_events_and_the_log_the_same_lines() -> None:
     t = session(detail=Detail.MESSAGE)
     t.frontend(b.parse("s", "SELECT $1::int4 AS n", (23,)) + b.sync(), now=1.0)

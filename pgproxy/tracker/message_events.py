@@ -75,6 +75,9 @@ KNOWN_FRONTEND_TAGS: Final = frozenset(b"PDESHC")
 KNOWN_BACKEND_TAGS: Final = frozenset(b"123ntTCZIs")
 #: A kept message's event record, and the message it was decoded to.
 Known: TypeAlias = tuple[Record, m.Message]
+#: A run of kept responses, as an answer starts or ends (see MessageEvents.answer_head): each one's
+#: kept record and message, and the statement tracker's handler of its kind.
+KnownRun: TypeAlias = tuple[tuple[Record, m.Message, Any], ...]
 
 #: Adds a message's own fields to its event; True when its body must be masked in hex dumps.
 Describer: TypeAlias = Callable[["MessageEvents", Any, dict[str, Any], "StatementTracker | None"], bool]
@@ -126,6 +129,10 @@ class MessageEvents:
         "_known_frontend_bytes",
         "_row_head",
         "_row_plan",
+        "answer_head",
+        "answer_head_run",
+        "answer_tail",
+        "answer_tail_run",
         "options",
         "session_id",
         "shortcuts",
@@ -153,6 +160,10 @@ class MessageEvents:
         # The bytes of the messages kept per direction (see _KNOWN_BYTES).
         self._known_frontend_bytes = 0
         self._known_backend_bytes = 0
+        #: How the last answers started and ended, runs of kept responses (see remember_answer).
+        self.answer_head = self.answer_tail = b""
+        self.answer_head_run: KnownRun = ()
+        self.answer_tail_run: KnownRun = ()
 
     def known(self, frontend: bool, encoding: str) -> dict[bytes, Known]:
         """The events kept for one direction, by their message's bytes (header included), in ``encoding``.
@@ -169,7 +180,39 @@ class MessageEvents:
             self._known_frontend = {}
             self._known_backend = {}
             self._known_frontend_bytes = self._known_backend_bytes = 0
+            self._forget_answers()
         return self._known_frontend if frontend else self._known_backend
+
+    def remember_answer(self, head: bytes, head_run: KnownRun, tail: bytes, tail_run: KnownRun) -> None:
+        """How an answer started (``head``, whole kept responses) and ended (``tail``): the next is likely the same.
+
+        A statement run again is answered by the same responses around its
+        rows (BindComplete, its RowDescription; CommandComplete, ReadyForQuery):
+        the session's walk (SessionTracker._backend_events) takes a chunk that
+        starts with ``head`` or ends with ``tail`` by one ``startswith`` or
+        ``endswith``, their kept events and messages (``head_run``, ``tail_run``)
+        without a lookup each. Empty bytes: not learnt, the last one kept. Their
+        bytes count towards the kept messages' (_KNOWN_BYTES): a run that does
+        not fit is not remembered, and forgetting the kept events forgets them.
+        """
+        held = self._known_backend_bytes
+        if head:
+            held += len(head) - len(self.answer_head)
+            if held <= _KNOWN_BYTES:
+                self.answer_head, self.answer_head_run = head, head_run
+            else:
+                held -= len(head) - len(self.answer_head)
+        if tail:
+            held += len(tail) - len(self.answer_tail)
+            if held <= _KNOWN_BYTES:
+                self.answer_tail, self.answer_tail_run = tail, tail_run
+            else:
+                held -= len(tail) - len(self.answer_tail)
+        self._known_backend_bytes = held
+
+    def _forget_answers(self) -> None:
+        self.answer_head = self.answer_tail = b""
+        self.answer_head_run = self.answer_tail_run = ()
 
     def keep(self, known: dict[bytes, Known], key: bytes, msg: m.Message, record: Record, frontend: bool) -> Record:
         """``record``, :meth:`message`'s event of ``msg`` decoded from ``key``: kept when its kind's bytes make it.
@@ -184,6 +227,8 @@ class MessageEvents:
         if len(known) >= _KNOWN_KEPT or held > _KNOWN_BYTES:  # forget them all and start again
             known.clear()
             held = len(key)
+            if not frontend:
+                self._forget_answers()
         if frontend:
             self._known_frontend_bytes = held
         else:

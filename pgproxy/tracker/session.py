@@ -35,7 +35,13 @@ from pgproxy.protocol.framing import FRAMING_ERROR, TLS_RECORD, Frame, Framer, c
 from pgproxy.protocol.replication import is_replication_connection
 from pgproxy.protocol.values import ValueContext
 from pgproxy.protocol.wire import Conversation, LoginAnswer, Phase
-from pgproxy.tracker.message_events import KNOWN_BACKEND_TAGS, KNOWN_BODY_BYTES, KNOWN_FRONTEND_TAGS, MessageEvents
+from pgproxy.tracker.message_events import (
+    KNOWN_BACKEND_TAGS,
+    KNOWN_BODY_BYTES,
+    KNOWN_FRONTEND_TAGS,
+    KnownRun,
+    MessageEvents,
+)
 from pgproxy.tracker.options import TrackerOptions
 from pgproxy.tracker.records import (
     SESSION_ANOMALY,
@@ -99,6 +105,9 @@ _MESSAGE_DETAIL: Final = Detail.MESSAGE
 #: EmptyQueryResponse, NoticeResponse, RowDescription, ReadyForQuery, NoData, PortalSuspended,
 #: ParameterDescription. Never ParameterStatus: the conversation follows it.
 _WALKED_RESPONSES: Final = tag_table(b"123CDEINTZnst")
+#: Responses message detail walks in place when a chunk holds nothing else (see _backend_events):
+#: DataRow and the kinds whose events are kept by their bytes (KNOWN_BACKEND_TAGS).
+_MESSAGE_WALKED_RESPONSES: Final = tag_table(b"D" + bytes(sorted(KNOWN_BACKEND_TAGS)))
 #: The end of nearly every answer outside a transaction block: ReadyForQuery, idle. A chunk
 #: that ends so has it checked by one endswith and handled without reading it (see _backend_responses).
 _IDLE_TAIL: Final = b"Z\x00\x00\x00\x05I"
@@ -719,6 +728,19 @@ class SessionTracker:
                 if conv.value_settings_reported != self._value_settings_seen:
                     self._value_settings_changed()
                 return self._backend_responses(data, statements, self.clock() if now is None else now, tail)
+        elif (
+            self._message_level
+            and statements is not None
+            and type(data) is bytes
+            and self.ready_at is not None
+            and self.replication is None
+            and self._events is not None
+            and self._events.shortcuts
+            and conv.decoding
+        ):
+            walked = self._backend_events(data, statements, self._events, now)
+            if walked is not None:
+                return walked
         if self.ready_at is None and not self._message_level and self.replication is None:
             fresh = not conv.parameters  # nothing reported before: the answer's parameters become all of them
             answer = conv.receive_login_answer(data)
@@ -1137,6 +1159,143 @@ class SessionTracker:
             out.append(events.keep(known, key, msg, record, False) if key is not None else record)
             if records:
                 out += records
+        return out
+
+    def _backend_events(
+        self, data: bytes, statements: StatementTracker, events: MessageEvents, now: float | None
+    ) -> list[Record] | None:
+        """:meth:`_backend_message_detail` for a ready session's chunk of whole responses, walked in place.
+
+        The conversation checks the chunk (:meth:`~pgproxy.protocol.wire.Conversation.receive_whole_from`):
+        whole messages, each a DataRow or of a kind whose event may be kept
+        (_MESSAGE_WALKED_RESPONSES: no ParameterStatus, which the conversation
+        follows, no ErrorResponse, NoticeResponse or CopyData); otherwise None
+        is returned, nothing has changed, and the framed loop takes the chunk.
+        Each message is handled as that loop handles it, without the framer's
+        pass, a frame tuple per message and their list. A run of kept responses
+        the last answers started or ended with (MessageEvents.answer_head and
+        answer_tail: a driver's BindComplete and RowDescription, CommandComplete
+        and ReadyForQuery) is found by one ``startswith`` or ``endswith`` and its
+        kept events and messages taken in order, neither checked nor looked up
+        one by one. Taken only with the events' shortcuts:
+        tests/test_message_events.py holds it to a session building every event
+        from frames.
+        """
+        conv = self.conv
+        encoding = conv.encoding
+        known = events.known(False, encoding)  # (a changed encoding forgets the runs too)
+        head = events.answer_head
+        head_end: i64 = len(head) if head and data.startswith(head) else 0
+        head_run = events.answer_head_run if head_end else ()
+        tail = events.answer_tail
+        n: i64 = len(data)
+        tail_at: i64 = n - len(tail) if tail and data.endswith(tail) else -1
+        tail_run = events.answer_tail_run if tail_at >= 0 else ()
+        count = conv.receive_whole_from(
+            data, _MESSAGE_WALKED_RESPONSES, head_end, len(head_run), tail_at, len(tail_run)
+        )
+        if not count:
+            return None
+        self.messages_from_server += count
+        now = self.clock() if now is None else now
+        out: list[Record] = []
+        for record, msg, handler in head_run:
+            records = handler(statements, msg, now) if handler is not None else None
+            out.append(record)
+            if records:
+                out += records
+        handlers = BACKEND_HANDLERS
+        by_index = _COMPILED
+        # Learning how this answer starts and ends when the remembered runs were not found: the
+        # kept responses since run_start, in order, and the head's run while it still starts the chunk.
+        learning = not head_end or tail_at < 0
+        head_open = not head_end
+        tail_taken = False
+        run: list[tuple[Record, m.Message, Any]] = []
+        run_start: i64 = head_end
+        learnt_head = b""
+        learnt_head_run: KnownRun = ()
+        pos: i64 = head_end
+        while pos < n:
+            if pos == tail_at:
+                for record, msg, handler in tail_run:
+                    records = handler(statements, msg, now) if handler is not None else None
+                    out.append(record)
+                    if records:
+                        out += records
+                tail_taken = True
+                break
+            tag: i64 = data[pos]
+            if by_index:  # native integers, each byte before its shift (see Framer.feed_whole)
+                b1: i64 = data[pos + 1]
+                b2: i64 = data[pos + 2]
+                b3: i64 = data[pos + 3]
+                b4: i64 = data[pos + 4]
+                length: i64 = b1 << 24 | b2 << 16 | b3 << 8 | b4
+            else:
+                length = _LENGTH(data, pos + 1)[0]
+            start: i64 = pos + _HEADER_BYTES
+            end: i64 = pos + 1 + length
+            if tag == _DATA_ROW:
+                exe = statements.data_row(length + 1)
+                failures = events.row((tag, data, start, end), exe, statements, out)
+                if failures:  # set on the instance only when there is one (see the class attributes)
+                    self.anomalies += failures
+            else:
+                key: bytes | None = None
+                if end - start <= KNOWN_BODY_BYTES:  # every other kind walked is one kept by its bytes
+                    key = data[pos:end]
+                    found = known.get(key)
+                    if found is not None:
+                        record, msg = found
+                        handler = handlers.get(type(msg))
+                        records = handler(statements, msg, now) if handler is not None else None
+                        out.append(record)
+                        if records:
+                            out += records
+                        if learning:
+                            run.append((record, msg, handler))
+                        pos = end
+                        continue
+                if tag == _ROW_DESCRIPTION:
+                    msg = self._row_description(data, start, end, encoding)
+                else:
+                    msg = decode_tagged(False, tag, data, start, end, encoding)
+                kind = type(msg)
+                frame: Frame = (tag, data, start, end)
+                if kind in _BACKEND_NOTABLE_WHEN_READY:
+                    self._on_backend(frame, now, out, msg)
+                    encoding = self.conv.encoding
+                    known = events.known(False, encoding)
+                    learning = False  # (what was learnt may be another encoding's)
+                else:
+                    handler = handlers.get(kind)
+                    records = handler(statements, msg, now) if handler is not None else None
+                    record = events.message(msg, frame, False, statements)
+                    kept = events.keep(known, key, msg, record, False) if key is not None else record
+                    out.append(kept)
+                    if records:
+                        out += records
+                    if kept is not record:  # kept from now on: part of a run
+                        if learning:
+                            run.append((kept, msg, handler))
+                        pos = end
+                        continue
+            # Neither found nor kept: the run so far ends here (the answer's head, if it started it).
+            if learning:
+                if head_open:
+                    learnt_head, learnt_head_run = data[:pos], tuple(run)
+                    head_open = False
+                run = []
+                run_start = end
+            pos = end
+        if learning:
+            if head_open:  # every response kept: the head is all of them
+                learnt_head, learnt_head_run = data, (*run, *tail_run) if tail_taken else tuple(run)
+            if tail_taken or run_start >= n:
+                events.remember_answer(learnt_head, learnt_head_run, b"", ())
+            else:
+                events.remember_answer(learnt_head, learnt_head_run, data[run_start:], tuple(run))
         return out
 
     def _row_description(self, buf: bytes, start: int, end: int, encoding: str) -> m.Message:
