@@ -766,6 +766,8 @@ class StatementTracker:
     _statement_chars: int = 0  # SQL held by ``statements``; an upper bound (Close is not subtracted)
     _shared_context: SessionContext | None = None  # a snapshot of ``context`` for query records
     _first: int = 0  # where the queue starts in ``pending`` (see _head)
+    #: The last row decoder made (message detail), and for what: description, result formats, value context.
+    _row_decoded: tuple[m.RowDescription, tuple[int, ...] | None, ValueContext, RowDecoder] | None = None
     #: Plain successes fill a copy of their layout (see record_layout); False: every
     #: record is made the general way (tests/test_statement_facts.py compares the two).
     plain_layouts: bool = True
@@ -807,6 +809,7 @@ class StatementTracker:
         self._statement_chars = 0
         self._shared_context = None
         self._first = 0
+        self._row_decoded = None
         self.plain_layouts = True
 
     def context_changed(self) -> None:
@@ -1207,8 +1210,23 @@ class StatementTracker:
             # Describe was answered after Execute was sent (pipelined): use it now.
             portal = exe.source
             exe.description = portal.description or (portal.statement.description if portal.statement else None)
-        if exe.decoder is None and exe.description is not None:
-            exe.decoder = _row_decoder(exe.description, exe.result_formats, self.value_context)
+        description = exe.description
+        if exe.decoder is None and description is not None:
+            # The last one again for the very same description, formats and context (a statement run
+            # again is described by the same shared, frozen RowDescription: message detail keeps it):
+            # _row_decoder's cache hashes its key, and a frozen dataclass's hash (the description's,
+            # each column's, the value context's) is computed anew each time, in Python (~3 us pure).
+            last = self._row_decoded
+            if (
+                last is not None
+                and last[0] is description
+                and last[1] == exe.result_formats
+                and last[2] is self.value_context
+            ):
+                exe.decoder = last[3]
+            else:
+                decoder = exe.decoder = _row_decoder(description, exe.result_formats, self.value_context)
+                self._row_decoded = (description, exe.result_formats, self.value_context, decoder)
         return exe.decoder
 
     def backend(self, msg: m.Message, now: float) -> list[Record]:
