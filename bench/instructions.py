@@ -33,6 +33,18 @@ Subcommands:
     SIGTERM, so start-up, the drain and the first connection's one-time work
     (imports, caches) fall out. PostgreSQL and pgbench run outside callgrind.
 
+``roundtrip [--tree DIR] [--detail D]``
+    The whole proxy's main-thread instructions per round trip for one client
+    sending simple Queries (``pgbench -S``'s text, one row back) one after
+    the other: what the proxy runs between an answer's arrival and the next
+    request's, the event loop and sockets included. The proxy (``python -m
+    pgproxy``, JSON lines on stdout to a file, as the benchmark runs it) runs
+    under callgrind in front of an embedded PostgreSQL; the client is this
+    process, talking the protocol over a socket. The count is the difference
+    of two runs of different length, as for ``statement``: start-up, the
+    connection's set-up and shutdown do not count. ``--keep DIR`` keeps the
+    longer run's profiles for ``callgrind_annotate``.
+
 Needs valgrind. ``PYTHONHASHSEED=0`` is set for the counted process.
 Run: ``python bench/instructions.py statement --workload prepared``.
 """
@@ -44,9 +56,12 @@ import os
 import re
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -195,6 +210,113 @@ def connection(tree: Path, detail: str, connections: int, forwarder: bool, keep:
     return (long - short) / (2 * connections)
 
 
+def _answer(sock: socket.socket, pending: bytearray) -> None:
+    """Read backend messages up to and including ReadyForQuery ("Z"), or raise on an ErrorResponse."""
+    while True:
+        while len(pending) >= 5:
+            tag = pending[0]
+            (length,) = struct.unpack_from("!i", pending, 1)
+            if len(pending) < 1 + length:
+                break
+            body = bytes(pending[5 : 1 + length])
+            del pending[: 1 + length]
+            if tag == ord("E"):
+                raise RuntimeError(f"the server answered with an error: {body!r}")
+            if tag == ord("Z"):
+                return
+        data = sock.recv(65536)
+        if not data:
+            raise RuntimeError("the proxy closed the connection")
+        pending += data
+
+
+#: The table ``pgbench -S`` reads, small: the round trip is the proxy's, not the server's.
+_ROUNDTRIP_TABLE = (
+    "CREATE TABLE IF NOT EXISTS pgbench_accounts (aid int PRIMARY KEY, abalance int NOT NULL DEFAULT 0);"
+    "INSERT INTO pgbench_accounts SELECT g, 0 FROM generate_series(1, 100000) g ON CONFLICT DO NOTHING;"
+)
+
+
+def _roundtrip_run(tree: Path, upstream: int, detail: str, warm: int, count: int, keep: Path | None) -> int:
+    """Main-thread instructions of one proxy run serving one client's ``warm + count`` simple Queries."""
+    sys.path.insert(0, str(ROOT))
+    from pgproxy.demo.embedded import free_port
+    from pgproxy.protocol import build as b
+
+    port = free_port()
+    with tempfile.TemporaryDirectory() as out:
+        cmd = [
+            *_callgrind(out),
+            sys.executable,
+            "-m",
+            "pgproxy",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--upstream",
+            f"127.0.0.1:{upstream}",
+        ]
+        cmd += ["--log-detail", detail, "--log-format", "json"]
+        with open(Path(out) / "proxy.jsonl", "wb") as log:
+            proc = subprocess.Popen(
+                cmd,
+                cwd=tree,
+                env={**os.environ, "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            deadline = time.monotonic() + 300  # start-up under callgrind takes a minute
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"the proxy exited: {(Path(out) / 'proxy.jsonl').read_text()[-2000:]}")
+                try:
+                    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.5)
+            with sock:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                pending = bytearray()
+                sock.sendall(
+                    b.startup_message({"user": "postgres", "database": "postgres", "application_name": "pgbench"})
+                )
+                _answer(sock, pending)
+                requests = [
+                    b.query(f"SELECT abalance FROM pgbench_accounts WHERE aid = {i * 7919 % 100000 + 1};")
+                    for i in range(1000)
+                ]
+                for i in range(warm + count):
+                    sock.sendall(requests[i % 1000])
+                    _answer(sock, pending)
+                sock.sendall(b.message(b"X"))
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=300)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+            for profile in Path(out).iterdir():
+                if profile.name.startswith("cg."):
+                    shutil.copy(profile, keep / profile.name)
+        return _main_thread_total(out)
+
+
+def roundtrip(tree: Path, detail: str, count: int, warm: int, keep: Path | None) -> float:
+    """The proxy's main-thread instructions per round trip (difference of a run of ``count`` and one of ``3 * count``)."""
+    sys.path.insert(0, str(ROOT))
+    from pgproxy.demo.embedded import EmbeddedPostgres
+
+    with EmbeddedPostgres() as pg:
+        pg.psql(_ROUNDTRIP_TABLE)
+        short = _roundtrip_run(tree, pg.port, detail, warm, count, None)
+        long = _roundtrip_run(tree, pg.port, detail, warm, 3 * count, keep)
+    return (long - short) / (2 * count)
+
+
 def build(dest: Path, rev: str | None, pure: bool) -> None:
     """A copy of the package at ``dest``, compiled in place unless ``pure``."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -239,7 +361,17 @@ def main() -> None:
     c.add_argument("--connections", type=int, default=100, help="connections in the shorter counted run")
     c.add_argument("--forwarder", action="store_true", help="count bench/forwarder.py instead of the proxy")
     c.add_argument("--keep", type=Path, help="copy the callgrind profiles here (for callgrind_annotate)")
+    r = commands.add_parser("roundtrip", help="instructions per round trip, the whole proxy, one client")
+    r.add_argument("--tree", type=Path, default=ROOT, help="directory holding the pgproxy package to count")
+    r.add_argument("--detail", choices=DETAILS, default="query")
+    r.add_argument("--round-trips", type=int, default=500, help="round trips in the shorter counted run")
+    r.add_argument("--warm", type=int, default=500, help="round trips before counting")
+    r.add_argument("--keep", type=Path, help="keep the longer run's callgrind profiles here")
     args = parser.parse_args()
+    if args.command == "roundtrip":
+        per = roundtrip(args.tree.resolve(), args.detail, args.round_trips, args.warm, args.keep)
+        print(f"{args.detail:<10} simple    {per / 1000:8.1f}k instructions per round trip (proxy main thread)")
+        return
     if args.command == "connection":
         per = connection(args.tree.resolve(), args.detail, args.connections, args.forwarder, args.keep)
         what = "forwarder" if args.forwarder else args.detail
