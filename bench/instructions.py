@@ -82,8 +82,12 @@ from pgproxy.sink import Fanout
 from pgproxy.tracker.session import SessionTracker
 
 detail, workload, warm, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+# JSON lines on stdout, and stdout a file: one destination, as the benchmark runs the proxy.
 log = tempfile.NamedTemporaryFile(suffix=".log", delete=False).name
-config = load(env={}, overrides={"log.file": log, "log.detail": detail})
+out = os.open(log, os.O_WRONLY | os.O_APPEND)
+os.dup2(out, 1)
+os.close(out)
+config = load(env={}, overrides={"log.detail": detail, "log.format": "json"})
 log_sink = sink_from(config)
 stats = stats_from(config, log_sink.emit_all)
 sink = Fanout(log_sink, [stats]) if stats is not None else log_sink
@@ -113,8 +117,12 @@ else:
     reply = b.message(b"2") + ROWS
 frontend, backend, emit_all = tracker.frontend, tracker.backend, sink.emit_all
 for i in range(warm + count):
-    emit_all(frontend(requests[i % 1000]))
-    emit_all(backend(reply))
+    records = frontend(requests[i % 1000])
+    if records:  # as the proxy: a chunk without records reaches no sink
+        emit_all(records)
+    records = backend(reply)
+    if records:
+        emit_all(records)
 sink.close()
 os.unlink(log)
 """
