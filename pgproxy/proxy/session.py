@@ -30,12 +30,13 @@ from pgproxy.protocol.framing import MAX_STARTUP_PACKET
 from pgproxy.protocol.sasl import SCRAM_PLUS, NeedMoreData, SaslOfferFilter, sasl_initial_mechanism
 from pgproxy.proxy.address import host_port
 from pgproxy.proxy.tls import ALPN_POSTGRESQL, HandshakeState, TLSChannel, describe_error
-from pgproxy.sink import Fanout
+from pgproxy.sink import Fanout, Sink
 from pgproxy.tracker.options import TrackerOptions
 from pgproxy.tracker.session import SessionTracker, Side
 
 if TYPE_CHECKING:
     from pgproxy.proxy.server import ProxyServer
+    from pgproxy.tracker.records import Record
 
 _TLS_HANDSHAKE: Final = 0x16
 #: Bytes shown to the tracker in one step; a larger chunk is shown in slices. (Final: compiled,
@@ -45,6 +46,20 @@ OBSERVE_SLICE: Final = 4096
 OBSERVE_BACKLOG_PAUSE: Final = 1 << 20
 _NEGOTIATION_NAMES: Final = {SSL_REQUEST_CODE: "SSLRequest", GSSENC_REQUEST_CODE: "GSSENCRequest"}
 _TERMINATE: Final = b"X\x00\x00\x00\x04"  # Terminate ("Message Formats"): a clean goodbye to the server
+
+
+def emit_records(sink: Sink, records: list[Record]) -> None:
+    """Hands a step's records to the sink: a :class:`Fanout` (the proxy's usual sink) by a native call.
+
+    Compiled, a call through the :class:`Sink` protocol is a method looked up
+    by name and its arguments parsed, ~400 instructions a call (callgrind); the
+    isinstance test makes the usual case a direct call. Every place the session
+    hands over records goes through here.
+    """
+    if isinstance(sink, Fanout):
+        sink.emit_all(records)
+    else:
+        sink.emit_all(records)
 
 
 class State(enum.Enum):
@@ -258,7 +273,7 @@ class ClientSession(asyncio.Protocol):
                 self._decoding_failed(exc)
                 return
             if records:
-                self.sink.emit_all(records)
+                emit_records(self.sink, records)
             return
         now = time.monotonic()
         tls = self.client_tls
@@ -880,7 +895,7 @@ class ClientSession(asyncio.Protocol):
                     self._decoding_failed(exc)
                     return
                 if records:
-                    self.sink.emit_all(records)
+                    emit_records(self.sink, records)
             # (A decoder failure just now cleared _relay_plain: the session then waits for the next chunk.)
             if self._relay_plain and self.server.draining and self.idle:
                 self.shut_down()
@@ -1062,11 +1077,7 @@ class ClientSession(asyncio.Protocol):
             self._decoding_failed(exc)
             return
         if records:
-            sink = self.sink
-            if isinstance(sink, Fanout):  # compiled, a native call (see _log_end)
-                sink.emit_all(records)
-            else:
-                sink.emit_all(records)
+            emit_records(self.sink, records)
 
     def _decoding_failed(self, exc: Exception) -> None:
         """The tracker failed on forwarded bytes: stop decoding this session (opaque passthrough), say so once."""
@@ -1150,13 +1161,7 @@ class ClientSession(asyncio.Protocol):
                 "error", "session.ended", session=self.session_id, reason=reason, tracker_error=str(err), **extra
             )
             return
-        sink = self.sink
-        if isinstance(sink, Fanout):
-            # Compiled, a native call: through the Sink protocol it is a method looked up by
-            # name and its argument parsed, ~400 instructions a call (callgrind).
-            sink.emit_all(records)
-        else:
-            sink.emit_all(records)
+        emit_records(self.sink, records)
 
     # ------------------------------------------------------------------ shutdown
 
