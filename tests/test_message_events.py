@@ -382,3 +382,17 @@ def test_kept_events_hold_a_bounded_share_of_the_messages_seen() -> None:
         assert [f["query"] for f in messages(sent) if f["type"] == "Parse"] == [text]
     again = t.frontend(b.parse("", text, ()) + b.sync(), now=50.0)  # the last one is still kept
     assert isinstance(again[0], KeptRecord)
+
+
+def test_remembered_answer_runs_are_held_within_the_kept_bytes() -> None:
+    """A remembered head or tail counts towards the backend's kept bytes; one that would pass them is not taken."""
+    events = MessageEvents("s", TrackerOptions(detail=Detail.MESSAGE))
+    budget = message_events._KNOWN_BYTES
+    events.remember_answer(b"h" * 100, (), b"t" * 50, ())
+    assert (events.answer_head, events.answer_tail, events._known_backend_bytes) == (b"h" * 100, b"t" * 50, 150)
+    events.remember_answer(b"H" * budget, (), b"", ())  # 50 + budget: over, the last head stays
+    assert (events.answer_head, events._known_backend_bytes) == (b"h" * 100, 150)
+    events.remember_answer(b"", (), b"T" * (budget - 100), ())  # replaces the tail: exactly the budget
+    assert (events.answer_tail, events._known_backend_bytes) == (b"T" * (budget - 100), budget)
+    events.remember_answer(b"x" * 101, (), b"", ())  # one byte over
+    assert (events.answer_head, events._known_backend_bytes) == (b"h" * 100, budget)

@@ -196,18 +196,12 @@ class MessageEvents:
         not fit is not remembered, and forgetting the kept events forgets them.
         """
         held = self._known_backend_bytes
-        if head:
+        if head and held + len(head) - len(self.answer_head) <= _KNOWN_BYTES:
             held += len(head) - len(self.answer_head)
-            if held <= _KNOWN_BYTES:
-                self.answer_head, self.answer_head_run = head, head_run
-            else:
-                held -= len(head) - len(self.answer_head)
-        if tail:
+            self.answer_head, self.answer_head_run = head, head_run
+        if tail and held + len(tail) - len(self.answer_tail) <= _KNOWN_BYTES:
             held += len(tail) - len(self.answer_tail)
-            if held <= _KNOWN_BYTES:
-                self.answer_tail, self.answer_tail_run = tail, tail_run
-            else:
-                held -= len(tail) - len(self.answer_tail)
+            self.answer_tail, self.answer_tail_run = tail, tail_run
         self._known_backend_bytes = held
 
     def _forget_answers(self) -> None:
