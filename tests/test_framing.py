@@ -7,7 +7,7 @@ import struct
 from collections.abc import Callable
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from pgproxy.protocol import Framer, FramingMode, framing
@@ -274,3 +274,50 @@ def test_count_tags_with_a_run_agrees_with_feed(compiled: bool, picks: list[int]
             assert _framer_state(counting) == _framer_state(reference)
     if picks == [0, 1, 6] and len(points) == 2:
         assert taken == 1  # Parse, Bind and the tail, whole: taken
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["struct", "by_index"])
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.sampled_from(range(len(_REQUEST_PIECES))), min_size=1, max_size=6),
+    st.lists(st.integers(min_value=0, max_value=600), max_size=8),
+)
+@example(picks=[0, 1, 6], cuts=[])  # pgbench -M extended's request
+@example(picks=[1, 6, 0, 1, 6], cuts=[len(_REQUEST_PIECES[1]) + len(_PORTAL_TAIL)])  # -M prepared's, then extended's
+@example(picks=[0, 3, 6], cuts=[])  # a Parse and a Query before the tail: not taken
+@example(picks=[3, 0, 1, 6], cuts=[])  # a Query first: not taken
+@example(picks=[0, 2, 6], cuts=[])  # a Bind whose body ends as the tail does
+def test_feed_bind_agrees_with_feed(compiled: bool, picks: list[int], cuts: list[int]) -> None:
+    """feed_bind, the owner's reading of libpq's Bind (or Parse and Bind) before its tail, against feed.
+
+    It takes a chunk exactly when feed frames it as a Bind, or a Parse then a
+    Bind, followed by the three tail messages, every one whole, nothing held
+    back and within ``max_frame``; it says where the Bind starts, and leaves
+    the framer as feed leaves its twin. Otherwise it returns -1 and has
+    changed nothing.
+    """
+    data = b"".join(_REQUEST_PIECES[i] for i in picks)
+    points = sorted({0, len(data), *(c for c in cuts if c < len(data))})
+    taking, reference = Framer("frontend", max_frame=64), Framer("frontend", max_frame=64)
+    for framer in (taking, reference):
+        framer.mode = FramingMode.TAGGED
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(framing, "_COMPILED", compiled)
+        for a, b in itertools.pairwise(points):
+            chunk = data[a:b]
+            before = _framer_state(taking)
+            fresh = not reference.buffered and not reference.skipping and reference.mode is FramingMode.TAGGED
+            frames = reference.feed(chunk)
+            tags = [frame[0] for frame in frames]
+            wholly = fresh and all(frame[1] is chunk for frame in frames) and not reference.buffered
+            expected = -1
+            if chunk.endswith(_PORTAL_TAIL) and wholly and tags in (list(b"BDES"), list(b"PBDES")):
+                expected = frames[-4][2] - 5  # where the Bind's header starts
+            at = taking.feed_bind(chunk, len(chunk) - len(_PORTAL_TAIL)) if chunk.endswith(_PORTAL_TAIL) else -1
+            assert at == expected, (chunk, tags)
+            if at < 0:
+                assert _framer_state(taking) == before
+                taking.feed(chunk)
+            assert _framer_state(taking) == _framer_state(reference)
+    if picks == [0, 1, 6] and not cuts:
+        assert at == len(_REQUEST_PIECES[0])  # taken, the Bind after the Parse

@@ -213,15 +213,15 @@ def _counting_state(t: SessionTracker) -> tuple[object, ...]:
 
 def _declining_framers(monkeypatch: pytest.MonkeyPatch) -> set[int]:
     """The ids of framers that never take a counting or in-place way (a framed twin's): fill it in."""
-    count_tags, pass_whole, feed_one, feed_pair = (
+    count_tags, pass_whole, feed_one, feed_bind = (
         Framer.count_tags,
         Framer.pass_whole,
         Framer.feed_one,
-        Framer.feed_pair,
+        Framer.feed_bind,
     )
     declining: set[int] = set()
     # (pass_whole: a lone Terminate's way, and the login burst's, which the twin then frames too;
-    # feed_one and feed_pair: the pure build's way for a Query alone and libpq's extended requests)
+    # feed_one and feed_bind: the pure build's way for a Query alone and libpq's extended requests)
     monkeypatch.setattr(
         Framer, "pass_whole", lambda self, *args: False if id(self) in declining else pass_whole(self, *args)
     )
@@ -231,7 +231,9 @@ def _declining_framers(monkeypatch: pytest.MonkeyPatch) -> set[int]:
     monkeypatch.setattr(
         Framer, "feed_one", lambda self, *args: False if id(self) in declining else feed_one(self, *args)
     )
-    monkeypatch.setattr(Framer, "feed_pair", lambda self, *args: 0 if id(self) in declining else feed_pair(self, *args))
+    monkeypatch.setattr(
+        Framer, "feed_bind", lambda self, *args: -1 if id(self) in declining else feed_bind(self, *args)
+    )
     return declining
 
 
@@ -600,7 +602,7 @@ def test_an_answer_starting_as_the_last_one_did_is_walked_as_the_framed_way() ->
 
 
 def test_a_bind_before_libpqs_tail_is_taken_as_the_walk_takes_it() -> None:
-    """SessionTracker.frontend's way for a Bind, Describe, Execute and Sync chunk (Framer.feed_one) against the framed way.
+    """SessionTracker.frontend's way for a Bind, Describe, Execute and Sync chunk (Framer.feed_bind) against the framed way.
 
     Well formed, with a body that does not read (Malformed, and the session
     goes on undecoded), and with a length that says more or less than the
@@ -627,7 +629,7 @@ def _awaited(t: SessionTracker) -> list[str]:
 
 
 def test_a_parse_and_bind_before_libpqs_tail_are_taken_as_the_walk_takes_them() -> None:
-    """SessionTracker.frontend's way for a Parse, Bind, Describe, Execute and Sync chunk (Framer.feed_pair).
+    """SessionTracker.frontend's way for a Parse, Bind, Describe, Execute and Sync chunk (Framer.feed_bind).
 
     Against the framed way: well formed, either body unreadable, lengths that
     do not meet the next message or the tail, and another message second.

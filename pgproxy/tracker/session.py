@@ -493,15 +493,9 @@ class SessionTracker:
                 tail = len(data) - len(_PORTAL_TAIL)
                 # A Bind before them (pgbench -M prepared, a driver's prepared statement), or a Parse and
                 # a Bind (pgbench -M extended, an unnamed statement): what the walk below does with them,
-                # without its loops (see Framer.feed_one and feed_pair), every body read before anything
-                # is done; a body that does not read goes to the walk, which decodes it the general way.
-                first = data[0]
-                bind_at = -1  # where the Bind starts: 0 alone, after the Parse otherwise; -1: the walk
-                if first == _BIND:
-                    if conv.frontend.feed_one(data, tail):
-                        bind_at = 0
-                elif first == _PARSE:
-                    bind_at = conv.frontend.feed_pair(data, _BIND, tail) or -1
+                # without its loops (see Framer.feed_bind), every body read before anything is done;
+                # a body that does not read goes to the walk, which decodes it the general way.
+                bind_at = conv.frontend.feed_bind(data, tail)  # 0 alone, after the Parse otherwise; -1: the walk
                 if bind_at >= 0:
                     self.messages_from_client += (2 if bind_at else 1) + _PORTAL_TAIL_MESSAGES
                     now = self.clock() if now is None else now
@@ -1061,7 +1055,7 @@ class SessionTracker:
 
         What :meth:`_frontend_message_detail` does with the chunk's frames,
         without framing it: the framer checks the first one or two messages
-        as query detail's way does (Framer.feed_one, feed_pair), and the three
+        as query detail's way does (Framer.feed_bind), and the three
         at the end (_PORTAL_TAIL) take their kept events and messages
         (MessageEvents.known) straight, as the loop would find them by their
         bytes. None, with nothing done, when they are not kept yet (the
@@ -1079,13 +1073,7 @@ class SessionTracker:
         if describe is None or execute is None or sync is None:
             return None
         tail = len(data) - len(_PORTAL_TAIL)
-        first = data[0]
-        bind_at = -1
-        if first == _BIND:
-            if conv.frontend.feed_one(data, tail):
-                bind_at = 0
-        elif first == _PARSE:
-            bind_at = conv.frontend.feed_pair(data, _BIND, tail) or -1
+        bind_at = conv.frontend.feed_bind(data, tail)
         if bind_at < 0:
             return None
         self.messages_from_client += (2 if bind_at else 1) + _PORTAL_TAIL_MESSAGES
@@ -1336,19 +1324,16 @@ class SessionTracker:
 
         A Bind, or a Parse and a Bind, or any whole requests, before libpq's
         Describe, Execute and Sync (pgbench -M prepared and extended; the tail
-        by one ``endswith``): one or two header reads (Framer.feed_one and
-        feed_pair), or a walk that stops before the tail, instead of a loop
-        turn per message in Framer.count_tags (~2k instructions each under the
-        interpreter). The compiled build's walk is native and takes every chunk.
+        by one ``endswith``): one or two header reads (Framer.feed_bind), or a
+        walk that stops before the tail, instead of a loop turn per message in
+        Framer.count_tags (~2k instructions each under the interpreter). The compiled build's walk is native and takes every chunk.
         """
         if not data.endswith(_PORTAL_TAIL):
             return False
         tail = len(data) - len(_PORTAL_TAIL)
-        first = data[0]
-        if first == _BIND and framer.feed_one(data, tail):
-            count = 1
-        elif first == _PARSE and framer.feed_pair(data, _BIND, tail):
-            count = 2
+        bind_at = framer.feed_bind(data, tail)
+        if bind_at >= 0:
+            count = 2 if bind_at else 1
         else:
             count = framer.count_tags(data, _COUNTED_REQUESTS, tail)
             if count < 0:
