@@ -507,9 +507,7 @@ class SessionTracker:
                     if parsed is not None:
                         statements.parse(parsed[0], parsed[1], parsed[2], now)
                     statements.bind(bind[0], bind[1], bind[2], bind[3], bind[4], now)
-                    statements.describe("P", "", now)
-                    statements.execute("", now)
-                    statements.sync()
+                    statements.portal_tail(now)
                     return statements.take_released() if statements.outbox else []
             else:
                 tail = -1
@@ -628,9 +626,7 @@ class SessionTracker:
         # them: what _request_by_fields would read from them, without reading.
         while pos < n:
             if pos == tail:
-                statements.describe("P", "", now)
-                statements.execute("", now)
-                statements.sync()
+                statements.portal_tail(now)
                 break
             tag: i64 = data[pos]
             if by_index:  # native integers, each byte before its shift (see Framer.feed_whole)
