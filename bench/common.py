@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 import time
+
+
+def proxy_command(port: int, upstream: int, detail: str) -> list[str]:
+    """``python -m pgproxy`` on 127.0.0.1:``port`` in front of 127.0.0.1:``upstream``, JSON lines at ``detail``: how every script runs it."""
+    return [
+        sys.executable, "-m", "pgproxy", "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{upstream}",
+        "--log-detail", detail, "--log-format", "json",
+    ]  # fmt: skip
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 20.0) -> None:

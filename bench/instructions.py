@@ -177,7 +177,7 @@ def _proxy_run(
     tree: Path, pg: EmbeddedPostgres, detail: str, connections: int, forwarder: bool, keep: Path | None
 ) -> int:
     """Main-thread instructions of one proxy process serving ``connections`` pgbench -C connections."""
-    from common import wait_port  # bench/common.py: the scripts import it by its bare name
+    from common import proxy_command, wait_port  # bench/common.py: the scripts import it by its bare name
 
     from pgproxy.demo.embedded import free_port
 
@@ -186,8 +186,7 @@ def _proxy_run(
     if forwarder:
         command = [sys.executable, str(ROOT / "bench" / "forwarder.py"), str(port), str(upstream)]
     else:
-        command = [sys.executable, "-m", "pgproxy", "--listen", f"127.0.0.1:{port}"]
-        command += ["--upstream", f"127.0.0.1:{upstream}", "--log-detail", detail, "--log-format", "json"]
+        command = proxy_command(port, upstream, detail)
     with tempfile.TemporaryDirectory() as out:
         log = Path(out) / "proxy.log"
         with open(log, "wb") as stdout:
@@ -256,22 +255,14 @@ _ROUNDTRIP_TABLE = (
 def _roundtrip_run(tree: Path, upstream: int, detail: str, warm: int, count: int, keep: Path | None) -> int:
     """Main-thread instructions of one proxy run serving one client's ``warm + count`` simple Queries."""
     sys.path.insert(0, str(ROOT))
+    from common import proxy_command  # bench/common.py: the scripts import it by its bare name
+
     from pgproxy.demo.embedded import free_port
     from pgproxy.protocol import build as b
 
     port = free_port()
     with tempfile.TemporaryDirectory() as out:
-        cmd = [
-            *_callgrind(out),
-            sys.executable,
-            "-m",
-            "pgproxy",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--upstream",
-            f"127.0.0.1:{upstream}",
-        ]
-        cmd += ["--log-detail", detail, "--log-format", "json"]
+        cmd = [*_callgrind(out), *proxy_command(port, upstream, detail)]
         with open(Path(out) / "proxy.jsonl", "wb") as log:
             proc = subprocess.Popen(
                 cmd,

@@ -52,7 +52,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import wait_port
+from common import proxy_command, wait_port
 
 from pgproxy.config import env_name
 from pgproxy.demo.embedded import EmbeddedPostgres, find_installation, free_port
@@ -168,8 +168,7 @@ def start_proxy(
     port = free_port()
     label = name or f"pgproxy {detail}"
     log = tmp / (re.sub(r"\W+", "-", label) + ".jsonl")
-    cmd = [sys.executable, "-m", "pgproxy", "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{upstream}"]
-    cmd += ["--log-detail", detail, "--log-format", "json"]
+    cmd = proxy_command(port, upstream, detail)
     if cpus:
         cmd = ["taskset", "-c", cpus, *cmd]
     env = dict(os.environ)

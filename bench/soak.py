@@ -39,7 +39,6 @@ import re
 import signal
 import struct
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -47,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from common import wait_port
+from common import proxy_command, wait_port
 
 from pgproxy.config import env_name
 from pgproxy.demo.embedded import EmbeddedPostgres, _run_as_user, free_port
@@ -74,21 +73,7 @@ def start_proxy(pg: EmbeddedPostgres, port: int, log: Path) -> subprocess.Popen[
     env = dict(os.environ)
     env[env_name("proxy.startup_timeout")] = str(STARTUP_TIMEOUT)
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pgproxy",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--upstream",
-            f"127.0.0.1:{pg.port}",
-            "--log-detail",
-            "query",
-            "--log-format",
-            "json",
-            "--log-file",
-            str(log),
-        ],
+        [*proxy_command(port, pg.port, "query"), "--log-file", str(log)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env=env,
