@@ -1322,7 +1322,8 @@ class SessionTracker:
         Describe, Execute and Sync (pgbench -M prepared and extended; the tail
         by one ``endswith``): one or two header reads (Framer.feed_bind), or a
         walk that stops before the tail, instead of a loop turn per message in
-        Framer.count_tags (~2k instructions each under the interpreter). The compiled build's walk is native and takes every chunk.
+        Framer.count_tags (~2k instructions each under the interpreter). The
+        compiled build's walk is native and takes every chunk.
         """
         if not data.endswith(_PORTAL_TAIL):
             return False
