@@ -35,6 +35,7 @@ Subcommands:
     connections and one of 3N, each from the proxy's start to its exit on
     SIGTERM, so start-up, the drain and the first connection's one-time work
     (imports, caches) fall out. PostgreSQL and pgbench run outside callgrind.
+    ``--functions N`` adds where they go: see below.
 
 ``roundtrip [--tree DIR] [--detail D]``
     The whole proxy's main-thread instructions per round trip for one client
@@ -45,8 +46,17 @@ Subcommands:
     under callgrind in front of an embedded PostgreSQL; the client is this
     process, talking the protocol over a socket. The count is the difference
     of two runs of different length, as for ``statement``: start-up, the
-    connection's set-up and shutdown do not count. ``--keep DIR`` keeps the
-    longer run's profiles for ``callgrind_annotate``.
+    connection's set-up and shutdown do not count. ``--keep DIR`` keeps both
+    runs' profiles for ``callgrind_annotate`` (suffixed with the run's count).
+
+``--functions N`` (``connection``, ``roundtrip``)
+    Where the count goes: the N functions whose inclusive instructions grow
+    most per connection or round trip, as the difference of the two runs'
+    main-thread profiles (``callgrind_annotate --inclusive=yes``), so one-time
+    work (imports, the fingerprint grammar's load, the first connection's
+    caches) drops out, as it does from the count. A profile of one run
+    cannot say that: there, one-time work outweighs hundreds of connections.
+    A function called recursively is listed under each depth (``'2``).
 
 Needs valgrind. ``PYTHONHASHSEED=0`` is set for the counted process.
 Run: ``python bench/instructions.py statement --workload prepared``.
@@ -225,6 +235,49 @@ def connection(tree: Path, detail: str, connections: int, forwarder: bool, keep:
     return (long - short) / (2 * connections)
 
 
+def _inclusive(profile: Path) -> dict[str, int]:
+    """Inclusive instructions per function in one callgrind profile, by function name (``callgrind_annotate``)."""
+    text = subprocess.run(
+        ["callgrind_annotate", "--inclusive=yes", "--threshold=100", str(profile)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    counts: dict[str, int] = {}
+    for found in re.finditer(r"^\s*([\d,]+) \([^)]*\)\s+(?:\S*:)?(\S+?)(?: \[.*\])?$", text, re.MULTILINE):
+        # A function appears once per object file it was inlined from: its largest count is the function's.
+        name = found.group(2)
+        counts[name] = max(counts.get(name, 0), int(found.group(1).replace(",", "")))
+    return counts
+
+
+def per_unit_functions(keep: Path, short: int, long: int, top: int, total: float) -> list[tuple[float, str]]:
+    """The ``top`` functions by inclusive instructions per unit: the two runs' main-thread profiles, differenced.
+
+    Left out: the frames that hold all of it (``total`` per unit or more: the
+    interpreter's and the event loop's outer frames, which say nothing), and
+    names callgrind could not resolve (``0x...``, call stubs).
+    """
+    profiles = []
+    for count in (short, long):
+        found = [p for p in keep.iterdir() if p.name.endswith(f"-01.{count}")]
+        if len(found) != 1:
+            raise RuntimeError(f"expected one main-thread profile of the {count} run in {keep}, found {len(found)}")
+        profiles.append(_inclusive(found[0]))
+    before, after = profiles
+    units = long - short
+    rows = [((after.get(name, 0) - before.get(name, 0)) / units, name) for name in before.keys() | after.keys()]
+    rows = [(per, name) for per, name in rows if per < 0.99 * total and not name.startswith("0x")]
+    rows.sort(reverse=True)
+    return rows[:top]
+
+
+def _print_functions(rows: list[tuple[float, str]], unit: str) -> None:
+    print(f"inclusive instructions per {unit}, by function (main thread; the two runs' difference):")
+    for per, name in rows:
+        print(f"{per / 1000:10.2f}k  {name}")
+
+
 def _answer(sock: socket.socket, pending: bytearray) -> None:
     """Read backend messages up to and including ReadyForQuery ("Z"), or raise on an ErrorResponse."""
     while True:
@@ -308,7 +361,7 @@ def _roundtrip_run(tree: Path, upstream: int, detail: str, warm: int, count: int
             keep.mkdir(parents=True, exist_ok=True)
             for profile in Path(out).iterdir():
                 if profile.name.startswith("cg."):
-                    shutil.copy(profile, keep / profile.name)
+                    shutil.copy(profile, keep / f"{profile.name}.{count}")
         return _main_thread_total(out)
 
 
@@ -319,7 +372,7 @@ def roundtrip(tree: Path, detail: str, count: int, warm: int, keep: Path | None)
 
     with EmbeddedPostgres() as pg:
         pg.psql(_ROUNDTRIP_TABLE)
-        short = _roundtrip_run(tree, pg.port, detail, warm, count, None)
+        short = _roundtrip_run(tree, pg.port, detail, warm, count, keep)
         long = _roundtrip_run(tree, pg.port, detail, warm, 3 * count, keep)
     return (long - short) / (2 * count)
 
@@ -368,21 +421,29 @@ def main() -> None:
     c.add_argument("--connections", type=int, default=100, help="connections in the shorter counted run")
     c.add_argument("--forwarder", action="store_true", help="count bench/forwarder.py instead of the proxy")
     c.add_argument("--keep", type=Path, help="copy the callgrind profiles here (for callgrind_annotate)")
+    c.add_argument("--functions", type=int, default=0, metavar="N", help="also list the N costliest functions")
     r = commands.add_parser("roundtrip", help="instructions per round trip, the whole proxy, one client")
     r.add_argument("--tree", type=Path, default=ROOT, help="directory holding the pgproxy package to count")
     r.add_argument("--detail", choices=DETAILS, default="query")
     r.add_argument("--round-trips", type=int, default=500, help="round trips in the shorter counted run")
     r.add_argument("--warm", type=int, default=500, help="round trips before counting")
-    r.add_argument("--keep", type=Path, help="keep the longer run's callgrind profiles here")
+    r.add_argument("--keep", type=Path, help="keep both runs' callgrind profiles here")
+    r.add_argument("--functions", type=int, default=0, metavar="N", help="also list the N costliest functions")
     args = parser.parse_args()
-    if args.command == "roundtrip":
-        per = roundtrip(args.tree.resolve(), args.detail, args.round_trips, args.warm, args.keep)
-        print(f"{args.detail:<10} simple    {per / 1000:8.1f}k instructions per round trip (proxy main thread)")
-        return
-    if args.command == "connection":
-        per = connection(args.tree.resolve(), args.detail, args.connections, args.forwarder, args.keep)
-        what = "forwarder" if args.forwarder else args.detail
-        print(f"{what:<10} pgbench -C {per / 1000:8.1f}k instructions per connection (main thread)")
+    if args.command in ("roundtrip", "connection"):
+        with tempfile.TemporaryDirectory() as scratch:
+            keep = args.keep or (Path(scratch) if args.functions else None)
+            if args.command == "roundtrip":
+                per = roundtrip(args.tree.resolve(), args.detail, args.round_trips, args.warm, keep)
+                print(f"{args.detail:<10} simple    {per / 1000:8.1f}k instructions per round trip (proxy main thread)")
+                short, unit = args.round_trips, "round trip"
+            else:
+                per = connection(args.tree.resolve(), args.detail, args.connections, args.forwarder, keep)
+                what = "forwarder" if args.forwarder else args.detail
+                print(f"{what:<10} pgbench -C {per / 1000:8.1f}k instructions per connection (main thread)")
+                short, unit = args.connections, "connection"
+            if args.functions and keep is not None:
+                _print_functions(per_unit_functions(keep, short, 3 * short, args.functions, per), unit)
         return
     if args.command == "build":
         build(args.dest.resolve(), args.rev, args.pure)
