@@ -53,19 +53,40 @@ def _records(records: list[Record]) -> list[tuple[str, str, dict[str, Any]]]:
     return [(r.event, r.level, r.fields) for r in records]
 
 
+#: Message detail's kept events for the tail's three requests (stand-ins: the tracker only places them).
+KEPT = tuple(Record(f"message.{name}", "info", {"session": "s"}) for name in ("Describe", "Execute", "Sync"))
+
+
+def _three_kept(tracker: StatementTracker, now: float) -> list[Record]:
+    """Message detail's general way: each request's call, what it released, then its message's kept event."""
+    out: list[Record] = []
+    for call, record in zip(
+        (lambda: tracker.describe("P", "", now), lambda: tracker.execute("", now), tracker.sync), KEPT, strict=True
+    ):
+        call()
+        out += tracker.take_released()
+        out.append(record)
+    return out
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     st.lists(st.sampled_from(OPS), max_size=40),
     st.integers(min_value=1, max_value=10),
+    st.booleans(),
 )
-@example(ops=["parse", "bind", "tail", "step", "step", "complete", "ready"], max_pending=10)
-@example(ops=["parse", "bind", "tail"], max_pending=3)  # the three fit exactly
-@example(ops=["parse", "bind", "tail", "tail"], max_pending=5)  # the second tail reaches the bound half-way
-def test_portal_tail_is_the_three_calls(ops: list[str], max_pending: int) -> None:
+@example(ops=["parse", "bind", "tail", "step", "step", "complete", "ready"], max_pending=10, kept=False)
+@example(ops=["parse", "bind", "tail"], max_pending=3, kept=False)  # the three fit exactly
+@example(ops=["parse", "bind", "tail", "tail"], max_pending=5, kept=False)  # the second tail reaches the bound half-way
+@example(ops=["parse", "bind", "tail", "tail"], max_pending=5, kept=True)  # message detail's, half-way
+@example(ops=["parse", "bind", "tail", "step", "complete", "ready"], max_pending=10, kept=True)
+def test_portal_tail_is_the_three_calls(ops: list[str], max_pending: int, kept: bool) -> None:
     """Twin trackers, one taking libpq's tail in one call, the other by its three: same state, same records.
 
     Near the pending bound the one call falls back to the three, so the
     anomaly and the counting of untracked requests come out the same.
+    With ``kept`` (message detail) each kept event comes after what its
+    request released, as message detail's loop places them.
     """
     options = TrackerOptions(analyzer=None)
     one, three = (StatementTracker(options, {"session": "s"}, max_pending=max_pending) for _ in range(2))
@@ -75,7 +96,10 @@ def test_portal_tail_is_the_three_calls(ops: list[str], max_pending: int) -> Non
         for tracker in (one, three):
             if op == "tail":
                 if tracker is one:
-                    tracker.portal_tail(now)
+                    tracker.portal_tail(now, KEPT if kept else None)
+                elif kept:
+                    outs.append(_records(_three_kept(tracker, now)))
+                    continue
                 else:
                     _three(tracker, now)
             elif op.startswith("parse"):

@@ -1078,21 +1078,10 @@ class SessionTracker:
         if bind_at:
             frames.insert(0, (_PARSE, data, _HEADER_BYTES, bind_at))
         out = self._frontend_message_detail(frames, statements, events, now, [])
-        # The tail's three as query detail hands them to the statement tracker (_PORTAL_TAIL's fields),
-        # not through their handlers in a loop (pgbench -M extended at message detail, pure:
-        # three calls fewer, 4865 -> 4799 bytecodes a statement with the sinks)
-        statements.describe("P", "", now)
-        if statements.outbox:
-            out += statements.take_released()
-        out.append(describe[0])
-        statements.execute("", now)
-        if statements.outbox:
-            out += statements.take_released()
-        out.append(execute[0])
-        statements.sync()
-        if statements.outbox:
-            out += statements.take_released()
-        out.append(sync[0])
+        # The tail's three as query detail hands them to the statement tracker (portal_tail), each
+        # message's kept event placed after what its request released
+        statements.portal_tail(now, (describe[0], execute[0], sync[0]))
+        out += statements.take_released()
         return out
 
     def _backend_message_detail(

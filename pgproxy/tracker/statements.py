@@ -978,7 +978,7 @@ class StatementTracker:
             return
         self._expect(self._execution(portal_name, now))
 
-    def portal_tail(self, now: float) -> None:
+    def portal_tail(self, now: float, kept: tuple[Record, Record, Record] | None = None) -> None:
         """libpq's Describe, Execute and Sync of the unnamed portal, as ``describe``, ``execute`` and ``sync`` take them.
 
         What libpq sends after every Bind (pgbench -M extended and prepared,
@@ -987,6 +987,11 @@ class StatementTracker:
         :meth:`_expect`. Near the bound (or untracked) the three calls take
         them, so a session at its limit counts them as before.
         tests/test_statement_tail.py holds it to the three calls.
+
+        ``kept``: message detail's three message events, one for each
+        request; each goes to the outbox (:meth:`take_released`) right after
+        its request is taken, behind whatever that request released, so the
+        caller takes the tail's records in one list, in the three calls' order.
         """
         if self.untracked is None:
             pending = self.pending
@@ -998,10 +1003,18 @@ class StatementTracker:
                 pending.append(ExpectDescribe(self.portals.get("")))
                 pending.append(self._execution("", now))  # ends the group (_group_start None), as sync does
                 pending.append(_SYNC)
+                if kept is not None:  # nothing released in between: the three together
+                    self.outbox += kept
                 return
         self.describe("P", "", now)
+        if kept is not None:
+            self.outbox.append(kept[0])
         self.execute("", now)
+        if kept is not None:
+            self.outbox.append(kept[1])
         self.sync()
+        if kept is not None:
+            self.outbox.append(kept[2])
 
     def _execution(self, portal_name: str, now: float) -> Execution:
         """What an Execute of ``portal_name`` expects: its statement's Execution, counted (``executes``)."""
