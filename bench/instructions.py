@@ -14,7 +14,7 @@ Subcommands:
     ``--pure`` copies without compiling. Run the other subcommands with
     ``--tree DEST`` to count that build.
 
-``statement [--tree DIR] [--detail D] [--workload W]``
+``statement [--tree DIR] [--detail D] [--workload W] [--clock fixed|cycling]``
     The main thread's instructions per statement for the session tracker plus
     the sinks the proxy builds with the default configuration (the JSON log
     sink writing to a file, and the statement statistics), fed the exact bytes
@@ -25,6 +25,12 @@ Subcommands:
     The tracker's clock advances 125 µs per reading: every statement lasts
     the same, so the statistics count each in the same bucket in every run,
     and the count does not depend on how fast the machine ran the statements.
+    ``--clock cycling`` advances it by steps of 30 to 250 µs in a fixed cycle
+    of seven instead: durations that straddle the statistics' 0.05, 0.1 and
+    0.2 ms bucket bounds as pgbench -S's do, the same in every run, for a change
+    that acts only when a duration leaves the last one's bucket. (Which
+    durations come out depends on how many times the tracker reads its clock
+    per statement: compare two builds that read it as often.)
 
 ``connection [--tree DIR] [--detail D] [--connections N] [--forwarder]``
     The main thread's instructions per new connection for the whole proxy
@@ -94,7 +100,7 @@ from pgproxy.protocol import build as b
 from pgproxy.sink import Fanout
 from pgproxy.tracker.session import SessionTracker
 
-detail, workload, warm, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+detail, workload, warm, count, clocked = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 # JSON lines on stdout, and stdout a file: one destination, as the benchmark runs the proxy.
 log = tempfile.NamedTemporaryFile(suffix=".log", delete=False).name
 out = os.open(log, os.O_WRONLY | os.O_APPEND)
@@ -107,6 +113,9 @@ sink = Fanout(log_sink, [stats]) if stats is not None else log_sink
 # A clock of fixed steps, a C callable as time.monotonic is: every statement lasts the same,
 # so the statistics take the same bucket in every run and the count does not follow the timing.
 clock = itertools.count(1000.0, 0.000125).__next__
+if clocked == "cycling":  # steps of 30-250 µs, seven of them (prime: every pairing of reads comes round)
+    steps = (0.00004, 0.00007, 0.00012, 0.00018, 0.00025, 0.00009, 0.00003)
+    clock = itertools.accumulate(itertools.cycle(steps), initial=1000.0).__next__
 tracker = SessionTracker(
     "bench", config.tracker_options(), client=("127.0.0.1", 1), server=("127.0.0.1", 2), clock=clock
 )
@@ -176,10 +185,10 @@ def _main_thread_instructions(tree: Path, script: str, args: list[str]) -> int:
         return _main_thread_total(out)
 
 
-def statement(tree: Path, detail: str, workload: str, count: int, warm: int) -> float:
+def statement(tree: Path, detail: str, workload: str, count: int, warm: int, clock: str = "fixed") -> float:
     """Main-thread instructions per statement (difference of a run of ``count`` and one of ``3 * count``)."""
-    short = _main_thread_instructions(tree, _STATEMENT_CHILD, [detail, workload, str(warm), str(count)])
-    long = _main_thread_instructions(tree, _STATEMENT_CHILD, [detail, workload, str(warm), str(3 * count)])
+    short = _main_thread_instructions(tree, _STATEMENT_CHILD, [detail, workload, str(warm), str(count), clock])
+    long = _main_thread_instructions(tree, _STATEMENT_CHILD, [detail, workload, str(warm), str(3 * count), clock])
     return (long - short) / (2 * count)
 
 
@@ -415,6 +424,7 @@ def main() -> None:
     s.add_argument("--workload", choices=(*WORKLOADS, "all"), default="all")
     s.add_argument("--statements", type=int, default=1000, help="statements in the shorter counted run")
     s.add_argument("--warm", type=int, default=1000, help="statements before counting (fills every cache)")
+    s.add_argument("--clock", choices=("fixed", "cycling"), default="fixed", help="statement durations (see above)")
     c = commands.add_parser("connection", help="instructions per new connection, whole proxy, pgbench -S -C")
     c.add_argument("--tree", type=Path, default=ROOT, help="directory holding the pgproxy package to count")
     c.add_argument("--detail", choices=DETAILS, default="query")
@@ -451,7 +461,7 @@ def main() -> None:
         return
     workloads = WORKLOADS if args.workload == "all" else (args.workload,)
     for workload in workloads:
-        per = statement(args.tree.resolve(), args.detail, workload, args.statements, args.warm)
+        per = statement(args.tree.resolve(), args.detail, workload, args.statements, args.warm, args.clock)
         print(f"{args.detail:<10} {workload:<9} {per / 1000:8.1f}k instructions per statement (main thread)")
 
 
