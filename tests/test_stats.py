@@ -7,7 +7,10 @@ import bisect
 import io
 import json
 import math
-from typing import Any
+from typing import Any, Final
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pgproxy.sink.stats import LATENCY_BUCKETS_MS, STATEMENT_STATS, STATS_REPORTED, Aggregate, StatementStats
 from pgproxy.top import LogFollower, render, top_command
@@ -321,3 +324,27 @@ def test_the_last_bucket_shortcut_puts_every_duration_where_bisect_does() -> Non
         agg.add(duration, 0, None)
         expected[bisect.bisect_left(LATENCY_BUCKETS_MS, duration)] += 1
         assert agg.buckets == expected, duration
+
+
+_EDGES: Final = [b + d for b in LATENCY_BUCKETS_MS for d in (-1e-9, 0.0, 1e-9)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from([*_EDGES, 0.0, -1.0, math.inf, -math.inf, math.nan]),
+            st.floats(min_value=0.0, max_value=20000.0),
+            st.floats(allow_nan=True, allow_infinity=True),
+        ),
+        max_size=40,
+    )
+)
+def test_the_neighbour_buckets_put_any_run_of_durations_where_bisect_does(durations: list[float]) -> None:
+    """Aggregate.add tries the last duration's bucket, then its neighbours: any sequence lands where bisect_left puts it."""
+    agg = Aggregate()
+    expected = [0] * (len(LATENCY_BUCKETS_MS) + 1)
+    for duration in durations:
+        agg.add(duration, 0, None)
+        expected[bisect.bisect_left(LATENCY_BUCKETS_MS, duration)] += 1
+    assert agg.buckets == expected
