@@ -101,12 +101,12 @@ class Aggregate:
         bucket = self.last_bucket
         if not _LOWER_MS[bucket] < duration_ms <= _UPPER_MS[bucket]:
             # Not there: mostly a neighbour (pgbench -S's durations straddle 0.05, 0.1 and 0.2 ms,
-            # a third of them in another bucket than the last, callgrind), two comparisons each
-            # where the bisect_left call cost ~850 instructions (compiled, callgrind). NaN fails
-            # every comparison and goes to bisect_left, as before.
-            if bucket < _TOP and _UPPER_MS[bucket] < duration_ms <= _UPPER_MS[bucket + 1]:
+            # a third of them in another bucket than the last, callgrind), each asked as the last
+            # one was, before the bisect_left call. NaN fails every comparison and goes to
+            # bisect_left, as before.
+            if bucket < _TOP and _LOWER_MS[bucket + 1] < duration_ms <= _UPPER_MS[bucket + 1]:
                 bucket += 1
-            elif bucket > 0 and _LOWER_MS[bucket - 1] < duration_ms <= _LOWER_MS[bucket]:
+            elif bucket > 0 and _LOWER_MS[bucket - 1] < duration_ms <= _UPPER_MS[bucket - 1]:
                 bucket -= 1
             else:
                 bucket = _bisect_left(LATENCY_BUCKETS_MS, duration_ms)
