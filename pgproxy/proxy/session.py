@@ -46,6 +46,11 @@ OBSERVE_SLICE: Final = 4096
 OBSERVE_BACKLOG_PAUSE: Final = 1 << 20
 _NEGOTIATION_NAMES: Final = {SSL_REQUEST_CODE: "SSLRequest", GSSENC_REQUEST_CODE: "GSSENCRequest"}
 _TERMINATE: Final = b"X\x00\x00\x00\x04"  # Terminate ("Message Formats"): a clean goodbye to the server
+# The dial's task, made directly and named: the loop's create_task leaves the name to the Task, which
+# formats "Task-N" for every connection, and then wraps the call (callgrind, a task created and
+# awaited: ~19.7k -> ~17.7k instructions). The name also says what the task is in a task dump.
+_TASK: Final = asyncio.Task
+_DIAL_TASK_NAME: Final = "pgproxy.dial"
 
 
 def emit_records(sink: Sink, records: list[Record]) -> None:
@@ -567,7 +572,7 @@ class ClientSession(asyncio.Protocol):
     def _connect(self) -> None:
         self.state = _CONNECTING
         self.client_reads.pause("connecting")
-        self._connect_task = self.server.loop.create_task(self._dial())
+        self._connect_task = _TASK(self._dial(), loop=self.server.loop, name=_DIAL_TASK_NAME)
         self.server.connect_deadlines.start(self)
 
     def connect_timed_out(self) -> None:

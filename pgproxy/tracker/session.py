@@ -1594,10 +1594,25 @@ class SessionTracker:
                     layout = _ENDED_LAYOUT
             elif status is not None:
                 layout = _ENDED_LAYOUT_COUNTING
-        if layout is not None and fields is not None:
+        facts: _StartupFacts | None = None
+        if layout is not None:
+            startup = self.conv.startup
+            facts = _started_fields.get(id(startup)) if startup is not None else None
+            if facts is None or facts.msg is not startup:  # forgotten meanwhile (64 other start-ups): the general way
+                layout = None
+        if layout is not None and fields is not None and facts is not None:
             # The usual end (the proxy's two byte counts, nothing unusual to say): the general way's
-            # fields, in its order, as a copy of their layout. tests/test_session_events.py holds the two together.
-            end = layout.copy()
+            # fields, in its order, as a copy of their layout filled in but for the session's own
+            # (see _StartupFacts.ended_layout). A full context's user, database and application are
+            # the StartupMessage's (_started promoted them). tests/test_session_events.py holds the two together.
+            address = context["client.address"]
+            own = facts.ended_layout
+            if own is None or facts.ended_base is not layout or facts.ended_address != address:
+                own = facts.ended_layout = _ended_layout(facts, layout, address)
+                facts.ended_base = layout
+                facts.ended_address = address
+            layout = own
+            end = own.copy()
             end["session"] = self.session_id
             end["reason"] = reason
             end["duration_ms"] = round_ms((now - self.started_at) * 1000.0)
@@ -1605,11 +1620,7 @@ class SessionTracker:
             end["bytes_from_server"] = fields["bytes_from_server"]
             end["messages_from_client"] = self.messages_from_client
             end["messages_from_server"] = self.messages_from_server
-            end["user"] = context["user"]
-            end["db.namespace"] = context["db.namespace"]
-            end["application_name"] = context["application_name"]
             end["backend_pid"] = context["backend_pid"]
-            end["client.address"] = context["client.address"]
             end["client.port"] = context["client.port"]
             if statements is not None:
                 end["statements"] = statements.executed
@@ -1710,17 +1721,18 @@ class SessionTracker:
             out.append(self._odd_message(msg, "frontend"))
 
     def _started(self, msg: m.StartupMessage) -> Record:
-        known = _started_fields.get(id(msg))
-        if known is None or known[0] is not msg:
-            known = _startup_fields(msg)
-        _msg, promoted, replication, version, extra = known
+        facts = _started_fields.get(id(msg))
+        if facts is None or facts.msg is not msg:
+            facts = _startup_facts(msg)
+        promoted = facts.promoted
+        extra = facts.extra
         ctx = self.context
         client, server = self.client, self.server
         # Both addresses known and nothing promoted yet, all three promoted now: the context's keys
         # are the layout's, in its order (session and db.system.name, the addresses, the promoted).
         usual = client is not None and server is not None and len(ctx) == _OPENING_CONTEXT and len(promoted) == 3
         ctx.update(promoted)
-        if replication:
+        if facts.replication:
             self.replication = ReplicationStreams(ctx)
         if self.statements is not None:
             self.statements.context_changed()
@@ -1728,20 +1740,17 @@ class SessionTracker:
                 ctx.get("user"), ctx.get("db.namespace"), ctx.get("application_name")
             )
         if usual and client is not None and server is not None:
-            # The general way's fields below, as a copy of their layout (see _STARTED_LAYOUT).
-            layout = _STARTED_LAYOUT_PARAMETERS if extra else _STARTED_LAYOUT
+            # The general way's fields below, as a copy of their layout filled in but for the session's
+            # own three (see _StartupFacts.started_layout).
+            layout = facts.started_layout
+            if layout is None or facts.started_server != server:
+                layout = facts.started_layout = _started_layout(facts, server)
+                facts.started_server = server
             fields = layout.copy()
             fields["session"] = self.session_id
-            fields["server.address"], fields["server.port"] = server
             fields["client.address"], fields["client.port"] = client
-            fields["user"] = promoted[0][1]
-            fields["db.namespace"] = promoted[1][1]
-            fields["application_name"] = promoted[2][1]
-            fields["protocol_version"] = version
-            if extra:
-                fields["parameters"] = dict(extra)
             return Record(SESSION_STARTED, "info", fields, layout=layout)
-        return Record(SESSION_STARTED, "info", _started_record_fields(ctx, version, extra))
+        return Record(SESSION_STARTED, "info", _started_record_fields(ctx, facts.version, extra))
 
     # ------------------------------------------------------------------ backend
 
@@ -1870,6 +1879,23 @@ class SessionTracker:
             and self.negotiated is None
             and "server_version" in params
         ):
+            auth_method = self.conv.auth_method or "trust"
+            facts = _started_fields.get(id(startup)) if parameters is not None else None
+            if facts is not None and facts.msg is startup:
+                # A known login answer's shared parameters, after this StartupMessage: the fields
+                # but the session's own three are those of the last session like it (see
+                # _StartupFacts.ready_layout). The context's user, database and application
+                # are the message's (_started promoted them: a full context has nothing else).
+                layout = facts.ready_layout
+                if layout is None or facts.ready_parameters is not params or facts.ready_auth != auth_method:
+                    layout = facts.ready_layout = _ready_layout(facts, params, auth_method)
+                    facts.ready_parameters = params
+                    facts.ready_auth = auth_method
+                fields = layout.copy()
+                fields["session"] = self.session_id
+                fields["backend_pid"] = context["backend_pid"]
+                fields["setup_ms"] = round_ms((now - self.started_at) * 1000.0)
+                return Record(SESSION_READY, "info", fields, layout=layout)
             # The general way's fields below, as a copy of their layout (see _READY_LAYOUT).
             fields = _READY_LAYOUT.copy()
             fields["session"] = self.session_id
@@ -1877,7 +1903,7 @@ class SessionTracker:
             fields["db.namespace"] = context["db.namespace"]
             fields["application_name"] = context["application_name"]
             fields["backend_pid"] = context["backend_pid"]
-            fields["auth_method"] = self.conv.auth_method or "trust"
+            fields["auth_method"] = auth_method
             fields["server_version"] = params["server_version"]
             fields["parameters"] = params
             fields["protocol_version"] = f"{startup.protocol_major}.{startup.protocol_minor}"
@@ -2012,31 +2038,79 @@ def _answer_parameters(answer: LoginAnswer) -> dict[str, str]:
     return known[1]
 
 
-#: What ``session.started`` takes from a StartupMessage, by the message's id (the message kept
-#: with it): the conversation decodes one message per distinct packet and every connection of one
-#: application brings the same packet, so its fields are worked out once (see _startup_fields).
-_started_fields: Final[dict[int, tuple[m.StartupMessage, list[tuple[str, Any]], bool, str, dict[str, str]]]] = {}
+class _StartupFacts:
+    """What the session events take from one StartupMessage, worked out once for every session that sends it.
+
+    The conversation decodes one message per distinct packet, and every
+    connection of one application brings the same packet: reading its fields
+    per session cost about 10k of ``session.started``'s 22k instructions (pure
+    Python, callgrind); a message is frozen, so they cannot change.
+
+    ``started_layout``, ``ready_layout`` and ``ended_layout`` are
+    ``session.started``'s, ``session.ready``'s and ``session.ended``'s usual
+    fields filled in but for each session's own (``session``, the client's
+    address and port; ``session``, ``backend_pid``, ``setup_ms``; all but the
+    user, database, application and client address), for the last upstream
+    address, login answer's parameters and authentication method, and client
+    address: a session's record is a copy with its own set, where setting every
+    field cost ~1k, ~2.5k and ~1.5k instructions a connection (compiled,
+    callgrind). Each is a record's ``layout``
+    (:attr:`~pgproxy.tracker.records.Record.layout`), replaced, never changed.
+    """
+
+    __slots__ = (
+        "ended_address",
+        "ended_base",
+        "ended_layout",
+        "extra",
+        "msg",
+        "promoted",
+        "ready_auth",
+        "ready_layout",
+        "ready_parameters",
+        "replication",
+        "started_layout",
+        "started_server",
+        "version",
+    )
+
+    def __init__(
+        self, msg: m.StartupMessage, promoted: dict[str, Any], replication: bool, version: str, extra: dict[str, str]
+    ) -> None:
+        self.msg = msg
+        #: The session context's promoted fields, in their order.
+        self.promoted = promoted
+        #: Whether it opens a replication connection.
+        self.replication = replication
+        #: The protocol version asked for ("3.0").
+        self.version = version
+        #: The other start-up parameters.
+        self.extra = extra
+        self.started_layout: dict[str, Any] | None = None
+        self.started_server: tuple[str, int] | None = None
+        self.ready_layout: dict[str, Any] | None = None
+        self.ready_parameters: dict[str, str] | None = None
+        self.ready_auth = ""
+        self.ended_layout: dict[str, Any] | None = None
+        self.ended_base: dict[str, Any] | None = None  # _ENDED_LAYOUT or _ENDED_LAYOUT_COUNTING
+        self.ended_address: str | None = None
+
+
+#: Start-up facts by their message's id (the message kept with them, so its id is not reused).
+_started_fields: Final[dict[int, _StartupFacts]] = {}
 _STARTED_KEPT: Final = 64
 
 
-def _startup_fields(
-    msg: m.StartupMessage,
-) -> tuple[m.StartupMessage, list[tuple[str, Any]], bool, str, dict[str, str]]:
-    """A StartupMessage's part of ``session.started``, kept for the next session with the same message.
-
-    (message, the session context's promoted fields in order, whether it opens a
-    replication connection, the protocol version, the other parameters.) Reading
-    them per session cost about 10k of the record's 22k instructions (pure
-    Python, callgrind); a message is frozen, so they cannot change.
-    """
+def _startup_facts(msg: m.StartupMessage) -> _StartupFacts:
+    """A StartupMessage's facts, kept for the next session with the same message."""
     params = msg.params
-    promoted: list[tuple[str, Any]] = []
+    promoted: dict[str, Any] = {}
     if "user" in params:
-        promoted.append(("user", params["user"]))
-    promoted.append(("db.namespace", params.get("database") or params.get("user")))
+        promoted["user"] = params["user"]
+    promoted["db.namespace"] = params.get("database") or params.get("user")
     if "application_name" in params:
-        promoted.append(("application_name", params["application_name"]))
-    known = (
+        promoted["application_name"] = params["application_name"]
+    facts = _StartupFacts(
         msg,
         promoted,
         is_replication_connection(params.get("replication")),
@@ -2045,8 +2119,47 @@ def _startup_fields(
     )
     if len(_started_fields) >= _STARTED_KEPT:
         _started_fields.clear()
-    _started_fields[id(msg)] = known
-    return known
+    _started_fields[id(msg)] = facts
+    return facts
+
+
+def _started_layout(facts: _StartupFacts, server: tuple[str, int]) -> dict[str, Any]:
+    """``session.started``'s usual fields for ``facts`` and ``server``; the session's own three are None.
+
+    Only for the usual case (_started): all three promoted fields present.
+    """
+    extra = facts.extra
+    layout = (_STARTED_LAYOUT_PARAMETERS if extra else _STARTED_LAYOUT).copy()
+    layout["server.address"], layout["server.port"] = server
+    layout.update(facts.promoted)
+    layout["protocol_version"] = facts.version
+    if extra:
+        layout["parameters"] = dict(extra)
+    return layout
+
+
+def _ready_layout(facts: _StartupFacts, params: dict[str, str], auth_method: str) -> dict[str, Any]:
+    """``session.ready``'s usual fields for ``facts``, a login answer's ``params`` and ``auth_method``.
+
+    The session's own three (``session``, ``backend_pid``, ``setup_ms``) are None.
+    Only for the usual case (_ready): a full context, ``server_version`` reported.
+    """
+    startup = facts.msg
+    layout = _READY_LAYOUT.copy()
+    layout.update(facts.promoted)
+    layout["auth_method"] = auth_method
+    layout["server_version"] = params["server_version"]
+    layout["parameters"] = params
+    layout["protocol_version"] = f"{startup.protocol_major}.{startup.protocol_minor}"
+    return layout
+
+
+def _ended_layout(facts: _StartupFacts, base: dict[str, Any], address: str) -> dict[str, Any]:
+    """``session.ended``'s usual fields (``base``'s keys) with the start-up's three and the client's ``address``."""
+    layout = base.copy()
+    layout.update(facts.promoted)
+    layout["client.address"] = address
+    return layout
 
 
 def _request_by_fields(
