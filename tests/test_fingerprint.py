@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pgproxy.tracker import fingerprint as fp
@@ -444,3 +444,16 @@ def test_analysis_cache_keeps_least_recently_used_order(texts: list[str]) -> Non
         while len(model) > 3:
             del model[next(iter(model))]
         assert list(analyzer._cache) == list(model)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.text(alphabet=st.sampled_from(list("ab ;\n\t\r\x0b\x0c\x1c\x85\u00a0\u2003\u3000'$-")), max_size=12))
+def test_the_one_statement_check_says_what_stripping_and_counting_say(sql: str) -> None:
+    """split()'s fast way for one terminated statement asks what the stripped copy and the count answered."""
+    end = sql.find(";")
+    if end < 0:
+        return
+    assert fp._one_terminated(sql, end) == (sql.rstrip().endswith(";") and sql.count(";") == 1)
+    if fp._one_terminated(sql, end) and fp._plain(sql):
+        only = sql.rstrip()[:-1].strip()
+        assert StatementAnalyzer(use_parser=False).split(sql) == ([only] if only else [])

@@ -201,6 +201,17 @@ def _plain(sql: str) -> bool:
     return "'" not in sql and '"' not in sql and "$" not in sql and "--" not in sql and "/*" not in sql
 
 
+def _one_terminated(sql: str, end: int) -> bool:
+    """Nothing but white space follows the text's first semicolon, at ``end`` (so it is the only one).
+
+    What ``sql.rstrip().endswith(";") and sql.count(";") == 1`` says, without
+    a stripped copy of the text and a count over all of it.
+    tests/test_fingerprint.py holds the two together.
+    """
+    after = end + 1
+    return after == len(sql) or sql[after:].isspace()
+
+
 _STRING_MARK: Final = "\x00s"  # NUL never occurs in a protocol string, so keys cannot collide with real text
 _NUMBER_MARK: Final = "\x00n"
 
@@ -935,12 +946,12 @@ class StatementAnalyzer:
         comments, function bodies and all). Falls back to the lexer (counted)
         when the text does not parse; None when neither can split it.
         """
-        if ";" not in sql:
+        end = sql.find(";")
+        if end < 0:
             return lexical.split_statements(sql)
-        stripped = sql.rstrip()
-        if stripped.endswith(";") and sql.count(";") == 1 and _plain(sql):
+        if _one_terminated(sql, end) and _plain(sql):
             # One statement and its terminator (pgbench -M simple, psql): no parse needed.
-            only = stripped[:-1].strip()
+            only = sql[:end].strip()
             return [only] if only else []
         reason = self._parse_refusal(sql, self.max_split_chars)
         if reason is None:
