@@ -96,7 +96,7 @@ def test_portal_tail_is_the_three_calls(ops: list[str], max_pending: int, kept: 
         for tracker in (one, three):
             if op == "tail":
                 if tracker is one:
-                    tracker.portal_tail(now, KEPT if kept else None)
+                    tracker.portal_tail(now, *KEPT) if kept else tracker.portal_tail(now)
                 elif kept:
                     outs.append(_records(_three_kept(tracker, now)))
                     continue

@@ -1080,7 +1080,7 @@ class SessionTracker:
         out = self._frontend_message_detail(frames, statements, events, now, [])
         # The tail's three as query detail hands them to the statement tracker (portal_tail), each
         # message's kept event placed after what its request released
-        statements.portal_tail(now, (describe[0], execute[0], sync[0]))
+        statements.portal_tail(now, describe[0], execute[0], sync[0])
         out += statements.take_released()
         return out
 

@@ -978,7 +978,13 @@ class StatementTracker:
             return
         self._expect(self._execution(portal_name, now))
 
-    def portal_tail(self, now: float, kept: tuple[Record, Record, Record] | None = None) -> None:
+    def portal_tail(
+        self,
+        now: float,
+        describe: Record | None = None,
+        execute: Record | None = None,
+        sync: Record | None = None,
+    ) -> None:
         """libpq's Describe, Execute and Sync of the unnamed portal, as ``describe``, ``execute`` and ``sync`` take them.
 
         What libpq sends after every Bind (pgbench -M extended and prepared,
@@ -988,10 +994,13 @@ class StatementTracker:
         them, so a session at its limit counts them as before.
         tests/test_statement_tail.py holds it to the three calls.
 
-        ``kept``: message detail's three message events, one for each
-        request; each goes to the outbox (:meth:`take_released`) right after
-        its request is taken, behind whatever that request released, so the
-        caller takes the tail's records in one list, in the three calls' order.
+        ``describe``, ``execute``, ``sync``: message detail's three message
+        events, one for each request; each goes to the outbox
+        (:meth:`take_released`) right after its request is taken, behind
+        whatever that request released, so the caller takes the tail's records
+        in one list, in the three calls' order. Three arguments and three
+        appends, not a tuple and ``outbox += kept``: compiled, list += tuple is
+        a generic call and the caller's tuple one more object per statement.
         """
         if self.untracked is None:
             pending = self.pending
@@ -1003,18 +1012,21 @@ class StatementTracker:
                 pending.append(ExpectDescribe(self.portals.get("")))
                 pending.append(self._execution("", now))  # ends the group (_group_start None), as sync does
                 pending.append(_SYNC)
-                if kept is not None:  # nothing released in between: the three together
-                    self.outbox += kept
+                if describe is not None and execute is not None and sync is not None:
+                    outbox = self.outbox  # nothing released in between: the three together
+                    outbox.append(describe)
+                    outbox.append(execute)
+                    outbox.append(sync)
                 return
         self.describe("P", "", now)
-        if kept is not None:
-            self.outbox.append(kept[0])
+        if describe is not None:
+            self.outbox.append(describe)
         self.execute("", now)
-        if kept is not None:
-            self.outbox.append(kept[1])
+        if execute is not None:
+            self.outbox.append(execute)
         self.sync()
-        if kept is not None:
-            self.outbox.append(kept[2])
+        if sync is not None:
+            self.outbox.append(sync)
 
     def _execution(self, portal_name: str, now: float) -> Execution:
         """What an Execute of ``portal_name`` expects: its statement's Execution, counted (``executes``)."""
