@@ -125,17 +125,19 @@ def test_the_recent_value_contexts_are_the_ones_asked_for() -> None:
         assert tracker_session._value_context(encoding, timezone, chars) is context
 
 
+def _query_tracker(session_id: str, client_port: int) -> SessionTracker:
+    """A query-detail tracker for a client on 127.0.0.1 and the upstream 10.0.0.5:5432."""
+    return SessionTracker(
+        session_id, TrackerOptions(detail=Detail.QUERY), client=("127.0.0.1", client_port), server=("10.0.0.5", 5432)
+    )
+
+
 def test_sessions_sharing_a_login_answer_keep_their_own_authentication_method() -> None:
     """The same start-up and login answer after a password, then without: each session.ready names its own method."""
     parameters = {"user": "alice", "database": "app", "application_name": "web"}
     methods = []
     for n, password in ((1, True), (2, False), (3, True), (4, False)):
-        t = SessionTracker(
-            f"ab13000{n}",
-            TrackerOptions(detail=Detail.QUERY),
-            client=("127.0.0.1", 50200 + n),
-            server=("10.0.0.5", 5432),
-        )
+        t = _query_tracker(f"ab13000{n}", 50200 + n)
         records = t.frontend(startup_message(parameters), now=0.5)
         if password:  # AuthenticationCleartextPassword, then the client's PasswordMessage
             records += t.backend(b.message(b"R", struct.pack("!I", 3)), now=0.6)
@@ -152,12 +154,7 @@ def test_a_session_whose_start_up_was_forgotten_meanwhile_still_gets_the_general
     """Start-up facts are kept for 64 messages: one forgotten before the login answer or the end is not needed."""
     parameters = {"user": "alice", "database": "app", "application_name": "web"}
     for n in range(2):
-        t = SessionTracker(
-            f"ab14000{n}",
-            TrackerOptions(detail=Detail.QUERY),
-            client=("127.0.0.1", 50300 + n),
-            server=("10.0.0.5", 5432),
-        )
+        t = _query_tracker(f"ab14000{n}", 50300 + n)
         records = t.frontend(startup_message(parameters), now=0.5)
         tracker_session._started_fields.clear()  # as 64 other start-ups would
         records += t.backend(_login(6000 + n), now=0.75)
