@@ -88,20 +88,19 @@ class RowDecoder:
 
         One pass over the body with the unguarded decoders; only a row with a
         value that does not fit its type is decoded again with the guarded
-        ones, which turn such values into placeholders.
+        ones, which turn such values into placeholders. ``cut_data_row`` is
+        called by its module name: compiled, the ``staticmethod`` of it that the
+        class held was found and called generically (``sm_call``) for every row.
 
         Raises:
             DecodeError: the row cannot be cut or its column count differs
                 from the description's.
         """
         try:
-            return self._cut_and_decode(buf, start, end, self._fast)
+            return cut_data_row(buf, start, end, self._fast)
         except DecodeError as exc:
             if str(exc).startswith(_STRUCTURAL):
                 raise
         except Exception:  # a bad value is shown as a placeholder by the guarded pass
             pass
-        return self._cut_and_decode(buf, start, end, self._safe)
-
-    #: The one DataRow walker, fused with decoding (no extra call layer on the hot path).
-    _cut_and_decode = staticmethod(cut_data_row)
+        return cut_data_row(buf, start, end, self._safe)
