@@ -219,3 +219,20 @@ def test_session_ready_parameters_shared_by_sessions_render_as_on_the_general_pa
     assert len(fast) == len(records)
     assert [_untimed(x) for x in fast] == [_untimed(x) for x in general]
     assert '"parameters":{"client_encoding":"LATIN1","DateStyle":"ISO, DMY"}' in fast[5]
+
+
+def test_log_level_drops_the_records_below_it_and_a_reload_moves_it() -> None:
+    """``log.level``: the direct rendering writes the records at or above it, as the general path does."""
+    records = real_records()  # message detail's debug events, info, warning (slow) and error records
+    assert {r.level for r in records} >= {"debug", "info", "warning", "error"}
+    stream = io.StringIO()
+    sink = LogSink(stream=stream, fmt="json", min_level="warning")
+    sink.emit_all(records)
+    sink.set_level("info")  # a configuration reload
+    sink.emit_all(records)
+    sink.close()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    warnings = [r for r in records if r.logged and r.level in ("warning", "error")]
+    informed = [r for r in records if r.logged and r.level != "debug"]
+    assert [(x["event"], x["level"]) for x in lines] == [(r.event, r.level) for r in warnings + informed]
+    assert len(warnings) > 5 and len(informed) > len(warnings) + 100
