@@ -1596,9 +1596,8 @@ class SessionTracker:
                 layout = _ENDED_LAYOUT_COUNTING
         facts: _StartupFacts | None = None
         if layout is not None:
-            startup = self.conv.startup
-            facts = _started_fields.get(id(startup)) if startup is not None else None
-            if facts is None or facts.msg is not startup:  # forgotten meanwhile (64 other start-ups): the general way
+            facts = _known_facts(self.conv.startup)
+            if facts is None:  # forgotten meanwhile (64 other start-ups): the general way
                 layout = None
         if layout is not None and fields is not None and facts is not None:
             # The usual end (the proxy's two byte counts, nothing unusual to say): the general way's
@@ -1721,8 +1720,8 @@ class SessionTracker:
             out.append(self._odd_message(msg, "frontend"))
 
     def _started(self, msg: m.StartupMessage) -> Record:
-        facts = _started_fields.get(id(msg))
-        if facts is None or facts.msg is not msg:
+        facts = _known_facts(msg)
+        if facts is None:
             facts = _startup_facts(msg)
         promoted = facts.promoted
         extra = facts.extra
@@ -1880,8 +1879,8 @@ class SessionTracker:
             and "server_version" in params
         ):
             auth_method = self.conv.auth_method or "trust"
-            facts = _started_fields.get(id(startup)) if parameters is not None else None
-            if facts is not None and facts.msg is startup:
+            facts = _known_facts(startup) if parameters is not None else None
+            if facts is not None:
                 # A known login answer's shared parameters, after this StartupMessage: the fields
                 # but the session's own three are those of the last session like it (see
                 # _StartupFacts.ready_layout). The context's user, database and application
@@ -2099,6 +2098,15 @@ class _StartupFacts:
 #: Start-up facts by their message's id (the message kept with them, so its id is not reused).
 _started_fields: Final[dict[int, _StartupFacts]] = {}
 _STARTED_KEPT: Final = 64
+
+
+def _known_facts(msg: m.StartupMessage | None) -> _StartupFacts | None:
+    """The facts kept for ``msg``; None when there is no message or its facts were forgotten (64 other start-ups).
+
+    Found by the message's id alone: the facts hold the message, so while
+    they are kept no other object can have its id.
+    """
+    return _started_fields.get(id(msg)) if msg is not None else None
 
 
 def _startup_facts(msg: m.StartupMessage) -> _StartupFacts:
