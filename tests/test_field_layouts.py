@@ -168,7 +168,7 @@ _PLACEHOLDERS: dict[str, Any] = {"fingerprint": "fp1", "outcome": None, "duratio
     steps=st.lists(
         st.tuples(
             st.integers(min_value=0, max_value=1),  # which layout
-            st.sampled_from([0, 0, 0, 1, 2]),  # which session (2: none)
+            st.sampled_from([0, 0, 0, 1, 2, 3, 4]),  # which session (2, 3: 0, 1 again, new connections; 4: none)
             st.fixed_dictionaries(_FILLED_VALUES),  # values for the layout's empty fields
             st.sampled_from([{}, {}, {}, {"db.response.status_code": "08P01"}, {"rows": 3}, {"rolled_back": True}]),
             st.booleans(),  # a report after it
@@ -181,7 +181,7 @@ def test_statistics_of_records_from_layouts_are_the_general_paths(
     layouts: list[dict[str, Any]], steps: list[tuple[int, int, dict[str, Any], dict[str, Any], bool]], max_entries: int
 ) -> None:
     """Records copied from layouts (their empty values filled in, fields added later) count as their joined fields do."""
-    sessions = [SessionContext({"db.namespace": "app", "user": user}) for user in ("alice", "bob")]
+    sessions = [SessionContext({"db.namespace": "app", "user": user}) for user in ("alice", "bob", "alice", "bob")]
     now = [0.0]
     with_layout = StatementStats(interval=0, max_entries=max_entries, clock=lambda: now[0])
     general = StatementStats(interval=0, max_entries=max_entries, clock=lambda: now[0])
@@ -191,7 +191,7 @@ def test_statistics_of_records_from_layouts_are_the_general_paths(
         own = layout.copy()
         own.update((key, value) for key, value in values.items() if key in layout and layout[key] is None)
         own.update(added)
-        context = sessions[session] if session < 2 else None
+        context = sessions[session] if session < 4 else None
         with_layout.emit_all([Record("query", "info", own, context=context, layout=layout)])
         general.emit_all([Record("query", "info", {**(context.fields if context else {}), **own})])
         now[0] += 1.0

@@ -261,7 +261,7 @@ class RecordConsumer(Protocol):
     """A sink beside the log (metrics, statistics): it sees every record, before level filtering,
     including the ``query`` records ``query.filter`` kept out of the log (``logged`` False)."""
 
-    def emit_all(self, records: Sequence[Record]) -> None: ...
+    def emit_all(self, records: list[Record]) -> None: ...
 
 
 class Fanout:

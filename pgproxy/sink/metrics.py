@@ -28,7 +28,7 @@ import bisect
 import platform
 import re
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -115,7 +115,7 @@ class MetricsSink:
 
     # ------------------------------------------------------------------ feeding
 
-    def emit_all(self, records: Sequence[Record]) -> None:
+    def emit_all(self, records: list[Record]) -> None:
         handlers = self._handlers
         for record in records:
             handler = handlers.get(record.event)
@@ -125,7 +125,7 @@ class MetricsSink:
                 handler(record.own)
 
     def emit(self, record: Record) -> None:
-        self.emit_all((record,))
+        self.emit_all([record])
 
     def _query(self, fields: dict[str, Any]) -> None:
         name = fields.get("db.operation.name")
