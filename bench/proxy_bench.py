@@ -13,7 +13,8 @@ drift on a shared machine hits all targets alike:
 - churn: ``pgbench -S -C`` (a new connection per transaction), 4 clients.
 
 For every run it records TPS, average latency and the proxy's CPU time (utime
-+ stime of its process tree from /proc, so per transaction or per connection).
++ stime of its process tree from /proc, so per transaction or per connection;
+the report also shows the two apart, user space and kernel).
 After the rounds: bulk transfers (COPY out of 2,000,000 rows, a SELECT of
 1,000,000 rows, psql into /dev/null) and memory: 1,000 connections held open
 through a fresh instance of each proxy, RSS measured idle (authenticated, no
@@ -79,6 +80,7 @@ class Run:
     transactions: int
     failed: int
     cpu_s: float
+    sys_s: float = 0.0  # the kernel's part of cpu_s (stime)
 
 
 @dataclass
@@ -95,16 +97,22 @@ class Target:
 
     def cpu_seconds(self) -> float:
         """utime + stime of the target's live process tree (workers included)."""
+        user, kernel = self.cpu_times()
+        return user + kernel
+
+    def cpu_times(self) -> tuple[float, float]:
+        """utime and stime of the target's live process tree (workers included), apart."""
         if self.proc is None:
-            return 0.0
-        total = 0
+            return 0.0, 0.0
+        user = kernel = 0
         for pid in _process_tree(self.proc.pid):
             try:
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            total += int(fields[11]) + int(fields[12])
-        return total / CLK_TCK
+            user += int(fields[11])
+            kernel += int(fields[12])
+        return user / CLK_TCK, kernel / CLK_TCK
 
     def rss_kib(self) -> int:
         """Resident memory of the target's process tree, KiB."""
@@ -310,9 +318,10 @@ def pgbench(pg: EmbeddedPostgres, port: int, args: list[str], seconds: float) ->
 
 
 def measure(pg: EmbeddedPostgres, target: Target, workload: str, seconds: float) -> Run:
-    cpu0 = target.cpu_seconds()
+    user0, kernel0 = target.cpu_times()
     tps, lat, tx, failed = pgbench(pg, target.port, WORKLOADS[workload][1], seconds)
-    run = Run(tps, lat, tx, failed, target.cpu_seconds() - cpu0)
+    user1, kernel1 = target.cpu_times()
+    run = Run(tps, lat, tx, failed, user1 + kernel1 - user0 - kernel0, kernel1 - kernel0)
     target.runs.setdefault(workload, []).append(run)
     if target.log is not None:
         os.truncate(target.log, 0)  # the child appends; keeps the disk from filling at message detail
@@ -438,6 +447,10 @@ def _cpu_per_tx_us(target: Target, workload: str) -> float:
     return _median([r.cpu_s / r.transactions * 1e6 for r in target.runs.get(workload, []) if r.transactions])
 
 
+def _kernel_per_tx_us(target: Target, workload: str) -> float:
+    return _median([r.sys_s / r.transactions * 1e6 for r in target.runs.get(workload, []) if r.transactions])
+
+
 def _find(targets: list[Target], prefix: str) -> Target | None:
     return next((t for t in targets if t.name.startswith(prefix)), None)
 
@@ -496,6 +509,24 @@ def render(
             cells.append(text + (" (pools server connections)" if t is bouncer else ""))
         out.append("| " + " | ".join(cells) + " |")
 
+    out += [
+        "",
+        "## Proxy CPU µs per transaction: user space + kernel",
+        "",
+        "The kernel's part (stime: the socket reads and writes, the log's writes) is the floor every proxy "
+        "relaying the same bytes pays; the user-space part is the proxy's own work.",
+        "",
+        "| target | " + " | ".join(WORKLOADS[w][0] for w in (W1, W2E, W2P)) + " |",
+        "|---|---:|---:|---:|",
+    ]
+    for t in targets:
+        if not t.is_proxy:
+            continue
+        cells = [t.name]
+        for w in (W1, W2E, W2P):
+            total, kernel = _cpu_per_tx_us(t, w), _kernel_per_tx_us(t, w)
+            cells.append(f"{total - kernel:.1f} + {kernel:.1f}" if t.runs.get(w) else "")
+        out.append("| " + " | ".join(cells) + " |")
     out += [
         "",
         "## Every workload: median TPS (worst run), ratio to direct, proxy CPU µs per transaction",
