@@ -1895,7 +1895,9 @@ class SessionTracker:
                 fields["backend_pid"] = context["backend_pid"]
                 fields["setup_ms"] = round_ms((now - self.started_at) * 1000.0)
                 return Record(SESSION_READY, "info", fields, layout=layout)
-            # The general way's fields below, as a copy of their layout (see _READY_LAYOUT).
+            # The general way's fields below, as a copy of their layout (see _READY_LAYOUT): the
+            # way of every message-detail session (its login answer walks the message loop, not
+            # _login_answered), of a login answer's first session and of an answer split across reads.
             fields = _READY_LAYOUT.copy()
             fields["session"] = self.session_id
             fields["user"] = context["user"]
