@@ -95,11 +95,6 @@ class Target:
     def is_proxy(self) -> bool:
         return self.proc is not None
 
-    def cpu_seconds(self) -> float:
-        """utime + stime of the target's live process tree (workers included)."""
-        user, kernel = self.cpu_times()
-        return user + kernel
-
     def cpu_times(self) -> tuple[float, float]:
         """utime and stime of the target's live process tree (workers included), apart."""
         if self.proc is None:

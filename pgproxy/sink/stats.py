@@ -269,7 +269,9 @@ class StatementStats:
         """Fold every ``query`` record in; report if an interval has passed.
 
         A list, not any iterable: compiled, a list is walked by index, where an
-        iterable took the iterator protocol (~800 instructions a chunk, callgrind).
+        iterable took the iterator protocol (``PyObject_GetIter`` and
+        ``PyIter_Next``: ~0.8k instructions over a pgbench -C connection's
+        chunks, compiled, callgrind).
         """
         for record in records:
             if record.event == QUERY:
