@@ -213,10 +213,12 @@ def test_a_client_that_vanishes_with_requests_queued_releases_its_server_connect
         (session,) = proxy.server.sessions
         upstream = session.upstream
         assert upstream is not None and upstream.transport is not None
-        sock.sendall(query_message("SELECT pg_sleep(30)") + query_message("SELECT repeat('x', 20000)") * 20_000)
+        sock.sendall(query_message("SELECT pg_sleep(5)") + query_message("SELECT repeat('x', 20000)") * 20_000)
         # The server sleeps: the proxy holds the requests it cannot write yet.
         proxy.wait_for(lambda: upstream.transport is not None and upstream.transport.get_write_buffer_size() > 0)
-        sock.close()  # the proxy cancels the sleep (the client vanished); the rest is still queued
+        # The proxy stopped reading the client while the server's queue is full (flow control), so it
+        # sees the close once the sleep is over and the queue has room: the rest is still queued then.
+        sock.close()
 
         proxy.wait_for(lambda: _no_backend(pg, "vanished"), timeout=60)
         proxy.wait_idle()
