@@ -228,7 +228,13 @@ class ClientSession(asyncio.Protocol):
         # Relaying in plaintext, decoded, nothing pending but the chunks themselves (see _plain_relay):
         # data_received and upstream_data then ask this one question instead of a dozen.
         self._relay_plain = False
-        self._server_transport: Any = None  # the upstream's transport, while _relay_plain
+        # While _relay_plain: the two transports' ``write`` and ``is_closing``, bound once. Compiled, a
+        # method of a transport (typed Any or asyncio.Transport) was looked up by name per relayed chunk
+        # (PyObject_VectorcallMethod); a bound method held here is called as it is.
+        self._server_write: Any = None
+        self._server_closing: Any = None
+        self._client_write: Any = None
+        self._client_closing: Any = None
         # The tracker, while _relay_plain; typed (not Any): compiled, its frontend and backend are then
         # native calls, not a method lookup by name and an argument parse per relayed chunk.
         self._relay_tracker: SessionTracker | None = None
@@ -263,11 +269,10 @@ class ClientSession(asyncio.Protocol):
         # before they are forwarded: PostgreSQL starts its clock later, so a
         # duration measured from here can never be shorter than the server's.
         if self._relay_plain:  # the general way below, for a plaintext relay past start-up
-            server = self._server_transport
-            if server.is_closing():  # the server is gone; the client is being closed
+            if self._server_closing():  # the server is gone; the client is being closed
                 return
             stamp = _monotonic() if self._stamped else None
-            server.write(data)
+            self._server_write(data)
             self.bytes_from_client += len(data)
             if self._backlog or len(data) > OBSERVE_SLICE:
                 self._observe(data, True, stamp or _monotonic())
@@ -885,12 +890,10 @@ class ClientSession(asyncio.Protocol):
 
     def upstream_data(self, data: bytes) -> None:
         if self._relay_plain:  # the general way below, for a plaintext relay past start-up
-            client = self.client
-            assert client is not None
-            if client.is_closing():
+            if self._client_closing():
                 return
             stamp = _monotonic() if self._stamped else None  # when the response's bytes reached the proxy
-            client.write(data)
+            self._client_write(data)
             self.bytes_from_server += len(data)
             if self._backlog or len(data) > OBSERVE_SLICE:
                 self._observe(data, False, stamp or _monotonic())
@@ -974,7 +977,7 @@ class ClientSession(asyncio.Protocol):
             and self._sasl_filter is None
             and self.pending_options is None
         )
-        self._server_transport = upstream.transport if plain and upstream is not None else None
+        self._bind_relay(upstream.transport if plain and upstream is not None else None, self.client if plain else None)
         if plain and upstream is not None and not upstream.direct:
             upstream.relay_directly()
         tracker = self._relay_tracker = self.tracker if plain else None
@@ -986,6 +989,14 @@ class ClientSession(asyncio.Protocol):
             tracker is None or not tracker.ready or tracker.statements is not None or tracker.replication is not None
         )
         return plain
+
+    def _bind_relay(self, server: Any, client: Any) -> None:
+        """Hold the two transports' ``write`` and ``is_closing`` bound, for the plaintext relay; None lets them go."""
+        if server is not None and client is not None:
+            self._server_write, self._server_closing = server.write, server.is_closing
+            self._client_write, self._client_closing = client.write, client.is_closing
+        else:
+            self._server_write = self._server_closing = self._client_write = self._client_closing = None
 
     def _sasl_settled(self, sasl: SaslOfferFilter) -> None:
         if sasl.removed:
@@ -1106,6 +1117,7 @@ class ClientSession(asyncio.Protocol):
             return
         self.state = _CLOSED
         self._relay_plain = False
+        self._bind_relay(None, None)  # each bound method holds its transport: none outlives the session
         if self._startup_clock:
             self.server.startup_deadlines.stop(self)
             self._startup_clock = False
