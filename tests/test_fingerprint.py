@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pgproxy.tracker import fingerprint as fp
@@ -346,7 +346,9 @@ def test_keys_of_texts_ending_in_a_number_are_literal_keys() -> None:
     alphabet = "0123456789 =(,<>-+.eE_x$'\"/*\nab"
     heads += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))) for _ in range(5_000)]
     keys = fp.TrailingNumberKeys()
-    texts = [f"{head}{sep}{n}" for head in heads for sep, n in ((" = ", 42), ("", 7), ("(", "0012"), ("", ""))]
+    # Digits that are not ASCII (Arabic-Indic three, superscript two): not a number to SQL, nor to the memo.
+    endings = ((" = ", 42), ("", 7), ("(", "0012"), ("", ""), (" = ", "\u0663"), ("", "4\u00b2"))
+    texts = [f"{head}{sep}{n}" for head in heads for sep, n in endings]
     for text in texts:
         for _ in range(3):  # noted, remembered, then keyed from the memo (the last head's, too)
             assert keys.key(text) == literal_key(text), text
@@ -457,3 +459,62 @@ def test_the_one_statement_check_says_what_stripping_and_counting_say(sql: str) 
     if fp._one_terminated(sql, end) and fp._plain(sql):
         only = sql.rstrip()[:-1].strip()
         assert StatementAnalyzer(use_parser=False).split(sql) == ([only] if only else [])
+
+
+#: Statement heads the analyzer may remember, then see again with a number: plain ones (pgbench -S's
+#: shape) and ones a quote, dollar sign, comment or semicolon makes other than plain.
+_HEADS = [
+    "SELECT abalance FROM pgbench_accounts WHERE aid = ",
+    "SELECT a FROM t WHERE b = 'x' AND c = ",
+    "SELECT 1; SELECT ",
+    "SELECT $1 = ",
+    "SELECT 1 -- ;\n, ",
+    "SELECT 2 /* c */ = ",
+    "SELECT x ",
+    "0",
+]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    remembered=st.lists(st.sampled_from(_HEADS), min_size=1, max_size=3),
+    sql=st.one_of(
+        st.builds(
+            lambda head, number, end: head + number + end,
+            st.sampled_from(_HEADS),
+            st.text(alphabet="0123456789", max_size=3),
+            st.sampled_from([";", "; ", ";\n", ";;", " ;", "-- ;", ""]),
+        ),
+        st.text(alphabet=st.sampled_from(list("SELCT x=12;'$-/*\n")), max_size=16),
+    ),
+)
+@example(remembered=["SELECT x "], sql="SELECT 'x1;")  # as long as the head and a number, not it
+def test_a_query_that_is_the_last_head_and_a_number_splits_as_the_general_way(remembered: list[str], sql: str) -> None:
+    """split()'s check against the head answered last (no substring tests) gives the five tests' split.
+
+    The general way is an analyzer whose last head can start no text (NUL
+    never occurs in a protocol string). Each head is analyzed twice, with two
+    numbers, as a session's statements come: the second time its key is remembered.
+    """
+    analyzer = StatementAnalyzer(use_parser=False)
+    for head in remembered:
+        analyzer.analyze(head + "1")
+        analyzer.analyze(head + "2")
+    general = StatementAnalyzer(use_parser=False)
+    general._literal_key._last_head = "\x00"
+    end = sql.find(";")
+    if end >= 0 and analyzer._literal_key.extends_last_head(sql[:end]):
+        assert fp._plain(sql[:end])
+    assert analyzer.split(sql) == general.split(sql)
+
+
+def test_pgbench_queries_split_by_the_last_head() -> None:
+    """pgbench -S's simple Queries take the check against the last head once their head is remembered."""
+    analyzer = StatementAnalyzer(use_parser=False)
+    head = "SELECT abalance FROM pgbench_accounts WHERE aid = "
+    for number in (17, 4242):
+        assert analyzer.split(f"{head}{number};") == [f"{head}{number}"]
+        analyzer.analyze(f"{head}{number}")
+    assert analyzer._literal_key.extends_last_head(f"{head}99")
+    assert not analyzer._literal_key.extends_last_head(f"{head}'9'")
+    assert not analyzer._literal_key.extends_last_head("SELECT 1")
