@@ -1,14 +1,15 @@
 """The mypyc build that tests/test_compiled.py checks, started in the background when the suite is collected.
 
 The build (mypy's type check of setup.py's modules, then gcc over the
-generated C) took 180-250 s of the suite's ~540 s on this 2-core machine, with
-every other test waiting: it ran inside the first compiled test's fixture. Its
+generated C) took 247 s of a 547 s suite run on this 2-core machine, every
+other test waiting: it ran inside the first compiled test's fixture. The
 tests wait on sockets and servers most of the time, so the build runs beside
-them instead, started from ``conftest.py`` once the tests are collected, at a
-lower priority (``nice``) so the servers and proxies under test keep the CPU
-they ask for, and the tests that need it are moved to the end of the run
-(``pytest_collection_modifyitems``). The fixture then waits for what is left of
-the build, and fails with its output if it failed.
+them instead (the same suite then ran in 250 s): ``conftest.py`` starts it
+once the tests are collected (and only if a test still selected needs it),
+at a lower priority (``nice``) so the servers and proxies under test keep the
+CPU they ask for, and moves the tests that need it to the end of the run.
+The fixture then waits for what is left of the build, and fails with its
+output if it failed.
 """
 
 from __future__ import annotations

@@ -95,6 +95,7 @@ def any_pg(request: pytest.FixtureRequest) -> EmbeddedPostgres:
     return _server(inst)
 
 
+@pytest.hookimpl(trylast=True)  # after ``-m``/``-k`` deselected: the fast loop (-m "not slow") builds nothing
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Start the mypyc build tests/test_compiled.py needs now, and run its tests last.
 
