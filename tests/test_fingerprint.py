@@ -354,6 +354,12 @@ def test_keys_of_texts_ending_in_a_number_are_literal_keys() -> None:
             assert keys.key(text) == literal_key(text), text
         bare = text.rstrip("0123456789")  # the last head itself: no number after it
         assert keys.key(bare) == literal_key(bare), bare
+    for text in (
+        "\x005",
+        "5",
+        "",
+    ):  # before any head is remembered (a NUL is no protocol text's, but keyed all the same)
+        assert fp.TrailingNumberKeys().key(text) == literal_key(text), text
     assert keys.key("SELECT abalance FROM pgbench_accounts WHERE aid = 12345") == (
         "SELECT abalance FROM pgbench_accounts WHERE aid = \x00n",
         1,
@@ -493,7 +499,7 @@ def test_a_query_that_is_the_last_head_and_a_number_splits_as_the_general_way(re
     """split()'s check against the head answered last (no substring tests) gives the five tests' split.
 
     The general way is an analyzer whose last head can start no text (NUL
-    never occurs in a protocol string). Each head is analyzed twice, with two
+    never occurs in a protocol string, nor in these). Each head is analyzed twice, with two
     numbers, as a session's statements come: the second time its key is remembered.
     """
     analyzer = StatementAnalyzer(use_parser=False)

@@ -338,14 +338,14 @@ class TrailingNumberKeys:
         self._heads: dict[str, tuple[str, int]] = {}
         # The head whose remembered key was answered last, and that key: a session repeats its
         # shape, so the next text is compared with it (a prefix test and a digit scan) before the
-        # head is stripped and looked up (hashing it). NUL starts no text (no protocol string has one).
-        self._last_head = "\x00"
+        # head is stripped and looked up (hashing it). "": none yet (no head is empty).
+        self._last_head = ""
         self._last_key: tuple[str, int] = _NOT_PLAIN
 
     def key(self, sql: str) -> tuple[str, int] | None:
         """:func:`literal_key` of ``sql`` (a method, not ``__call__``: the compiled build calls a method natively)."""
         last = self._last_head
-        if sql.startswith(last):
+        if last and sql.startswith(last):
             number = sql[len(last) :]
             # The last head again, a number after it (ASCII digits: as many as rstrip strips). Asked
             # before the strip: stripping a set of characters costs ~0.9k instructions itself (compiled).
@@ -376,8 +376,9 @@ class TrailingNumberKeys:
     def extends_last_head(self, text: str) -> bool:
         """``text`` is the head whose key was answered last, then digits: so it is plain (see :func:`_plain`).
 
-        Only a plain head's key is answered from memory, and digits (any the
-        text calls digits) add no quote, dollar sign or comment.
+        Only a plain head's key is answered from memory (before any, the head
+        is empty), and digits (any the text calls digits) add no quote, dollar
+        sign or comment.
         :meth:`StatementAnalyzer.split` asks this before the five substring
         tests: a simple Query of pgbench -S's shape is the last one's head and
         a new number (27.8k -> 27.3k instructions a statement, compiled,
