@@ -198,6 +198,7 @@ def test_a_client_that_leaves_without_reading_releases_its_server_connection(pg:
         proxy.wait_for(lambda: _no_backend(pg, "gone"), timeout=60)
 
 
+@pytest.mark.slow  # a 5 s sleep, then 400 MB of answers read for nobody
 def test_a_client_that_vanishes_with_requests_queued_releases_its_server_connection(pg: EmbeddedPostgres) -> None:
     """Requests queued towards a busy server when the client vanishes are delivered, then the connection closes.
 
