@@ -344,13 +344,8 @@ class TrailingNumberKeys:
 
     def key(self, sql: str) -> tuple[str, int] | None:
         """:func:`literal_key` of ``sql`` (a method, not ``__call__``: the compiled build calls a method natively)."""
-        last = self._last_head
-        if last and sql.startswith(last):
-            number = sql[len(last) :]
-            # The last head again, a number after it (ASCII digits: as many as rstrip strips). Asked
-            # before the strip: stripping a set of characters costs ~0.9k instructions itself (compiled).
-            if number.isdigit() and number.isascii():
-                return self._last_key
+        if self.extends_last_head(sql):  # asked before the strip, which costs ~0.9k instructions itself (compiled)
+            return self._last_key
         head = sql.rstrip("0123456789")
         if len(head) == len(sql) or not head or head[-1] not in _BEFORE_TRAILING_NUMBER or len(head) > _MAX_HEAD_CHARS:
             return literal_key(sql)
@@ -374,19 +369,22 @@ class TrailingNumberKeys:
         return keyed
 
     def extends_last_head(self, text: str) -> bool:
-        """``text`` is the head whose key was answered last, then digits: so it is plain (see :func:`_plain`).
+        """``text`` is the head whose key was answered last, then a number (ASCII digits, as ``rstrip`` strips them).
 
-        Only a plain head's key is answered from memory (before any, the head
-        is empty), and digits (any the text calls digits) add no quote, dollar
-        sign or comment.
-        :meth:`StatementAnalyzer.split` asks this before the five substring
-        tests: a simple Query of pgbench -S's shape is the last one's head and
-        a new number (27.8k -> 27.3k instructions a statement, compiled,
-        callgrind). A prefix test and a digit scan, not ``rstrip``: stripping
-        a set of characters costs ~0.9k itself.
+        :meth:`key` then answers that head's key without stripping the number
+        (stripping a set of characters costs ~0.9k instructions, compiled).
+        :meth:`StatementAnalyzer.split` asks it before the five substring
+        tests: only a plain head's key is answered from memory, and digits add
+        no quote, dollar sign or comment, so such a text is plain too (a simple
+        Query of pgbench -S's shape: 27.8k -> 27.0k instructions a statement
+        with both, compiled, callgrind). Before any head is remembered, the
+        head is empty and nothing extends it.
         """
         head = self._last_head
-        return text.startswith(head) and text[len(head) :].isdigit()
+        if not head or not text.startswith(head):
+            return False
+        number = text[len(head) :]
+        return number.isdigit() and number.isascii()
 
 
 _PARAM_NUMBER = re.compile(r"\$(\d+)")
