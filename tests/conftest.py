@@ -102,10 +102,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     The build then runs beside the rest of the suite instead of before its
     own tests (tests/compiled_build.py says why).
     """
-    needing = [item for item in items if "trees" in getattr(item, "fixturenames", ())]
+    others: list[pytest.Item] = []
+    needing: list[pytest.Item] = []
+    for item in items:
+        (needing if "trees" in getattr(item, "fixturenames", ()) else others).append(item)
     if not needing or not compiled_build.compiler_available():
         return  # the fixture skips, saying why
-    others = [item for item in items if "trees" not in getattr(item, "fixturenames", ())]
     items[:] = others + needing
     compiled_build.started = compiled_build.BackgroundBuild()
 
