@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import socket
+import struct
 import threading
 from pathlib import Path
 from typing import Any
@@ -217,8 +218,9 @@ def test_a_client_that_vanishes_with_requests_queued_releases_its_server_connect
         sock.sendall(query_message("SELECT pg_sleep(5)") + query_message("SELECT repeat('x', 20000)") * 20_000)
         # The server sleeps: the proxy holds the requests it cannot write yet.
         proxy.wait_for(lambda: upstream.transport is not None and upstream.transport.get_write_buffer_size() > 0)
-        # The proxy stopped reading the client while the server's queue is full (flow control), so it
-        # sees the close once the sleep is over and the queue has room: the rest is still queued then.
+        # The proxy stopped reading the client while the server's queue is full (flow control). It sees
+        # the hang-up while the sleep runs if the FIN fits behind the rest in its socket buffer
+        # (proxy/hangup.py), else once the sleep is over: either way requests are still queued then.
         sock.close()
 
         proxy.wait_for(lambda: _no_backend(pg, "vanished"), timeout=60)
@@ -226,6 +228,71 @@ def test_a_client_that_vanishes_with_requests_queued_releases_its_server_connect
         assert upstream.gone
         (ended,) = proxy.events("session.ended", application_name="vanished")
         assert ended["reason"] in ("client_closed", "client_error")
+
+
+def _fill_the_servers_queue(proxy: ProxyHarness, session: ClientSession, sock: socket.socket, request: bytes) -> int:
+    """Send ``request`` a chunk at a time until the proxy stops reading the client (the server's queue is full).
+
+    After each chunk, wait until the proxy forwarded all of it or paused: what
+    was sent after the pause (at most a chunk) then sits in the proxy's own
+    socket buffer, so a FIN that follows reaches the proxy's kernel. Returns
+    the bytes sent.
+    """
+    chunk = request * (32 * 1024 // len(request))
+    sent = 0
+    before = session.bytes_from_client
+
+    def paused() -> bool:
+        return "server_buffer_full" in session.client_reads.reasons
+
+    def paused_or_forwarded() -> bool:
+        return paused() or session.bytes_from_client == before + sent
+
+    while not paused():
+        sock.sendall(chunk)
+        sent += len(chunk)
+        proxy.wait_for(paused_or_forwarded)
+    return sent
+
+
+@pytest.mark.parametrize("leave", ["close", "reset"])
+def test_a_client_that_hangs_up_while_not_read_has_its_statement_cancelled(pg: EmbeddedPostgres, leave: str) -> None:
+    """The proxy stopped reading the client (flow control) when it hung up: the hang-up is still seen, the statement cancelled.
+
+    Before, the proxy saw the FIN or the reset only once the server's queue had
+    room, i.e. after the statement ran to its end for nobody (proxy/hangup.py).
+    A closed client's last requests (in the proxy's socket buffer) are
+    forwarded, as from any client that closes; a reset loses them in the kernel.
+    """
+    with ProxyHarness(("127.0.0.1", pg.port), TrackerOptions(detail=Detail.QUERY)) as proxy:
+        sock = socket.create_connection((proxy.host, proxy.port))
+        hello = startup_message({"user": "postgres", "database": "postgres", "application_name": f"hangs-up-{leave}"})
+        sock.sendall(hello)
+        recv_until_ready(sock)
+        (session,) = proxy.server.sessions
+        sleep = query_message("SELECT pg_sleep(600)")
+        start = session.bytes_from_client
+        sock.sendall(sleep)
+        proxy.wait_for(lambda: session.bytes_from_client == start + len(sleep))
+        # Requests of a kilobyte, so that the queue fills with few statements to run after the cancel.
+        sent = _fill_the_servers_queue(proxy, session, sock, query_message("SELECT 1 -- " + "x" * 1000))
+        if leave == "reset":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+
+        (cancel,) = proxy.wait_for(lambda: proxy.events("cancel.forwarded"))
+        assert cancel["reason"] == "client_vanished" and cancel["target_session"] == session.session_id
+        proxy.wait_for(lambda: _no_backend(pg, f"hangs-up-{leave}"), timeout=60)
+        proxy.wait_idle()
+        (ended,) = proxy.events("session.ended", application_name=f"hangs-up-{leave}")
+        first = proxy.events("query", application_name=f"hangs-up-{leave}")[0]
+        # Ended with the session, the server's answer unread by anyone (as when a client is killed mid-query).
+        assert first["db.query.text"] == "SELECT pg_sleep(600)" and first["outcome"] == "interrupted"
+        if leave == "close":
+            assert ended["reason"] == "client_closed"
+            assert ended["bytes_from_client"] == len(hello) + len(sleep) + sent
+        else:
+            assert ended["reason"] in ("client_closed", "client_error")
 
 
 @pytest.mark.slow

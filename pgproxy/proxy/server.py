@@ -22,6 +22,7 @@ from typing import Any, Final
 from pgproxy.protocol.build import error_response
 from pgproxy.proxy.address import host_port, socket_address
 from pgproxy.proxy.deadlines import Deadlines
+from pgproxy.proxy.hangup import HANGUP_CHECK_INTERVAL
 from pgproxy.proxy.session import ClientSession, limit_socket_buffers
 from pgproxy.proxy.tls import (
     certificate_der,
@@ -142,6 +143,8 @@ class ProxyServer:
         self.connect_deadlines: Deadlines[ClientSession] = Deadlines(
             config.connect_timeout, ClientSession.connect_timed_out
         )
+        #: Sessions whose client is not read while the server's queue is full: is it still there? (proxy/hangup.py)
+        self.hangup_checks: Deadlines[ClientSession] = Deadlines(HANGUP_CHECK_INTERVAL, ClientSession.check_hangup)
         #: The loop serving the listeners (set by start()), so that sessions need not look it up.
         self.loop: asyncio.AbstractEventLoop
         self._idle = asyncio.Event()
@@ -402,6 +405,7 @@ class ProxyServer:
                 await asyncio.wait_for(server.wait_closed(), 1.0)
         self.startup_deadlines.close()
         self.connect_deadlines.close()
+        self.hangup_checks.close()
 
     async def close(self, grace: float | None = None) -> None:
         """The whole graceful stop in one call: stop accepting, drain, end the rest.

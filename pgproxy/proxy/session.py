@@ -29,6 +29,7 @@ from pgproxy.protocol.decoding import CANCEL_REQUEST_CODE, GSSENC_REQUEST_CODE, 
 from pgproxy.protocol.framing import MAX_STARTUP_PACKET
 from pgproxy.protocol.sasl import SCRAM_PLUS, NeedMoreData, SaslOfferFilter, sasl_initial_mechanism
 from pgproxy.proxy.address import host_port
+from pgproxy.proxy.hangup import peer_hung_up
 from pgproxy.proxy.tls import ALPN_POSTGRESQL, HandshakeState, TLSChannel, describe_error
 from pgproxy.sink import Fanout, Sink
 from pgproxy.tracker.options import TrackerOptions
@@ -196,6 +197,7 @@ class ClientSession(asyncio.Protocol):
     _direct_tls = False
     _binding_end_to_end = False  # pgproxy presents the server's own certificate
     _guard_ssl_answer = False  # passthrough: the server's answer to the client's SSLRequest is judged
+    _client_hung_up = False  # seen while its reads were paused: what it left is read whatever the server's queue
 
     def __init__(self, server: ProxyServer, cap_buffers: bool = False) -> None:
         self.server = server
@@ -374,6 +376,41 @@ class ClientSession(asyncio.Protocol):
         if pid is not None and key is not None:
             packet = cancel_request(pid, key)
             self.server.forward_cancel(self, packet, reason="client_vanished")
+
+    def server_buffer_full(self) -> None:
+        """The server reads slower than the client sends (COPY IN, a pipeline behind a long statement): stop reading the client.
+
+        A client that hangs up meanwhile would go unseen until the server's
+        queue has room, its running statement cancelled only then: so the
+        paused client's socket is checked for a hang-up every
+        ``HANGUP_CHECK_INTERVAL`` (``server.hangup_checks``, see proxy/hangup.py).
+        """
+        if self._client_hung_up:
+            return  # it sends nothing more: what it left is bounded by the socket's buffer
+        self.client_reads.pause("server_buffer_full")
+        if self.state is _RELAYING:
+            self.server.hangup_checks.start(self)
+
+    def server_buffer_drained(self) -> None:
+        self.server.hangup_checks.stop(self)
+        self.client_reads.resume("server_buffer_full")
+
+    def check_hangup(self) -> None:
+        """Called by the server's ``hangup_checks``: has the paused client gone?
+
+        If so, its reads resume whatever the server's queue: the bytes it sent
+        before its FIN are forwarded, then the end of the stream closes the
+        session the usual way (connection_lost), which cancels the statement
+        the client left running. A reset ends it at the next read.
+        """
+        client = self.client
+        if "server_buffer_full" not in self.client_reads.reasons or client is None or client.is_closing():
+            return
+        if not peer_hung_up(client):
+            self.server.hangup_checks.start(self)
+            return
+        self._client_hung_up = True
+        self.client_reads.resume("server_buffer_full")
 
     def pause_writing(self) -> None:
         # The client reads slower than the server sends: stop reading the server.
@@ -1121,6 +1158,7 @@ class ClientSession(asyncio.Protocol):
         if self._startup_clock:
             self.server.startup_deadlines.stop(self)
             self._startup_clock = False
+        self.server.hangup_checks.stop(self)
         if self._backlog:
             # The tracker has not caught up: end the session (and log it) once it
             # has, still a slice per loop turn, so the events stay complete.
@@ -1400,11 +1438,10 @@ class UpstreamSide(asyncio.Protocol):
         self.session.upstream_lost(exc)
 
     def pause_writing(self) -> None:
-        # The server reads slower than the client sends (COPY IN): stop reading the client.
-        self.session.client_reads.pause("server_buffer_full")
+        self.session.server_buffer_full()
 
     def resume_writing(self) -> None:
         if self._flushing:  # the client's last requests are all written
             self.close()
             return
-        self.session.client_reads.resume("server_buffer_full")
+        self.session.server_buffer_drained()
