@@ -15,6 +15,8 @@ import pytest
 from pgproxy.demo.embedded import EmbeddedPostgres
 from pgproxy.protocol.build import query as query_message
 from pgproxy.protocol.build import startup_message
+from pgproxy.proxy import session as session_module
+from pgproxy.proxy.hangup import peer_hung_up
 from pgproxy.proxy.server import ProxySettings
 from pgproxy.proxy.session import OBSERVE_SLICE, ClientSession, UpstreamSide
 from pgproxy.tracker.options import TrackerOptions
@@ -233,7 +235,8 @@ def test_a_client_that_vanishes_with_requests_queued_releases_its_server_connect
 def _fill_the_servers_queue(proxy: ProxyHarness, session: ClientSession, sock: socket.socket, request: bytes) -> int:
     """Send ``request`` a chunk at a time until the proxy stops reading the client (the server's queue is full).
 
-    After each chunk, wait until the proxy forwarded all of it or paused: what
+    Whatever the client sent before must already be counted in the session's
+    ``bytes_from_client``. After each chunk, wait until the proxy forwarded all of it or paused: what
     was sent after the pause (at most a chunk) then sits in the proxy's own
     socket buffer, so a FIN that follows reaches the proxy's kernel. Returns
     the bytes sent.
@@ -255,16 +258,27 @@ def _fill_the_servers_queue(proxy: ProxyHarness, session: ClientSession, sock: s
     return sent
 
 
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 @pytest.mark.parametrize("leave", ["close", "reset"])
-def test_a_client_that_hangs_up_while_not_read_has_its_statement_cancelled(pg: EmbeddedPostgres, leave: str) -> None:
+def test_a_client_that_hangs_up_while_not_read_has_its_statement_cancelled(
+    pg: EmbeddedPostgres, leave: str, loop: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The proxy stopped reading the client (flow control) when it hung up: the hang-up is still seen, the statement cancelled.
 
     Before, the proxy saw the FIN or the reset only once the server's queue had
     room, i.e. after the statement ran to its end for nobody (proxy/hangup.py).
-    A closed client's last requests (in the proxy's socket buffer) are
-    forwarded, as from any client that closes; a reset loses them in the kernel.
+    While the client stays, the checks leave it paused. Its last requests (in
+    the proxy's socket buffer) are forwarded, as from any client that closes:
+    after a reset too, the bytes already received are read before the error.
     """
-    with ProxyHarness(("127.0.0.1", pg.port), TrackerOptions(detail=Detail.QUERY)) as proxy:
+    checks: list[bool] = []
+
+    def counted_check(transport: Any) -> bool:
+        checks.append(peer_hung_up(transport))
+        return checks[-1]
+
+    monkeypatch.setattr(session_module, "peer_hung_up", counted_check)
+    with ProxyHarness(("127.0.0.1", pg.port), TrackerOptions(detail=Detail.QUERY), loop=loop) as proxy:
         sock = socket.create_connection((proxy.host, proxy.port))
         hello = startup_message({"user": "postgres", "database": "postgres", "application_name": f"hangs-up-{leave}"})
         sock.sendall(hello)
@@ -276,6 +290,9 @@ def test_a_client_that_hangs_up_while_not_read_has_its_statement_cancelled(pg: E
         proxy.wait_for(lambda: session.bytes_from_client == start + len(sleep))
         # Requests of a kilobyte, so that the queue fills with few statements to run after the cancel.
         sent = _fill_the_servers_queue(proxy, session, sock, query_message("SELECT 1 -- " + "x" * 1000))
+        proxy.wait_for(lambda: len(checks) >= 2)  # a second apart: the client is there, still not read
+        assert not any(checks) and "server_buffer_full" in session.client_reads.reasons
+        assert not proxy.events("cancel.forwarded")
         if leave == "reset":
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()
@@ -288,11 +305,9 @@ def test_a_client_that_hangs_up_while_not_read_has_its_statement_cancelled(pg: E
         first = proxy.events("query", application_name=f"hangs-up-{leave}")[0]
         # Ended with the session, the server's answer unread by anyone (as when a client is killed mid-query).
         assert first["db.query.text"] == "SELECT pg_sleep(600)" and first["outcome"] == "interrupted"
-        if leave == "close":
-            assert ended["reason"] == "client_closed"
-            assert ended["bytes_from_client"] == len(hello) + len(sleep) + sent
-        else:
-            assert ended["reason"] in ("client_closed", "client_error")
+        assert ended["reason"] == ("client_closed" if leave == "close" else "client_error")
+        assert ended["bytes_from_client"] == len(hello) + len(sleep) + sent
+        assert checks[-1] and not len(proxy.server.hangup_checks)  # the clock stopped with the session
 
 
 @pytest.mark.slow

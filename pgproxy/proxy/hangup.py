@@ -14,9 +14,10 @@ The check is cheap (one ``poll`` system call) and runs only for paused
 clients, once per :data:`HANGUP_CHECK_INTERVAL`.
 
 What it cannot see: a FIN the client's kernel still holds behind data the
-proxy's full receive buffer has no room for. That FIN arrives once the proxy
-reads again, or the client's kernel gives up and resets the connection.
-Where ``POLLRDHUP`` is missing (not Linux), only resets are seen.
+proxy's full receive buffer has no room for (it arrives once the proxy reads
+again, or the client's kernel gives up and resets the connection), and a
+client whose host vanished without a FIN or a reset. Where the platform lacks
+``POLLRDHUP``, only resets are seen.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ def peer_hung_up(transport: Any) -> bool:
         return False
     if fd < 0:
         return False
-    poller = select.poll()
-    poller.register(fd, _HUNG_UP)
-    return any(events & _HUNG_UP for _fd, events in poller.poll(0))
+    try:  # a failure here must not stop the other sessions' checks (one Deadlines timer runs them all)
+        poller = select.poll()
+        poller.register(fd, _HUNG_UP)
+        return any(events & _HUNG_UP for _fd, events in poller.poll(0))
+    except OSError:
+        return False

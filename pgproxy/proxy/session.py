@@ -197,7 +197,9 @@ class ClientSession(asyncio.Protocol):
     _direct_tls = False
     _binding_end_to_end = False  # pgproxy presents the server's own certificate
     _guard_ssl_answer = False  # passthrough: the server's answer to the client's SSLRequest is judged
-    _client_hung_up = False  # seen while its reads were paused: what it left is read whatever the server's queue
+    # Seen while its reads were paused (check_hangup): from then on it is read whatever the server's queue.
+    # Safe: after a FIN or a reset no byte follows, so what is read is what the socket's buffer holds.
+    _client_hung_up = False
 
     def __init__(self, server: ProxyServer, cap_buffers: bool = False) -> None:
         self.server = server
@@ -401,7 +403,8 @@ class ClientSession(asyncio.Protocol):
         If so, its reads resume whatever the server's queue: the bytes it sent
         before its FIN are forwarded, then the end of the stream closes the
         session the usual way (connection_lost), which cancels the statement
-        the client left running. A reset ends it at the next read.
+        the client left running. After a reset, the bytes already in the
+        socket's buffer are read too, then the read fails and ends it.
         """
         client = self.client
         if "server_buffer_full" not in self.client_reads.reasons or client is None or client.is_closing():
