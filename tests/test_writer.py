@@ -5,10 +5,9 @@ from __future__ import annotations
 import io
 import json
 import threading
-import time
 from pathlib import Path
 
-from pgproxy.sink.writer import BUSY_LINES, QueueWriter, utf8_buffer
+from pgproxy.sink.writer import QueueWriter, next_wait, utf8_buffer
 from tests.harness import wait_until
 
 
@@ -118,19 +117,45 @@ def test_drops_from_many_threads_are_counted_exactly_and_reported() -> None:
     assert sum(r["dropped_since_last_report"] for r in reports) == writer.dropped
 
 
-def test_a_busy_writer_wakes_less_often_and_a_quiet_one_soon() -> None:
-    """After a wake that found many lines the next comes ``busy_interval`` later; after a quiet one, soon."""
+def test_an_idle_writer_writes_the_first_line_at_once() -> None:
+    """With nothing queued the thread waits for a line, not for its timer (ten minutes here)."""
     stream = io.StringIO()
-    writer = QueueWriter(stream, max_queued=100_000, flush_interval=0.2, busy_interval=600)
-    for i in range(BUSY_LINES):
-        writer.write(f"busy {i}")
-    assert writer.flush(timeout=30)  # wakes the thread at once: it finds BUSY_LINES lines (and the marker)
-    writer.write("held")
-    time.sleep(0.6)  # three short intervals
-    assert "held" not in stream.getvalue()  # the busy interval holds it
-    assert writer.flush(timeout=30)  # the line and the marker: a quiet wake
-    writer.write("soon")
-    wait_until(lambda: "soon" in stream.getvalue(), 30, lambda: "a quiet writer kept the busy interval")
+    writer = QueueWriter(stream, interval=600)
+    writer.write("first")
+    wait_until(lambda: "first" in stream.getvalue(), 30, lambda: "an idle writer waited for its timer")
+    writer.close()
+
+
+def test_the_thread_sleeps_its_interval_while_lines_come_and_waits_for_one_when_they_stop() -> None:
+    assert next_wait(1, 0.25) == 0.25
+    assert next_wait(5000, 0.25) == 0.25  # however busy: four wakes a second at most
+    assert next_wait(0, 0.25) is None
+
+
+def test_lines_that_keep_coming_are_written_together_once_per_interval() -> None:
+    """After a wake the thread sleeps its interval: lines queued meanwhile go in one write, not one wake each."""
+    stream = _WritesStream()
+    writer = QueueWriter(stream, interval=600)
+    writer.write("first")
+    wait_until(lambda: stream.writes, 30, lambda: "the first line was not written")
+    writer.write("second")
+    writer.write_all([b"third", b"fourth"])
+    assert writer.flush(timeout=30)  # wakes the thread at once: everything queued, in one batch
+    writer.close()
+    assert stream.writes == ["first\n", "second\nthird\nfourth\n"]
+
+
+def test_a_writer_whose_lines_stopped_waits_for_the_next_one_again() -> None:
+    """A timed wake that found nothing puts the thread back to waiting for a line, whatever its interval."""
+    stream = io.StringIO()
+    writer = QueueWriter(stream, interval=0.05)
+    writer.write_all([b"first"])
+    wait_until(lambda: "first" in stream.getvalue(), 30, lambda: "the first line was not written")
+    # Once a timed wake found the queue empty, the thread waits for a line; a timer would now take ten minutes.
+    wait_until(lambda: writer.idle, 30, lambda: "the writer kept waking on its timer")
+    writer.interval = 600
+    writer.write_all([b"second"])
+    wait_until(lambda: "second" in stream.getvalue(), 30, lambda: "an idle writer waited for its timer")
     writer.close()
 
 

@@ -32,12 +32,19 @@ from typing import IO, Any, Final, TypeAlias
 DEFAULT_MAX_QUEUED: Final = 100_000
 #: Lines written to the stream in one call.
 _BATCH: Final = 4096
-#: A wake that found at least this many lines found the proxy busy: the next wait is ``busy_interval``.
-BUSY_LINES: Final = 32
 
 #: A queued line (text, or UTF-8 bytes: see :meth:`QueueWriter.write_all`), or a flush
 #: marker set once everything before it is written.
 _Item: TypeAlias = str | bytes | threading.Event
+
+
+def next_wait(found: int, interval: float) -> float | None:
+    """How long the writer thread sleeps after a wake that found ``found`` lines; None: until the next line.
+
+    Lines that keep coming are written once per ``interval``; a wake that found
+    none means they stopped, and the thread waits for a line, not a timer.
+    """
+    return interval if found else None
 
 
 class QueueWriter:
@@ -47,9 +54,9 @@ class QueueWriter:
         stream: a text stream; written and flushed only by the writer thread.
         max_queued: lines held before new ones are dropped.
         name: thread name, for debugging.
-        flush_interval: seconds between wakes of the thread (at most: ``flush()``
-            and a queue of ``wake_threshold`` lines wake it at once).
-        busy_interval: the same after a wake that found ``BUSY_LINES`` lines or more.
+        interval: seconds between wakes of the thread while lines keep coming
+            (see :meth:`_run`); the first line after a quiet spell, ``flush()``
+            and a queue of ``wake_threshold`` lines wake it at once.
         lock: held while a batch is written, when several processes share the
             stream (``proxy.workers``): their lines then never interleave.
         plain_newlines: the caller vouches that ``stream`` writes "\\n" as it is
@@ -63,17 +70,15 @@ class QueueWriter:
         stream: IO[str],
         max_queued: int = DEFAULT_MAX_QUEUED,
         name: str = "pgproxy-log",
-        flush_interval: float = 0.02,
+        interval: float = 0.25,
         lock: Any = None,
-        busy_interval: float = 0.25,
         plain_newlines: bool = False,
     ) -> None:
         self.stream = stream
         self.plain_newlines = plain_newlines
         self._process_lock = lock if lock is not None else contextlib.nullcontext()
         self.max_queued = max_queued
-        self.flush_interval = flush_interval
-        self.busy_interval = max(busy_interval, flush_interval)
+        self.interval = interval
         self.wake_threshold = max(1, min(_BATCH, max_queued // 4))
         self.written = 0
         self._dropped = 0
@@ -84,11 +89,18 @@ class QueueWriter:
         # per call (~600 of write_all's ~750 instructions, callgrind); the bound method ~150.
         self._extend: Callable[[Iterable[_Item]], None] = self._queue.extend
         self._wake = threading.Event()
+        # The thread waits for a line, not for a timer: the next line queued wakes it (see _run).
+        self._idle = False
         self._stream_lock = threading.Lock()  # taken per batch, and to swap the stream
         self._stopping = False
         # Not ``_thread``: compiled (setup.py), the attribute would be a C struct member ``__thread``, gcc's keyword.
         self._drainer = threading.Thread(target=self._run, name=name, daemon=True)
         self._drainer.start()
+
+    @property
+    def idle(self) -> bool:
+        """Whether the thread waits for the next line rather than for its timer (nothing was left to write)."""
+        return self._idle
 
     @property
     def dropped(self) -> int:
@@ -106,7 +118,8 @@ class QueueWriter:
             self._count_dropped(1)
             return
         queue.append(line)
-        if len(queue) >= self.wake_threshold and not self._wake.is_set():
+        if self._idle or (len(queue) >= self.wake_threshold and not self._wake.is_set()):
+            self._idle = False
             self._wake.set()
 
     def write_all(self, lines: Sequence[str | bytes]) -> None:
@@ -129,25 +142,36 @@ class QueueWriter:
             if room > 0:
                 queue.extend(lines[:room])
             self._count_dropped(len(lines) - max(room, 0))
-        if len(queue) >= self.wake_threshold and not self._wake.is_set():
+        if self._idle or (len(queue) >= self.wake_threshold and not self._wake.is_set()):
+            self._idle = False
             self._wake.set()
 
     def _run(self) -> None:
         queue = self._queue
         popleft = queue.popleft  # bound once: by name it is a method lookup per line (compiled, callgrind)
-        interval = self.flush_interval
+        timeout: float | None = None  # None: wait for a line
         while True:
-            # Wake on a timer rather than per line: waking a thread for every
-            # event costs more CPU than rendering it (measured: ~50 µs per
-            # statement at 9k statements/s), while 20 ms of latency costs nobody.
-            # Each wake takes the GIL from a busy event loop, and that handoff
-            # is dear (every GIL release of the loop then signals the waiting
-            # thread, and the loop waits out the handover): pgbench -S through
-            # the proxy cost 56.7 µs of CPU per transaction at 50 wakes a second,
-            # 53.5 µs at 4 (W1; W2 prepared 71.0 -> 68.8). So a wake that found
-            # many lines (the proxy is busy) sleeps ``busy_interval`` next; a
-            # quiet proxy keeps the short latency.
-            self._wake.wait(interval)
+            # Every wake of this thread costs CPU, whether it finds lines or
+            # not: ~80 µs for a bare ``time.sleep`` wake and ~165 µs for an
+            # ``Event.wait`` timeout on this project's 2-core VM (schedstat),
+            # and a wake that takes the GIL from a busy event loop costs the
+            # loop too (pgbench -S through the proxy: 56.7 µs of CPU per
+            # transaction at 50 wakes a second, 53.5 µs at 4). So:
+            # - with nothing queued, the thread waits for a line, not a timer:
+            #   an idle proxy does not wake at all (a 20 ms timer cost it
+            #   8.7 ms of CPU a second), and the first line after a quiet
+            #   spell is written at once;
+            # - while lines keep coming, it wakes every ``interval`` (a
+            #   quarter second): at most four wakes a second, however busy.
+            # The writing side sets ``_wake`` when it finds ``_idle`` set; the
+            # queue is looked at after ``_idle`` is set, so no line is missed.
+            if timeout is None:
+                self._idle = True
+                if not queue and not self._stopping:
+                    self._wake.wait()
+                self._idle = False
+            else:
+                self._wake.wait(timeout)
             self._wake.clear()
             taken = len(queue)
             while queue:
@@ -173,7 +197,7 @@ class QueueWriter:
             self._report_drops()
             if self._stopping and not queue:
                 return
-            interval = self.busy_interval if taken >= BUSY_LINES else self.flush_interval
+            timeout = next_wait(taken, self.interval)
 
     def _emit(self, lines: list[Any], texts: int) -> None:
         """Write ``lines`` (``texts`` of them str, the rest UTF-8 bytes) as one piece of text."""
