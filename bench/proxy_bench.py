@@ -16,7 +16,7 @@ For every run it records TPS, average latency and the proxy's CPU time (utime
 + stime of its process tree from /proc, so per transaction or per connection;
 the report also shows the two apart, user space and kernel).
 After the rounds: bulk transfers (COPY out of 2,000,000 rows, a SELECT of
-1,000,000 rows, psql into /dev/null) and memory: 1,000 connections held open
+1,000,000 rows, psql into /dev/null; at least five interleaved rounds) and memory: 1,000 connections held open
 through a fresh instance of each proxy, RSS measured idle (authenticated, no
 statement yet) and active (after a prepared and a simple statement each).
 
@@ -325,6 +325,10 @@ def measure(pg: EmbeddedPostgres, target: Target, workload: str, seconds: float)
 
 # ---------------------------------------------------------------------- bulk and memory
 
+#: Rounds of the bulk transfers at least. Each is one psql run of a second or two: with three rounds the
+#: compiled query detail's COPY out read 0.83 and then 0.69x direct in two full runs, and 1.09 in five
+#: interleaved rounds of it alone (the forwarder 0.99, its five runs 1.16-1.58 s).
+BULK_ROUNDS = 5
 BULK = {"COPY out 2M rows": "\\copy bulk_copy TO '/dev/null'", "SELECT 1M rows": "SELECT * FROM bulk_select"}
 
 
@@ -438,12 +442,10 @@ def _tps(target: Target, workload: str) -> float:
     return _median([r.tps for r in target.runs.get(workload, [])])
 
 
-def _cpu_per_tx_us(target: Target, workload: str) -> float:
-    return _median([r.cpu_s / r.transactions * 1e6 for r in target.runs.get(workload, []) if r.transactions])
-
-
-def _kernel_per_tx_us(target: Target, workload: str) -> float:
-    return _median([r.sys_s / r.transactions * 1e6 for r in target.runs.get(workload, []) if r.transactions])
+def _cpu_per_tx_us(target: Target, workload: str, kernel_only: bool = False) -> float:
+    """Median µs of the proxy's CPU per transaction (per connection under churn); ``kernel_only``: its stime part."""
+    runs = [r for r in target.runs.get(workload, []) if r.transactions]
+    return _median([(r.sys_s if kernel_only else r.cpu_s) / r.transactions * 1e6 for r in runs])
 
 
 def _find(targets: list[Target], prefix: str) -> Target | None:
@@ -519,7 +521,7 @@ def render(
             continue
         cells = [t.name]
         for w in (W1, W2E, W2P):
-            total, kernel = _cpu_per_tx_us(t, w), _kernel_per_tx_us(t, w)
+            total, kernel = _cpu_per_tx_us(t, w), _cpu_per_tx_us(t, w, kernel_only=True)
             cells.append(f"{total - kernel:.1f} + {kernel:.1f}" if t.runs.get(w) else "")
         out.append("| " + " | ".join(cells) + " |")
     out += [
@@ -751,7 +753,7 @@ def main() -> None:
             if not args.skip_bulk:
                 print("bulk transfers...", flush=True)
                 sizes = bulk_sizes(pg)
-                bulk = run_bulk(pg, targets, args.rounds)
+                bulk = run_bulk(pg, targets, max(args.rounds, BULK_ROUNDS))
         finally:
             for target in targets + scaling:
                 exits[target.name] = target.stop()
