@@ -23,6 +23,7 @@ import pytest
 from pgproxy.demo.embedded import EmbeddedPostgres, free_port
 from pgproxy.protocol.build import startup_message, startup_packet
 from pgproxy.protocol.decoding import GSSENC_REQUEST_CODE, SSL_REQUEST_CODE
+from pgproxy.proxy.session import State
 from pgproxy.tracker.options import TrackerOptions
 from tests.harness import ProxyHarness
 
@@ -101,26 +102,9 @@ def test_ready_session_is_not_timed(proxy: ProxyHarness) -> None:
 
 def test_unresponsive_upstream_is_named_to_the_client() -> None:
     """An upstream that accepts TCP and never answers: FATAL 08006 naming it, upstream.unresponsive."""
-    mute = socket.socket()
-    mute.bind(("127.0.0.1", 0))
-    mute.listen(8)
-    accepted: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        mute.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                conn, _ = mute.accept()
-            except TimeoutError:
-                continue
-            accepted.append(conn)  # read nothing, answer nothing
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    upstream = f"127.0.0.1:{mute.getsockname()[1]}"
-    try:
-        with ProxyHarness(mute.getsockname(), TrackerOptions(), startup_timeout=TIMEOUT) as proxy:
+    with _mute_upstream() as address:
+        upstream = f"{address[0]}:{address[1]}"
+        with ProxyHarness(address, TrackerOptions(), startup_timeout=TIMEOUT) as proxy:
             with pytest.raises(psycopg.OperationalError) as err:
                 psycopg.connect(proxy.dsn(sslmode="disable"), connect_timeout=20)
             assert upstream in str(err.value) and "did not answer the startup packet" in str(err.value)
@@ -131,12 +115,6 @@ def test_unresponsive_upstream_is_named_to_the_client() -> None:
             assert failed["sqlstate"] == "08006"
             (ended,) = proxy.events("session.ended")
             assert ended["reason"] == "upstream_unresponsive"
-    finally:
-        stop.set()
-        thread.join(5)
-        mute.close()
-        for conn in accepted:
-            conn.close()
 
 
 def test_repeated_ssl_request_gets_the_server_error_and_is_closed(proxy: ProxyHarness) -> None:
@@ -244,3 +222,67 @@ def test_descriptor_limit_refuses_clearly_and_logs_once(pg: EmbeddedPostgres) ->
     assert len(limits) == 1 and limits[0]["limit"] == "file_descriptors"
     rejected = [e for e in events if e["event"] == "session.rejected"]
     assert len(rejected) == len(refusals)
+
+
+@contextlib.contextmanager
+def _mute_upstream() -> Iterator[tuple[str, int]]:
+    """A server that accepts TCP connections and never reads or answers."""
+    mute = socket.socket()
+    mute.bind(("127.0.0.1", 0))
+    mute.listen(8)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        mute.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = mute.accept()
+            except TimeoutError:
+                continue
+            accepted.append(conn)
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield mute.getsockname()
+    finally:
+        stop.set()
+        thread.join(5)
+        mute.close()
+        for conn in accepted:
+            conn.close()
+
+
+def test_a_client_is_read_while_the_upstream_is_dialled_up_to_a_write_buffer() -> None:
+    """While the dial runs, the client is still read (a client that leaves is seen), up to ``write_buffer_high``.
+
+    The upstream never answers pgproxy's SSLRequest (tls.upstream_mode require),
+    so the session stays in its dial for the whole test.
+    """
+    with (
+        _mute_upstream() as upstream,
+        ProxyHarness(upstream, TrackerOptions(), tls_upstream_mode="require", connect_timeout=60) as proxy,
+    ):
+        # A client that leaves while the dial runs: seen at once, not at the connect timeout.
+        leaving = socket.create_connection((proxy.host, proxy.port))
+        leaving.sendall(startup_message({"user": "postgres", "database": "postgres", "application_name": "leaves"}))
+        (session,) = proxy.wait_for(lambda: proxy.server.sessions)
+        proxy.wait_for(lambda: session.state is State.CONNECTING)
+        leaving.close()
+        proxy.wait_idle(timeout=20)
+        (ended,) = proxy.events("session.ended")
+        assert ended["reason"] == "client_closed"
+
+        # A client that sends more than a write buffer before the server is there: paused, its bytes kept.
+        eager = socket.create_connection((proxy.host, proxy.port))
+        eager.sendall(startup_message({"user": "postgres", "database": "postgres", "application_name": "eager"}))
+        (session,) = proxy.wait_for(lambda: proxy.server.sessions)
+        proxy.wait_for(lambda: session.state is State.CONNECTING)
+        assert not session.client_reads.reasons  # read while the dial runs
+        flood = b"x" * (4 * proxy.server.write_buffer_high)
+        eager.sendall(flood)
+        proxy.wait_for(lambda: "connecting" in session.client_reads.reasons)
+        held = len(session.pending)
+        assert proxy.server.write_buffer_high < held <= len(flood) + 200
+        eager.close()
