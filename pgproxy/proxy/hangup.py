@@ -41,13 +41,10 @@ def peer_hung_up(transport: Any) -> bool:
     sock = transport.get_extra_info("socket")
     if sock is None:
         return False
-    try:
-        fd = sock.fileno()
-    except OSError:
-        return False
-    if fd < 0:
-        return False
     try:  # a failure here must not stop the other sessions' checks (one Deadlines timer runs them all)
+        fd = sock.fileno()
+        if fd < 0:
+            return False
         poller = select.poll()
         poller.register(fd, _HUNG_UP)
         return any(events & _HUNG_UP for _fd, events in poller.poll(0))
