@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -456,3 +457,91 @@ def test_quitquitquit_is_honoured_from_loopback_only() -> None:
     assert _from_loopback(("::1", 5000, 0, 0)) and _from_loopback(("::ffff:127.0.0.1", 5000, 0, 0))
     assert not _from_loopback(("10.1.2.3", 5000)) and not _from_loopback(("fe80::1%eth0", 5000, 0, 2))
     assert not _from_loopback("/var/run/x.sock") and not _from_loopback(None)
+
+
+# --------------------------------------------------------------------------- timed work
+
+
+def _loop_thread_wakes(pid: int) -> int:
+    """How many times the process's main thread (the event loop) slept and was woken: its voluntary switches."""
+    for line in Path(f"/proc/{pid}/task/{pid}/status").read_text().splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no voluntary_ctxt_switches for {pid}")
+
+
+def test_an_idle_proxy_does_not_wake(pg: EmbeddedPostgres, spawn: Callable[..., ProxyProcess]) -> None:
+    """Nothing to do, no wake-ups: a sidecar waits most of the day (a one-second timer woke it before).
+
+    The admin endpoint is on and a statement has run, so the statistics have
+    something to report at their interval (60 s: not in this window). The
+    loop's thread must sleep through a whole two-second window, asked for by
+    its count of wakes; a one-second timer makes one in every such window.
+    """
+    admin = free_port()
+    proxy = spawn("--upstream", f"127.0.0.1:{pg.port}", "--admin-listen", f"127.0.0.1:{admin}")
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    proxy.wait_for(lambda: proxy.events("session.ended"), what="session.ended")
+    assert http(admin, "/metrics")[0] == 200
+    pid = proxy.proc.pid
+    windows = []
+    for _ in range(8):  # the first windows may still see the session's and the scrape's last callbacks
+        before = _loop_thread_wakes(pid)
+        threading.Event().wait(2.0)  # an absence of events has to be watched for a while
+        windows.append(_loop_thread_wakes(pid) - before)
+        if windows[-1] == 0:
+            break
+    assert windows[-1] == 0, f"the idle proxy's event loop woke in every 2 s window: {windows}"
+    assert proxy.proc.poll() is None
+
+
+def test_log_drops_reach_the_metrics_when_they_happen(
+    pg: EmbeddedPostgres, spawn: Callable[..., ProxyProcess], tmp_path: Path
+) -> None:
+    """A log destination nobody reads loses lines; ``/metrics`` counts them without any timer.
+
+    ``stats.interval`` 0 leaves the proxy no timed work at all, so the count
+    can reach the metrics only through the writer's notice of its drops.
+    """
+    fifo = tmp_path / "stalled.jsonl"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # the proxy's open to append succeeds; nothing reads
+    admin = free_port()
+    try:
+        proxy = spawn(
+            "--upstream",
+            f"127.0.0.1:{pg.port}",
+            "--admin-listen",
+            f"127.0.0.1:{admin}",
+            "--log-file",
+            str(fifo),
+            env={"PGPROXY_LOG_MAX_QUEUED_LINES": "100", "PGPROXY_STATS_INTERVAL": "0"},
+        )
+        with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+            for i in range(3000):  # ~1.5 MB of query lines: the pipe holds 64 KiB, the queue 100 lines
+                assert conn.execute("SELECT %s::int", (i,)).fetchone() == (i,)
+
+        def dropped_on_metrics() -> float:
+            status, text = http(admin, "/metrics")
+            assert status == 200
+            found = re.search(r"^pgproxy_log_lines_dropped_total (\S+)$", text, re.MULTILINE)
+            return float(found.group(1)) if found else 0.0
+
+        # At most ~350 of the 3,000 query lines fit (the queue, the pipe, the batch the writer holds):
+        # the first report comes at the first drop, the later ones at most a second apart.
+        counted = proxy.wait_for(lambda: (n := dropped_on_metrics()) > 2500 and n, what="2,500 dropped on /metrics")
+        os.set_blocking(reader, True)
+        received: list[bytes] = []
+        drain = threading.Thread(target=lambda: received.extend(iter(lambda: os.read(reader, 1 << 16), b"")))
+        drain.start()
+        proxy.signal(signal.SIGTERM)
+        assert proxy.wait() == 0
+        drain.join(30)
+        reports = [line for line in b"".join(received).splitlines() if b'"log.dropped"' in line]
+        assert reports, "the stalled destination never said it dropped lines"
+        assert json.loads(reports[-1])["dropped_total"] >= counted  # the metric counted lines that were lost
+        stopped = proxy.events("proxy.stopped")
+        assert stopped and stopped[0]["reason"] == "SIGTERM"
+    finally:
+        os.close(reader)

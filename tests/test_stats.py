@@ -348,3 +348,24 @@ def test_the_neighbour_buckets_put_any_run_of_durations_where_bisect_does(durati
         agg.add(duration, 0, None)
         expected[bisect.bisect_left(LATENCY_BUCKETS_MS, duration)] += 1
     assert agg.buckets == expected
+
+
+def test_seconds_to_report_counts_down_to_the_next_interval_and_starts_again_after_a_report() -> None:
+    """What the proxy's timer sleeps: a quiet proxy wakes once per interval, and traffic moves the next report."""
+    clock = Clock()
+    written: list[Record] = []
+    stats = StatementStats(output=written.extend, interval=60, clock=clock)
+    assert stats.seconds_to_report() == 60.0
+    clock.now = 45.0
+    assert stats.seconds_to_report() == 15.0
+    stats.emit_all([query("a", 1.0)])
+    clock.now = 61.0
+    assert stats.seconds_to_report() == 0.0  # due, and never negative
+    stats.emit_all([query("a", 1.0)])  # traffic reports on its own once due
+    assert [r.event for r in written] == [STATEMENT_STATS, STATS_REPORTED]
+    assert stats.seconds_to_report() == 60.0  # a full interval from that report
+    clock.now = 121.0
+    stats.tick()  # nothing changed: nothing written, and the interval starts again all the same
+    assert len(written) == 2
+    assert stats.seconds_to_report() == 60.0
+    assert StatementStats(interval=0, clock=clock).seconds_to_report() is None  # reports at shutdown only

@@ -278,3 +278,25 @@ def test_only_a_utf8_text_file_has_its_buffer_written_directly(tmp_path: Path) -
         assert utf8_buffer(latin) is None
         assert utf8_buffer(utf8) is utf8.buffer  # any spelling of UTF-8
     assert utf8_buffer(io.StringIO()) is None
+
+
+def test_on_drop_is_called_once_per_unreported_drop_from_the_thread_that_dropped() -> None:
+    """How the proxy learns of drops without polling: one call, then none until ``drops_reported``."""
+    writer, stream = _stalled_writer(max_queued=2)
+    calls: list[str] = []
+    writer.on_drop = lambda: calls.append(threading.current_thread().name)
+    writer.drops_reported()
+    writer.write_all(['{"n":1}', '{"n":2}'])  # fills the queue: nothing dropped yet
+    assert calls == [] and writer.dropped == 0
+    writer.write('{"n":3}')
+    writer.write_all(['{"n":4}', '{"n":5}'])
+    assert writer.dropped == 3
+    assert calls == [threading.current_thread().name]  # once, by the writing thread, for three lines
+    writer.drops_reported()
+    assert calls == [threading.current_thread().name]
+    dropper = threading.Thread(target=writer.write, args=('{"n":6}',), name="another-writer")
+    dropper.start()
+    dropper.join(30)
+    assert calls == [threading.current_thread().name, "another-writer"] and writer.dropped == 4
+    stream.release.set()
+    writer.close()

@@ -8,7 +8,7 @@ writing never blocks the event loop.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any, Final, Protocol
 
@@ -229,6 +229,25 @@ class LogSink:
     def dropped(self) -> int:
         """Lines dropped so far because a destination could not keep up."""
         return sum(d.writer.dropped for d in self._destinations)
+
+    def notify_drops(self, callback: Callable[[], None] | None) -> None:
+        """Have ``callback`` called (from any thread) when a destination drops lines; None: no longer.
+
+        Once per drop until :meth:`drops_reported`: the proxy turns drops into
+        ``log.dropped`` records for its metrics when they happen, where it
+        polled :attr:`dropped` every second, busy or idle.
+        """
+        for dest in self._destinations:
+            dest.writer.on_drop = callback
+        self.drops_reported()
+
+    def drops_reported(self) -> None:
+        """The drops so far are taken note of: the next one calls the :meth:`notify_drops` callback again.
+
+        Call it before reading :attr:`dropped`, so that a drop in between still calls it.
+        """
+        for dest in self._destinations:
+            dest.writer.drops_reported()
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every destination has written what it queued."""

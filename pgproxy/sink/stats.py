@@ -395,6 +395,15 @@ class StatementStats:
 
     # ------------------------------------------------------------------ reporting
 
+    def seconds_to_report(self) -> float | None:
+        """How long until :meth:`tick` reports (0: it is due); None when only shutdown and requests report.
+
+        The lifecycle's timer sleeps this long: a quiet proxy wakes once per interval, not once a second.
+        """
+        if self.interval <= 0:
+            return None
+        return max(0.0, self._period_start + self.interval - self.clock())
+
     def tick(self) -> None:
         """Report if the interval has passed (the lifecycle's timer calls this too)."""
         if self.interval > 0 and self.clock() - self._period_start >= self.interval:

@@ -83,6 +83,11 @@ class QueueWriter:
         self.written = 0
         self._dropped = 0
         self._drop_lock = threading.Lock()
+        #: Called, from the thread that dropped, when lines are dropped and no earlier drop
+        #: waits for its owner (see :meth:`drops_reported`): whoever turns drops into records
+        #: (the proxy's metrics) learns of them when they happen, rather than by polling.
+        self.on_drop: Callable[[], None] | None = None
+        self._drop_noticed = False
         self._reported_dropped = 0
         self._queue: deque[_Item] = deque()
         # Bound once: compiled, ``queue.extend(...)`` on a deque is a method lookup by name
@@ -110,6 +115,20 @@ class QueueWriter:
     def _count_dropped(self, lines: int) -> None:
         with self._drop_lock:
             self._dropped += lines
+            notify = not self._drop_noticed
+            self._drop_noticed = True
+        on_drop = self.on_drop
+        if notify and on_drop is not None:
+            on_drop()
+
+    def drops_reported(self) -> None:
+        """The owner took note of the drops so far: the next drop calls ``on_drop`` again.
+
+        Call it before reading :attr:`dropped`, so that a drop in between is
+        not left without a call.
+        """
+        with self._drop_lock:
+            self._drop_noticed = False
 
     def write(self, line: str | bytes) -> None:
         """Queue one line (without its newline; text, or UTF-8 bytes). Never blocks on the stream."""
