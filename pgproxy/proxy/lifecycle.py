@@ -55,8 +55,9 @@ CLOSE_TIMEOUT: Final = 2.0
 #: The least time between two ``log.dropped`` records for the metrics: a log queue that
 #: overflows for minutes makes one a second, not one per dropped line.
 DROP_REPORT_INTERVAL: Final = 1.0
-#: Added to the wait for the next ``statement.stats`` report: a loop timer may fire a
-#: millisecond early (uvloop's are whole milliseconds), and a report is not due before its time.
+#: Added to the wait for the next ``statement.stats`` report: a loop timer may fire up to
+#: ~1.5 ms early (uvloop rounds delays to whole milliseconds on a millisecond clock), and a
+#: report is not due before its time.
 TIMER_SLACK: Final = 0.005
 
 
@@ -408,8 +409,8 @@ class Lifecycle:
         record a second), and ``statement.stats`` is reported every
         ``stats.interval`` with or without traffic (traffic also reports from
         its own records). A one-second timer did both before, due or not: an
-        idle proxy's event loop woke every second for nothing (0.23 ms of CPU
-        a second, schedstat).
+        idle proxy's event loop woke every second for nothing (about a quarter
+        of a millisecond of CPU a second, schedstat).
         """
         stats = self.stats
         drops_seen = self._drops_seen

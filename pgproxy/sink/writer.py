@@ -119,7 +119,10 @@ class QueueWriter:
             self._drop_noticed = True
         on_drop = self.on_drop
         if notify and on_drop is not None:
-            on_drop()
+            try:
+                on_drop()
+            except Exception:  # the owner's hook must not end the writer thread, which calls it too
+                pass
 
     def drops_reported(self) -> None:
         """The owner took note of the drops so far: the next drop calls ``on_drop`` again.
