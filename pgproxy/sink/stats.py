@@ -405,8 +405,12 @@ class StatementStats:
         return max(0.0, self._period_start + self.interval - self.clock())
 
     def tick(self) -> None:
-        """Report if the interval has passed (the lifecycle's timer calls this too)."""
-        if self.interval > 0 and self.clock() - self._period_start >= self.interval:
+        """Report if the interval has passed (the lifecycle's timer calls this too).
+
+        Due exactly when :meth:`seconds_to_report` says 0: the timer that sleeps
+        that long then always finds the report due.
+        """
+        if self.seconds_to_report() == 0.0:
             self.flush("interval")
 
     def flush(self, reason: str = "on_demand") -> list[Record]:
