@@ -8,10 +8,13 @@ import sys
 import time
 
 
-def proxy_command(port: int, upstream: int, detail: str) -> list[str]:
-    """``python -m pgproxy`` on 127.0.0.1:``port`` in front of 127.0.0.1:``upstream``, JSON lines at ``detail``: how every script runs it."""
+def proxy_command(port: int, upstream: int, detail: str, python: str | None = None) -> list[str]:
+    """``python -m pgproxy`` on 127.0.0.1:``port`` in front of 127.0.0.1:``upstream``, JSON lines at ``detail``: how every script runs it.
+
+    ``python``: another interpreter than this one (its environment must hold pgproxy's dependencies).
+    """
     return [
-        sys.executable, "-m", "pgproxy", "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{upstream}",
+        python or sys.executable, "-m", "pgproxy", "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{upstream}",
         "--log-detail", detail, "--log-format", "json",
     ]  # fmt: skip
 

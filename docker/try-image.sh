@@ -4,7 +4,7 @@
 # endpoint, stop it with SIGTERM and show its logs. Everything on loopback
 # (--network host). Run from the repository root with the dev virtualenv:
 #
-#   docker/try-image.sh                                   # official python:3.12-slim base
+#   docker/try-image.sh                                   # official python:3.11-slim base
 #   BASE=local/debian-python:bookworm docker/try-image.sh # a base imported locally (docker/README.md)
 #   UPSTREAM=127.0.0.1:5432 docker/try-image.sh           # an existing server (user postgres, trust)
 set -eu
@@ -29,7 +29,7 @@ try:
 except urllib.error.HTTPError as e:
     print(e.code, e.read().decode().strip())' "$1"; }
 
-step "docker build (base ${BASE:-python:3.12-slim-bookworm})"
+step "docker build (base ${BASE:-python:3.11-slim-bookworm})"
 docker build --network host -q ${BASE:+--build-arg BASE="$BASE"} -f docker/Dockerfile -t "$IMAGE" .
 docker image ls "$IMAGE" --format '{{.Repository}}:{{.Tag}} {{.Size}}'
 
