@@ -18,7 +18,7 @@ tmp=$(mktemp -d)
 pg_pid=
 cleanup() {
     docker rm -f "$NAME" >/dev/null 2>&1 || true
-    [ -n "$pg_pid" ] && kill "$pg_pid" 2>/dev/null && wait "$pg_pid" 2>/dev/null
+    if [ -n "$pg_pid" ]; then kill "$pg_pid" 2>/dev/null && wait "$pg_pid" 2>/dev/null || echo "the PostgreSQL launcher did not stop cleanly" >&2; fi
     rm -rf "$tmp"
 }
 trap cleanup EXIT INT TERM
@@ -37,9 +37,11 @@ if [ -z "${UPSTREAM:-}" ]; then
     step "PostgreSQL (embedded, from the dev virtualenv)"
     "$PY" -c 'import signal
 from pgproxy.demo.embedded import EmbeddedPostgres
+stop = {signal.SIGTERM, signal.SIGINT}
+signal.pthread_sigmask(signal.SIG_BLOCK, stop)  # else SIGTERM kills this process before sigwait sees it
 pg = EmbeddedPostgres().start()
 print(pg.port, pg.major, flush=True)
-signal.sigwait({signal.SIGTERM, signal.SIGINT})
+signal.sigwait(stop)
 pg.stop()' >"$tmp/pg" &
     pg_pid=$!
     while [ ! -s "$tmp/pg" ]; do sleep 0.2; done
