@@ -683,7 +683,7 @@ def _meta(args: argparse.Namespace, pg: EmbeddedPostgres) -> dict[str, Any]:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "commit": commit,
         # The proxy's interpreter, unless a target names another (``+python=PATH``): what it costs
-        # depends on it (3.12 and 3.13 run the compiled query path in ~19% more instructions than 3.11).
+        # depends on it (3.12 and 3.13 run the compiled query path in 17-19% more instructions than 3.11).
         "python": platform.python_version(),
         "postgres": pg.major,
         "scale": args.scale,
