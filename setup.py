@@ -51,6 +51,7 @@ COMPILED = [
     "pgproxy/proxy/session.py",
     "pgproxy/proxy/server.py",
     "pgproxy/proxy/deadlines.py",
+    "pgproxy/proxy/observations.py",
 ]
 
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from pgproxy.protocol import build
 from pgproxy.proxy.loop import loop_factory
+from pgproxy.proxy.observations import Observing
 from pgproxy.proxy.server import ProxyServer, ProxySettings
 from pgproxy.sink import Fanout, LogSink, RecordConsumer, Sink
 from pgproxy.tracker.options import TrackerOptions
@@ -69,6 +70,7 @@ class ProxyHarness:
         options: tracker options (detail level, caps, redaction...).
         loop: "uvloop" or "asyncio".
         consumers: sinks beside the log that get the same records (metrics).
+        observing: when relayed chunks are shown to their trackers (proxy/observations.py).
         settings: overrides for :class:`ProxySettings` fields.
     """
 
@@ -78,6 +80,7 @@ class ProxyHarness:
         options: TrackerOptions | None = None,
         loop: str = "uvloop",
         consumers: Sequence[RecordConsumer] = (),
+        observing: Observing = Observing.ADAPTIVE,
         **settings: Any,
     ) -> None:
         self.stream = io.StringIO()
@@ -87,7 +90,7 @@ class ProxyHarness:
             listen_host="127.0.0.1", listen_port=0, upstream_host=upstream[0], upstream_port=upstream[1], **settings
         )
         sink: Sink = Fanout(self.sink, consumers) if consumers else self.sink
-        self.server = ProxyServer(self.settings, options or TrackerOptions(), sink)
+        self.server = ProxyServer(self.settings, options or TrackerOptions(), sink, observing)
         self._loop = _LoopThread(loop)
         self._loop.call(self.server.start())
         self.host, self.port = self.server.sockets[0]

@@ -23,6 +23,7 @@ from pgproxy.protocol.build import error_response
 from pgproxy.proxy.address import host_port, socket_address
 from pgproxy.proxy.deadlines import Deadlines
 from pgproxy.proxy.hangup import HANGUP_CHECK_INTERVAL
+from pgproxy.proxy.observations import Observations, Observing
 from pgproxy.proxy.session import ClientSession, limit_socket_buffers
 from pgproxy.proxy.tls import (
     certificate_der,
@@ -114,15 +115,24 @@ class ProxyServer:
         config: listening and upstream settings.
         tracker_options: what each session's tracker logs.
         sink: where records go.
+        observing: when relayed chunks are shown to their trackers (proxy/observations.py); tests change it.
 
     Raises:
         TLSConfigError: a TLS certificate, key or CA file cannot be used.
     """
 
-    def __init__(self, config: ProxySettings, tracker_options: TrackerOptions, sink: Sink) -> None:
+    def __init__(
+        self,
+        config: ProxySettings,
+        tracker_options: TrackerOptions,
+        sink: Sink,
+        observing: Observing = Observing.ADAPTIVE,
+    ) -> None:
         self.config = config
         self.tracker_options = tracker_options
         self.sink = sink
+        #: The relayed chunks of this turn of the loop, shown to their trackers at its end (proxy/observations.py).
+        self.observations = Observations(sink, observing)
         self.sessions: set[ClientSession] = set()
         self.counters: Counter[str] = Counter()
         self.started = time.monotonic()
@@ -406,6 +416,7 @@ class ProxyServer:
         self.startup_deadlines.close()
         self.connect_deadlines.close()
         self.hangup_checks.close()
+        self.observations.flush()  # every session ended flushed them; nothing relayed goes unshown
 
     async def close(self, grace: float | None = None) -> None:
         """The whole graceful stop in one call: stop accepting, drain, end the rest.

@@ -30,8 +30,8 @@ from pgproxy.protocol.framing import MAX_STARTUP_PACKET
 from pgproxy.protocol.sasl import SCRAM_PLUS, NeedMoreData, SaslOfferFilter, sasl_initial_mechanism
 from pgproxy.proxy.address import host_port
 from pgproxy.proxy.hangup import peer_hung_up
+from pgproxy.proxy.observations import emit_records
 from pgproxy.proxy.tls import ALPN_POSTGRESQL, HandshakeState, TLSChannel, describe_error
-from pgproxy.sink import Fanout, Sink
 from pgproxy.tracker.options import TrackerOptions
 from pgproxy.tracker.session import SessionTracker, Side
 
@@ -55,20 +55,6 @@ _DIAL_TASK_NAME: Final = "pgproxy.dial"
 # The clock every relayed chunk reads, held by this module: compiled, ``time.monotonic()`` looked the
 # function up on the module at every call (a generic attribute lookup, ~270 instructions, twice a round trip).
 _monotonic: Final = time.monotonic
-
-
-def emit_records(sink: Sink, records: list[Record]) -> None:
-    """Hands a step's records to the sink: a :class:`Fanout` (the proxy's usual sink) by a native call.
-
-    Compiled, a call through the :class:`Sink` protocol is a method looked up
-    by name and its arguments parsed, ~400 instructions a call (callgrind); the
-    isinstance test makes the usual case a direct call. Every place the session
-    hands over records goes through here.
-    """
-    if isinstance(sink, Fanout):
-        sink.emit_all(records)
-    else:
-        sink.emit_all(records)
 
 
 class State(enum.Enum):
@@ -239,9 +225,8 @@ class ClientSession(asyncio.Protocol):
         self._server_closing: Any = None
         self._client_write: Any = None
         self._client_closing: Any = None
-        # The tracker, while _relay_plain; typed (not Any): compiled, its frontend and backend are then
-        # native calls, not a method lookup by name and an argument parse per relayed chunk.
-        self._relay_tracker: SessionTracker | None = None
+        # Where the relay's chunks wait for the end of the loop's turn (see proxy/observations.py).
+        self._observations = server.observations
         self._stamped = True  # while _relay_plain: chunks are stamped with their arrival (see _plain_relay)
 
     # ------------------------------------------------------------------ client side
@@ -281,16 +266,10 @@ class ClientSession(asyncio.Protocol):
             if self._backlog or len(data) > OBSERVE_SLICE:
                 self._observe(data, True, stamp or _monotonic())
                 return
-            # _observe's first case and _show, without their calls (a Python call each, per chunk)
-            try:
-                tracker = self._relay_tracker
-                assert tracker is not None  # set with _relay_plain
-                records = tracker.frontend(data, stamp)
-            except Exception as exc:
-                self._decoding_failed(exc)
-                return
-            if records:
-                emit_records(self.sink, records)
+            # Shown to the tracker at the end of the loop's turn, with the turn's other chunks, when turns bring
+            # several (proxy/observations.py); else now.
+            if not self._observations.add(self, data, True, stamp):
+                self._show(data, True, stamp)
             return
         now = _monotonic()
         tls = self.client_tls
@@ -369,6 +348,7 @@ class ClientSession(asyncio.Protocol):
         Without this the backend would run the statement to its end before
         noticing the closed socket (unless client_connection_check_interval is set).
         """
+        self._observations.flush()  # the request just relayed counts as outstanding
         tracker = self.tracker
         if tracker is None or self.state is not _RELAYING or self.close_reason not in ("client_closed", "client_error"):
             # Only a client that vanished first: when the server dropped the
@@ -942,18 +922,10 @@ class ClientSession(asyncio.Protocol):
             self.bytes_from_server += len(data)
             if self._backlog or len(data) > OBSERVE_SLICE:
                 self._observe(data, False, stamp or _monotonic())
-            else:
-                try:
-                    tracker = self._relay_tracker
-                    assert tracker is not None  # set with _relay_plain
-                    records = tracker.backend(data, stamp)
-                except Exception as exc:
-                    self._decoding_failed(exc)
-                    return
-                if records:
-                    emit_records(self.sink, records)
-            # (A decoder failure just now cleared _relay_plain: the session then waits for the next chunk.)
-            if self._relay_plain and self.server.draining and self.idle:
+            elif not self._observations.add(self, data, False, stamp):  # see data_received
+                self._show(data, False, stamp)
+            # ``idle`` shows the queued chunks first; a decoder failure then clears _relay_plain.
+            if self.server.draining and self.idle and self._relay_plain:
                 self.shut_down()
             return
         now = _monotonic()  # when the response's bytes reached the proxy
@@ -1025,11 +997,12 @@ class ClientSession(asyncio.Protocol):
         self._bind_relay(upstream.transport if plain and upstream is not None else None, self.client if plain else None)
         if plain and upstream is not None and not upstream.direct:
             upstream.relay_directly()
-        tracker = self._relay_tracker = self.tracker if plain else None
+        tracker = self.tracker if plain else None
         # Connection detail, once ready, only counts: no arrival time is read, as
         # none would be used (an event among the counted messages, an error or a
-        # parameter change, is stamped by the tracker's own clock, microseconds
-        # later). Before ready (no start-up clock) every chunk is stamped: setup_ms.
+        # parameter change, is stamped by the tracker's own clock when the chunk is
+        # shown, at the end of the loop's turn). Before ready (no start-up clock)
+        # every chunk is stamped: setup_ms.
         self._stamped = (
             tracker is None or not tracker.ready or tracker.statements is not None or tracker.replication is not None
         )
@@ -1085,8 +1058,10 @@ class ClientSession(asyncio.Protocol):
         milliseconds of tracker work per turn of the event loop, so that one
         session's flood cannot hold every other session's bytes; while more
         than :data:`OBSERVE_BACKLOG_PAUSE` bytes wait, reading that session
-        pauses. Order and arrival times are kept.
+        pauses. Order and arrival times are kept: the chunks the relay queued
+        for the end of the turn (proxy/observations.py) are shown first.
         """
+        self._observations.flush()
         if self.tracker is None or not self.decoding:
             return
         if not self._backlog and len(data) <= OBSERVE_SLICE:
@@ -1131,19 +1106,26 @@ class ClientSession(asyncio.Protocol):
             end, self._after_drain = self._after_drain, None
             end()
 
-    def _show(self, data: bytes, frontend: bool, now: float) -> None:
-        tracker = self.tracker
-        if tracker is None or not self.decoding:
-            return
+    def _show(self, data: bytes, frontend: bool, now: float | None) -> None:
         try:
-            records = tracker.frontend(data, now) if frontend else tracker.backend(data, now)
+            records = self.track(data, frontend, now)
         except Exception as exc:
-            self._decoding_failed(exc)
+            self.decoding_failed(exc)
             return
         if records:
             emit_records(self.sink, records)
 
-    def _decoding_failed(self, exc: Exception) -> None:
+    def track(self, data: bytes, frontend: bool, now: float | None) -> list[Record] | None:
+        """The tracker's records for relayed ``data`` (None: none, or decoding has stopped); a tracker failure raises.
+
+        ``now``: when the bytes reached the proxy (None: not timed, see _plain_relay).
+        """
+        tracker = self.tracker
+        if tracker is None or not self.decoding:
+            return None
+        return tracker.frontend(data, now) if frontend else tracker.backend(data, now)
+
+    def decoding_failed(self, exc: Exception) -> None:
         """The tracker failed on forwarded bytes: stop decoding this session (opaque passthrough), say so once."""
         self.decoding = False
         self._relay_plain = False
@@ -1160,6 +1142,7 @@ class ClientSession(asyncio.Protocol):
     def _finish(self, exc: Exception | None) -> None:
         if self.state is _CLOSED:
             return
+        self._observations.flush()  # the session's last chunks, before it ends
         self.state = _CLOSED
         self._relay_plain = False
         self._bind_relay(None, None)  # each bound method holds its transport: none outlives the session
@@ -1237,8 +1220,10 @@ class ClientSession(asyncio.Protocol):
 
         Also requires both streams to sit between messages, so that the
         administrator-shutdown error is a whole message of its own. Unknown
-        (decoding stopped, e.g. TLS passthrough) counts as not idle.
+        (decoding stopped, e.g. TLS passthrough) counts as not idle. Asked of
+        a tracker that has seen every byte relayed (the queued chunks are shown first).
         """
+        self._observations.flush()
         tracker = self.tracker
         if self.state is not _RELAYING:
             return self.state is not _CONNECTING
@@ -1251,6 +1236,7 @@ class ClientSession(asyncio.Protocol):
 
         A session still logging in adopts them once it is ready.
         """
+        self._observations.flush()  # whether a request is outstanding: after every byte relayed
         tracker = self.tracker
         self.pending_options = None if tracker is None or tracker.reconfigure(options) else options
         if self.pending_options is not None:
@@ -1271,6 +1257,7 @@ class ClientSession(asyncio.Protocol):
         if self.state is _CLOSED:
             return
         self.close_reason = self.close_reason or "proxy_shutdown"
+        self._observations.flush()  # a request just relayed is outstanding; a message just relayed is whole
         tracker = self.tracker
         client, upstream = self.client, self.upstream
         relaying = self.state is _RELAYING and upstream is not None and upstream.transport is not None

@@ -176,9 +176,7 @@ class LogSink:
         """
         shown = self._shown_levels
         json_writers = self._json_writers
-        closing = (
-            b""  # the timestamp taken once: the records came from one chunk (message detail makes ten a transaction)
-        )
+        closing = b""  # the timestamp taken once: the records came from one turn of the loop (proxy/observations.py)
         lines: list[bytes] = []  # UTF-8: the writer's thread decodes them, a batch at a time
         others = self._others
         for record in records:
