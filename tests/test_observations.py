@@ -60,14 +60,17 @@ def _client(dsn: str, name: str, errors: list[BaseException]) -> None:
         errors.append(exc)
 
 
-def _run_clients(pg: EmbeddedPostgres, observing: Observing) -> dict[str, list[dict[str, Any]]]:
-    """Every client's events (but the proxy's own), in its session's order; the fields that vary by run shown as present."""
-    with ProxyHarness(("127.0.0.1", pg.port), TrackerOptions(), observing=observing) as proxy:
+def run_clients(
+    upstream: tuple[str, int], observing: Observing, connect: dict[str, str] | None = None, **settings: Any
+) -> dict[str, list[dict[str, Any]]]:
+    """Every client's events (but the proxy's own), in its session's order; the fields that vary by run shown as present.
+
+    ``connect``: the clients' connection parameters (default: no TLS); ``settings``: the proxy's (ProxySettings).
+    """
+    with ProxyHarness(upstream, TrackerOptions(), observing=observing, **settings) as proxy:
         errors: list[BaseException] = []
-        threads = [
-            threading.Thread(target=_client, args=(proxy.dsn(sslmode="disable"), f"client{i}", errors))
-            for i in range(CLIENTS)
-        ]
+        dsn = proxy.dsn(**(connect or {"sslmode": "disable"}))
+        threads = [threading.Thread(target=_client, args=(dsn, f"client{i}", errors)) for i in range(CLIENTS)]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -84,17 +87,21 @@ def _run_clients(pg: EmbeddedPostgres, observing: Observing) -> dict[str, list[d
         return by_client
 
 
-def test_queued_chunks_give_the_records_shown_at_once_give(pg: EmbeddedPostgres) -> None:
-    """Four clients at once, every chunk queued to its turn's end, against every chunk shown at once."""
-    at_once = _run_clients(pg, Observing.AT_ONCE)
-    queued = _run_clients(pg, Observing.QUEUED)
+def assert_same_records(at_once: dict[str, list[dict[str, Any]]], queued: dict[str, list[dict[str, Any]]]) -> None:
+    """The two runs of :func:`run_clients` logged the same events for every client."""
     assert sorted(at_once) == sorted(queued) == [f"client{i}" for i in range(CLIENTS)]
-    for name in at_once:
+    for name, events in at_once.items():
         queries = [e for e in queued[name] if e["event"] == "query"]
         # create, then per round: 1 + 1 + 2 + 1 + (BEGIN, INSERT, COMMIT) + COPY
         assert len(queries) == 1 + ROUNDS * 9, name
         assert {e["outcome"] for e in queries} == {"ok", "error"}
-        assert queued[name] == at_once[name], name
+        assert queued[name] == events, name
+
+
+def test_queued_chunks_give_the_records_shown_at_once_give(pg: EmbeddedPostgres) -> None:
+    """Four clients at once, every chunk queued to its turn's end, against every chunk shown at once."""
+    upstream = ("127.0.0.1", pg.port)
+    assert_same_records(run_clients(upstream, Observing.AT_ONCE), run_clients(upstream, Observing.QUEUED))
 
 
 class _Session:

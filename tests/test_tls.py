@@ -22,11 +22,13 @@ import trustme
 from pgproxy.demo.embedded import EmbeddedPostgres, Installation, free_port, installations
 from pgproxy.protocol.build import startup_message, startup_packet
 from pgproxy.protocol.decoding import GSSENC_REQUEST_CODE, SSL_REQUEST_CODE
+from pgproxy.proxy.observations import Observing
 from pgproxy.tracker.options import TrackerOptions
 from pgproxy.tracker.records import Detail
 from tests import pgbinaries
 from tests.conftest import _HBA, PASSWORDS, SETUP_SQL
 from tests.harness import ProxyHarness, recv_until_ready
+from tests.test_observations import assert_same_records, run_clients
 from tests.test_protocol32 import cancel_running_statement
 
 
@@ -234,6 +236,19 @@ def test_plaintext_client_to_tls_upstream_is_decoded(tls_server: TLSServer, mode
         assert query["parameters"] == [41] and query["outcome"] == "ok"
         assert proxy.events("message", type="DataRow", row={"?column?": "over tls", "int4": 41})
         assert not proxy.events("session.encrypted")
+
+
+@pytest.mark.parametrize("client_tls", [False, True], ids=["plaintext-client", "terminated-client"])
+def test_queued_chunks_over_tls_give_the_records_shown_at_once_give(tls_server: TLSServer, client_tls: bool) -> None:
+    """TLS towards the server (and, terminated, from the client): chunks queued to the turn's end or shown at once."""
+    if client_tls:
+        connect = {"sslmode": "verify-full", "sslrootcert": tls_server.ca}
+        settings = _terminate(tls_server, "require")
+    else:
+        connect, settings = {"sslmode": "disable"}, {"tls_upstream_mode": "require"}
+    runs = [run_clients(tls_server.upstream, observing, connect, **settings) for observing in Observing]
+    for run in runs[1:]:
+        assert_same_records(runs[0], run)
 
 
 def test_verify_full_with_the_wrong_name_fails_clearly(tls_server: TLSServer) -> None:

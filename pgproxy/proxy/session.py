@@ -294,7 +294,7 @@ class ClientSession(asyncio.Protocol):
             upstream.send(data)
             self.bytes_from_client += len(data)
             if self.decoding:
-                self._observe(data, True, now)
+                self._observe_relayed(data, True, now)
             return
         if self.state in (_CLOSING, _CLOSED):
             return
@@ -955,7 +955,7 @@ class ClientSession(asyncio.Protocol):
             client.write(data)
         self.bytes_from_server += len(data)
         if self.decoding:
-            self._observe(data, False, now)
+            self._observe_relayed(data, False, now)
         if self._startup_clock:
             self._startup_settled()
         # A reload waits for the request under way to be answered (or the login to finish).
@@ -1075,6 +1075,28 @@ class ClientSession(asyncio.Protocol):
         if not self._draining:
             self._draining = True
             self._drain_backlog()
+
+    def _observe_relayed(self, data: bytes, frontend: bool, now: float) -> None:
+        """:meth:`_observe` for a chunk the general way relayed (TLS on either leg, a reload waiting, start-up).
+
+        Past start-up, with no reload waiting, nothing after the relay asks the
+        tracker about this chunk (upstream_data's ``idle`` shows the queue first),
+        so it is queued for the end of the turn as the plaintext relay's chunks
+        are (proxy/observations.py). During start-up the start-up clock and the
+        relay's choice of way read the tracker right after: shown now.
+        """
+        tracker = self.tracker
+        if (
+            not self._backlog
+            and len(data) <= OBSERVE_SLICE
+            and tracker is not None
+            and tracker.ready
+            and not self._startup_clock
+            and self.pending_options is None
+            and self._observations.add(self, data, frontend, now)
+        ):
+            return
+        self._observe(data, frontend, now)
 
     def _drain_backlog(self, budget: float = 0.002) -> None:
         """Show queued bytes slice by slice for up to ``budget`` seconds; continue on the next loop turn."""
