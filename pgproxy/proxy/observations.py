@@ -173,17 +173,14 @@ class Observations:
                 found = session.track(data, frontend, stamp)
             except Exception as exc:
                 if records:  # the records before the failure first: the anomaly follows them
-                    self._emit(records)
+                    emit_records(self._sink, records)
                     records = []
                 session.decoding_failed(exc)
                 continue
             if found:
                 records += found
         if records:
-            self._emit(records)
-
-    def _emit(self, records: list[Record]) -> None:
-        emit_records(self._sink, records)
+            emit_records(self._sink, records)
 
 
 def emit_records(sink: Sink, records: list[Record]) -> None:
